@@ -1,0 +1,396 @@
+"""Bring a lab topology up and down on this machine.
+
+Every lab object lives in a network namespace named ``<lab>-<node>``: the fabric (all segment
+bridges, the dead-end gateway and Ansible's way in), one per NAT router and one per host. The
+root network namespace is never given an address, a route, a link or a rule. Processes are
+ended by the PID each host's init recorded, after checking it is that init.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from wgmesh.lab.topology import Host, Router, Topology
+
+HOST_INIT = Path(__file__).with_name("host-init.sh")
+NETNS_DIR = Path("/run/netns")
+READY_TIMEOUT = 15.0
+
+
+class LabError(Exception):
+    """The lab could not be brought into the requested state."""
+
+
+def run(*argv: str, stdin: str | None = None, check: bool = True) -> str:
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise LabError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def netns_exists(name: str) -> bool:
+    return (NETNS_DIR / name).exists()
+
+
+def ip_batch(netns: str | None, commands: list[str]) -> None:
+    """Run many ``ip`` commands in one process; the lab is created in a few dozen calls."""
+    if commands:
+        argv = ["ip", "-n", netns] if netns else ["ip"]
+        run(*argv, "-batch", "-", stdin="\n".join(commands) + "\n")
+
+
+def sysctl(netns: str, values: dict[str, int]) -> None:
+    """Set network sysctls inside a namespace (/proc/sys/net is per namespace)."""
+    run("nsenter", f"--net={NETNS_DIR / netns}", "sysctl", "-qw",
+        *(f"{k}={v}" for k, v in values.items()))
+
+
+def pid_is_init(pid: int, host_dir: Path) -> bool:
+    """True if ``pid`` is the host-init of ``host_dir`` (guards against reused PIDs)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return str(HOST_INIT).encode() in cmdline and str(host_dir).encode() in cmdline
+
+
+@dataclass
+class NodeStatus:
+    name: str
+    kind: str
+    netns: str
+    address: str
+    state: str
+
+
+class Lab:
+    def __init__(self, topology: Topology):
+        self.topo = topology
+        self.dir = topology.state_dir
+
+    # Paths -----------------------------------------------------------------------------
+    def host_dir(self, host: str) -> Path:
+        return self.dir / "hosts" / host
+
+    @property
+    def key_file(self) -> Path:
+        return self.dir / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.dir / "known_hosts"
+
+    def namespaces(self) -> list[str]:
+        """Every namespace this lab owns, from the topology and from what an earlier up
+        recorded (the topology file may have changed since)."""
+        names = {self.topo.fabric}
+        names.update(self.topo.netns(n) for n in (*self.topo.routers, *self.topo.hosts))
+        try:
+            names.update(json.loads((self.dir / "state.json").read_text())["namespaces"])
+        except (OSError, ValueError, KeyError):
+            pass
+        prefix = f"{self.topo.name}-"
+        return sorted(n for n in names if n.startswith(prefix))
+
+    def init_pid(self, host: str) -> int | None:
+        """PID of a host's init if it is running, else None."""
+        try:
+            pid = int((self.host_dir(host) / "init.pid").read_text())
+        except (OSError, ValueError):
+            return None
+        return pid if pid_is_init(pid, self.host_dir(host)) else None
+
+    # Up --------------------------------------------------------------------------------
+    def up(self) -> None:
+        """Create whatever is missing; a second call changes nothing."""
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        all_ns = sorted({*self.namespaces()})
+        (self.dir / "state.json").write_text(
+            json.dumps({"lab": self.topo.name, "topology": str(self.topo.source),
+                        "namespaces": all_ns}, indent=2) + "\n")
+        if not self.key_file.exists():
+            run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"wgmesh-lab-{self.topo.name}",
+                "-f", str(self.key_file))
+        self._fabric()
+        for router in self.topo.routers.values():
+            self._router(router)
+        starting = [h for h in self.topo.hosts.values() if not self._host_healthy(h)]
+        for host in starting:
+            self._remove_host(host.name)
+            self._create_host(host)
+        self._wait_ready(starting)
+        self._write_known_hosts()
+
+    def _fabric(self) -> None:
+        marker = self.dir / "fabric.done"
+        if marker.exists() and netns_exists(self.topo.fabric):
+            return
+        self._del_netns(self.topo.fabric)
+        run("ip", "netns", "add", self.topo.fabric)
+        cmds = ["link set lo up"]
+        for seg in self.topo.segments.values():
+            br = f"br-{seg.name}"
+            cmds += [f"link add {br} type bridge",
+                     f"addr add {seg.mgmt}/{seg.subnet.prefixlen} dev {br}",
+                     f"link set {br} up"]
+        ip_batch(self.topo.fabric, cmds)
+        # The fabric is a switch and a dead end, never a router; bridged frames skip the
+        # ip-family netfilter hooks (br_netfilter is loaded on this kind of machine).
+        values = {"net.ipv4.ip_forward": 0}
+        if Path("/proc/sys/net/bridge/bridge-nf-call-iptables").exists():
+            values |= {"net.bridge.bridge-nf-call-iptables": 0,
+                       "net.bridge.bridge-nf-call-ip6tables": 0}
+        sysctl(self.topo.fabric, values)
+        marker.touch()
+
+    def _veth(self, fabric_end: str, netns: str, inner: str, segment: str) -> None:
+        run("ip", "link", "add", fabric_end, "netns", self.topo.fabric, "type", "veth",
+            "peer", "name", inner, "netns", netns)
+        ip_batch(self.topo.fabric, [f"link set {fabric_end} master br-{segment} up"])
+
+    def _router(self, r: Router) -> None:
+        ns = self.topo.netns(r.name)
+        marker = self.dir / f"router-{r.name}.done"
+        if marker.exists() and netns_exists(ns):
+            return
+        self._del_netns(ns)
+        run("ip", "netns", "add", ns)
+        self._veth(f"{r.name}.w", ns, "wan", r.uplink)
+        self._veth(f"{r.name}.l", ns, "lan", r.lan)
+        up_seg, lan_seg = self.topo.segments[r.uplink], self.topo.segments[r.lan]
+        ip_batch(ns, [
+            "link set lo up",
+            f"addr add {r.wan_address}/{up_seg.subnet.prefixlen} dev wan",
+            f"addr add {r.lan_address}/{lan_seg.subnet.prefixlen} dev lan",
+            "link set wan up", "link set lan up",
+            f"route add default via {up_seg.gateway}",
+        ])
+        sysctl(ns, {"net.ipv4.ip_forward": 1})
+        run("nsenter", f"--net={NETNS_DIR / ns}", "nft", "-f", "-", stdin=nat_ruleset(r))
+        marker.touch()
+
+    def _host_healthy(self, host: Host) -> bool:
+        return (netns_exists(self.topo.netns(host.name)) and self.init_pid(host.name) is not None
+                and (self.host_dir(host.name) / "ready").exists())
+
+    def _create_host(self, host: Host) -> None:
+        ns = self.topo.netns(host.name)
+        run("ip", "netns", "add", ns)
+        cmds = ["link set lo up"]
+        for i, (seg_name, addr) in enumerate(host.interfaces.items()):
+            self._veth(f"{host.name}.{i}", ns, f"eth{i}", seg_name)
+            prefix = self.topo.segments[seg_name].subnet.prefixlen
+            cmds += [f"addr add {addr}/{prefix} dev eth{i}", f"link set eth{i} up"]
+        cmds.append(f"route add default via {self.topo.segments[host.primary_segment].gateway}")
+        ip_batch(ns, cmds)
+        hdir = self.host_dir(host.name)
+        self._seed_host_dir(host, hdir)
+        with open(hdir / "init.log", "wb") as log:
+            # setsid -f: the init is not our child, so nothing waits on it or leaves a zombie.
+            subprocess.run(
+                ["setsid", "-f", "nsenter", f"--net={NETNS_DIR / ns}", "unshare", "--mount",
+                 "--uts", "--pid", "--fork", "--propagation", "private", "/bin/bash",
+                 str(HOST_INIT), str(hdir), host.name],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, check=True)
+
+    def _seed_host_dir(self, host: Host, hdir: Path) -> None:
+        """The host's private files, placed in the overlay upper layers before it starts."""
+        etc = hdir / "etc.upper"
+        for sub in ("etc.work", "var.work", "var.upper/lib/dbus", "run", "root/.ssh",
+                    "etc.upper/ssh"):
+            (hdir / sub).mkdir(parents=True, exist_ok=True)
+        (hdir / "tmp").mkdir(mode=0o1777, exist_ok=True)
+        os.chmod(hdir / "tmp", 0o1777)
+        (etc / "wireguard").mkdir(mode=0o700, exist_ok=True)
+        (etc / "hostname").write_text(f"{host.name}\n")
+        (etc / "hosts").write_text(
+            f"127.0.0.1\tlocalhost\n127.0.1.1\t{host.name}\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n")
+        # No resolver in the lab: with no nameserver line, lookups fail at once on 127.0.0.1.
+        (etc / "resolv.conf").write_text("# wgmesh lab: no DNS server\n")
+        machine_id = os.urandom(16).hex() + "\n"
+        (etc / "machine-id").write_text(machine_id)
+        # Ansible reads the D-Bus copy before /etc/machine-id.
+        (hdir / "var.upper/lib/dbus/machine-id").write_text(machine_id)
+        ssh = etc / "ssh"
+        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name,
+            "-f", str(ssh / "ssh_host_ed25519_key"))
+        # Overlay whiteouts hide the machine's own RSA/ECDSA host keys from this host.
+        for kind in ("rsa", "ecdsa"):
+            for suffix in ("", ".pub"):
+                path = ssh / f"ssh_host_{kind}_key{suffix}"
+                if not path.exists():
+                    os.mknod(path, 0o600 | 0o020000, os.makedev(0, 0))
+        (ssh / "sshd_config").write_text(sshd_config(host))
+        shutil.copyfile(f"{self.key_file}.pub", hdir / "root/.ssh/authorized_keys")
+        os.chmod(hdir / "root/.ssh", 0o700)
+
+    def _wait_ready(self, hosts: list[Host]) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        waiting = {h.name for h in hosts}
+        while waiting:
+            for name in sorted(waiting):
+                if (self.host_dir(name) / "ready").exists():
+                    waiting.discard(name)
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                logs = {n: (self.host_dir(n) / "init.log").read_text(errors="replace")[-400:]
+                        for n in sorted(waiting)}
+                raise LabError(f"hosts did not become ready: {logs}")
+            time.sleep(0.02)
+
+    def _write_known_hosts(self) -> None:
+        lines = []
+        for host in self.topo.hosts.values():
+            pub = (self.host_dir(host.name) / "etc.upper/ssh/ssh_host_ed25519_key.pub").read_text()
+            key = " ".join(pub.split()[:2])
+            lines.append(f"{host.address} {key}\n")
+        self.known_hosts.write_text("".join(lines))
+
+    # Down ------------------------------------------------------------------------------
+    def down(self) -> None:
+        """Remove every namespace, link, process and file of this lab; safe to repeat."""
+        for host in self._recorded_hosts():
+            self._kill_host(host)
+        namespaces = [ns for ns in self.namespaces() if netns_exists(ns)]
+        self._kill_netns_processes(namespaces)
+        for ns in namespaces:
+            self._del_netns(ns)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _recorded_hosts(self) -> list[str]:
+        hosts_dir = self.dir / "hosts"
+        return sorted(p.name for p in hosts_dir.iterdir()) if hosts_dir.is_dir() else []
+
+    def _kill_host(self, name: str) -> None:
+        pid = self.init_pid(name)
+        if pid is not None:
+            # PID 1 of the host's PID namespace: the kernel ends every process inside with it.
+            os.kill(pid, signal.SIGKILL)
+            _wait_gone([pid])
+
+    def _kill_netns_processes(self, namespaces: list[str]) -> None:
+        """End anything still running inside a lab namespace (e.g. a ProxyCommand's nc)."""
+        pids = []
+        for ns in namespaces:
+            out = run("ip", "netns", "pids", ns, check=False)
+            pids += [int(p) for p in out.split()]
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _wait_gone(pids)
+
+    def _remove_host(self, name: str) -> None:
+        self._kill_host(name)
+        ns = self.topo.netns(name)
+        if netns_exists(ns):
+            self._kill_netns_processes([ns])
+            self._del_netns(ns)
+        shutil.rmtree(self.host_dir(name), ignore_errors=True)
+
+    def _del_netns(self, ns: str) -> None:
+        if netns_exists(ns):
+            # Deleting a namespace's veth end removes its peer in the fabric with it.
+            run("ip", "netns", "del", ns)
+
+    # Status ----------------------------------------------------------------------------
+    def status(self) -> list[NodeStatus]:
+        rows = [NodeStatus("fabric", "fabric", self.topo.fabric,
+                           ", ".join(str(s.mgmt) for s in self.topo.segments.values()),
+                           "up" if netns_exists(self.topo.fabric) else "down")]
+        for r in self.topo.routers.values():
+            ns = self.topo.netns(r.name)
+            rows.append(NodeStatus(r.name, f"nat ({r.nat})", ns, str(r.wan_address),
+                                   "up" if netns_exists(ns) else "down"))
+        for h in self.topo.hosts.values():
+            ns = self.topo.netns(h.name)
+            pid = self.init_pid(h.name)
+            state = f"up (init {pid})" if self._host_healthy(h) else (
+                "broken" if netns_exists(ns) else "down")
+            rows.append(NodeStatus(h.name, "host" if h.wireguard else "host (plain)", ns,
+                                   str(h.address), state))
+        return rows
+
+    def exec_argv(self, node: str, command: list[str]) -> list[str]:
+        """argv that runs ``command`` inside a host (all its namespaces) or router/fabric."""
+        if node in self.topo.hosts:
+            pid = self.init_pid(node)
+            if pid is None:
+                raise LabError(f'lab host "{node}" is not running (try: wgmesh lab up)')
+            return ["nsenter", "-t", str(pid), "-m", "-u", "-n", "-p", "--wd=/", *command]
+        if node in self.topo.routers or node == "fabric":
+            ns = self.topo.netns(node)
+            if not netns_exists(ns):
+                raise LabError(f'lab node "{node}" is not running (try: wgmesh lab up)')
+            return ["nsenter", f"--net={NETNS_DIR / ns}", *command]
+        known = ", ".join(["fabric", *self.topo.routers, *self.topo.hosts])
+        raise LabError(f'no lab node "{node}" (known: {known})')
+
+
+def _wait_gone(pids: list[int], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    pending = set(pids)
+    while pending and time.monotonic() < deadline:
+        pending = {p for p in pending if Path(f"/proc/{p}").exists() and not _is_zombie(p)}
+        if pending:
+            time.sleep(0.01)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def sshd_config(host: Host) -> str:
+    return "\n".join([
+        "# wgmesh lab host: sshd on the host's own underlay address",
+        f"ListenAddress {host.address}",
+        "HostKey /etc/ssh/ssh_host_ed25519_key",
+        "PidFile /run/sshd.pid",
+        # No PAM: root's shadow entry would make the account look locked to it.
+        "UsePAM no",
+        "PermitRootLogin prohibit-password",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "AuthorizedKeysFile .ssh/authorized_keys",
+        "UseDNS no",
+        "MaxStartups 100:30:200",
+        "MaxSessions 100",
+        "Subsystem sftp /usr/lib/openssh/sftp-server",
+        "",
+    ])
+
+
+def nat_ruleset(r: Router) -> str:
+    """A home-router NAT: LAN out, replies back, nothing unsolicited in."""
+    # fully-random picks a fresh source port for every new flow, so the mapping differs per
+    # destination (a symmetric NAT); plain masquerade keeps the port where it can.
+    masq = "masquerade fully-random" if r.nat == "symmetric" else "masquerade"
+    return f"""table ip wgmesh_lab_nat
+delete table ip wgmesh_lab_nat
+table ip wgmesh_lab_nat {{
+    chain forward {{
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        iifname "lan" oifname "wan" accept
+        counter comment "unsolicited inbound"
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "wan" {masq}
+    }}
+}}
+"""
