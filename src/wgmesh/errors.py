@@ -44,6 +44,8 @@ class InputError(Exception):
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A 'did you mean' hint for a misspelt key, or a list of the valid ones."""
     choices = sorted(choices)
+    if not choices:
+        return "none are defined"
     close = difflib.get_close_matches(word, choices, n=1)
     if close:
         return f'did you mean "{close[0]}"?'

@@ -26,7 +26,8 @@ class YamlSource:
         try:
             text = self.path.read_text(encoding="utf-8")
         except OSError as exc:
-            raise InputError([Problem(self.name, 0, 0, "", f"cannot read: {exc.strerror}")]) from exc
+            problem = Problem(self.name, 0, 0, "", f"cannot read: {exc.strerror}")
+            raise InputError([problem]) from exc
         try:
             self.data = YAML(typ="rt").load(text)
         except MarkedYAMLError as exc:

@@ -8,6 +8,7 @@ ended by the PID each host's init recorded, after checking it is that init.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -92,10 +93,8 @@ class Lab:
         recorded (the topology file may have changed since)."""
         names = {self.topo.fabric}
         names.update(self.topo.netns(n) for n in (*self.topo.routers, *self.topo.hosts))
-        try:
+        with contextlib.suppress(OSError, ValueError, KeyError):
             names.update(json.loads((self.dir / "state.json").read_text())["namespaces"])
-        except (OSError, ValueError, KeyError):
-            pass
         prefix = f"{self.topo.name}-"
         return sorted(n for n in names if n.startswith(prefix))
 
@@ -284,10 +283,8 @@ class Lab:
             out = run("ip", "netns", "pids", ns, check=False)
             pids += [int(p) for p in out.split()]
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         _wait_gone(pids)
 
     def _remove_host(self, name: str) -> None:

@@ -158,7 +158,7 @@ def _address(src: YamlSource, parent: Any, key: str, path: str, seg: Segment | N
 
 def _segments(src: YamlSource, root: Any) -> dict[str, Segment]:
     out: dict[str, Segment] = {}
-    for name, node in _names(src, root, "segments").items():
+    for name, _node in _names(src, root, "segments").items():
         path = join("segments", name)
         seg_map = src.mapping(root["segments"], name, path, allowed={"subnet", "mgmt"},
                               required={"subnet"})
