@@ -44,7 +44,7 @@ demo() {
     wgmesh lab up
     ansible-playbook site.yml
     echo
-    echo "The lab stays up: try 'ansible all -m ping' or 'wgmesh lab exec pub1'."
+    echo "The lab stays up: try '.venv/bin/ansible all -m ping' or '.venv/bin/wgmesh lab exec pub1'."
     echo "Take it down with: .venv/bin/wgmesh lab down"
 }
 
