@@ -7,13 +7,19 @@ test); 2 usage or input error (every problem is printed, one per line, file:line
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import json
 import os
 import sys
 import time
+from pathlib import Path
 
+from wgmesh import render
+from wgmesh.build import PolicyTestFailure, build, parse_query_endpoint, policy_test_failures
 from wgmesh.errors import InputError
 from wgmesh.lab.runtime import Lab, LabError
 from wgmesh.lab.topology import load_topology
+from wgmesh.policy import PROTOCOLS
 
 DEFAULT_LAB = "inventories/lab"
 
@@ -27,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
         return 2
+    except PolicyTestFailure as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 1
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -35,6 +45,30 @@ def main(argv: list[str] | None = None) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wgmesh", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check", help="validate mesh.yml and its policy, run the policy tests")
+    _mesh_args(p)
+    p.add_argument("--locked", action="store_true",
+                   help="fail (exit 1) if mesh.lock.yml would change")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("test", help="run the policy's tests and show each result")
+    _mesh_args(p)
+    p.set_defaults(func=cmd_test)
+    p = sub.add_parser("lock", help="allocate addresses for new nodes and write mesh.lock.yml")
+    _mesh_args(p)
+    p.set_defaults(func=cmd_lock)
+    p = sub.add_parser("render", help="a host's (or every host's) wg config, ruleset, names")
+    _mesh_args(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--host", metavar="NAME")
+    which.add_argument("--all", action="store_true")
+    p.add_argument("--out", metavar="DIR", type=Path,
+                   help="with --all: write DIR/<host>/{wg.conf,nftables.nft,hosts} and plan.json")
+    p.add_argument("--json", action="store_true", help="the JSON document instead of files")
+    p.set_defaults(func=cmd_render)
+    p = sub.add_parser("eval", help="decide JSON-line queries read from stdin")
+    _mesh_args(p)
+    p.set_defaults(func=cmd_eval)
 
     lab = sub.add_parser("lab", help="the test lab: real hosts in namespaces on this machine")
     lab_sub = lab.add_subparsers(required=True, metavar="ACTION")
@@ -52,6 +86,127 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs=argparse.REMAINDER, help="command (default: a shell)")
     p.set_defaults(func=cmd_lab_exec)
     return parser
+
+
+def _mesh_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--inventory", default=DEFAULT_LAB, metavar="PATH",
+                   help="inventory directory or its mesh.yml (default: %(default)s)")
+    p.add_argument("--policy", metavar="FILE", help="use this policy instead of mesh.yml's")
+    p.add_argument("--today", metavar="YYYY-MM-DD", type=dt.date.fromisoformat,
+                   help="the date node expiry is judged against (default: today, UTC)")
+
+
+def _build(args, run_tests: bool = True):
+    today = args.today or dt.datetime.now(dt.UTC).date()
+    return build(args.inventory, args.policy, today=today, run_tests=run_tests)
+
+
+def _warn(b) -> None:
+    for w in b.compiler.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    for n in b.compiler.expired:
+        print(f"warning: node {n} has expired and is left out", file=sys.stderr)
+
+
+def cmd_check(args) -> int:
+    b = _build(args)
+    _warn(b)
+    if args.locked and b.lock.changed:
+        print(f"error: {b.lock.path} is out of date (run: wgmesh lock)", file=sys.stderr)
+        return 1
+    print(f"ok: {len(b.compiler.names)} nodes, {len(b.policy.rules)} rules, "
+          f"{len(b.policy.tests)} policy tests passed")
+    return 0
+
+
+def cmd_test(args) -> int:
+    b = _build(args, run_tests=False)
+    failures = policy_test_failures(b)
+    failed = {p.path for p in failures}
+    for t in b.policy.tests:
+        print(f"{'FAIL' if t.origin in failed else 'ok  '} {t.origin} (line {t.line}) "
+              f"src {t.src}")
+    for p in failures:
+        print(f"error: {p}", file=sys.stderr)
+    print(f"{len(b.policy.tests) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failures else 0
+
+
+def cmd_lock(args) -> int:
+    b = _build(args, run_tests=False)
+    print(f"{b.lock.path}: {'written' if b.lock.save() else 'unchanged'}")
+    return 0
+
+
+def cmd_render(args) -> int:
+    b = _build(args)
+    _warn(b)
+    comp, net = b.compiler, b.mesh.network
+    if args.host:
+        if args.host not in comp.index:
+            print(f'error: no node "{args.host}" in {b.mesh.path}', file=sys.stderr)
+            return 2
+        hosts = {args.host: comp.host(args.host)}
+    else:
+        hosts = comp.compile_all()
+    b.lock.save()
+    if args.json:
+        print(render.plan_json(hosts, net, comp.expired, comp.warnings), end="")
+        return 0
+    if args.out:
+        for name, h in hosts.items():
+            d = args.out / name
+            d.mkdir(parents=True, exist_ok=True)
+            (d / f"{net.interface}.conf").write_text(render.wg_quick(h, net))
+            (d / "nftables.nft").write_text(render.nftables(h, net))
+            (d / "hosts").write_text(render.hosts_block(h))
+        (args.out / "plan.json").write_text(render.plan_json(hosts, net, comp.expired,
+                                                             comp.warnings))
+        print(f"wrote {len(hosts)} hosts to {args.out}")
+        return 0
+    for name, h in hosts.items():
+        print(f"### {name}: /etc/wireguard/{net.interface}.conf")
+        print(render.wg_quick(h, net))
+        print(f"### {name}: nftables")
+        print(render.nftables(h, net))
+        print(f"### {name}: /etc/hosts block")
+        print(render.hosts_block(h))
+    return 0
+
+
+def cmd_eval(args) -> int:
+    b = _build(args)
+    ev = b.evaluator
+    bad = 0
+    for lineno, line in enumerate(sys.stdin, 1):
+        if not line.strip():
+            continue
+        try:
+            q = json.loads(line)
+            src = parse_query_endpoint(b, str(q["src"]))
+            dst = parse_query_endpoint(b, str(q["dst"]))
+            if src.addr.version != dst.addr.version:
+                # A node name means its address of the other side's family.
+                if q["src"] in b.compiler.index:
+                    src = b.compiler.endpoint_of(q["src"], dst.addr.version)
+                elif q["dst"] in b.compiler.index:
+                    dst = b.compiler.endpoint_of(q["dst"], src.addr.version)
+            proto_name = str(q.get("proto", "tcp")).lower()
+            proto = PROTOCOLS[proto_name]
+            if proto == 1 and src.addr.version == 6:
+                proto = 58
+            port = q.get("port")
+            if proto in (6, 17, 132) and not isinstance(port, int):
+                raise ValueError(f"{proto_name} needs a port number")
+            verdict = ev.check(src, dst, proto, port)
+            out = {**q, "allow": verdict.allow, "rule": verdict.rule}
+            if verdict.rule:
+                out["line"] = verdict.line
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            bad += 1
+            out = {"error": f"line {lineno}: {exc}", "input": line.strip()}
+        print(json.dumps(out), flush=True)
+    return 2 if bad else 0
 
 
 def _topology_arg(p: argparse.ArgumentParser) -> None:

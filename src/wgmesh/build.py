@@ -1,0 +1,146 @@
+"""The one entry point every adapter calls: inputs in, a compiled mesh out.
+
+The CLI, the inventory plugin and the action plugins all go through ``build`` so they can
+never disagree about what a mesh means.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from wgmesh.compiler import Compiler, Endpoint, Evaluator
+from wgmesh.errors import InputError, Problem
+from wgmesh.lock import Allocation, Lock
+from wgmesh.mesh import Mesh, load_mesh
+from wgmesh.policy import PROTOCOLS, Policy, PolicyTest, load_policy, split_hostport
+
+
+class PolicyTestFailure(Exception):
+    """The policy's own tests do not hold (exit code 1, not an input error)."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        super().__init__("\n".join(map(str, problems)))
+
+
+@dataclass
+class Build:
+    mesh: Mesh
+    policy: Policy
+    lock: Lock
+    alloc: dict[str, Allocation]
+    compiler: Compiler
+
+    @property
+    def evaluator(self) -> Evaluator:
+        return Evaluator(self.compiler)
+
+
+def load_inputs(inventory: str | Path, policy: str | Path | None = None) -> tuple[Mesh, Policy]:
+    """Load mesh.yml and its policy, reporting the problems of both at once."""
+    problems: list[Problem] = []
+    mesh = pol = None
+    try:
+        mesh = load_mesh(inventory)
+    except InputError as exc:
+        problems += exc.problems
+    policy_path = Path(policy) if policy else (mesh.policy_path if mesh else None)
+    if policy_path is None and mesh is not None:
+        problems.append(Problem(str(mesh.path), 1, 1, "policy", "no policy file",
+                                "add policy: <path> to mesh.yml or pass --policy"))
+    elif policy_path is not None:
+        try:
+            pol = load_policy(policy_path)
+        except InputError as exc:
+            problems += exc.problems
+    if problems:
+        raise InputError(problems)
+    return mesh, pol
+
+
+def build(inventory: str | Path, policy: str | Path | None = None, *,
+          today: dt.date | None = None, run_tests: bool = True) -> Build:
+    mesh, pol = load_inputs(inventory, policy)
+    lock = Lock(mesh.lock_path)
+    alloc = lock.allocate(mesh)
+    comp = Compiler(mesh, pol, alloc, today)
+    result = Build(mesh, pol, lock, alloc, comp)
+    if run_tests:
+        failures = policy_test_failures(result)
+        if failures:
+            raise PolicyTestFailure(failures)
+    return result
+
+
+def _endpoints(b: Build, selector: str) -> list[Endpoint]:
+    """Every node a test selector names, or one identity standing for it when none does."""
+    comp = b.compiler
+    if selector in comp.index:
+        return [comp.endpoint_of(selector)]
+    net = comp._prefix(selector)
+    if net is not None:
+        return [comp.endpoint_of(str(net.network_address))]
+    mask = comp.masks(selector)[4]
+    if mask:
+        return [comp.endpoint_of(comp.names[i]) for i in range(len(comp.names)) if mask >> i & 1]
+    if selector.startswith("tag:"):
+        return [Endpoint(None, tags=frozenset({selector}))]
+    if selector.startswith("group:"):
+        return [Endpoint(None, user=u) for u in b.policy.groups.get(selector, ())]
+    if selector == "autogroup:tagged":
+        return [Endpoint(None, tags=frozenset({"tag:*"}))]
+    if selector in ("autogroup:member", "*"):
+        return []
+    return [Endpoint(None, user=selector)]
+
+
+def _run_test(b: Build, test: PolicyTest) -> list[str]:
+    ev = b.evaluator
+    proto = PROTOCOLS.get((test.proto or "tcp").lower()) or int(test.proto)
+    failed = []
+    srcs = _endpoints(b, test.src)
+    for expect, dests in ((True, test.accept), (False, test.deny)):
+        for dest in dests:
+            host, port = split_hostport(dest)
+            for src in srcs:
+                for dst in _endpoints(b, host):
+                    if src.addr is not None and dst.addr is not None and \
+                            src.addr.version != dst.addr.version:
+                        dst = b.compiler.endpoint_of(dst.node, family=src.addr.version) \
+                            if dst.node else dst
+                    verdict = ev.check(src, dst, proto, int(port))
+                    if verdict.allow != expect:
+                        who = src.node or src.user or ",".join(sorted(src.tags)) or str(src.addr)
+                        to = dst.node or str(dst.addr or host)
+                        failed.append(f"{who} -> {to}:{port} is "
+                                      f"{'denied' if expect else 'allowed'}"
+                                      + (f" (by {verdict.rule})" if verdict.rule else "")
+                                      + f", expected {'accept' if expect else 'deny'}")
+    return failed
+
+
+def policy_test_failures(b: Build) -> list[Problem]:
+    problems = []
+    for test in b.policy.tests:
+        for message in _run_test(b, test):
+            line, col = b.policy.where(tuple(int(x) if x.isdigit() else x
+                                             for x in test.origin.replace("[", ".")
+                                             .replace("]", "").split(".")))
+            problems.append(Problem(str(b.policy.path), line, col, test.origin,
+                                    f"test failed: {message}"))
+    return problems
+
+
+def parse_query_endpoint(b: Build, text: str) -> Endpoint:
+    """A node name, host alias or IP address from an eval query."""
+    comp = b.compiler
+    if text in comp.index or text in b.policy.hosts:
+        return comp.endpoint_of(text)
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f'"{text}" is not a node, host alias or IP address') from None
+    return comp.endpoint_of(text)

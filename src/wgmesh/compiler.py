@@ -1,0 +1,646 @@
+"""Compile a mesh and its policy into every host's peers, filters and names.
+
+Selectors are resolved once per compile into node bitmasks (Python ints) and address ranges;
+each host's output is then a pass over the rules, so one host costs O(rules x nodes) and the
+whole mesh costs time proportional to what it outputs. The evaluator (``Evaluator``) decides
+the same questions from identities, independently of the filter sets, so tests can check one
+against the other.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from wgmesh.errors import InputError, Problem
+from wgmesh.intervals import Box, disjoint, merge_ranges
+from wgmesh.lock import Allocation
+from wgmesh.mesh import Mesh, Node, parse_endpoint
+from wgmesh.policy import ICMP, PORT_PROTOS, Policy, Rule
+
+V4_MAX, V6_MAX = 2**32 - 1, 2**128 - 1
+FAMILIES = (4, 6)
+
+
+def _r(a: str, b: str) -> tuple[int, int]:
+    return int(ipaddress.ip_address(a)), int(ipaddress.ip_address(b))
+
+
+# Tailscale's autogroup:internet: everything but private, CGNAT and link-local IPv4, and
+# global unicast IPv6.
+INTERNET = {
+    4: [_r("0.0.0.0", "9.255.255.255"), _r("11.0.0.0", "100.63.255.255"),
+        _r("100.128.0.0", "169.253.255.255"), _r("169.255.0.0", "172.15.255.255"),
+        _r("172.32.0.0", "192.167.255.255"), _r("192.169.0.0", "255.255.255.255")],
+    6: [_r("2000::", "3fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")],
+}
+EVERYTHING = {4: [(0, V4_MAX)], 6: [(0, V6_MAX)]}
+
+
+def net_range(net) -> tuple[int, int]:
+    return int(net.network_address), int(net.broadcast_address)
+
+
+def in_ranges(value: int, ranges: Iterable[tuple[int, int]]) -> bool:
+    return any(lo <= value <= hi for lo, hi in ranges)
+
+
+def clip(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Intersection of two range lists."""
+    out = []
+    for lo1, hi1 in a:
+        for lo2, hi2 in b:
+            lo, hi = max(lo1, lo2), min(hi1, hi2)
+            if lo <= hi:
+                out.append((lo, hi))
+    return merge_ranges(out)
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Who or what a packet comes from or goes to, for the evaluator."""
+
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    node: str | None = None
+    user: str | None = None
+    tags: frozenset[str] = frozenset()
+
+
+@dataclass
+class Peer:
+    name: str
+    public_key: str | None
+    allowed_ips: list[str]
+    endpoint: str | None
+    keepalive: int | None
+    connection: str  # direct | lan | relay | none
+    relay: str | None = None
+    roles: list[str] = field(default_factory=list)
+
+
+@dataclass
+class HostOutput:
+    name: str
+    node: Node
+    ipv4: ipaddress.IPv4Address
+    ipv6: ipaddress.IPv6Address
+    listen_port: int
+    peers: list[Peer]
+    sets: dict[str, list[Box]]
+    routes: list[str]
+    exit_node: bool
+    forwarding: bool
+    names: list[tuple[str, list[str]]]
+
+
+@dataclass
+class _RuleData:
+    rule: Rule
+    src_mask: dict[int, int]  # family -> node mask (nodes whose address of that family matches)
+    dst_mask: dict[int, int]
+    src_ranges: dict[int, list[tuple[int, int]]]
+    dst_ranges: dict[int, list[tuple[int, int]]]  # everything the rule lets sources send to
+    dst_cidr: dict[int, list[tuple[int, int]]]  # non-node destinations (routes, internet)
+    self_dst: bool
+    port_boxes: list[tuple[tuple[int, int], tuple[int, int]]]  # (proto, proto), (lo, hi)
+    other_protos: list[int]
+
+    @property
+    def any_src(self) -> int:
+        return self.src_mask[4] | self.src_mask[6]
+
+    @property
+    def any_dst(self) -> int:
+        return self.dst_mask[4] | self.dst_mask[6]
+
+
+class Compiler:
+    """Everything about one mesh that every host's output is derived from."""
+
+    def __init__(self, mesh: Mesh, policy: Policy, alloc: dict[str, Allocation],
+                 today: dt.date | None = None):
+        self.mesh = mesh
+        self.policy = policy
+        self.net = mesh.network
+        today = today or dt.date.today()
+        self.expired = sorted(n for n, node in mesh.nodes.items()
+                              if node.expires and node.expires < today)
+        self.names = sorted(n for n in mesh.nodes if n not in self.expired)
+        self.index = {n: i for i, n in enumerate(self.names)}
+        self.nodes = [mesh.nodes[n] for n in self.names]
+        self.alloc = alloc
+        self.addr = {4: [int(alloc[n].ipv4) for n in self.names],
+                     6: [int(alloc[n].ipv6) for n in self.names]}
+        self.by_addr = {(4, a): i for i, a in enumerate(self.addr[4])}
+        self.by_addr.update({(6, a): i for i, a in enumerate(self.addr[6])})
+        self.all_mask = (1 << len(self.names)) - 1
+        self.problems: list[Problem] = []
+        self.warnings: list[str] = []
+        self._mask_cache: dict[str, dict[int, int]] = {}
+        self._range_cache: dict[int, tuple[list, list]] = {}
+        self._check_tags()
+        self.routes, self.exits = self._approvals()
+        self.user_mask = self._user_masks()
+        self.pools = {4: [net_range(self.net.ipv4_pool)], 6: [net_range(self.net.ipv6_pool)]}
+        self.all_routes = {f: merge_ranges(r for rs in self.routes.values() for r in rs[f])
+                           for f in FAMILIES}
+        self.rules = [self._rule_data(r) for r in policy.rules]
+        self._check_exit_use()
+        if self.problems:
+            raise InputError(self.problems)
+
+    # Validation across mesh and policy ------------------------------------------------
+    def _mesh_error(self, node: str, key: str | None, message: str, fix: str = "") -> None:
+        line, col = self.mesh.where(node, key) if key else self.mesh.where(node)
+        self.problems.append(Problem(str(self.mesh.path), line, col,
+                                     f"nodes.{node}" + (f".{key}" if key else ""), message, fix))
+
+    def _owner_may_assign(self, node: Node, tag: str, seen: frozenset = frozenset()) -> bool:
+        for owner in self.policy.tag_owners.get(tag, ()):
+            if owner.startswith("tag:"):
+                if owner in node.tags and owner not in seen:
+                    return True
+            elif owner.startswith("group:"):
+                if node.owner in self.policy.groups.get(owner, ()):
+                    return True
+            elif owner == "autogroup:member":
+                if node.owner:
+                    return True
+            elif owner == node.owner:
+                return True
+        return False
+
+    def _check_tags(self) -> None:
+        for name in self.names:
+            node = self.mesh.nodes[name]
+            for tag in node.tags:
+                if tag not in self.policy.tag_owners:
+                    self._mesh_error(name, "tags", f'tag not found: "{tag}"',
+                                     f'declare "{tag}" in the policy\'s tagOwners')
+                elif node.owner and not self._owner_may_assign(node, tag):
+                    self._mesh_error(
+                        name, "tags", f'{node.owner} may not assign "{tag}"',
+                        f'add the owner (or a group of theirs) to tagOwners["{tag}"], or '
+                        "remove owner: to declare an owner-less server")
+
+    def _approver_matches(self, approver: str, node: Node) -> bool:
+        if approver.startswith("tag:"):
+            return approver in node.tags
+        if node.tagged:
+            return False  # users and groups approve only their untagged nodes
+        if approver.startswith("group:"):
+            return node.owner in self.policy.groups.get(approver, ())
+        if approver == "autogroup:member":
+            return node.owner is not None
+        return approver == node.owner
+
+    def _approvals(self):
+        routes: dict[int, dict[int, list[tuple[int, int]]]] = {}
+        exits: set[int] = set()
+        for i, node in enumerate(self.nodes):
+            approved = set(node.approved_routes)
+            for route in node.advertise_routes:
+                for prefix, approvers in self.policy.auto_routes:
+                    if (route.version == prefix.version and route.subnet_of(prefix)
+                            and any(self._approver_matches(a, node) for a in approvers)):
+                        approved.add(route)
+            for route in node.advertise_routes:
+                if route not in approved:
+                    self.warnings.append(f"{node.name}: advertised route {route} is not "
+                                         "approved and is not used")
+            if approved:
+                routes[i] = {f: merge_ranges(net_range(r) for r in approved if r.version == f)
+                             for f in FAMILIES}
+            if node.advertise_exit_node:
+                if node.approved_exit_node or any(self._approver_matches(a, node)
+                                                  for a in self.policy.auto_exit):
+                    exits.add(i)
+                else:
+                    self.warnings.append(f"{node.name}: exit node is not approved and is not "
+                                         "used")
+        seen: list[tuple[int, int, tuple[int, int]]] = []
+        for i, fams in routes.items():
+            for f in FAMILIES:
+                for rng in fams[f]:
+                    for j, g, other in seen:
+                        if g == f and rng[0] <= other[1] and other[0] <= rng[1]:
+                            self._mesh_error(self.names[i], "advertise_routes",
+                                             f"approved route overlaps one of {self.names[j]}",
+                                             "each prefix needs exactly one router")
+                    seen.append((i, f, rng))
+        return routes, exits
+
+    def _user_masks(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for i, node in enumerate(self.nodes):
+            if node.owner and not node.tagged:
+                out[node.owner] = out.get(node.owner, 0) | (1 << i)
+        return out
+
+    # Selector resolution -------------------------------------------------------------
+    def _identity_mask(self, sel: str) -> int:
+        mask = 0
+        groups = self.policy.groups
+        for i, node in enumerate(self.nodes):
+            if sel == "*":
+                hit = True
+            elif sel.startswith("tag:"):
+                hit = sel in node.tags
+            elif sel == "autogroup:tagged":
+                hit = node.tagged
+            elif node.tagged:
+                hit = False
+            elif sel.startswith("group:"):
+                hit = node.owner in groups.get(sel, ())
+            elif sel == "autogroup:member":
+                hit = node.owner is not None
+            else:
+                hit = node.owner == sel
+            if hit:
+                mask |= 1 << i
+        return mask
+
+    def _prefix(self, sel: str):
+        if sel in self.policy.hosts:
+            return self.policy.hosts[sel]
+        try:
+            return ipaddress.ip_network(sel, strict=False)
+        except ValueError:
+            return None
+
+    def masks(self, sel: str) -> dict[int, int]:
+        """Nodes a selector names, per address family it names them in."""
+        if sel not in self._mask_cache:
+            if sel in ("autogroup:internet", "autogroup:self"):
+                m = {4: 0, 6: 0}
+            elif (net := self._prefix(sel)) is not None:
+                lo, hi = net_range(net)
+                f = net.version
+                m = {4: 0, 6: 0}
+                for i, a in enumerate(self.addr[f]):
+                    if lo <= a <= hi:
+                        m[f] |= 1 << i
+            else:
+                mask = self._identity_mask(sel)
+                m = {4: mask, 6: mask}
+            self._mask_cache[sel] = m
+        return self._mask_cache[sel]
+
+    def node_ranges(self, mask: int) -> tuple[list, list]:
+        """Address ranges (v4, v6) of the nodes in a mask, adjacent addresses joined."""
+        if mask not in self._range_cache:
+            v4, v6 = [], []
+            i = 0
+            m = mask
+            while m:
+                if m & 1:
+                    v4.append((self.addr[4][i],) * 2)
+                    v6.append((self.addr[6][i],) * 2)
+                m >>= 1
+                i += 1
+            self._range_cache[mask] = (merge_ranges(v4), merge_ranges(v6))
+        return self._range_cache[mask]
+
+    def _rule_data(self, rule: Rule) -> _RuleData:
+        src_mask = {4: 0, 6: 0}
+        dst_mask = {4: 0, 6: 0}
+        src_ranges: dict[int, list] = {4: [], 6: []}
+        dst_ranges: dict[int, list] = {4: [], 6: []}
+        dst_cidr: dict[int, list] = {4: [], 6: []}
+        for sel in rule.src:
+            m = self.masks(sel)
+            for f in FAMILIES:
+                src_mask[f] |= m[f]
+            if sel == "*":
+                for f in FAMILIES:
+                    src_ranges[f] += self.pools[f] + self.all_routes[f]
+            elif (net := self._prefix(sel)) is not None:
+                src_ranges[net.version].append(net_range(net))
+            else:
+                v4, v6 = self.node_ranges(m[4])
+                src_ranges[4] += v4
+                src_ranges[6] += v6
+        for sel in rule.dst:
+            m = self.masks(sel)
+            for f in FAMILIES:
+                dst_mask[f] |= m[f]
+            if sel == "*":
+                for f in FAMILIES:
+                    dst_ranges[f] += EVERYTHING[f]
+                    dst_cidr[f] += EVERYTHING[f]
+            elif sel == "autogroup:internet":
+                for f in FAMILIES:
+                    dst_ranges[f] += INTERNET[f]
+                    dst_cidr[f] += INTERNET[f]
+            elif (net := self._prefix(sel)) is not None:
+                dst_ranges[net.version].append(net_range(net))
+                dst_cidr[net.version].append(net_range(net))
+            elif sel != "autogroup:self":
+                v4, v6 = self.node_ranges(m[4])
+                dst_ranges[4] += v4
+                dst_ranges[6] += v6
+        port_boxes, other = [], []
+        for pp in rule.ip:
+            for proto in sorted(pp.protos):
+                if proto in PORT_PROTOS:
+                    port_boxes += [((proto, proto), p) for p in pp.ports]
+                elif proto not in ICMP:
+                    other.append(proto)
+        return _RuleData(rule, src_mask, dst_mask,
+                         {f: merge_ranges(v) for f, v in src_ranges.items()},
+                         {f: merge_ranges(v) for f, v in dst_ranges.items()},
+                         {f: merge_ranges(v) for f, v in dst_cidr.items()},
+                         "autogroup:self" in rule.dst, port_boxes, sorted(set(other)))
+
+    def _internet_allowed(self, i: int) -> bool:
+        bit = 1 << i
+        return any(rd.any_src & bit and ("*" in rd.rule.dst or "autogroup:internet" in rd.rule.dst)
+                   for rd in self.rules)
+
+    def _check_exit_use(self) -> None:
+        for i, node in enumerate(self.nodes):
+            target = node.use_exit_node
+            if target is None:
+                continue
+            if target not in self.mesh.nodes:
+                self._mesh_error(node.name, "use_exit_node", f'no node "{target}"')
+            elif target not in self.index:
+                self._mesh_error(node.name, "use_exit_node", f'exit node "{target}" has expired')
+            elif not self.mesh.nodes[target].advertise_exit_node:
+                self._mesh_error(node.name, "use_exit_node",
+                                 f'"{target}" does not offer itself as exit node',
+                                 f"set advertise_exit_node: true on {target}")
+            elif self.index[target] not in self.exits:
+                self._mesh_error(node.name, "use_exit_node",
+                                 f'exit node "{target}" is not approved',
+                                 "approve it with autoApprovers.exitNode or approved_exit_node")
+            elif not self._internet_allowed(i):
+                self._mesh_error(node.name, "use_exit_node",
+                                 "policy does not grant this node autogroup:internet",
+                                 'add a rule with dst "autogroup:internet:*" for it')
+
+    # Per host ------------------------------------------------------------------------
+    def host(self, name: str) -> HostOutput:
+        """Everything one host needs; costs O(rules x nodes), not O(nodes^2)."""
+        h = self.index[name]
+        bit = 1 << h
+        node = self.nodes[h]
+        boxes: dict[str, list] = {}
+
+        def add(key: str, box) -> None:
+            boxes.setdefault(key, []).append(box)
+
+        peers = 0
+        routes_wanted: dict[int, set[tuple[int, int, int]]] = {}  # router -> (f, lo, hi)
+        my_routes = self.routes.get(h)
+        is_exit = h in self.exits
+        for rd in self.rules:
+            srcs = rd.src_ranges
+            if rd.self_dst:
+                if node.tagged or node.owner not in self.user_mask:
+                    continue
+                mine = self.user_mask[node.owner]
+                if rd.any_src & bit:
+                    peers |= mine
+                    v4, v6 = self.node_ranges(mine)
+                    self._outbound(add, rd, {4: v4, 6: v6}, families=(4, 6))
+                senders = rd.any_src & mine
+                if senders:
+                    peers |= senders
+                    v4, v6 = self.node_ranges(senders)
+                    self._inbound(add, rd, {4: v4, 6: v6}, families=(4, 6))
+                continue
+            # As destination: the rule names this host (filters on arrival).
+            dfams = [f for f in FAMILIES if rd.dst_mask[f] & bit]
+            if dfams:
+                peers |= rd.any_src
+                self._inbound(add, rd, srcs, dfams)
+            # As source: what this host may send (filters on departure).
+            sfams = [f for f in FAMILIES if rd.src_mask[f] & bit]
+            if sfams:
+                peers |= rd.any_dst
+                self._outbound(add, rd, rd.dst_ranges, sfams)
+                for r, fams in self.routes.items():
+                    for f in sfams:
+                        for lo, hi in fams[f]:
+                            if clip([(lo, hi)], rd.dst_cidr[f]):
+                                routes_wanted.setdefault(r, set()).add((f, lo, hi))
+            # Subnet sources ("*" or CIDRs) arriving through a router.
+            if dfams:
+                for r, fams in self.routes.items():
+                    for f in dfams:
+                        for lo, hi in fams[f]:
+                            if clip([(lo, hi)], srcs[f]):
+                                routes_wanted.setdefault(r, set()).add((f, lo, hi))
+            # This host forwards for its approved routes and, as exit node, the internet.
+            to_internet = is_exit and ("*" in rd.rule.dst or "autogroup:internet" in rd.rule.dst)
+            for f in FAMILIES:
+                if my_routes and (dsts := clip(rd.dst_cidr[f], my_routes[f])):
+                    peers |= rd.src_mask[f]
+                    self._forward(add, rd, f, srcs[f], dsts)
+                if to_internet:
+                    # Peers of an exit node are only the nodes that chose it (below).
+                    self._forward(add, rd, f, srcs[f], INTERNET[f])
+                if my_routes:
+                    lan_srcs = clip(srcs[f], my_routes[f])
+                    if lan_srcs:
+                        peers |= rd.any_dst
+                        self._forward(add, rd, f, lan_srcs, rd.dst_ranges[f])
+        # A router's clients are peers of the router.
+        for r, _ in routes_wanted.items():
+            peers |= 1 << r
+        for i, other in enumerate(self.nodes):
+            if other.use_exit_node == name:
+                peers |= 1 << i
+        exit_idx = self.index.get(node.use_exit_node) if node.use_exit_node else None
+        if exit_idx is not None:
+            peers |= 1 << exit_idx
+        peers &= ~bit
+
+        out_peers = [self._peer(h, p, routes_wanted.get(p, ()), p == exit_idx)
+                     for p in _bits(peers)]
+        sets = {k: disjoint(v) for k, v in sorted(boxes.items())}
+        names = [(str(self.alloc[n].ipv4), [n, f"{n}.{self.net.domain}"])
+                 for n in [name, *(p.name for p in out_peers)]]
+        names += [(str(self.alloc[n].ipv6), [n, f"{n}.{self.net.domain}"])
+                  for n in [name, *(p.name for p in out_peers)]]
+        routes = [str(r) for r in node.advertise_routes
+                  if my_routes and in_ranges(int(r.network_address), my_routes[r.version])]
+        return HostOutput(name, node, self.alloc[name].ipv4, self.alloc[name].ipv6,
+                          node.listen_port or self.net.listen_port, out_peers, sets, routes,
+                          is_exit, bool(routes) or is_exit, names)
+
+    @staticmethod
+    def _inbound(add, rd: _RuleData, srcs, families) -> None:
+        for f in families:
+            for s in srcs[f]:
+                add(f"ping_in{f}", (s,))
+                for proto, ports in rd.port_boxes:
+                    add(f"in{f}", (s, proto, ports))
+                for p in rd.other_protos:
+                    add(f"in{f}p", (s, (p, p)))
+
+    @staticmethod
+    def _outbound(add, rd: _RuleData, dsts, families) -> None:
+        for f in families:
+            for d in dsts[f]:
+                add(f"ping_out{f}", (d,))
+                for proto, ports in rd.port_boxes:
+                    add(f"out{f}", (d, proto, ports))
+                for p in rd.other_protos:
+                    add(f"out{f}p", (d, (p, p)))
+
+    @staticmethod
+    def _forward(add, rd: _RuleData, f: int, srcs, dsts) -> None:
+        for s in srcs:
+            for d in dsts:
+                add(f"ping_fwd{f}", (s, d))
+                for proto, ports in rd.port_boxes:
+                    add(f"fwd{f}", (s, d, proto, ports))
+                for p in rd.other_protos:
+                    add(f"fwd{f}p", (s, d, (p, p)))
+
+    def _peer(self, h: int, p: int, routes, is_exit: bool) -> Peer:
+        me, other = self.nodes[h], self.nodes[p]
+        name = other.name
+        allowed = [f"{self.alloc[name].ipv4}/32", f"{self.alloc[name].ipv6}/128"]
+        for _f, lo, hi in sorted(routes):
+            for net in ipaddress.summarize_address_range(ipaddress.ip_address(lo),
+                                                         ipaddress.ip_address(hi)):
+                allowed.append(str(net))
+        if is_exit:
+            allowed += ["0.0.0.0/0", "::/0"]
+        roles = [r for r, yes in (("router", p in self.routes), ("exit", p in self.exits),
+                                  ("relay", other.relay)) if yes]
+        conn, endpoint, relay = self.connection(me, other)
+        keepalive = self.net.keepalive if (conn == "direct" and not me.endpoint
+                                           and self.net.keepalive) else None
+        return Peer(name, self.alloc[name].public_key, allowed, endpoint, keepalive, conn,
+                    relay, roles)
+
+    def connection(self, me: Node, other: Node) -> tuple[str, str | None, str | None]:
+        """How two nodes reach each other, and the endpoint ``me`` uses for ``other``."""
+        if me.site and me.site == other.site and other.lan_address and me.lan_address:
+            port = other.listen_port or self.net.listen_port
+            host = other.lan_address
+            return "lan", (f"[{host}]:{port}" if host.version == 6 else f"{host}:{port}"), None
+        if other.endpoint:
+            return "direct", other.endpoint, None
+        if me.endpoint:
+            return "direct", None, None  # the other side dials in and keeps the path open
+        relays = [n for n in self.nodes if n.relay and n.name not in (me.name, other.name)]
+        if relays:
+            pair_sites = {me.site, other.site} - {None}
+            relays.sort(key=lambda n: (n.site not in pair_sites, n.name))
+            return "relay", None, relays[0].name
+        return "none", None, None
+
+    def compile_all(self) -> dict[str, HostOutput]:
+        return {n: self.host(n) for n in self.names if self.mesh.nodes[n].managed}
+
+    # Evaluation ----------------------------------------------------------------------
+    def endpoint_of(self, text: str, family: int | None = None) -> Endpoint:
+        """A node name or an IP address, as the evaluator sees it."""
+        if text in self.index:
+            node = self.nodes[self.index[text]]
+            addr = self.alloc[text].ipv6 if family == 6 else self.alloc[text].ipv4
+            return Endpoint(addr, node.name, node.owner, frozenset(node.tags))
+        if text in self.policy.hosts:
+            text = str(self.policy.hosts[text].network_address)
+        addr = ipaddress.ip_address(text)
+        i = self.by_addr.get((addr.version, int(addr)))
+        if i is not None:
+            node = self.nodes[i]
+            return Endpoint(addr, node.name, node.owner, frozenset(node.tags))
+        return Endpoint(addr)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allow: bool
+    rule: str | None = None
+    line: int = 0
+
+
+class Evaluator:
+    """Decides single packets from identities, the way the policy reads, not from sets."""
+
+    def __init__(self, comp: Compiler):
+        self.c = comp
+        self.policy = comp.policy
+
+    def src_matches(self, sel: str, ep: Endpoint) -> bool:
+        if sel == "*":
+            if ep.node is not None:
+                return True
+            f = ep.addr.version
+            return in_ranges(int(ep.addr), self.c.pools[f] + self.c.all_routes[f])
+        return self._identity_or_prefix(sel, ep)
+
+    def _identity_or_prefix(self, sel: str, ep: Endpoint) -> bool:
+        net = self.c._prefix(sel)
+        if net is not None:
+            return ep.addr is not None and ep.addr.version == net.version and ep.addr in net
+        if ep.node is None and ep.user is None and not ep.tags:
+            return False
+        if sel.startswith("tag:"):
+            return sel in ep.tags
+        if sel == "autogroup:tagged":
+            return bool(ep.tags)
+        if ep.tags or ep.user is None:
+            return False
+        if sel.startswith("group:"):
+            return ep.user in self.policy.groups.get(sel, ())
+        if sel == "autogroup:member":
+            return True
+        return sel == ep.user
+
+    def dst_matches(self, sel: str, ep: Endpoint, src: Endpoint) -> bool:
+        if sel == "*":
+            return True
+        if sel == "autogroup:internet":
+            return (ep.node is None and ep.addr is not None
+                    and in_ranges(int(ep.addr), INTERNET[ep.addr.version]))
+        if sel == "autogroup:self":
+            return (ep.node is not None and not ep.tags and not src.tags and src.user is not None
+                    and ep.user == src.user)
+        return self._identity_or_prefix(sel, ep)
+
+    def check(self, src: Endpoint, dst: Endpoint, proto: int, port: int | None) -> Verdict:
+        if (src.addr is not None and dst.addr is not None
+                and src.addr.version != dst.addr.version):
+            return Verdict(False)
+        for rd in self.c.rules:
+            r = rd.rule
+            if not any(self.src_matches(s, src) for s in r.src):
+                continue
+            if not any(self.dst_matches(d, dst, src) for d in r.dst):
+                continue
+            if proto in ICMP:
+                return Verdict(True, r.origin, r.line)  # echo follows any relation
+            for pp in r.ip:
+                if proto in pp.protos and (proto not in PORT_PROTOS or any(
+                        lo <= (port or 0) <= hi for lo, hi in pp.ports)):
+                    return Verdict(True, r.origin, r.line)
+        return Verdict(False)
+
+
+def _bits(mask: int) -> list[int]:
+    out = []
+    i = 0
+    while mask:
+        low = mask & -mask
+        i = low.bit_length() - 1
+        out.append(i)
+        mask ^= low
+    return out
+
+
+def endpoint_text(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+__all__ = ["Compiler", "Endpoint", "Evaluator", "HostOutput", "Peer", "Verdict",
+           "endpoint_text", "parse_endpoint"]

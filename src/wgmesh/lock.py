@@ -1,0 +1,210 @@
+"""mesh.lock.yml: stable mesh addresses and pinned public keys.
+
+Allocated once, never moved, never reused: a removed node's addresses are kept under
+``retired`` so a newcomer cannot inherit firewall rules still present on hosts that have not
+been updated yet. The file is edited round-trip (comments and order survive) and replaced
+atomically, and is meant to be committed so that a git diff shows every change.
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap
+
+from wgmesh.errors import InputError, Problem
+from wgmesh.mesh import Mesh
+
+HEADER = """\
+# mesh.lock.yml - written by wgmesh; commit it with mesh.yml.
+# Mesh addresses are allocated once and kept; retired addresses are never handed out again.
+# public_key is pinned when a host is first seen: a host presenting another key is refused.
+"""
+
+
+@dataclass(frozen=True)
+class Allocation:
+    ipv4: ipaddress.IPv4Address
+    ipv6: ipaddress.IPv6Address
+    public_key: str | None
+
+
+def _yaml() -> YAML:
+    y = YAML(typ="rt")
+    y.indent(mapping=2, sequence=4, offset=2)
+    y.width = 200
+    return y
+
+
+class Lock:
+    """The lockfile's content; ``allocate`` brings it in line with a mesh."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.name = str(path)
+        self.data: CommentedMap
+        if path.exists():
+            try:
+                self.data = _yaml().load(path.read_text(encoding="utf-8")) or CommentedMap()
+            except Exception as exc:  # ruamel raises several unrelated types
+                raise InputError([Problem(self.name, 0, 0, "", f"not a valid lockfile: {exc}",
+                                          "restore it from git")]) from exc
+        else:
+            self.data = CommentedMap()
+        self.original = self.dump()
+        self.data.setdefault("version", 1)
+        self.data.setdefault("nodes", CommentedMap())
+        self.data.setdefault("retired", CommentedMap())
+
+    @property
+    def nodes(self) -> CommentedMap:
+        return self.data["nodes"]
+
+    @property
+    def retired(self) -> CommentedMap:
+        return self.data["retired"]
+
+    def dump(self) -> str:
+        if not self.data:
+            return ""
+        buf = io.StringIO()
+        _yaml().dump(self.data, buf)
+        text = buf.getvalue()
+        return text if text.startswith("#") else HEADER + text
+
+    @property
+    def changed(self) -> bool:
+        return self.dump() != self.original
+
+    def save(self) -> bool:
+        """Write atomically if the content changed; True if it was written."""
+        text = self.dump()
+        if text == self.original:
+            return False
+        fd, tmp = tempfile.mkstemp(prefix=".mesh.lock.", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        self.original = text
+        return True
+
+    def allocate(self, mesh: Mesh) -> dict[str, Allocation]:
+        """Addresses for every node: kept from the lock, pinned in mesh.yml, or new."""
+        problems: list[Problem] = []
+        pool4, pool6 = mesh.network.ipv4_pool, mesh.network.ipv6_pool
+        owner4: dict[ipaddress.IPv4Address, str] = {}
+        owner6: dict[ipaddress.IPv6Address, str] = {}
+
+        def err(node: str, key: str | None, message: str, fix: str = "") -> None:
+            line, col = mesh.where(node, key) if key else mesh.where(node)
+            problems.append(Problem(str(mesh.path), line, col, f"nodes.{node}" +
+                                    (f".{key}" if key else ""), message, fix))
+
+        # Retired addresses stay taken, unless their own node comes back.
+        for name, entry in self.retired.items():
+            if name not in mesh.nodes:
+                owner4[ipaddress.IPv4Address(entry["ipv4"])] = f"removed node {name}"
+                owner6[ipaddress.IPv6Address(entry["ipv6"])] = f"removed node {name}"
+        for name in list(self.nodes):
+            if name not in mesh.nodes:
+                _insert_sorted(self.retired, name, CommentedMap(
+                    [("ipv4", self.nodes[name]["ipv4"]), ("ipv6", self.nodes[name]["ipv6"])]))
+                owner4[ipaddress.IPv4Address(self.nodes[name]["ipv4"])] = f"removed node {name}"
+                owner6[ipaddress.IPv6Address(self.nodes[name]["ipv6"])] = f"removed node {name}"
+                del self.nodes[name]
+
+        want: dict[str, dict[str, object]] = {}
+        for name, node in mesh.nodes.items():
+            entry = self.nodes.get(name) or self.retired.get(name) or {}
+            v4 = node.address or (ipaddress.IPv4Address(entry["ipv4"]) if "ipv4" in entry else None)
+            v6 = node.address6 or (ipaddress.IPv6Address(entry["ipv6"]) if "ipv6" in entry
+                                   else None)
+            if v4 is not None and v4 not in pool4:
+                err(name, None, f"locked address {v4} is outside the pool {pool4}",
+                    "the pool changed: pin the node's address or move it back")
+                v4 = None
+            if v6 is not None and v6 not in pool6:
+                err(name, None, f"locked address {v6} is outside the pool {pool6}",
+                    "the pool changed: pin the node's address6 or move it back")
+                v6 = None
+            want[name] = {"ipv4": v4, "ipv6": v6}
+            for value, owners, key in ((v4, owner4, "address"), (v6, owner6, "address6")):
+                if value is None:
+                    continue
+                if value in owners:
+                    err(name, key if getattr(node, key) else None,
+                        f"address {value} is already taken by {owners[value]}",
+                        "pin another address, or drop the pin to get a free one")
+                else:
+                    owners[value] = f"node {name}"
+
+        free4 = _free(pool4, owner4)
+        free6 = _free(pool6, owner6)
+        for name in sorted(mesh.nodes):
+            for fam, free, owners in (("ipv4", free4, owner4), ("ipv6", free6, owner6)):
+                if want[name][fam] is None:
+                    addr = next(free, None)
+                    if addr is None:
+                        err(name, None, f"the {fam} pool is exhausted",
+                            "enlarge network.ipv4_pool/ipv6_pool or retire fewer nodes")
+                        continue
+                    owners[addr] = f"node {name}"
+                    want[name][fam] = addr
+        if problems:
+            raise InputError(problems)
+
+        out: dict[str, Allocation] = {}
+        for name, node in mesh.nodes.items():
+            entry = self.nodes.get(name)
+            if entry is None:
+                entry = CommentedMap()
+                _insert_sorted(self.nodes, name, entry)
+            self.retired.pop(name, None)
+            entry["ipv4"] = str(want[name]["ipv4"])
+            entry["ipv6"] = str(want[name]["ipv6"])
+            key = node.public_key or entry.get("public_key")
+            if not node.managed and node.public_key:
+                entry["public_key"] = node.public_key
+            out[name] = Allocation(want[name]["ipv4"], want[name]["ipv6"], key)
+        return out
+
+    def pin_key(self, node: str, public_key: str) -> str | None:
+        """Record a host's key on first sight; returns the pinned key if it differs."""
+        entry = self.nodes[node]
+        pinned = entry.get("public_key")
+        if pinned is None:
+            entry["public_key"] = public_key
+            return None
+        return None if pinned == public_key else pinned
+
+
+def _free(pool, taken):
+    """Addresses of a pool not taken, lowest first (skipping the network address)."""
+    first = int(pool.network_address) + 1
+    last = int(pool.broadcast_address) - (1 if pool.version == 4 else 0)
+    used = {int(a) for a in taken}
+    cls = type(pool.network_address)
+    i = first
+    while i <= last:
+        if i not in used:
+            yield cls(i)
+        i += 1
+
+
+def _insert_sorted(m: CommentedMap, key: str, value) -> None:
+    """Add a new entry in name order without disturbing existing entries or comments."""
+    pos = sum(1 for k in m if k < key)
+    m.insert(pos, key, value)

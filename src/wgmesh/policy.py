@@ -1,0 +1,602 @@
+"""Tailscale-format policy: parse, validate (every problem at once) and normalise.
+
+Validation is a step of its own that collects every problem with its line and column; what
+comes out is plain data (rules with selectors and protocol/port sets) for the compiler.
+Semantics follow Tailscale's control plane; differences are listed in docs/policy.md.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from wgmesh import hujson
+from wgmesh.errors import InputError, Problem, did_you_mean
+
+IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+PROTOCOLS = {
+    "icmp": 1, "igmp": 2, "ipv4": 4, "ip-in-ip": 4, "tcp": 6, "egp": 8, "igp": 9, "udp": 17,
+    "gre": 47, "esp": 50, "ah": 51, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132, "fc": 133,
+}
+PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "ipv6-icmp", 132: "sctp"}
+DEFAULT_PROTOS = frozenset({6, 17, 1, 58})  # no proto: TCP, UDP, ICMP, ICMPv6
+PORT_PROTOS = frozenset({6, 17, 132})
+ALL_PORTS = ((0, 65535),)
+ICMP = frozenset({1, 58})
+
+TOP_KEYS = {"groups", "hosts", "tagOwners", "acls", "grants", "autoApprovers", "ssh", "tests",
+            "sshTests", "nodeAttrs", "randomizeClientPort"}
+AUTOGROUPS_SRC = {"autogroup:member", "autogroup:tagged"}
+AUTOGROUPS_DST = {"autogroup:member", "autogroup:tagged", "autogroup:self", "autogroup:internet"}
+UNSUPPORTED_AUTOGROUPS = {"autogroup:admin", "autogroup:owner", "autogroup:it-admin",
+                          "autogroup:network-admin", "autogroup:billing-admin",
+                          "autogroup:auditor", "autogroup:shared", "autogroup:danger-all",
+                          "autogroup:nonroot"}
+TAG_NAME = re.compile(r"^tag:[A-Za-z][A-Za-z0-9-]*$")
+GROUP_NAME = re.compile(r"^group:[A-Za-z0-9][A-Za-z0-9._-]*$")
+USER = re.compile(r"^[^@\s:]+@[^@\s:]*$")
+HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
+DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+
+
+@dataclass(frozen=True)
+class ProtoPorts:
+    protos: frozenset[int]
+    ports: tuple[tuple[int, int], ...] = ALL_PORTS
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One normalised network rule: any src may reach any dst with any of ``ip``."""
+
+    origin: str  # "acls[2]", for "the rule that allowed it"
+    line: int
+    src: tuple[str, ...]
+    dst: tuple[str, ...]
+    ip: tuple[ProtoPorts, ...]
+
+
+@dataclass(frozen=True)
+class PolicyTest:
+    origin: str
+    line: int
+    src: str
+    proto: str | None
+    accept: tuple[str, ...]
+    deny: tuple[str, ...]
+
+
+@dataclass
+class Policy:
+    path: Path
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    hosts: dict[str, IPNet] = field(default_factory=dict)
+    tag_owners: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    rules: list[Rule] = field(default_factory=list)
+    allow_all: bool = False
+    auto_routes: list[tuple[IPNet, tuple[str, ...]]] = field(default_factory=list)
+    auto_exit: tuple[str, ...] = ()
+    ssh: list[dict[str, Any]] = field(default_factory=list)
+    tests: list[PolicyTest] = field(default_factory=list)
+    doc: hujson.Document | None = None
+
+    def where(self, path: tuple) -> tuple[int, int]:
+        return self.doc.where(path) if self.doc else (0, 0)
+
+
+def load_policy(path: str | Path) -> Policy:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InputError([Problem(str(path), 0, 0, "", f"cannot read policy: {exc.strerror}",
+                                  "check mesh.yml's policy: path, or pass --policy")]) from exc
+    return parse_policy(text, str(path))
+
+
+def parse_policy(text: str, name: str = "<policy>") -> Policy:
+    doc = hujson.loads(text, name)
+    return _Validator(doc).run()
+
+
+def parse_ports(text: str) -> tuple[tuple[int, int], ...] | str:
+    """'*', '22', '80-443', '22,80,8000-8100' -> ranges, or an error message."""
+    if text == "*":
+        return ALL_PORTS
+    out = []
+    for part in text.split(","):
+        lo_s, _, hi_s = part.partition("-")
+        if not lo_s.isdigit() or (hi_s and not hi_s.isdigit()) or (_ and not hi_s):
+            return f'port range "{part}": invalid first integer' if not lo_s.isdigit() \
+                else f'port range "{part}": invalid last integer'
+        lo, hi = int(lo_s), int(hi_s or lo_s)
+        if lo == 0:
+            return f"port range \"{part}\": first port must be >0, or use '*' for wildcard"
+        if hi > 65535 or lo > 65535:
+            return f'port range "{part}": port must be at most 65535'
+        if hi < lo:
+            return f'port range "{part}": last port is below the first'
+        out.append((lo, hi))
+    return tuple(sorted(out))
+
+
+def parse_proto(value: Any) -> int | str:
+    """An IANA protocol name or number -> number, or an error message."""
+    if not isinstance(value, str):
+        return "proto must be a protocol name or number as text"
+    v = value.lower()
+    if v in PROTOCOLS:
+        return PROTOCOLS[v]
+    if v.isdigit():
+        if len(v) > 1 and v.startswith("0"):
+            return f'leading 0 not permitted in protocol number "{value}"'
+        if int(v) <= 255:
+            return int(v)
+    return f'proto name "{value}" not known; use tcp, udp, icmp, ipv6-icmp, sctp, ... or 0-255'
+
+
+def split_hostport(text: str) -> tuple[str, str] | None:
+    """'selector:ports' split on the last colon; '[v6]:ports' also accepted."""
+    if text.startswith("["):
+        m = re.fullmatch(r"\[([^\]]+)\](/\d+)?:(.+)", text)
+        if not m:
+            return None
+        return m.group(1) + (m.group(2) or ""), m.group(3)
+    sel, colon, ports = text.rpartition(":")
+    return (sel, ports) if colon and sel else None
+
+
+class _Validator:
+    def __init__(self, doc: hujson.Document):
+        self.doc = doc
+        self.problems: list[Problem] = []
+        self.policy = Policy(Path(doc.name), doc=doc)
+
+    def err(self, path: tuple, message: str, fix: str = "") -> None:
+        line, col = self.doc.where(path)
+        self.problems.append(Problem(self.doc.name, line, col, _jpath(path), message, fix))
+
+    def run(self) -> Policy:
+        data = self.doc.value
+        if not isinstance(data, dict):
+            self.err((), "a policy must be a JSON object")
+            raise InputError(self.problems)
+        for key in data:
+            if key not in TOP_KEYS:
+                self.err((key,), f'unknown field "{key}"', did_you_mean(key, TOP_KEYS))
+        for key in ("sshTests", "nodeAttrs", "randomizeClientPort"):
+            if key in data:
+                self.err((key,), f'"{key}" is not supported by wgmesh',
+                         "remove it; see docs/policy.md for what a static mesh supports")
+        self.groups(data.get("groups", {}))
+        self.hosts(data.get("hosts", {}))
+        self.tag_owners(data.get("tagOwners", {}))
+        if "acls" not in data and "grants" not in data:
+            # Tailscale: a policy with neither rule list allows everything.
+            self.policy.allow_all = True
+            self.policy.rules.append(Rule("(no acls or grants: allow all)", 0, ("*",), ("*",),
+                                          (ProtoPorts(DEFAULT_PROTOS),)))
+        self.acls(data.get("acls", []))
+        self.grants(data.get("grants", []))
+        self.auto_approvers(data.get("autoApprovers", {}))
+        self.ssh(data.get("ssh", []))
+        self.tests(data.get("tests", []))
+        if self.problems:
+            raise InputError(self.problems)
+        return self.policy
+
+    # Sections ------------------------------------------------------------------------
+    def _object(self, value: Any, path: tuple) -> dict:
+        if not isinstance(value, dict):
+            self.err(path, "must be an object")
+            return {}
+        return value
+
+    def _list(self, value: Any, path: tuple, what: str = "a list") -> list:
+        if not isinstance(value, list):
+            self.err(path, f"must be {what}")
+            return []
+        return value
+
+    def _fields(self, obj: dict, path: tuple, allowed: set[str], required: set[str] = frozenset()):
+        for key in obj:
+            if key not in allowed and not key.startswith("#"):
+                self.err((*path, key), f'unknown field "{key}"', did_you_mean(key, allowed))
+        for key in sorted(required - set(obj)):
+            self.err(path, f'missing field "{key}"')
+
+    def groups(self, value: Any) -> None:
+        for name, members in self._object(value, ("groups",)).items():
+            path = ("groups", name)
+            if not GROUP_NAME.match(name):
+                self.err(path, f'group name "{name}" must start with "group:"',
+                         'e.g. "group:engineers"')
+                continue
+            out = []
+            for i, m in enumerate(self._list(members, path, "a list of users")):
+                if isinstance(m, str) and m.startswith("group:"):
+                    self.err((*path, i), f'groups["{name}"]: "{m}": group members cannot be '
+                             "recursive", "list the users themselves")
+                elif not isinstance(m, str) or not USER.match(m):
+                    self.err((*path, i), f"group members must be users, not {m!r}",
+                             "write users in e-mail form: alice@example.com")
+                else:
+                    out.append(m)
+            self.policy.groups[name] = tuple(out)
+
+    def hosts(self, value: Any) -> None:
+        for name, addr in self._object(value, ("hosts",)).items():
+            path = ("hosts", name)
+            if not HOST_NAME.match(name) or ":" in name or "@" in name:
+                self.err(path, f'host name "{name}" is not valid',
+                         "use letters, digits, '.', '_' and '-' (no ':' or '@')")
+                continue
+            try:
+                self.policy.hosts[name] = ipaddress.ip_network(str(addr), strict=True) \
+                    if isinstance(addr, str) else None
+            except ValueError:
+                self.policy.hosts[name] = None
+            if self.policy.hosts[name] is None:
+                self.err(path, f"hostname contains invalid IP address: {addr!r}",
+                         "give an IP address or a CIDR prefix without host bits")
+
+    def tag_owners(self, value: Any) -> None:
+        owners_raw = self._object(value, ("tagOwners",))
+        for tag in owners_raw:
+            if not TAG_NAME.match(tag):
+                self.err(("tagOwners", tag),
+                         f'tagOwners["{tag}"]: tag names must start with a letter, after "tag:"',
+                         'e.g. "tag:prod-db"')
+        for tag, owners in owners_raw.items():
+            if not TAG_NAME.match(tag):
+                continue
+            path = ("tagOwners", tag)
+            out = []
+            for i, o in enumerate(self._list(owners, path, "a list of owners")):
+                if not isinstance(o, str):
+                    self.err((*path, i), f"owners must be text, not {o!r}")
+                elif o.startswith("tag:"):
+                    if o not in owners_raw:
+                        self.err((*path, i), f'tag "{tag}" references undefined tag "{o}"',
+                                 f'declare "{o}" in tagOwners')
+                    out.append(o)
+                elif o.startswith("group:"):
+                    if o not in self.policy.groups:
+                        self.err((*path, i), f'group not defined in policy: "{o}"',
+                                 "declare it under groups")
+                    out.append(o)
+                elif o == "autogroup:member" or USER.match(o):
+                    out.append(o)
+                else:
+                    self.err((*path, i), f"tag owners are users, groups or tags, not {o!r}")
+            self.policy.tag_owners[tag] = tuple(out)
+
+    def selector(self, sel: Any, path: tuple, side: str) -> str | None:
+        """Check one src/dst selector; returns it, or None after reporting why."""
+        if not isinstance(sel, str) or not sel:
+            self.err(path, f"selectors are non-empty text, not {sel!r}")
+            return None
+        if sel == "*":
+            return sel
+        if sel.startswith("tag:"):
+            if sel not in self.policy.tag_owners:
+                self.err(path, f'{side}={sel!r}: tag not found: "{sel}"',
+                         f'declare it in tagOwners, e.g. "{sel}": ["group:admins"]')
+                return None
+            return sel
+        if sel.startswith("group:"):
+            if sel not in self.policy.groups:
+                self.err(path, f'group not defined in policy: "{sel}"',
+                         did_you_mean(sel, self.policy.groups))
+                return None
+            return sel
+        if sel.startswith("autogroup:"):
+            allowed = AUTOGROUPS_SRC if side == "src" else AUTOGROUPS_DST
+            if sel in allowed:
+                return sel
+            if sel == "autogroup:self" and side == "src":
+                self.err(path, '"autogroup:self" not valid on the src side of a rule',
+                         "use autogroup:self as a destination")
+            elif sel == "autogroup:internet" and side == "src":
+                self.err(path, "autogroup:internet can only be used in ACL destinations")
+            elif sel in UNSUPPORTED_AUTOGROUPS:
+                self.err(path, f'"{sel}" is not supported without a coordination server',
+                         "see docs/policy.md; use groups instead")
+            else:
+                self.err(path, f'invalid autogroup: got "{sel}"',
+                         "expected one of: " + ", ".join(sorted(AUTOGROUPS_DST)))
+            return None
+        if "@" in sel:
+            if not USER.match(sel):
+                self.err(path, f'"{sel}" is not a user', "write users as alice@example.com")
+                return None
+            return sel
+        if sel in self.policy.hosts:
+            return sel
+        try:
+            ipaddress.ip_network(sel, strict=False)
+        except ValueError:
+            self.err(path, f'{side} "{sel}" is not a user, group, tag, autogroup, host or IP',
+                     did_you_mean(sel, [*self.policy.hosts, *self.policy.groups,
+                                        *self.policy.tag_owners]))
+            return None
+        if ipaddress.ip_network(sel, strict=False).prefixlen == 0 and side == "dst":
+            self.err(path, f'dst "{sel}": to allow all IP addresses, use "*" or '
+                     '"autogroup:internet"')
+            return None
+        return str(ipaddress.ip_network(sel, strict=False))
+
+    def _srcs(self, rule: dict, path: tuple) -> tuple[str, ...]:
+        out = []
+        for i, s in enumerate(self._list(rule.get("src", []), (*path, "src"))):
+            sel = self.selector(s, (*path, "src", i), "src")
+            if sel:
+                out.append(sel)
+        return tuple(out)
+
+    def _check_self(self, src: tuple[str, ...], dsts: list[str], path: tuple, grant: bool):
+        if "autogroup:self" not in dsts:
+            return
+        bad = [s for s in src if not (s.startswith("group:") or s == "autogroup:member"
+                                      or ("@" in s and not s.startswith("tag:"))
+                                      or (s == "*" and not grant))]
+        if bad:
+            self.err((*path, "src"), "autogroup:self can only be used with users, groups, or "
+                     "supported autogroups", f"remove {', '.join(bad)} from this rule's src")
+
+    def acls(self, value: Any) -> None:
+        for i, rule in enumerate(self._list(value, ("acls",))):
+            path = ("acls", i)
+            if not isinstance(rule, dict):
+                self.err(path, "an acl is an object with action, src and dst")
+                continue
+            self._fields(rule, path, {"action", "src", "dst", "proto"}, {"action", "src", "dst"})
+            action = rule.get("action")
+            if action is not None and action != "accept":
+                self.err((*path, "action"), f'action="{action}" is not supported',
+                         'the only action is "accept"; access is denied by default')
+            protos = DEFAULT_PROTOS
+            if "proto" in rule:
+                p = parse_proto(rule["proto"])
+                if isinstance(p, str):
+                    self.err((*path, "proto"), p)
+                    continue
+                protos = frozenset({p})
+            src = self._srcs(rule, path)
+            by_ports: dict[tuple, list[str]] = {}
+            for j, d in enumerate(self._list(rule.get("dst", []), (*path, "dst"))):
+                dpath = (*path, "dst", j)
+                split = split_hostport(d) if isinstance(d, str) else None
+                if split is None:
+                    tail = d.rpartition(":")[2] if isinstance(d, str) else d
+                    self.err(dpath, f'dst="{d}": port range "{tail}": invalid first integer',
+                             'a dst needs ports: "tag:web:443", "group:x:*"')
+                    continue
+                sel_text, port_text = split
+                ports = parse_ports(port_text)
+                if isinstance(ports, str):
+                    self.err(dpath, f'dst="{d}": {ports}')
+                    continue
+                if ports != ALL_PORTS and "proto" in rule and not protos <= PORT_PROTOS:
+                    self.err(dpath, f'dst="{d}": protocol does not support specific ports',
+                             'use ":*" with this proto')
+                    continue
+                sel = self.selector(sel_text, dpath, "dst")
+                if sel:
+                    by_ports.setdefault(ports, []).append(sel)
+            self._check_self(src, [s for v in by_ports.values() for s in v], path, grant=False)
+            line = self.doc.where(path)[0]
+            for ports, dsts in by_ports.items():
+                self.policy.rules.append(
+                    Rule(f"acls[{i}]", line, src, tuple(dsts), (ProtoPorts(protos, ports),)))
+
+    def grants(self, value: Any) -> None:
+        for i, rule in enumerate(self._list(value, ("grants",))):
+            path = ("grants", i)
+            if not isinstance(rule, dict):
+                self.err(path, "a grant is an object with src, dst and ip")
+                continue
+            self._fields(rule, path, {"src", "dst", "ip", "app", "via", "srcPosture"},
+                         {"src", "dst"})
+            for key, why in (("app", "application capabilities need Tailscale's client"),
+                             ("via", "route steering by tag is not implemented yet"),
+                             ("srcPosture", "device posture needs a coordination server")):
+                if key in rule:
+                    self.err((*path, key), f'grants: "{key}" is not supported ({why})',
+                             "see docs/policy.md")
+            ips = rule.get("ip")
+            if not ips:
+                if "app" not in rule:
+                    self.err(path, "ip and app can not both be empty",
+                             'add "ip": ["*"] or a list such as ["tcp:443"]')
+                continue
+            specs = []
+            for j, spec in enumerate(self._list(ips, (*path, "ip"))):
+                parsed = self._ip_spec(spec, (*path, "ip", j))
+                if parsed:
+                    specs.append(parsed)
+            src = self._srcs(rule, path)
+            dsts = []
+            for j, d in enumerate(self._list(rule.get("dst", []), (*path, "dst"))):
+                sel = self.selector(d, (*path, "dst", j), "dst")
+                if sel:
+                    dsts.append(sel)
+            self._check_self(src, dsts, path, grant=True)
+            if specs:
+                self.policy.rules.append(Rule(f"grants[{i}]", self.doc.where(path)[0], src,
+                                              tuple(dsts), tuple(specs)))
+
+    def _ip_spec(self, spec: Any, path: tuple) -> ProtoPorts | None:
+        if not isinstance(spec, str):
+            self.err(path, f"ip entries are text such as \"tcp:443\", not {spec!r}")
+            return None
+        proto_text, colon, port_text = spec.rpartition(":")
+        if not colon:
+            ports = parse_ports(spec)
+            if isinstance(ports, str):
+                self.err(path, ports, 'write "tcp:443", "udp:53", "icmp:*", "443" or "*"')
+                return None
+            return ProtoPorts(DEFAULT_PROTOS, ports)
+        proto = parse_proto(proto_text)
+        if isinstance(proto, str):
+            self.err(path, proto)
+            return None
+        ports = parse_ports(port_text)
+        if isinstance(ports, str):
+            self.err(path, ports)
+            return None
+        if ports != ALL_PORTS and proto not in PORT_PROTOS:
+            self.err(path, f'"{spec}": protocol does not support specific ports',
+                     f'use "{proto_text}:*"')
+            return None
+        return ProtoPorts(frozenset({proto}), ports)
+
+    def _approvers(self, values: Any, path: tuple) -> tuple[str, ...]:
+        out = []
+        for i, a in enumerate(self._list(values, path, "a list of approvers")):
+            if isinstance(a, str) and (a.startswith(("tag:", "group:")) or a == "autogroup:member"
+                                       or "@" in a):
+                sel = self.selector(a, (*path, i), "src")
+                if sel:
+                    out.append(sel)
+            else:
+                self.err((*path, i), f"approvers are users, groups or tags, not {a!r}")
+        return tuple(out)
+
+    def auto_approvers(self, value: Any) -> None:
+        obj = self._object(value, ("autoApprovers",))
+        self._fields(obj, ("autoApprovers",), {"routes", "exitNode"})
+        for prefix, approvers in self._object(obj.get("routes", {}),
+                                              ("autoApprovers", "routes")).items():
+            path = ("autoApprovers", "routes", prefix)
+            try:
+                net = ipaddress.ip_network(prefix, strict=True)
+            except ValueError as exc:
+                self.err(path, f"not a CIDR prefix: {exc}")
+                continue
+            self.policy.auto_routes.append((net, self._approvers(approvers, path)))
+        if "exitNode" in obj:
+            self.policy.auto_exit = self._approvers(obj["exitNode"], ("autoApprovers",
+                                                                       "exitNode"))
+
+    def ssh(self, value: Any) -> None:
+        """Validated now, compiled by a later version (see docs/policy.md)."""
+        for i, rule in enumerate(self._list(value, ("ssh",))):
+            path = ("ssh", i)
+            if not isinstance(rule, dict):
+                self.err(path, "an ssh rule is an object")
+                continue
+            self._fields(rule, path, {"action", "src", "dst", "users", "checkPeriod",
+                                      "acceptEnv"})
+            action = rule.get("action")
+            if action is None:
+                self.err(path, "action must be specified", '"accept" or "check"')
+            elif not isinstance(action, str) or action.strip() not in ("accept", "check"):
+                self.err((*path, "action"), f'"{action}" is not a valid action',
+                         'use "accept" or "check"')
+            users = rule.get("users")
+            if not users:
+                self.err(path, "users must be specified", 'e.g. "users": ["root", "ubuntu"]')
+            else:
+                for j, u in enumerate(self._list(users, (*path, "users"))):
+                    if not isinstance(u, str) or u in ("", "*"):
+                        self.err((*path, "users", j), f"user {u!r} is not valid",
+                                 'name logins, or use "autogroup:nonroot"')
+            for j, s in enumerate(self._list(rule.get("src", []), (*path, "src"))):
+                self.selector(s, (*path, "src", j), "src")
+            for j, d in enumerate(self._list(rule.get("dst", []), (*path, "dst"))):
+                dpath = (*path, "dst", j)
+                if d == "*" or (isinstance(d, str) and d in self.policy.hosts):
+                    self.err(dpath, f'invalid dst "{d}"',
+                             "ssh dst is a tag, a user, autogroup:self/member/tagged")
+                else:
+                    self.selector(d, dpath, "dst")
+            if "checkPeriod" in rule:
+                self._check_period(rule, path)
+            for j, env in enumerate(self._list(rule.get("acceptEnv", []), (*path, "acceptEnv"))):
+                if not isinstance(env, str) or not env:
+                    self.err((*path, "acceptEnv", j), "acceptEnv values cannot be empty")
+            self.policy.ssh.append(rule)
+
+    def _check_period(self, rule: dict, path: tuple) -> None:
+        period, ppath = rule["checkPeriod"], (*path, "checkPeriod")
+        if rule.get("action") != "check":
+            self.err(ppath, 'checkPeriod is only valid with action "check"')
+        elif period == "always":
+            return
+        elif not isinstance(period, str) or not DURATION.match(period.lstrip("-")):
+            self.err(ppath, f"checkPeriod {period!r} is not a duration", 'e.g. "12h" or "always"')
+        elif period.startswith("-"):
+            self.err(ppath, f"checkPeriod {period!r} must be a positive duration")
+        else:
+            secs = sum(float(n) * DURATION_UNITS[u]
+                       for n, _, u in re.findall(r"(\d+(\.\d+)?)(ns|us|µs|ms|s|m|h)", period))
+            if secs > 168 * 3600:
+                self.err(ppath, f"checkPeriod {period!r} is above the max (168h)")
+
+    def tests(self, value: Any) -> None:
+        for i, test in enumerate(self._list(value, ("tests",))):
+            path = ("tests", i)
+            if not isinstance(test, dict):
+                self.err(path, "a test is an object with src and accept and/or deny")
+                continue
+            self._fields(test, path, {"src", "proto", "accept", "deny"}, {"src"})
+            src = test.get("src")
+            if isinstance(src, list) or not isinstance(src, str):
+                self.err((*path, "src"), "a test's src is one selector (text)")
+                continue
+            if self.selector(src, (*path, "src"), "src") is None:
+                continue
+            proto = test.get("proto")
+            if proto is not None:
+                p = parse_proto(proto)
+                if isinstance(p, str):
+                    self.err((*path, "proto"), p)
+                    continue
+                if p in ICMP:
+                    self.err((*path, "proto"), "tests cannot use icmp", "test tcp, udp or sctp")
+                    continue
+            if not test.get("accept") and not test.get("deny"):
+                self.err(path, "a test needs accept or deny")
+            lists = {}
+            for key in ("accept", "deny"):
+                out = []
+                for j, d in enumerate(self._list(test.get(key, []), (*path, key))):
+                    if self._test_dst(d, (*path, key, j)):
+                        out.append(d)
+                lists[key] = tuple(out)
+            self.policy.tests.append(PolicyTest(f"tests[{i}]", self.doc.where(path)[0], src,
+                                                proto, lists["accept"], lists["deny"]))
+
+    def _test_dst(self, d: Any, path: tuple) -> bool:
+        split = split_hostport(d) if isinstance(d, str) else None
+        if split is None:
+            self.err(path, f"test destination {d!r} needs host:port", 'e.g. "tag:db:5432"')
+            return False
+        host, port = split
+        if not port.isdigit() or not 0 < int(port) <= 65535:
+            self.err(path, f"test destination {d!r}: the port must be one number")
+            return False
+        if host.startswith(("group:", "autogroup:")) or ("@" in host):
+            self.err(path, f"test destination {d!r} must be a single host",
+                     "use a node name, a tag, a host alias or an IP address")
+            return False
+        if host.startswith("tag:"):
+            return self.selector(host, path, "dst") is not None
+        if "/" in host:
+            self.err(path, f"test destination {d!r} must be a single host, not a prefix")
+            return False
+        return True  # node name, host alias or IP: resolved against the mesh at test time
+
+
+def _jpath(path: tuple) -> str:
+    out = ""
+    for p in path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if re.fullmatch(r"\w+", p)
+                                                     else f'["{p}"]')
+    return out.lstrip(".")

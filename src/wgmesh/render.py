@@ -1,0 +1,203 @@
+"""Renderers: one per output a host receives. Sorted, never timestamped, never a secret."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from typing import Any
+
+from wgmesh.compiler import HostOutput
+from wgmesh.intervals import Box
+from wgmesh.mesh import Network
+from wgmesh.policy import PROTO_NAMES
+
+TABLE = "wgmesh"
+
+# set name -> (typeof expression, dimensions that are addresses of which family)
+SET_TYPES = {
+    "in{f}": "{ip} saddr . meta l4proto . th dport",
+    "in{f}p": "{ip} saddr . meta l4proto",
+    "ping_in{f}": "{ip} saddr",
+    "out{f}": "{ip} daddr . meta l4proto . th dport",
+    "out{f}p": "{ip} daddr . meta l4proto",
+    "ping_out{f}": "{ip} daddr",
+    "fwd{f}": "{ip} saddr . {ip} daddr . meta l4proto . th dport",
+    "fwd{f}p": "{ip} saddr . {ip} daddr . meta l4proto",
+    "ping_fwd{f}": "{ip} saddr . {ip} daddr",
+}
+
+
+def _addr(value: int, family: int) -> str:
+    return str(ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value))
+
+
+def addr_range(lo: int, hi: int, family: int) -> str:
+    """An address range as nft writes it: address, prefix, or first-last."""
+    if lo == hi:
+        return _addr(lo, family)
+    size = hi - lo + 1
+    if size & (size - 1) == 0 and lo % size == 0:
+        bits = 32 if family == 4 else 128
+        return f"{_addr(lo, family)}/{bits - size.bit_length() + 1}"
+    return f"{_addr(lo, family)}-{_addr(hi, family)}"
+
+
+def element(key: str, box: Box, family: int) -> str:
+    """One set element; address dimensions first, then protocol, then ports."""
+    n_addr = 2 if key.startswith(("fwd", "ping_fwd")) else 1
+    parts = [addr_range(lo, hi, family) for lo, hi in box[:n_addr]]
+    rest = box[n_addr:]
+    if rest:
+        proto = rest[0][0]
+        parts.append(PROTO_NAMES.get(proto, str(proto)) if proto not in (1, 58) else str(proto))
+    if len(rest) > 1:
+        lo, hi = rest[1]
+        parts.append(str(lo) if lo == hi else f"{lo}-{hi}")
+    return " . ".join(parts)
+
+
+def filter_elements(host: HostOutput) -> dict[str, list[str]]:
+    """Every set of the host's ruleset, elements rendered, in a stable order."""
+    out = {}
+    for pattern in SET_TYPES:
+        for f in (4, 6):
+            key = pattern.format(f=f)
+            out[key] = [element(key, b, f) for b in host.sets.get(key, [])]
+    return out
+
+
+def nftables(host: HostOutput, net: Network) -> str:
+    """The host's table, replaced whole and atomically by ``nft -f``."""
+    wg = net.interface
+    elements = filter_elements(host)
+    lines = [
+        f"# wgmesh policy filter for {host.name}: only traffic on {wg} is filtered; the",
+        "# management path (every other interface) is never touched.",
+        f"table inet {TABLE}",
+        f"delete table inet {TABLE}",
+        f"table inet {TABLE} {{",
+    ]
+    for pattern, typeof in SET_TYPES.items():
+        for f in (4, 6):
+            key = pattern.format(f=f)
+            lines += [f"    set {key} {{",
+                      f"        typeof {typeof.format(ip='ip' if f == 4 else 'ip6')}",
+                      "        flags interval"]
+            if elements[key]:
+                lines.append("        elements = {")
+                lines += [f"            {e}," for e in elements[key]]
+                lines.append("        }")
+            lines.append("    }")
+    for name in ("dropped_in", "dropped_out", "dropped_fwd"):
+        lines.append(f"    counter {name} {{ }}")
+
+    def chain(name: str, hook: str, iface_match: str, direction: str, counter: str):
+        addr = {"in": "saddr", "out": "daddr"}.get(direction)
+        body = [
+            f"    chain {name} {{",
+            f"        type filter hook {hook} priority filter; policy accept;",
+            f"        {iface_match} accept",
+            "        ct state established,related accept",
+            "        ct state invalid drop",
+        ]
+        if direction == "fwd":
+            body += [
+                "        icmp type echo-request ip saddr . ip daddr @ping_fwd4 accept",
+                "        icmpv6 type echo-request ip6 saddr . ip6 daddr @ping_fwd6 accept",
+                "        ip saddr . ip daddr . meta l4proto . th dport @fwd4 accept",
+                "        ip saddr . ip daddr . meta l4proto @fwd4p accept",
+                "        ip6 saddr . ip6 daddr . meta l4proto . th dport @fwd6 accept",
+                "        ip6 saddr . ip6 daddr . meta l4proto @fwd6p accept",
+            ]
+        else:
+            body += [
+                f"        icmp type echo-request ip {addr} @ping_{direction}4 accept",
+                f"        icmpv6 type echo-request ip6 {addr} @ping_{direction}6 accept",
+                f"        ip {addr} . meta l4proto . th dport @{direction}4 accept",
+                f"        ip {addr} . meta l4proto @{direction}4p accept",
+                f"        ip6 {addr} . meta l4proto . th dport @{direction}6 accept",
+                f"        ip6 {addr} . meta l4proto @{direction}6p accept",
+            ]
+        body += [f'        counter name "{counter}" drop', "    }"]
+        return body
+
+    lines += chain("input", "input", f'iifname != "{wg}"', "in", "dropped_in")
+    lines += chain("output", "output", f'oifname != "{wg}"', "out", "dropped_out")
+    lines += chain("forward", "forward", f'iifname != "{wg}" oifname != "{wg}"', "fwd",
+                   "dropped_fwd")
+    if host.forwarding:
+        lines += [
+            "    chain postrouting {",
+            "        type nat hook postrouting priority srcnat; policy accept;",
+            "        # Routed LANs and the internet see the router's address, so replies",
+            "        # come back through it without routes for the mesh.",
+            f'        iifname "{wg}" oifname != "{wg}" masquerade',
+            "    }",
+        ]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def wg_quick(host: HostOutput, net: Network) -> str:
+    """wg-quick configuration with no PrivateKey: the host loads its own key file."""
+    lines = [
+        f"# wgmesh: {net.interface} on {host.name}. Generated; holds no secret.",
+        "[Interface]",
+        f"Address = {host.ipv4}/32, {host.ipv6}/128",
+        f"ListenPort = {host.listen_port}",
+        f"MTU = {net.mtu}",
+        f"PostUp = wg set %i private-key /etc/wireguard/{net.interface}.key",
+    ]
+    for peer in host.peers:
+        lines.append("")
+        how = peer.connection + (f" via {peer.relay}" if peer.relay else "")
+        roles = f", {'/'.join(peer.roles)}" if peer.roles else ""
+        if not peer.public_key:
+            lines.append(f"# {peer.name} ({how}{roles}): public key not known yet; the next "
+                         "site.yml run collects it")
+            continue
+        lines += ["[Peer]", f"# {peer.name} ({how}{roles})", f"PublicKey = {peer.public_key}",
+                  f"AllowedIPs = {', '.join(peer.allowed_ips)}"]
+        if peer.endpoint:
+            lines.append(f"Endpoint = {peer.endpoint}")
+        if peer.keepalive:
+            lines.append(f"PersistentKeepalive = {peer.keepalive}")
+    return "\n".join(lines) + "\n"
+
+
+def hosts_block(host: HostOutput) -> str:
+    """Lines for the managed block of /etc/hosts: the peers this host can see, and itself."""
+    return "".join(f"{addr}\t{' '.join(names)}\n" for addr, names in host.names)
+
+
+def host_json(host: HostOutput) -> dict[str, Any]:
+    return {
+        "name": host.name,
+        "addresses": [str(host.ipv4), str(host.ipv6)],
+        "listen_port": host.listen_port,
+        "routes": host.routes,
+        "exit_node": host.exit_node,
+        "forwarding": host.forwarding,
+        "peers": [{
+            "name": p.name, "public_key": p.public_key, "allowed_ips": p.allowed_ips,
+            "endpoint": p.endpoint, "keepalive": p.keepalive, "connection": p.connection,
+            "relay": p.relay, "roles": p.roles,
+        } for p in host.peers],
+        "filters": {k: v for k, v in filter_elements(host).items() if v},
+        "names": [{"address": a, "names": n} for a, n in host.names],
+    }
+
+
+def plan_json(hosts: dict[str, HostOutput], net: Network, expired: list[str],
+              warnings: list[str]) -> str:
+    doc = {
+        "network": {
+            "interface": net.interface, "listen_port": net.listen_port,
+            "ipv4_pool": str(net.ipv4_pool), "ipv6_pool": str(net.ipv6_pool),
+            "domain": net.domain, "mtu": net.mtu, "keepalive": net.keepalive,
+        },
+        "hosts": {n: host_json(h) for n, h in sorted(hosts.items())},
+        "expired": expired,
+        "warnings": warnings,
+    }
+    return json.dumps(doc, indent=2, sort_keys=False) + "\n"
