@@ -15,7 +15,9 @@ from wgmesh.compiler import Compiler, Endpoint, Evaluator
 from wgmesh.errors import InputError, Problem
 from wgmesh.lock import Allocation, Lock
 from wgmesh.mesh import Mesh, load_mesh
+from wgmesh.mesh import resolve_path as resolve_mesh_path
 from wgmesh.policy import PROTOCOLS, Policy, PolicyTest, load_policy, split_hostport
+from wgmesh.yamlsource import YamlSource
 
 
 class PolicyTestFailure(Exception):
@@ -47,7 +49,8 @@ def load_inputs(inventory: str | Path, policy: str | Path | None = None) -> tupl
         mesh = load_mesh(inventory)
     except InputError as exc:
         problems += exc.problems
-    policy_path = Path(policy) if policy else (mesh.policy_path if mesh else None)
+    policy_path = Path(policy) if policy else (mesh.policy_path if mesh
+                                               else _policy_hint(inventory))
     if policy_path is None and mesh is not None:
         problems.append(Problem(str(mesh.path), 1, 1, "policy", "no policy file",
                                 "add policy: <path> to mesh.yml or pass --policy"))
@@ -59,6 +62,17 @@ def load_inputs(inventory: str | Path, policy: str | Path | None = None) -> tupl
     if problems:
         raise InputError(problems)
     return mesh, pol
+
+
+def _policy_hint(inventory: str | Path) -> Path | None:
+    """The policy a broken mesh.yml names, so its problems are reported in the same run."""
+    path = resolve_mesh_path(inventory)
+    try:
+        data = YamlSource(path).data
+    except InputError:
+        return None
+    value = data.get("policy") if isinstance(data, dict) else None
+    return (path.parent / value).resolve() if isinstance(value, str) and value else None
 
 
 def build(inventory: str | Path, policy: str | Path | None = None, *,

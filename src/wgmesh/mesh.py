@@ -142,7 +142,9 @@ def _network(src: YamlSource, root: Any) -> Network:
         v = values[key]
         if isinstance(v, bool) or not isinstance(v, int) or not limits[0] <= v <= limits[1]:
             src.error(*at(key), f"network.{key}",
-                      f"must be a number from {limits[0]} to {limits[1]}, not {type_name(v)}")
+                      f"must be a number from {limits[0]} to {limits[1]}, not "
+                      + (str(v) if isinstance(v, int) and not isinstance(v, bool)
+                         else type_name(v)))
     for key, cls in (("ipv4_pool", ipaddress.IPv4Network), ("ipv6_pool", ipaddress.IPv6Network)):
         try:
             out[key] = cls(str(values[key]))
@@ -261,8 +263,8 @@ def _node(src: YamlSource, name: str, spec: Any, path: str, network: Network) ->
     else:
         if key is None:
             src.error(src.data["nodes"], name, path,
-                      'missing required key "public_key" (managed: false)',
-                      "add the device's WireGuard public key (wg pubkey output)")
+                      "a node with managed: false needs its public_key",
+                      "add the device's WireGuard public key (the output of wg pubkey)")
             ok = False
         elif not valid_public_key(key):
             bad("public_key", "not a WireGuard public key",

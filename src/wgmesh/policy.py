@@ -220,8 +220,8 @@ class _Validator:
             out = []
             for i, m in enumerate(self._list(members, path, "a list of users")):
                 if isinstance(m, str) and m.startswith("group:"):
-                    self.err((*path, i), f'groups["{name}"]: "{m}": group members cannot be '
-                             "recursive", "list the users themselves")
+                    self.err((*path, i), f'"{m}": group members cannot be recursive',
+                             "list the users themselves")
                 elif not isinstance(m, str) or not USER.match(m):
                     self.err((*path, i), f"group members must be users, not {m!r}",
                              "write users in e-mail form: alice@example.com")
@@ -242,7 +242,7 @@ class _Validator:
             except ValueError:
                 self.policy.hosts[name] = None
             if self.policy.hosts[name] is None:
-                self.err(path, f"hostname contains invalid IP address: {addr!r}",
+                self.err(path, f'hostname contains invalid IP address: "{addr}"',
                          "give an IP address or a CIDR prefix without host bits")
 
     def tag_owners(self, value: Any) -> None:
@@ -250,7 +250,7 @@ class _Validator:
         for tag in owners_raw:
             if not TAG_NAME.match(tag):
                 self.err(("tagOwners", tag),
-                         f'tagOwners["{tag}"]: tag names must start with a letter, after "tag:"',
+                         'tag names must start with a letter, after "tag:"',
                          'e.g. "tag:prod-db"')
         for tag, owners in owners_raw.items():
             if not TAG_NAME.match(tag):
@@ -285,7 +285,7 @@ class _Validator:
             return sel
         if sel.startswith("tag:"):
             if sel not in self.policy.tag_owners:
-                self.err(path, f'{side}={sel!r}: tag not found: "{sel}"',
+                self.err(path, f'{side}="{sel}": tag not found: "{sel}"',
                          f'declare it in tagOwners, e.g. "{sel}": ["group:admins"]')
                 return None
             return sel
@@ -505,7 +505,7 @@ class _Validator:
             else:
                 for j, u in enumerate(self._list(users, (*path, "users"))):
                     if not isinstance(u, str) or u in ("", "*"):
-                        self.err((*path, "users", j), f"user {u!r} is not valid",
+                        self.err((*path, "users", j), f'user "{u}" is not valid',
                                  'name logins, or use "autogroup:nonroot"')
             for j, s in enumerate(self._list(rule.get("src", []), (*path, "src"))):
                 self.selector(s, (*path, "src", j), "src")
@@ -530,14 +530,14 @@ class _Validator:
         elif period == "always":
             return
         elif not isinstance(period, str) or not DURATION.match(period.lstrip("-")):
-            self.err(ppath, f"checkPeriod {period!r} is not a duration", 'e.g. "12h" or "always"')
+            self.err(ppath, f'checkPeriod "{period}" is not a duration', 'e.g. "12h" or "always"')
         elif period.startswith("-"):
-            self.err(ppath, f"checkPeriod {period!r} must be a positive duration")
+            self.err(ppath, f'checkPeriod "{period}" must be a positive duration')
         else:
             secs = sum(float(n) * DURATION_UNITS[u]
                        for n, _, u in re.findall(r"(\d+(\.\d+)?)(ns|us|µs|ms|s|m|h)", period))
             if secs > 168 * 3600:
-                self.err(ppath, f"checkPeriod {period!r} is above the max (168h)")
+                self.err(ppath, f'checkPeriod "{period}" is above the max (168h)')
 
     def tests(self, value: Any) -> None:
         for i, test in enumerate(self._list(value, ("tests",))):
@@ -576,20 +576,20 @@ class _Validator:
     def _test_dst(self, d: Any, path: tuple) -> bool:
         split = split_hostport(d) if isinstance(d, str) else None
         if split is None:
-            self.err(path, f"test destination {d!r} needs host:port", 'e.g. "tag:db:5432"')
+            self.err(path, f'test destination "{d}" needs host:port', 'e.g. "tag:db:5432"')
             return False
         host, port = split
         if not port.isdigit() or not 0 < int(port) <= 65535:
-            self.err(path, f"test destination {d!r}: the port must be one number")
+            self.err(path, f'test destination "{d}": the port must be one number')
             return False
         if host.startswith(("group:", "autogroup:")) or ("@" in host):
-            self.err(path, f"test destination {d!r} must be a single host",
+            self.err(path, f'test destination "{d}" must be a single host',
                      "use a node name, a tag, a host alias or an IP address")
             return False
         if host.startswith("tag:"):
             return self.selector(host, path, "dst") is not None
         if "/" in host:
-            self.err(path, f"test destination {d!r} must be a single host, not a prefix")
+            self.err(path, f'test destination "{d}" must be a single host, not a prefix')
             return False
         return True  # node name, host alias or IP: resolved against the mesh at test time
 
