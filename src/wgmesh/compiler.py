@@ -58,6 +58,23 @@ def clip(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, 
     return merge_ranges(out)
 
 
+def subtract(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Ranges of ``a`` not covered by ``b``."""
+    out = []
+    for lo, hi in a:
+        for blo, bhi in merge_ranges(b):
+            if bhi < lo or blo > hi:
+                continue
+            if blo > lo:
+                out.append((lo, blo - 1))
+            lo = bhi + 1
+            if lo > hi:
+                break
+        if lo <= hi:
+            out.append((lo, hi))
+    return out
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """Who or what a packet comes from or goes to, for the evaluator."""
@@ -102,7 +119,7 @@ class _RuleData:
     dst_mask: dict[int, int]
     src_ranges: dict[int, list[tuple[int, int]]]
     dst_ranges: dict[int, list[tuple[int, int]]]  # everything the rule lets sources send to
-    dst_cidr: dict[int, list[tuple[int, int]]]  # non-node destinations (routes, internet)
+    dst_cidr: dict[int, list[tuple[int, int]]]  # prefixes a subnet router may carry
     self_dst: bool
     port_boxes: list[tuple[tuple[int, int], tuple[int, int]]]  # (proto, proto), (lo, hi)
     other_protos: list[int]
@@ -146,6 +163,8 @@ class Compiler:
         self.pools = {4: [net_range(self.net.ipv4_pool)], 6: [net_range(self.net.ipv6_pool)]}
         self.all_routes = {f: merge_ranges(r for rs in self.routes.values() for r in rs[f])
                            for f in FAMILIES}
+        # autogroup:internet is what exit nodes carry: approved subnets go through routers.
+        self.internet = {f: subtract(INTERNET[f], self.all_routes[f]) for f in FAMILIES}
         self.rules = [self._rule_data(r) for r in policy.rules]
         self._check_exit_use()
         if self.problems:
@@ -332,8 +351,7 @@ class Compiler:
                     dst_cidr[f] += EVERYTHING[f]
             elif sel == "autogroup:internet":
                 for f in FAMILIES:
-                    dst_ranges[f] += INTERNET[f]
-                    dst_cidr[f] += INTERNET[f]
+                    dst_ranges[f] += self.internet[f]
             elif (net := self._prefix(sel)) is not None:
                 dst_ranges[net.version].append(net_range(net))
                 dst_cidr[net.version].append(net_range(net))
@@ -442,7 +460,7 @@ class Compiler:
                     self._forward(add, rd, f, srcs[f], dsts)
                 if to_internet:
                     # Peers of an exit node are only the nodes that chose it (below).
-                    self._forward(add, rd, f, srcs[f], INTERNET[f])
+                    self._forward(add, rd, f, srcs[f], self.internet[f])
                 if my_routes:
                     lan_srcs = clip(srcs[f], my_routes[f])
                     if lan_srcs:
@@ -602,7 +620,7 @@ class Evaluator:
             return True
         if sel == "autogroup:internet":
             return (ep.node is None and ep.addr is not None
-                    and in_ranges(int(ep.addr), INTERNET[ep.addr.version]))
+                    and in_ranges(int(ep.addr), self.c.internet[ep.addr.version]))
         if sel == "autogroup:self":
             return (ep.node is not None and not ep.tags and not src.tags and src.user is not None
                     and ep.user == src.user)

@@ -1,0 +1,179 @@
+"""Compiler semantics: identities, defaults, routes, exit nodes, connection types, output."""
+
+import json
+
+import pytest
+from meshkit import allowed, make, peers
+
+from wgmesh import render
+from wgmesh.errors import InputError
+
+TAGS = {"tag:web": ["group:eng"], "tag:db": [], "tag:router": [], "tag:exit": []}
+BASE = {"groups": {"group:eng": ["alice@example.com"]}, "tagOwners": TAGS}
+
+
+def pol(**kw):
+    return {**BASE, **kw}
+
+
+def test_no_rules_key_allows_everything_and_an_empty_list_denies_everything(tmp_path):
+    nodes = {"a": {"owner": "alice@example.com"}, "b": {"owner": "bob@example.com"}}
+    (tmp_path / "x").mkdir()
+    b = make(tmp_path / "x", nodes, pol())
+    assert allowed(b, "a", "b", port=1234) and allowed(b, "b", "a", "udp", 53)
+    assert allowed(b, "a", "b", "icmp", None)
+    assert peers(b, "a") == ["b"]
+    (tmp_path / "y").mkdir()
+    b = make(tmp_path / "y", nodes, pol(acls=[]))
+    assert not allowed(b, "a", "b", port=22) and not allowed(b, "a", "b", "icmp", None)
+    assert peers(b, "a") == [] and peers(b, "b") == []
+
+
+def test_tags_replace_the_owner_identity(tmp_path):
+    nodes = {"laptop": {"owner": "alice@example.com"},
+             "server": {"owner": "alice@example.com", "tags": ["tag:web"]},
+             "db": {"tags": ["tag:db"]}}
+    b = make(tmp_path, nodes, pol(acls=[
+        {"action": "accept", "src": ["alice@example.com"], "dst": ["tag:db:5432"]}]))
+    assert allowed(b, "laptop", "db", port=5432)
+    assert not allowed(b, "server", "db", port=5432)  # tagged: no longer alice's
+    assert peers(b, "db") == ["laptop"]
+
+
+def test_owner_must_be_a_tag_owner(tmp_path):
+    with pytest.raises(InputError, match=r'bob@example\.com may not assign "tag:web"'):
+        make(tmp_path, {"s": {"owner": "bob@example.com", "tags": ["tag:web"]}}, pol())
+
+
+def test_autogroup_self_reaches_only_the_users_own_untagged_devices(tmp_path):
+    nodes = {"a1": {"owner": "alice@example.com"}, "a2": {"owner": "alice@example.com"},
+             "a3": {"owner": "alice@example.com", "tags": ["tag:web"]},
+             "b1": {"owner": "bob@example.com"}, "b2": {"owner": "bob@example.com"}}
+    b = make(tmp_path, nodes, pol(acls=[
+        {"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}]))
+    assert allowed(b, "a1", "a2") and allowed(b, "b2", "b1")
+    assert not allowed(b, "a1", "b1") and not allowed(b, "a1", "a3")
+    assert not allowed(b, "a3", "a1")
+    assert peers(b, "a1") == ["a2"] and peers(b, "a3") == []
+
+
+def test_ports_protocols_and_ping_follow_any_relation(tmp_path):
+    nodes = {"a": {"owner": "alice@example.com"}, "w": {"tags": ["tag:web"]}}
+    b = make(tmp_path, nodes, pol(acls=[
+        {"action": "accept", "src": ["group:eng"], "proto": "tcp", "dst": ["tag:web:80-90"]}]))
+    assert allowed(b, "a", "w", "tcp", 85) and not allowed(b, "a", "w", "tcp", 91)
+    assert not allowed(b, "a", "w", "udp", 85)
+    assert allowed(b, "a", "w", "icmp", None)  # like Tailscale: ping follows any relation
+    assert not allowed(b, "w", "a", "icmp", None)
+    assert allowed(b, "a", "w", "tcp", 85, family=6)
+
+
+def test_host_alias_for_ipv4_gives_no_ipv6_access(tmp_path):
+    nodes = {"a": {"owner": "alice@example.com"},
+             "w": {"tags": ["tag:web"], "address": "100.64.0.50"}}
+    b = make(tmp_path, nodes, pol(hosts={"websrv": "100.64.0.50"}, acls=[
+        {"action": "accept", "src": ["group:eng"], "dst": ["websrv:443"]}]))
+    assert allowed(b, "a", "w", port=443)
+    assert not allowed(b, "a", "w", port=443, family=6)
+    sets = b.compiler.host("w").sets
+    assert sets.get("in4") and not sets.get("in6")
+
+
+def test_grants_ip_forms(tmp_path):
+    nodes = {"a": {"owner": "alice@example.com"}, "d": {"tags": ["tag:db"]}}
+    b = make(tmp_path, nodes, pol(grants=[
+        {"src": ["group:eng"], "dst": ["tag:db"], "ip": ["tcp:5432", "udp:53", "8000-8001"]}]))
+    assert allowed(b, "a", "d", "tcp", 5432) and allowed(b, "a", "d", "udp", 53)
+    assert allowed(b, "a", "d", "udp", 8001) and not allowed(b, "a", "d", "tcp", 53)
+
+
+def test_connection_types_endpoints_and_keepalive(tmp_path):
+    nodes = {
+        "pub": {"tags": ["tag:db"], "endpoint": "192.0.2.11:51820", "relay": True},
+        "lan1": {"tags": ["tag:db"], "site": "home", "lan_address": "198.51.100.10"},
+        "lan2": {"tags": ["tag:db"], "site": "home", "lan_address": "198.51.100.11"},
+        "cafe": {"tags": ["tag:db"]},
+    }
+    b = make(tmp_path, nodes, pol())
+    by = {p.name: p for p in b.compiler.host("lan1").peers}
+    assert by["lan2"].connection == "lan" and by["lan2"].endpoint == "198.51.100.11:51820"
+    assert by["lan2"].keepalive is None
+    assert by["pub"].connection == "direct" and by["pub"].endpoint == "192.0.2.11:51820"
+    assert by["pub"].keepalive == 25  # behind NAT: keep the mapping open
+    assert by["cafe"].connection == "relay" and by["cafe"].relay == "pub"
+    pub = {p.name: p for p in b.compiler.host("pub").peers}
+    assert pub["cafe"].connection == "direct" and pub["cafe"].endpoint is None
+    assert pub["cafe"].keepalive is None
+
+
+def test_no_relay_means_no_connection(tmp_path):
+    b = make(tmp_path, {"x": {"tags": ["tag:db"]}, "y": {"tags": ["tag:db"]}}, pol())
+    assert b.compiler.host("x").peers[0].connection == "none"
+
+
+ROUTER = {"tags": ["tag:router"], "endpoint": "192.0.2.13:51820",
+          "advertise_routes": ["198.51.100.128/26", "203.0.113.0/24"]}
+
+
+def test_subnet_routes_are_used_only_once_approved_and_filtered_by_policy(tmp_path):
+    nodes = {"a": {"owner": "alice@example.com"}, "b": {"owner": "bob@example.com"},
+             "r": ROUTER}
+    b = make(tmp_path, nodes, pol(
+        autoApprovers={"routes": {"198.51.100.0/24": ["tag:router"]}},
+        acls=[{"action": "accept", "src": ["group:eng"], "dst": ["198.51.100.130:22"]}]))
+    assert b.compiler.warnings == ["r: advertised route 203.0.113.0/24 is not approved and "
+                                   "is not used"]
+    a_peers = {p.name: p for p in b.compiler.host("a").peers}
+    assert "198.51.100.128/26" in a_peers["r"].allowed_ips
+    assert "203.0.113.0/24" not in a_peers["r"].allowed_ips
+    assert allowed(b, "a", "198.51.100.130", port=22)
+    assert not allowed(b, "a", "198.51.100.130", port=80)
+    assert not allowed(b, "a", "198.51.100.131", port=22)
+    assert peers(b, "b") == []  # bob may reach nothing there, so learns no router
+    r = b.compiler.host("r")
+    assert r.forwarding and r.routes == ["198.51.100.128/26"]
+    text = render.nftables(r, b.mesh.network)
+    assert "100.64.0.1 . 198.51.100.130 . tcp . 22" in text
+    assert "masquerade" in text
+
+
+def test_exit_node_needs_approval_and_autogroup_internet(tmp_path):
+    exit_node = {"tags": ["tag:exit"], "endpoint": "192.0.2.14:51820",
+                 "advertise_exit_node": True}
+    nodes = {"a": {"owner": "alice@example.com", "use_exit_node": "x"}, "x": exit_node}
+    internet = {"action": "accept", "src": ["group:eng"], "dst": ["autogroup:internet:*"]}
+    with pytest.raises(InputError, match='exit node "x" is not approved'):
+        make(tmp_path, nodes, pol(acls=[internet]))
+    with pytest.raises(InputError, match="does not grant this node autogroup:internet"):
+        make(tmp_path, nodes, pol(autoApprovers={"exitNode": ["tag:exit"]}, acls=[]))
+    b = make(tmp_path, nodes, pol(autoApprovers={"exitNode": ["tag:exit"]}, acls=[internet]))
+    a_peers = {p.name: p for p in b.compiler.host("a").peers}
+    assert {"0.0.0.0/0", "::/0"} <= set(a_peers["x"].allowed_ips)
+    assert allowed(b, "a", "192.0.2.80", port=443)
+    assert not allowed(b, "a", "10.1.2.3", port=443)  # private space is not "internet"
+    assert not allowed(b, "a", "x", port=22)  # using an exit node grants nothing on it
+    x = b.compiler.host("x")
+    assert x.exit_node and x.forwarding and [p.name for p in x.peers] == ["a"]
+
+
+def test_expired_nodes_are_left_out(tmp_path):
+    nodes = {"a": {"owner": "alice@example.com"}, "old": {"owner": "bob@example.com",
+                                                          "expires": "2025-12-31"}}
+    b = make(tmp_path, nodes, pol())
+    assert b.compiler.expired == ["old"] and peers(b, "a") == []
+
+
+def test_output_is_deterministic_and_holds_no_private_key(tmp_path):
+    nodes = {f"n{i}": {"owner": "alice@example.com" if i % 2 else "bob@example.com"}
+             for i in range(6)}
+    b1 = make(tmp_path, nodes, pol())
+    first = {n: render.wg_quick(h, b1.mesh.network) + render.nftables(h, b1.mesh.network)
+             for n, h in b1.compiler.compile_all().items()}
+    reordered = dict(reversed(list(nodes.items())))
+    b2 = make(tmp_path, reordered, pol())
+    second = {n: render.wg_quick(h, b2.mesh.network) + render.nftables(h, b2.mesh.network)
+              for n, h in b2.compiler.compile_all().items()}
+    assert first == second
+    assert all("PrivateKey" not in text for text in first.values())
+    plan = render.plan_json(b1.compiler.compile_all(), b1.mesh.network, [], [])
+    assert json.loads(plan)["hosts"]["n0"]["peers"][0]["public_key"]
