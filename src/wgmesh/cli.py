@@ -191,6 +191,8 @@ def cmd_eval(args) -> int:
                     src = b.compiler.endpoint_of(q["src"], dst.addr.version)
                 elif q["dst"] in b.compiler.index:
                     dst = b.compiler.endpoint_of(q["dst"], src.addr.version)
+                else:
+                    raise ValueError("src and dst are addresses of different families")
             proto_name = str(q.get("proto", "tcp")).lower()
             proto = PROTOCOLS[proto_name]
             if proto == 1 and src.addr.version == 6:

@@ -1,5 +1,6 @@
 """The wgmesh command's contract: exit codes and error format."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -21,3 +22,67 @@ def test_usage_error_exits_2():
     out = subprocess.run([WGMESH, "lab", "sideways"], capture_output=True, text=True)
     assert out.returncode == 2
     assert "invalid choice" in out.stderr
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def copy_example(tmp_path):
+    import shutil
+    shutil.copy(REPO / "inventories/example/mesh.yml", tmp_path / "mesh.yml")
+    shutil.copy(REPO / "policies/article.hujson", tmp_path / "article.hujson")
+    text = (tmp_path / "mesh.yml").read_text().replace("../../policies/", "")
+    (tmp_path / "mesh.yml").write_text(text)
+    return tmp_path
+
+
+def test_eval_reads_json_lines_and_names_the_rule(tmp_path):
+    inv = copy_example(tmp_path)
+    queries = "\n".join([
+        '{"src": "alice-laptop", "dst": "db1", "proto": "tcp", "port": 5432}',
+        '{"src": "bob-laptop", "dst": "db1", "proto": "tcp", "port": 5432}',
+        '{"src": "web1", "dst": "db1", "proto": "icmp"}',
+        '{"src": "100.64.0.5", "dst": "fd7a:115c:a1e0::4", "proto": "udp", "port": 5432}',
+        '{"src": "nobody", "dst": "db1", "proto": "tcp", "port": 1}',
+    ])
+    out = subprocess.run([WGMESH, "eval", "-i", str(inv)], input=queries, capture_output=True,
+                         text=True)
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    assert [x.get("allow") for x in lines] == [True, False, True, None, None]
+    assert lines[0]["rule"] == "acls[1]" and lines[0]["line"] == 13
+    assert lines[2]["rule"] == "acls[2]"
+    assert "different families" in lines[3]["error"]
+    assert "not a node" in lines[4]["error"]
+    assert out.returncode == 2  # a bad query line is an input error
+
+
+def test_render_all_check_locked_and_lock(tmp_path):
+    inv = copy_example(tmp_path)
+    out = subprocess.run([WGMESH, "check", "--locked", "-i", str(inv)], capture_output=True,
+                         text=True)
+    assert out.returncode == 1 and "out of date" in out.stderr
+    assert subprocess.run([WGMESH, "lock", "-i", str(inv)], capture_output=True).returncode == 0
+    out = subprocess.run([WGMESH, "check", "--locked", "-i", str(inv)], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "ok: 5 nodes, 3 rules, 5 policy tests passed\n"
+    dest = tmp_path / "out"
+    out = subprocess.run([WGMESH, "render", "-i", str(inv), "--all", "--out", str(dest)],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert sorted(p.name for p in dest.iterdir()) == [
+        "alice-laptop", "bob-laptop", "db1", "plan.json", "web1"]
+    assert (dest / "db1" / "wg0.conf").read_text().startswith("# wgmesh: wg0 on db1.")
+    plan = json.loads((dest / "plan.json").read_text())
+    assert plan["hosts"]["db1"]["filters"]["in4"]
+
+
+def test_failing_policy_test_exits_1(tmp_path):
+    inv = copy_example(tmp_path)
+    pol = inv / "article.hujson"
+    pol.write_text(pol.read_text().replace('"deny": ["tag:prod-db:22"]',
+                                           '"deny": ["tag:prod-db:5432"]'))
+    out = subprocess.run([WGMESH, "test", "-i", str(inv)], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert "FAIL tests[2]" in out.stdout and "4 passed, 1 failed" in out.stdout
+    assert "web1 -> db1:5432 is allowed (by acls[2]), expected deny" in out.stderr
