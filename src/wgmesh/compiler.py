@@ -10,7 +10,9 @@ against the other.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -105,7 +107,7 @@ class HostOutput:
     ipv6: ipaddress.IPv6Address
     listen_port: int
     peers: list[Peer]
-    sets: dict[str, list[Box]]
+    sets: dict[str, tuple[Box, ...]]  # set name -> disjoint elements
     routes: list[str]
     exit_node: bool
     forwarding: bool
@@ -160,6 +162,12 @@ class Compiler:
         self._check_tags()
         self.routes, self.exits = self._approvals()
         self.user_mask = self._user_masks()
+        self.relays = [n for n in self.nodes if n.relay]
+        self.exit_users: dict[str, int] = defaultdict(int)
+        for i, n in enumerate(self.nodes):
+            if n.use_exit_node:
+                self.exit_users[n.use_exit_node] |= 1 << i
+        self._set_cache: dict[str, dict[tuple, dict[str, list[Box]]]] = {}
         self.pools = {4: [net_range(self.net.ipv4_pool)], 6: [net_range(self.net.ipv6_pool)]}
         self.all_routes = {f: merge_ranges(r for rs in self.routes.values() for r in rs[f])
                            for f in FAMILIES}
@@ -405,16 +413,16 @@ class Compiler:
         h = self.index[name]
         bit = 1 << h
         node = self.nodes[h]
-        boxes: dict[str, list] = {}
-
-        def add(key: str, box) -> None:
-            boxes.setdefault(key, []).append(box)
-
+        fwd: dict[str, list] = defaultdict(list)
+        # What the host's inbound and outbound sets depend on. Hosts with the same role
+        # (same tags, same groups) have the same signatures and share one computation.
+        in_sig: list[tuple] = []
+        out_sig: list[tuple] = []
         peers = 0
         routes_wanted: dict[int, set[tuple[int, int, int]]] = {}  # router -> (f, lo, hi)
         my_routes = self.routes.get(h)
         is_exit = h in self.exits
-        for rd in self.rules:
+        for k, rd in enumerate(self.rules):
             srcs = rd.src_ranges
             if rd.self_dst:
                 if node.tagged or node.owner not in self.user_mask:
@@ -422,24 +430,22 @@ class Compiler:
                 mine = self.user_mask[node.owner]
                 if rd.any_src & bit:
                     peers |= mine
-                    v4, v6 = self.node_ranges(mine)
-                    self._outbound(add, rd, {4: v4, 6: v6}, families=(4, 6))
+                    out_sig.append((k, "self", mine))
                 senders = rd.any_src & mine
                 if senders:
                     peers |= senders
-                    v4, v6 = self.node_ranges(senders)
-                    self._inbound(add, rd, {4: v4, 6: v6}, families=(4, 6))
+                    in_sig.append((k, "self", senders))
                 continue
             # As destination: the rule names this host (filters on arrival).
-            dfams = [f for f in FAMILIES if rd.dst_mask[f] & bit]
+            dfams = tuple(f for f in FAMILIES if rd.dst_mask[f] & bit)
             if dfams:
                 peers |= rd.any_src
-                self._inbound(add, rd, srcs, dfams)
+                in_sig.append((k, dfams))
             # As source: what this host may send (filters on departure).
-            sfams = [f for f in FAMILIES if rd.src_mask[f] & bit]
+            sfams = tuple(f for f in FAMILIES if rd.src_mask[f] & bit)
             if sfams:
                 peers |= rd.any_dst
-                self._outbound(add, rd, rd.dst_ranges, sfams)
+                out_sig.append((k, sfams))
                 for r, fams in self.routes.items():
                     for f in sfams:
                         for lo, hi in fams[f]:
@@ -457,21 +463,23 @@ class Compiler:
             for f in FAMILIES:
                 if my_routes and (dsts := clip(rd.dst_cidr[f], my_routes[f])):
                     peers |= rd.src_mask[f]
-                    self._forward(add, rd, f, srcs[f], dsts)
+                    self._forward(fwd, rd, f, srcs[f], dsts)
                 if to_internet:
                     # Peers of an exit node are only the nodes that chose it (below).
-                    self._forward(add, rd, f, srcs[f], self.internet[f])
+                    self._forward(fwd, rd, f, srcs[f], self.internet[f])
                 if my_routes:
                     lan_srcs = clip(srcs[f], my_routes[f])
                     if lan_srcs:
                         peers |= rd.any_dst
-                        self._forward(add, rd, f, lan_srcs, rd.dst_ranges[f])
+                        self._forward(fwd, rd, f, lan_srcs, rd.dst_ranges[f])
+        sets = {**self._direction_sets("in", tuple(in_sig)),
+                **self._direction_sets("out", tuple(out_sig)),
+                **{k: tuple(disjoint(v)) for k, v in fwd.items() if v}}
+        sets = dict(sorted(sets.items()))
         # A router's clients are peers of the router.
-        for r, _ in routes_wanted.items():
+        for r in routes_wanted:
             peers |= 1 << r
-        for i, other in enumerate(self.nodes):
-            if other.use_exit_node == name:
-                peers |= 1 << i
+        peers |= self.exit_users.get(name, 0)
         exit_idx = self.index.get(node.use_exit_node) if node.use_exit_node else None
         if exit_idx is not None:
             peers |= 1 << exit_idx
@@ -479,64 +487,85 @@ class Compiler:
 
         out_peers = [self._peer(h, p, routes_wanted.get(p, ()), p == exit_idx)
                      for p in _bits(peers)]
-        sets = {k: disjoint(v) for k, v in sorted(boxes.items())}
-        names = [(str(self.alloc[n].ipv4), [n, f"{n}.{self.net.domain}"])
-                 for n in [name, *(p.name for p in out_peers)]]
-        names += [(str(self.alloc[n].ipv6), [n, f"{n}.{self.net.domain}"])
-                  for n in [name, *(p.name for p in out_peers)]]
+        visible = [name, *(p.name for p in out_peers)]
+        names = [self._name_entry(n, 4) for n in visible] + [self._name_entry(n, 6)
+                                                             for n in visible]
         routes = [str(r) for r in node.advertise_routes
                   if my_routes and in_ranges(int(r.network_address), my_routes[r.version])]
         return HostOutput(name, node, self.alloc[name].ipv4, self.alloc[name].ipv6,
                           node.listen_port or self.net.listen_port, out_peers, sets, routes,
                           is_exit, bool(routes) or is_exit, names)
 
-    @staticmethod
-    def _inbound(add, rd: _RuleData, srcs, families) -> None:
-        for f in families:
-            for s in srcs[f]:
-                add(f"ping_in{f}", (s,))
-                for proto, ports in rd.port_boxes:
-                    add(f"in{f}", (s, proto, ports))
-                for p in rd.other_protos:
-                    add(f"in{f}p", (s, (p, p)))
+    def _direction_sets(self, direction: str, signature: tuple) -> dict[str, list[Box]]:
+        """A host's inbound or outbound sets, computed once per distinct signature."""
+        cache = self._set_cache.setdefault(direction, {})
+        if signature in cache:
+            return cache[signature]
+        boxes: dict[str, list] = defaultdict(list)
+        add = self._inbound if direction == "in" else self._outbound
+        for k, *how in signature:
+            rd = self.rules[k]
+            if how[0] == "self":
+                v4, v6 = self.node_ranges(how[1])
+                add(boxes, rd, {4: v4, 6: v6}, FAMILIES)
+            else:
+                add(boxes, rd, rd.src_ranges if direction == "in" else rd.dst_ranges, how[0])
+        cache[signature] = {k: tuple(disjoint(v)) for k, v in boxes.items() if v}
+        return cache[signature]
 
     @staticmethod
-    def _outbound(add, rd: _RuleData, dsts, families) -> None:
+    def _inbound(boxes, rd: _RuleData, srcs, families) -> None:
         for f in families:
-            for d in dsts[f]:
-                add(f"ping_out{f}", (d,))
-                for proto, ports in rd.port_boxes:
-                    add(f"out{f}", (d, proto, ports))
-                for p in rd.other_protos:
-                    add(f"out{f}p", (d, (p, p)))
+            rs = srcs[f]
+            boxes[f"ping_in{f}"].extend((s,) for s in rs)
+            boxes[f"in{f}"].extend((s, pr, po) for s in rs for pr, po in rd.port_boxes)
+            boxes[f"in{f}p"].extend((s, (p, p)) for s in rs for p in rd.other_protos)
 
     @staticmethod
-    def _forward(add, rd: _RuleData, f: int, srcs, dsts) -> None:
-        for s in srcs:
-            for d in dsts:
-                add(f"ping_fwd{f}", (s, d))
-                for proto, ports in rd.port_boxes:
-                    add(f"fwd{f}", (s, d, proto, ports))
-                for p in rd.other_protos:
-                    add(f"fwd{f}p", (s, d, (p, p)))
+    def _outbound(boxes, rd: _RuleData, dsts, families) -> None:
+        for f in families:
+            ds = dsts[f]
+            boxes[f"ping_out{f}"].extend((d,) for d in ds)
+            boxes[f"out{f}"].extend((d, pr, po) for d in ds for pr, po in rd.port_boxes)
+            boxes[f"out{f}p"].extend((d, (p, p)) for d in ds for p in rd.other_protos)
+
+    @staticmethod
+    def _forward(boxes, rd: _RuleData, f: int, srcs, dsts) -> None:
+        pairs = [(s, d) for s in srcs for d in dsts]
+        boxes[f"ping_fwd{f}"].extend(pairs)
+        boxes[f"fwd{f}"].extend((s, d, pr, po) for s, d in pairs for pr, po in rd.port_boxes)
+        boxes[f"fwd{f}p"].extend((s, d, (p, p)) for s, d in pairs for p in rd.other_protos)
 
     def _peer(self, h: int, p: int, routes, is_exit: bool) -> Peer:
         me, other = self.nodes[h], self.nodes[p]
         name = other.name
-        allowed = [f"{self.alloc[name].ipv4}/32", f"{self.alloc[name].ipv6}/128"]
+        allowed = list(self._host_routes(name))
         for _f, lo, hi in sorted(routes):
             for net in ipaddress.summarize_address_range(ipaddress.ip_address(lo),
                                                          ipaddress.ip_address(hi)):
                 allowed.append(str(net))
         if is_exit:
             allowed += ["0.0.0.0/0", "::/0"]
-        roles = [r for r, yes in (("router", p in self.routes), ("exit", p in self.exits),
-                                  ("relay", other.relay)) if yes]
+        roles = self._roles(p)
         conn, endpoint, relay = self.connection(me, other)
         keepalive = self.net.keepalive if (conn == "direct" and not me.endpoint
                                            and self.net.keepalive) else None
         return Peer(name, self.alloc[name].public_key, allowed, endpoint, keepalive, conn,
                     relay, roles)
+
+    @functools.cache  # noqa: B019 - one compiler per mesh; the cache dies with it
+    def _roles(self, p: int) -> list[str]:
+        return [r for r, yes in (("router", p in self.routes), ("exit", p in self.exits),
+                                 ("relay", self.nodes[p].relay)) if yes]
+
+    @functools.cache  # noqa: B019 - one compiler per mesh; the cache dies with it
+    def _name_entry(self, name: str, family: int) -> tuple[str, list[str]]:
+        addr = self.alloc[name].ipv4 if family == 4 else self.alloc[name].ipv6
+        return str(addr), [name, f"{name}.{self.net.domain}"]
+
+    @functools.cache  # noqa: B019 - one compiler per mesh; the cache dies with it
+    def _host_routes(self, name: str) -> tuple[str, str]:
+        return f"{self.alloc[name].ipv4}/32", f"{self.alloc[name].ipv6}/128"
 
     def connection(self, me: Node, other: Node) -> tuple[str, str | None, str | None]:
         """How two nodes reach each other, and the endpoint ``me`` uses for ``other``."""
@@ -548,7 +577,7 @@ class Compiler:
             return "direct", other.endpoint, None
         if me.endpoint:
             return "direct", None, None  # the other side dials in and keeps the path open
-        relays = [n for n in self.nodes if n.relay and n.name not in (me.name, other.name)]
+        relays = [n for n in self.relays if n.name not in (me.name, other.name)]
         if relays:
             pair_sites = {me.site, other.site} - {None}
             relays.sort(key=lambda n: (n.site not in pair_sites, n.name))

@@ -9,6 +9,8 @@ addresses with the same ports become one range, whatever rules they came from.
 
 from __future__ import annotations
 
+import functools
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
 Box = tuple[tuple[int, int], ...]
@@ -16,39 +18,56 @@ Box = tuple[tuple[int, int], ...]
 
 def disjoint(boxes: Iterable[Box]) -> list[Box]:
     """Non-overlapping boxes covering the union of ``boxes``, sorted."""
-    boxes = list(set(boxes))
+    boxes = set(boxes)
     if not boxes:
         return []
-    if len(boxes[0]) == 1:
+    if len(next(iter(boxes))) == 1:
         return [(r,) for r in merge_ranges(b[0] for b in boxes)]
-    # Sweep the first dimension; between two boundaries the same boxes are active, so the
-    # rest of the dimensions are solved once per stretch and equal neighbours are joined.
-    events: dict[int, list[Box]] = {}
+    # Boxes that differ only in the first dimension merge there first (the same ports for
+    # neighbouring node addresses from several rules): far fewer boundaries to sweep.
+    by_rest: dict[Box, list[tuple[int, int]]] = defaultdict(list)
     for b in boxes:
-        events.setdefault(b[0][0], [])
-        events.setdefault(b[0][1] + 1, [])
-    for b in boxes:
-        events[b[0][0]].append(b)
-    points = sorted(events)
-    active: set[Box] = set()
-    ends: dict[int, list[Box]] = {}
-    for b in boxes:
-        ends.setdefault(b[0][1] + 1, []).append(b)
+        by_rest[b[1:]].append(b[0])
+    # Sweep the first dimension. Each rest now has disjoint, non-adjacent ranges, so it is
+    # either active or not: the active set is a bitmask toggled at each range's ends.
+    # Between two boundaries the same rests are active; their own disjoint form is solved
+    # once per distinct set, and equal neighbours are joined.
+    rests = list(by_rest)
+    toggles: dict[int, int] = defaultdict(int)
+    for i, rest in enumerate(rests):
+        bit = 1 << i
+        for lo, hi in merge_ranges(by_rest[rest]):
+            toggles[lo] ^= bit
+            toggles[hi + 1] ^= bit
+    solved: dict[int, tuple[Box, ...]] = {0: ()}
     out: list[Box] = []
-    run_start = None
-    run_rest: list[Box] | None = None
-    for i, p in enumerate(points):
-        for b in ends.get(p, ()):
-            active.discard(b)
-        active.update(events[p])
-        rest = disjoint(b[1:] for b in active) if active else None
-        if rest != run_rest:
-            if run_rest:
-                out.extend(((run_start, p - 1), *r) for r in run_rest)
-            run_start, run_rest = p, rest
-        if i == len(points) - 1 and run_rest:
-            raise AssertionError("a box extends past its last boundary")
-    return sorted(out)
+    mask, run_start, run = 0, 0, ()
+    for p in sorted(toggles):
+        mask ^= toggles[p]
+        value = solved.get(mask)
+        if value is None:
+            value = solved[mask] = _solve(frozenset(rests[i] for i in _bits(mask)))
+        if value != run:
+            seg = (run_start, p - 1)
+            out += [(seg, *r) for r in run]
+            run_start, run = p, value
+    return out
+
+
+def _bits(mask: int) -> list[int]:
+    out = []
+    while mask:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return out
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _solve(rests: frozenset) -> tuple[Box, ...]:
+    """The remaining dimensions for one set of active boxes; the same port sets recur across
+    address segments and hosts."""
+    return tuple(disjoint(rests))
 
 
 def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:

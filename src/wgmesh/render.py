@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from typing import Any
@@ -27,10 +28,13 @@ SET_TYPES = {
 }
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _addr(value: int, family: int) -> str:
+    # Node addresses recur in every host's sets; formatting IPv6 is costly.
     return str(ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value))
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def addr_range(lo: int, hi: int, family: int) -> str:
     """An address range as nft writes it: address, prefix, or first-last."""
     if lo == hi:
@@ -42,28 +46,48 @@ def addr_range(lo: int, hi: int, family: int) -> str:
     return f"{_addr(lo, family)}-{_addr(hi, family)}"
 
 
+@functools.lru_cache(maxsize=4096)
+def _proto_ports(proto: int, ports: tuple[int, int] | None) -> str:
+    text = PROTO_NAMES.get(proto, str(proto))
+    if ports is None:
+        return text
+    lo, hi = ports
+    return f"{text} . {lo}" if lo == hi else f"{text} . {lo}-{hi}"
+
+
 def element(key: str, box: Box, family: int) -> str:
     """One set element; address dimensions first, then protocol, then ports."""
     n_addr = 2 if key.startswith(("fwd", "ping_fwd")) else 1
     parts = [addr_range(lo, hi, family) for lo, hi in box[:n_addr]]
     rest = box[n_addr:]
     if rest:
-        proto = rest[0][0]
-        parts.append(PROTO_NAMES.get(proto, str(proto)) if proto not in (1, 58) else str(proto))
-    if len(rest) > 1:
-        lo, hi = rest[1]
-        parts.append(str(lo) if lo == hi else f"{lo}-{hi}")
+        parts.append(_proto_ports(rest[0][0], rest[1] if len(rest) > 1 else None))
     return " . ".join(parts)
 
 
-def filter_elements(host: HostOutput) -> dict[str, list[str]]:
+@functools.lru_cache(maxsize=1024)
+def set_elements(key: str, boxes: tuple[Box, ...], family: int) -> tuple[str, ...]:
+    """A set's elements as nft text; hosts with the same role share the same sets, so the
+    text is made once per distinct set."""
+    if boxes and len(boxes[0]) == 3:  # the common shape, without the general path
+        return tuple(f"{addr_range(a[0], a[1], family)} . {_proto_ports(p[0], ports)}"
+                     for a, p, ports in boxes)
+    return tuple(element(key, b, family) for b in boxes)
+
+
+def filter_elements(host: HostOutput) -> dict[str, tuple[str, ...]]:
     """Every set of the host's ruleset, elements rendered, in a stable order."""
     out = {}
     for pattern in SET_TYPES:
         for f in (4, 6):
             key = pattern.format(f=f)
-            out[key] = [element(key, b, f) for b in host.sets.get(key, [])]
+            out[key] = set_elements(key, host.sets.get(key, ()), f)
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _element_block(elements: tuple[str, ...]) -> str:
+    return "        elements = {\n" + "".join(f"            {e},\n" for e in elements) + "        }"
 
 
 def nftables(host: HostOutput, net: Network) -> str:
@@ -84,9 +108,7 @@ def nftables(host: HostOutput, net: Network) -> str:
                       f"        typeof {typeof.format(ip='ip' if f == 4 else 'ip6')}",
                       "        flags interval"]
             if elements[key]:
-                lines.append("        elements = {")
-                lines += [f"            {e}," for e in elements[key]]
-                lines.append("        }")
+                lines.append(_element_block(elements[key]))
             lines.append("    }")
     for name in ("dropped_in", "dropped_out", "dropped_fwd"):
         lines.append(f"    counter {name} {{ }}")
@@ -149,20 +171,28 @@ def wg_quick(host: HostOutput, net: Network) -> str:
         f"PostUp = wg set %i private-key /etc/wireguard/{net.interface}.key",
     ]
     for peer in host.peers:
-        lines.append("")
-        how = peer.connection + (f" via {peer.relay}" if peer.relay else "")
-        roles = f", {'/'.join(peer.roles)}" if peer.roles else ""
-        if not peer.public_key:
-            lines.append(f"# {peer.name} ({how}{roles}): public key not known yet; the next "
-                         "site.yml run collects it")
-            continue
-        lines += ["[Peer]", f"# {peer.name} ({how}{roles})", f"PublicKey = {peer.public_key}",
-                  f"AllowedIPs = {', '.join(peer.allowed_ips)}"]
-        if peer.endpoint:
-            lines.append(f"Endpoint = {peer.endpoint}")
-        if peer.keepalive:
-            lines.append(f"PersistentKeepalive = {peer.keepalive}")
+        lines.append(_peer_block(peer.name, peer.connection, peer.relay, tuple(peer.roles),
+                                 peer.public_key, tuple(peer.allowed_ips), peer.endpoint,
+                                 peer.keepalive))
     return "\n".join(lines) + "\n"
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _peer_block(name, connection, relay, roles, public_key, allowed_ips, endpoint,
+                keepalive) -> str:
+    """One [Peer] section; many hosts see a peer the same way, so it is made once."""
+    how = connection + (f" via {relay}" if relay else "")
+    role_text = f", {'/'.join(roles)}" if roles else ""
+    if not public_key:
+        return (f"\n# {name} ({how}{role_text}): public key not known yet; the next "
+                "site.yml run collects it")
+    lines = ["", "[Peer]", f"# {name} ({how}{role_text})", f"PublicKey = {public_key}",
+             f"AllowedIPs = {', '.join(allowed_ips)}"]
+    if endpoint:
+        lines.append(f"Endpoint = {endpoint}")
+    if keepalive:
+        lines.append(f"PersistentKeepalive = {keepalive}")
+    return "\n".join(lines)
 
 
 def hosts_block(host: HostOutput) -> str:
@@ -183,7 +213,7 @@ def host_json(host: HostOutput) -> dict[str, Any]:
             "endpoint": p.endpoint, "keepalive": p.keepalive, "connection": p.connection,
             "relay": p.relay, "roles": p.roles,
         } for p in host.peers],
-        "filters": {k: v for k, v in filter_elements(host).items() if v},
+        "filters": {k: list(v) for k, v in filter_elements(host).items() if v},
         "names": [{"address": a, "names": n} for a, n in host.names],
     }
 
