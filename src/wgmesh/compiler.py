@@ -87,8 +87,8 @@ class Endpoint:
     tags: frozenset[str] = frozenset()
 
 
-@dataclass
-class Peer:
+@dataclass(frozen=True)
+class Peer:  # shared between hosts that see the peer alike: never mutate
     name: str
     public_key: str | None
     allowed_ips: list[str]
@@ -168,6 +168,7 @@ class Compiler:
             if n.use_exit_node:
                 self.exit_users[n.use_exit_node] |= 1 << i
         self._set_cache: dict[str, dict[tuple, dict[str, list[Box]]]] = {}
+        self._peer_cache: dict[tuple, Peer] = {}
         self.pools = {4: [net_range(self.net.ipv4_pool)], 6: [net_range(self.net.ipv6_pool)]}
         self.all_routes = {f: merge_ranges(r for rs in self.routes.values() for r in rs[f])
                            for f in FAMILIES}
@@ -537,6 +538,17 @@ class Compiler:
         boxes[f"fwd{f}p"].extend((s, d, (p, p)) for s, d in pairs for p in rd.other_protos)
 
     def _peer(self, h: int, p: int, routes, is_exit: bool) -> Peer:
+        """Peer ``p`` as host ``h`` sees it. Hosts in the same situation (same site, behind
+        NAT or not) see a peer the same way and share one entry."""
+        me = self.nodes[h]
+        key = (p, tuple(sorted(routes)), is_exit, me.site, me.lan_address is not None,
+               me.endpoint is not None, me.name if me.relay else None)
+        peer = self._peer_cache.get(key)
+        if peer is None:
+            peer = self._peer_cache[key] = self._make_peer(h, p, key[1], is_exit)
+        return peer
+
+    def _make_peer(self, h: int, p: int, routes, is_exit: bool) -> Peer:
         me, other = self.nodes[h], self.nodes[p]
         name = other.name
         allowed = list(self._host_routes(name))
