@@ -111,6 +111,7 @@ class InventoryModule(BaseInventoryPlugin):
                 "wgmesh_expires": node.expires.isoformat() if node.expires else None,
                 "wgmesh_public_key_pinned": alloc.public_key,
                 "wgmesh_mesh_file": str(result.mesh.path),
+                "wgmesh_interface": result.mesh.network.interface,
                 "wgmesh_description": node.description,
             }.items():
                 inventory.set_variable(name, key, value)

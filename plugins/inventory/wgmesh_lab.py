@@ -85,6 +85,8 @@ class InventoryModule(BaseInventoryPlugin):
                 "ansible_user": "root",
                 "ansible_ssh_private_key_file": str(topo.state_dir / "id_ed25519"),
                 "ansible_ssh_common_args": common,
+                # Labs reuse addresses; each needs its own ControlPersist sockets.
+                "ansible_control_path_dir": str(topo.state_dir / "cp"),
                 "wgmesh_lab_name": topo.name,
                 "wgmesh_lab_description": host.description,
                 "wgmesh_lab_interfaces": {s: str(a) for s, a in host.interfaces.items()},

@@ -85,10 +85,8 @@ class Mesh:
     network: Network
     nodes: dict[str, Node]
     source: YamlSource = field(repr=False)
-
-    @property
-    def lock_path(self) -> Path:
-        return self.path.with_name("mesh.lock.yml")
+    # Beside mesh.yml unless mesh.yml says otherwise (the lab keeps its own in lab state).
+    lock_path: Path = field(default=Path("mesh.lock.yml"))
 
     def where(self, node: str, key: str | None = None) -> tuple[int, int]:
         """Position of a node (or one of its keys) in mesh.yml, for errors."""
@@ -107,7 +105,8 @@ def load_mesh(path: str | Path) -> Mesh:
     """Load and check mesh.yml on its own (cross-checks with the policy come later)."""
     path = resolve_path(path)
     src = YamlSource(path)
-    root = src.mapping(src.data, None, "", allowed={"plugin", "policy", "network", "nodes"},
+    root = src.mapping(src.data, None, "",
+                       allowed={"plugin", "policy", "lockfile", "network", "nodes"},
                        required={"nodes"})
     if root is None:
         src.check()
@@ -120,10 +119,17 @@ def load_mesh(path: str | Path) -> Mesh:
         else:
             src.error(root, "policy", "policy", "must be the path of a policy file",
                       "e.g. policy: ../../policies/prod.hujson (relative to mesh.yml)")
+    lock_path = path.with_name("mesh.lock.yml")
+    if "lockfile" in root:
+        if isinstance(root["lockfile"], str) and root["lockfile"]:
+            lock_path = path.parent / root["lockfile"]
+        else:
+            src.error(root, "lockfile", "lockfile", "must be the path of the lockfile",
+                      "omit it to keep mesh.lock.yml beside mesh.yml")
     network = _network(src, root)
     nodes = _nodes(src, root, network)
     src.check()
-    return Mesh(path, policy_path, network, nodes, src)
+    return Mesh(path, policy_path, network, nodes, src, lock_path)
 
 
 def _network(src: YamlSource, root: Any) -> Network:

@@ -165,7 +165,9 @@ def wg_quick(host: HostOutput, net: Network) -> str:
     lines = [
         f"# wgmesh: {net.interface} on {host.name}. Generated; holds no secret.",
         "[Interface]",
-        f"Address = {host.ipv4}/32, {host.ipv6}/128",
+        # The pools' prefixes: one connected route covers every peer's mesh address, so a
+        # peer added live by wg syncconf needs no route of its own.
+        f"Address = {host.ipv4}/{net.ipv4_pool.prefixlen}, {host.ipv6}/{net.ipv6_pool.prefixlen}",
         f"ListenPort = {host.listen_port}",
         f"MTU = {net.mtu}",
         f"PostUp = wg set %i private-key /etc/wireguard/{net.interface}.key",

@@ -1,0 +1,89 @@
+"""Controller-side: pin the hosts' public keys and compile the whole mesh once per run."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+
+try:
+    from wgmesh import render
+    from wgmesh.build import PolicyTestFailure, build
+    from wgmesh.compiler import Compiler
+    from wgmesh.errors import InputError
+except ImportError as exc:  # pragma: no cover - depends on the controller's environment
+    IMPORT_ERROR = exc
+else:
+    IMPORT_ERROR = None
+
+
+class ActionModule(ActionBase):
+    """See plugins/modules/wgmesh_compile.py for the documentation."""
+
+    TRANSFERS_FILES = False
+    _VALID_ARGS = frozenset(("mesh", "policy", "public_keys"))
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        if IMPORT_ERROR is not None:
+            raise AnsibleActionFail(f"wgmesh_compile needs the wgmesh package ({IMPORT_ERROR})")
+        args = self._task.args
+        mesh_path = args.get("mesh")
+        if not mesh_path:
+            raise AnsibleActionFail("mesh is required (the path of mesh.yml)")
+        keys = args.get("public_keys") or {}
+        today = dt.datetime.now(dt.UTC).date()
+        try:
+            b = build(mesh_path, args.get("policy") or None, today=today)
+        except (InputError, PolicyTestFailure) as exc:
+            raise AnsibleActionFail("the mesh does not compile:\n" + "\n".join(
+                str(p) for p in exc.problems)) from exc
+
+        before = b.lock.original
+        mismatched = []
+        for host, key in sorted(keys.items()):
+            if host not in b.mesh.nodes or not key:
+                continue
+            pinned = b.lock.pin_key(host, key)
+            if pinned is not None:
+                mismatched.append(
+                    f"{host}: presents public key {key}, but {b.lock.path} pins {pinned}. "
+                    "A host's key changes only by rotation; if this host was rebuilt on "
+                    "purpose, remove its public_key line from the lockfile and run again.")
+        if mismatched:
+            raise AnsibleActionFail("refusing to continue:\n" + "\n".join(mismatched))
+        alloc = b.lock.allocate(b.mesh)  # again, now with the pinned keys
+        comp = Compiler(b.mesh, b.policy, alloc, today)
+        changed = b.lock.changed
+        if changed and not self._task.check_mode:
+            b.lock.save()
+
+        net = b.mesh.network
+        hosts = {}
+        for name in sorted(keys):
+            if name not in comp.index or not b.mesh.nodes[name].managed:
+                continue
+            h = comp.host(name)
+            hosts[name] = {
+                "wg_conf": render.wg_quick(h, net),
+                "nftables": render.nftables(h, net),
+                "hosts_block": render.hosts_block(h),
+                "forwarding": h.forwarding,
+                "peers": [{"name": p.name, "connection": p.connection,
+                           "endpoint": p.endpoint} for p in h.peers],
+                "address": str(h.ipv4),
+                "address6": str(h.ipv6),
+            }
+        result.update(
+            changed=changed,
+            interface=net.interface,
+            lockfile=str(b.lock.path),
+            hosts=hosts,
+            warnings=list(comp.warnings),
+            expired=list(comp.expired),
+        )
+        if self._task.diff and changed:
+            result["diff"] = {"before_header": str(b.lock.path), "after_header": str(b.lock.path),
+                              "before": before, "after": b.lock.dump()}
+        return result

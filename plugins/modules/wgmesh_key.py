@@ -1,0 +1,153 @@
+#!/usr/bin/python
+"""Host-side: create the WireGuard private key if missing and return only the public key."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: wgmesh_key
+short_description: Make a host's WireGuard key on the host and return its public key
+description:
+  - Creates the private key file if it does not exist (mode 0600, owned by root), with
+    C(wg genkey), else PyNaCl, else a built-in X25519 implementation, so a key can be made
+    even before wireguard-tools are installed.
+  - Returns the public key only. The private key is never returned, printed or logged, at any
+    verbosity; it never leaves the host.
+  - An existing key is never replaced (rotation is a separate, explicit operation).
+options:
+  path:
+    description: The private key file.
+    type: path
+    required: true
+attributes:
+  check_mode:
+    support: full
+    details: Reports that a key would be created; creates nothing.
+  diff_mode:
+    support: none
+    details: A key has no diff that could be shown without the secret.
+author: wgmesh
+"""
+
+EXAMPLES = r"""
+- name: Make this host's WireGuard key
+  wgmesh_key:
+    path: /etc/wireguard/wg0.key
+  register: key
+"""
+
+RETURN = r"""
+public_key:
+  description: The public key; null in check mode when the key does not exist yet.
+  returned: always
+  type: str
+  sample: xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=
+created:
+  description: Whether a new private key was (or, in check mode, would be) made.
+  returned: always
+  type: bool
+"""
+
+import base64
+import os
+import shutil
+import subprocess
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+P = 2**255 - 19
+A24 = 121665
+
+
+def _x25519(k: bytes, u: int = 9) -> bytes:
+    """RFC 7748 X25519 scalar multiplication (the last-resort public key derivation)."""
+    s = bytearray(k)
+    s[0] &= 248
+    s[31] &= 127
+    s[31] |= 64
+    scalar = int.from_bytes(s, "little")
+    x1, x2, z2, x3, z3, swap = u, 1, 0, u, 1, 0
+    for t in reversed(range(255)):
+        bit = (scalar >> t) & 1
+        swap ^= bit
+        if swap:
+            x2, x3, z2, z3 = x3, x2, z3, z2
+        swap = bit
+        a, b = (x2 + z2) % P, (x2 - z2) % P
+        aa, bb = a * a % P, b * b % P
+        e = (aa - bb) % P
+        c, d = (x3 + z3) % P, (x3 - z3) % P
+        da, cb = d * a % P, c * b % P
+        x3 = (da + cb) ** 2 % P
+        z3 = x1 * (da - cb) ** 2 % P
+        x2 = aa * bb % P
+        z2 = e * (aa + A24 * e) % P
+    if swap:
+        x2, z2 = x3, z3
+    return (x2 * pow(z2, P - 2, P) % P).to_bytes(32, "little")
+
+
+def generate_private() -> str:
+    wg = shutil.which("wg")
+    if wg:
+        return subprocess.run([wg, "genkey"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    raw = bytearray(os.urandom(32))
+    raw[0] &= 248
+    raw[31] = (raw[31] & 127) | 64
+    return base64.b64encode(bytes(raw)).decode()
+
+
+def public_of(private: str) -> str:
+    wg = shutil.which("wg")
+    if wg:
+        return subprocess.run([wg, "pubkey"], input=private + "\n", capture_output=True,
+                              text=True, check=True).stdout.strip()
+    raw = base64.b64decode(private)
+    try:
+        from nacl.bindings import crypto_scalarmult_base
+    except ImportError:
+        return base64.b64encode(_x25519(raw)).decode()
+    return base64.b64encode(crypto_scalarmult_base(raw)).decode()
+
+
+def main() -> None:
+    module = AnsibleModule(argument_spec={"path": {"type": "path", "required": True}},
+                           supports_check_mode=True)
+    path = module.params["path"]
+    exists = os.path.exists(path)
+    if not exists and module.check_mode:
+        module.exit_json(changed=True, created=True, public_key=None)
+    try:
+        if not exists:
+            directory = os.path.dirname(path) or "."
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            private = generate_private()
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".wgmesh-key.")
+            try:
+                with os.fdopen(fd, "w") as fh:  # mkstemp creates the file 0600
+                    fh.write(private + "\n")
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.chown(tmp, 0, 0)
+                os.replace(tmp, path)
+            except BaseException:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
+        with open(path) as fh:
+            private = fh.read().strip()
+        public = public_of(private)
+        del private
+    except (OSError, subprocess.CalledProcessError, ValueError) as exc:
+        module.fail_json(msg=f"could not make or read the WireGuard key at {path}: "
+                         f"{type(exc).__name__}")
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o077:
+        module.fail_json(msg=f"{path} is readable by others (mode {mode:o}); "
+                         "fix it with chmod 600 (the key may have leaked)")
+    module.exit_json(changed=not exists, created=not exists, public_key=public)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,252 @@
+#!/usr/bin/python
+"""Host-side: bring a wg-quick interface up and keep the running interface equal to its file."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: wgmesh_wireguard
+short_description: Bring a WireGuard interface up and apply config changes live
+description:
+  - Brings the interface up from its wg-quick file if it is down, through
+    C(wg-quick@<interface>) where systemd runs, else with C(wg-quick up) directly.
+  - When it is up, compares the running interface (C(wg show dump), addresses, MTU, routes)
+    with the file and applies only the difference, live, with C(wg syncconf); the tunnel is
+    never taken down, so traffic between unchanged peers keeps flowing.
+  - The file holds no private key; the config given to C(wg syncconf) is built on the host
+    with the host's own key (syncing a keyless config would clear the interface's key), in a
+    0600 temporary file that is removed at once. The key never appears in the result.
+options:
+  interface:
+    description: Interface name; the file is C(/etc/wireguard/<interface>.conf).
+    type: str
+    default: wg0
+  service:
+    description: How to bring the interface up; C(auto) uses systemd when it runs.
+    type: str
+    choices: [auto, systemd, wg-quick]
+    default: auto
+  key_file:
+    description: The host's private key file (see wgmesh_key).
+    type: path
+    required: true
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+    details: Shows the running peers (public keys and allowed IPs) before and after.
+author: wgmesh
+"""
+
+EXAMPLES = r"""
+- name: Bring wg0 up and sync it with its file
+  wgmesh_wireguard:
+    interface: wg0
+    key_file: /etc/wireguard/wg0.key
+"""
+
+RETURN = r"""
+actions:
+  description: What was (or, in check mode, would be) done.
+  returned: always
+  type: list
+  elements: str
+  sample: ["syncconf: +1 peer, -0 peers, 2 changed"]
+peers:
+  description: Number of peers on the interface after the change.
+  returned: always
+  type: int
+"""
+
+import ipaddress
+import os
+import re
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+
+
+class Runner:
+    """The one place that runs wg, wg-quick, ip and systemctl."""
+
+    def __init__(self, module: AnsibleModule):
+        self.module = module
+
+    def __call__(self, *argv: str, check: bool = True) -> str:
+        rc, out, err = self.module.run_command(list(argv))
+        if check and rc != 0:
+            self.module.fail_json(msg=f"{' '.join(argv)} failed ({rc}): {err.strip()}")
+        return out if rc == 0 else ""
+
+    def rc(self, *argv: str) -> int:
+        return self.module.run_command(list(argv))[0]
+
+
+def parse_conf(text: str) -> dict:
+    """[Interface] and [Peer] sections of a wg(8)/wg-quick file, keys lower-cased."""
+    conf = {"interface": {}, "peers": []}
+    section = None
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if line.lower() == "[interface]":
+            section = conf["interface"]
+        elif line.lower() == "[peer]":
+            section = {}
+            conf["peers"].append(section)
+        elif "=" in line and section is not None:
+            key, value = (x.strip() for x in line.split("=", 1))
+            section.setdefault(key.lower(), []).append(value)
+    return conf
+
+
+def desired_peers(conf: dict) -> dict[str, dict]:
+    out = {}
+    for p in conf["peers"]:
+        key = p["publickey"][0]
+        allowed = {str(ipaddress.ip_network(a.strip(), strict=False))
+                   for v in p.get("allowedips", []) for a in v.split(",") if a.strip()}
+        out[key] = {"allowed": allowed,
+                    "keepalive": int(p.get("persistentkeepalive", ["0"])[0] or 0),
+                    "endpoint": p.get("endpoint", [None])[0]}
+    return out
+
+
+def running_peers(dump: str) -> tuple[int, dict[str, dict]]:
+    lines = dump.splitlines()
+    port = int(lines[0].split("\t")[2]) if lines else 0
+    out = {}
+    for line in lines[1:]:
+        f = line.split("\t")
+        allowed = set() if f[3] == "(none)" else {
+            str(ipaddress.ip_network(a, strict=False)) for a in f[3].split(",")}
+        out[f[0]] = {"allowed": allowed, "keepalive": 0 if f[7] == "off" else int(f[7]),
+                     "endpoint": None if f[2] == "(none)" else f[2]}
+    return port, out
+
+
+def endpoint_differs(want: str | None, have: str | None) -> bool:
+    """A configured literal endpoint that the interface does not use. Learned endpoints
+    (peers behind NAT, roaming) are left alone."""
+    if want is None:
+        return False
+    host = want.rsplit(":", 1)[0].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a DNS name: wg resolved it; nothing to compare
+    return want != have
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "interface": {"type": "str", "default": "wg0"},
+            "service": {"type": "str", "default": "auto",
+                        "choices": ["auto", "systemd", "wg-quick"]},
+            "key_file": {"type": "path", "required": True, "no_log": False},
+        },
+        supports_check_mode=True,
+    )
+    run = Runner(module)
+    iface = module.params["interface"]
+    if not re.fullmatch(r"[a-zA-Z0-9_.=+-]{1,15}", iface):
+        module.fail_json(msg=f"invalid interface name {iface!r}")
+    conf_path = f"/etc/wireguard/{iface}.conf"
+    service = module.params["service"]
+    if service == "auto":
+        service = "systemd" if os.path.isdir("/run/systemd/system") else "wg-quick"
+    actions: list[str] = []
+
+    up = run.rc("ip", "link", "show", "dev", iface) == 0
+    if not up:
+        actions.append(f"bring {iface} up ({service})")
+        if not module.check_mode:
+            if service == "systemd":
+                run("systemctl", "enable", "--now", f"wg-quick@{iface}")
+            else:
+                run("wg-quick", "up", iface)
+        with open(conf_path) as fh:
+            peers = len(parse_conf(fh.read())["peers"])
+        module.exit_json(changed=True, actions=actions, peers=peers)
+    if service == "systemd" and run.rc("systemctl", "is-enabled", "--quiet",
+                                       f"wg-quick@{iface}") != 0:
+        actions.append(f"enable wg-quick@{iface}")
+        if not module.check_mode:
+            run("systemctl", "enable", f"wg-quick@{iface}")
+
+    with open(conf_path) as fh:
+        conf = parse_conf(fh.read())
+    want = desired_peers(conf)
+    port, have = running_peers(run("wg", "show", iface, "dump"))
+    want_port = int(conf["interface"].get("listenport", ["0"])[0])
+    added = sorted(set(want) - set(have))
+    removed = sorted(set(have) - set(want))
+    updated = sorted(k for k in set(want) & set(have)
+                     if want[k]["allowed"] != have[k]["allowed"]
+                     or want[k]["keepalive"] != have[k]["keepalive"]
+                     or endpoint_differs(want[k]["endpoint"], have[k]["endpoint"]))
+    if added or removed or updated or (want_port and want_port != port):
+        actions.append(f"syncconf: +{len(added)} peers, -{len(removed)} peers, "
+                       f"{len(updated)} changed")
+        if not module.check_mode:
+            stripped = run("wg-quick", "strip", iface)
+            with open(module.params["key_file"]) as fh:
+                key_line = f"PrivateKey = {fh.read().strip()}"
+            merged = re.sub(r"(?im)^\[Interface\]\s*$", "[Interface]\n" + key_line,
+                            stripped, count=1)
+            fd, tmp = tempfile.mkstemp(prefix=f".{iface}-sync.", dir="/run")
+            try:
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(merged)
+                del merged, key_line
+                run("wg", "syncconf", iface, tmp)
+            finally:
+                os.unlink(tmp)
+
+    # Addresses, MTU and routes for allowed IPs outside the interface's own prefixes.
+    want_addrs = {str(ipaddress.ip_interface(a.strip())) for v in
+                  conf["interface"].get("address", []) for a in v.split(",") if a.strip()}
+    have_addrs = set(re.findall(r"inet6? (\S+) .*scope global",
+                                run("ip", "-o", "address", "show", "dev", iface)))
+    for addr in sorted(want_addrs - have_addrs):
+        actions.append(f"add address {addr}")
+        if not module.check_mode:
+            run("ip", "address", "add", addr, "dev", iface)
+    for addr in sorted(have_addrs - want_addrs):
+        actions.append(f"remove address {addr}")
+        if not module.check_mode:
+            run("ip", "address", "del", addr, "dev", iface)
+    mtu = conf["interface"].get("mtu", [None])[0]
+    link = run("ip", "-o", "link", "show", "dev", iface)
+    if mtu and f" mtu {mtu} " not in link:
+        actions.append(f"set mtu {mtu}")
+        if not module.check_mode:
+            run("ip", "link", "set", "dev", iface, "mtu", mtu)
+    nets = [ipaddress.ip_interface(a).network for a in want_addrs]
+    routed = {str(n) for p in want.values() for n in map(ipaddress.ip_network, p["allowed"])
+              if n.prefixlen and not any(n.version == o.version and n.subnet_of(o)
+                                         for o in nets)}
+    have_routes = set()
+    for family in ("-4", "-6"):
+        for line in run("ip", family, "route", "show", "dev", iface, "proto", "boot").splitlines():
+            have_routes.add(str(ipaddress.ip_network(line.split()[0], strict=False)))
+    for net in sorted(routed - have_routes):
+        actions.append(f"add route {net}")
+        if not module.check_mode:
+            run("ip", "route", "replace", net, "dev", iface)
+    for net in sorted(have_routes - routed):
+        actions.append(f"remove route {net}")
+        if not module.check_mode:
+            run("ip", "route", "del", net, "dev", iface)
+
+    diff = {"before": "".join(f"{k} {' '.join(sorted(v['allowed']))}\n"
+                              for k, v in sorted(have.items())),
+            "after": "".join(f"{k} {' '.join(sorted(v['allowed']))}\n"
+                             for k, v in sorted(want.items()))}
+    module.exit_json(changed=bool(actions), actions=actions, peers=len(want), diff=diff)
+
+
+if __name__ == "__main__":
+    main()

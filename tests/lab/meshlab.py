@@ -1,0 +1,134 @@
+"""A lab with the mesh built on it, and the probes that check what really gets through."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from conftest import BIN, PY, REPO, LabSession, ansible_env, copy_topology
+
+TCP_PORTS = (22, 80, 443, 5432, 8080)
+UDP_PORTS = (53, 80, 5432)
+
+LISTENER = """
+import socket, sys, threading
+addr = sys.argv[1]
+def tcp(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, port)); s.listen(64)
+    while True:
+        c, _ = s.accept(); c.sendall(b"ok"); c.close()
+def udp(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((addr, port))
+    while True:
+        data, peer = s.recvfrom(100); s.sendto(b"ok", peer)
+for p in %(tcp)r:
+    threading.Thread(target=tcp, args=(p,), daemon=True).start()
+for p in %(udp)r:
+    threading.Thread(target=udp, args=(p,), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+PROBE = """
+import json, socket, subprocess, sys, threading
+probes = json.loads(sys.argv[1])
+out = {}
+def run(key, ip, proto, port):
+    try:
+        if proto == "tcp":
+            s = socket.create_connection((ip, port), timeout=3); ok = s.recv(2) == b"ok"; s.close()
+        elif proto == "udp":
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3)
+            s.sendto(b"x", (ip, port)); ok = s.recvfrom(10)[0] == b"ok"; s.close()
+        else:
+            ok = subprocess.run(["ping", "-c1", "-W3", ip], capture_output=True).returncode == 0
+    except OSError:
+        ok = False
+    out[key] = ok
+threads = [threading.Thread(target=run, args=p) for p in probes]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(out))
+"""
+
+
+class MeshLab(LabSession):
+    """The default lab under another name, with its mesh inventory beside its topology."""
+
+    def __init__(self, tmp: Path, name: str):
+        copy_topology(tmp, REPO / "inventories/lab/topology.yml", name)
+        mesh = (REPO / "inventories/lab/mesh.yml").read_text()
+        mesh = mesh.replace("../../policies/", f"{REPO}/policies/")
+        mesh = mesh.replace("/run/wgmesh-lab/wgl/", f"/run/wgmesh-lab/{name}/")
+        (tmp / "mesh.yml").write_text(mesh)
+        super().__init__(tmp / "topology.yml")
+        self.inventory = tmp
+        self.mesh_nodes = re.findall(r"^  (\w+):$", mesh, re.M)
+
+    def playbook(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "ansible-playbook"), "-i", str(self.inventory), "site.yml", *args],
+            capture_output=True, text=True, timeout=timeout, cwd=REPO, env=ansible_env())
+
+    def ansible(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "ansible"), "-i", str(self.inventory), *args],
+                              capture_output=True, text=True, timeout=timeout, cwd=REPO,
+                              env=ansible_env())
+
+    def wgmesh(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "wgmesh"), *args, "-i", str(self.inventory)],
+                              capture_output=True, text=True, input=stdin)
+
+    def mesh_address(self, node: str) -> str:
+        plan = json.loads(self.wgmesh("render", "--all", "--json").stdout)
+        return plan["hosts"][node]["addresses"][0]
+
+    def plan(self) -> dict:
+        out = self.wgmesh("render", "--all", "--json")
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def start_listeners(self, addresses: dict[str, str]) -> list[subprocess.Popen]:
+        procs = []
+        for node, addr in addresses.items():
+            code = LISTENER % {"tcp": TCP_PORTS, "udp": UDP_PORTS}
+            p = subprocess.Popen(self.lab.exec_argv(node, [PY, "-u", "-c", code, addr]),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert p.stdout.readline().strip() == "ready", p.stderr.read()
+            procs.append(p)
+        return procs
+
+    def probe(self, src: str, probes: list[tuple[str, str, str, int | None]]) -> dict:
+        out = self.run(src, PY, "-c", PROBE, json.dumps(probes), timeout=60)
+        return json.loads(out.stdout)
+
+    def probe_all(self, plan: dict[str, list]) -> dict[str, dict]:
+        """Probe from every source at once; plan: src -> [(key, ip, proto, port)]."""
+        results: dict[str, dict] = {}
+        threads = [threading.Thread(target=lambda s=s, p=p: results.__setitem__(
+            s, self.probe(s, p))) for s, p in plan.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return results
+
+    def counter(self, node: str, name: str) -> int:
+        out = self.run(node, "nft", "list", "counter", "inet", "wgmesh", name).stdout
+        return int(re.search(r"packets (\d+)", out).group(1))
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP lines -> host -> {ok, changed, failed, ...}."""
+    out = {}
+    for host, rest in re.findall(r"^(\S+)\s+: (ok=.*)$", output, re.M):
+        out[host] = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", rest)}
+    return out
+
+
+__all__ = ["MeshLab", "recap", "sys"]

@@ -1,0 +1,180 @@
+"""site.yml on the lab: keys born on hosts, policy enforced at both ends, live changes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+from meshlab import TCP_PORTS, UDP_PORTS, MeshLab, recap
+
+pytestmark = pytest.mark.lab
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    lab = MeshLab(tmp_path_factory.mktemp("mesh"), "wgm")
+    lab.lab.down()
+    lab.lab.up()
+    first = lab.playbook()
+    lab.first_run = first
+    yield lab
+    lab.lab.down()
+
+
+def test_cold_run_then_no_change(mesh):
+    assert mesh.first_run.returncode == 0, mesh.first_run.stdout[-3000:]
+    assert set(recap(mesh.first_run.stdout)) == set(mesh.mesh_nodes)
+    again = mesh.playbook()
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert {h: r["changed"] for h, r in recap(again.stdout).items()} == {
+        h: 0 for h in mesh.mesh_nodes}
+
+
+def test_connectivity_equals_policy(mesh, capsys):
+    plan = mesh.plan()
+    addr = {n: plan["hosts"][n]["addresses"][0] for n in mesh.mesh_nodes}
+    listeners = mesh.start_listeners(addr)
+    try:
+        kinds = [("tcp", p) for p in TCP_PORTS] + [("udp", p) for p in UDP_PORTS] + [
+            ("icmp", None)]
+        probes = {s: [(f"{d}/{proto}/{port}", addr[d], proto, port) for d in addr if d != s
+                      for proto, port in kinds] for s in addr}
+        results = mesh.probe_all(probes)
+    finally:
+        for p in listeners:
+            p.kill()
+    queries = [{"src": s, "dst": key.split("/")[0], "proto": proto,
+                **({"port": port} if port else {})}
+               for s, ps in probes.items() for key, _ip, proto, port in ps]
+    out = mesh.wgmesh("eval", stdin="\n".join(json.dumps(q) for q in queries))
+    verdicts = [json.loads(line) for line in out.stdout.splitlines()]
+    mismatches, lines = [], []
+    header = "src -> dst".ljust(16) + " ".join(f"{p}/{n or ''}".ljust(9) for p, n in kinds)
+    lines.append(header)
+    for q, v in zip(queries, verdicts, strict=True):
+        key = f"{q['dst']}/{q['proto']}/{q.get('port')}"
+        got = results[q["src"]][key]
+        if got != v["allow"]:
+            mismatches.append(f"{q['src']} -> {key}: probe {got}, policy {v['allow']}")
+    for s in addr:
+        for d in addr:
+            if s == d:
+                continue
+            cells = []
+            for proto, port in kinds:
+                got = results[s][f"{d}/{proto}/{port}"]
+                cells.append(("open" if got else "-").ljust(9))
+            lines.append(f"{s} -> {d}".ljust(16) + " ".join(cells))
+    allowed = sum(v["allow"] for v in verdicts)
+    with capsys.disabled():
+        print("\nconnectivity (probe results; every cell equals wgmesh eval):")
+        print("\n".join(lines))
+        print(f"{len(queries)} probes: {allowed} allowed, {len(queries) - allowed} denied")
+    assert 0 < allowed < len(queries)
+    assert not mismatches, "\n".join(mismatches)
+
+
+def test_both_ends_enforce(mesh):
+    pub1 = mesh.plan()["hosts"]["pub1"]["addresses"][0]
+    listeners = mesh.start_listeners({"pub1": pub1})
+    probe = [("x", pub1, "tcp", 5432)]  # alice (home1) may reach pub1 on 80/443, not 5432
+    try:
+        assert mesh.probe("home1", [("y", pub1, "tcp", 443)]) == {"y": True}
+        # Source filter removed by hand: the destination still drops, and counts it.
+        before = mesh.counter("pub1", "dropped_in")
+        mesh.run("home1", "nft", "flush", "chain", "inet", "wgmesh", "output")
+        assert mesh.probe("home1", probe) == {"x": False}
+        assert mesh.counter("pub1", "dropped_in") > before
+        mesh.run("home1", "nft", "-f", "/etc/wgmesh/nftables.nft")
+        # Destination filter removed by hand: the source refuses to send, and counts it.
+        before = mesh.counter("home1", "dropped_out")
+        mesh.run("pub1", "nft", "flush", "chain", "inet", "wgmesh", "input")
+        assert mesh.probe("home1", probe) == {"x": False}
+        assert mesh.counter("home1", "dropped_out") > before
+        mesh.run("pub1", "nft", "-f", "/etc/wgmesh/nftables.nft")
+    finally:
+        for p in listeners:
+            p.kill()
+
+
+def test_peers_are_need_to_know(mesh):
+    plan = mesh.plan()
+    for node in mesh.mesh_nodes:
+        running = set(mesh.run(node, "wg", "show", "wg0", "peers").stdout.split())
+        compiled = {p["public_key"] for p in plan["hosts"][node]["peers"]}
+        assert running == compiled, node
+    assert plan["hosts"]["pub3"]["peers"] == []  # the policy gives pub3 nothing
+    assert mesh.run("pub3", "wg", "show", "wg0", "peers").stdout.strip() == ""
+
+
+def test_no_private_key_reaches_the_controller(mesh):
+    verbose = mesh.playbook("-vvv")
+    assert verbose.returncode == 0, verbose.stdout[-2000:]
+    keys = {n: mesh.run(n, "cat", "/etc/wireguard/wg0.key").stdout.strip()
+            for n in mesh.mesh_nodes}
+    assert all(len(k) == 44 for k in keys.values())
+    haystacks = {"the -vvv run's output": verbose.stdout + verbose.stderr,
+                 "the lockfile": (mesh.lab.dir / "mesh.lock.yml").read_text()}
+    for node, key in keys.items():
+        for where, text in haystacks.items():
+            assert key not in text, f"{node}'s private key is in {where}"
+        # Every file of the repository (and its venv) and Ansible's local state.
+        for root in (REPO, Path.home() / ".ansible"):
+            found = subprocess.run(["grep", "-rlF", "--", key, str(root)],
+                                   capture_output=True, text=True)
+            assert found.stdout == "", f"{node}'s private key is in {found.stdout}"
+    # Nothing is cached on disk between runs: facts are not cached at all.
+    assert "fact_caching" not in (REPO / "ansible.cfg").read_text()
+
+
+def test_deny_all_never_cuts_management(mesh, tmp_path):
+    deny = tmp_path / "deny.hujson"
+    deny.write_text('{"tagOwners": {"tag:web": [], "tag:db": [], "tag:router": []}, '
+                    '"acls": []}')
+    try:
+        run = mesh.playbook("-e", f"wgmesh_policy_file={deny}")
+        assert run.returncode == 0, run.stdout[-2000:]
+        for node in mesh.mesh_nodes:
+            assert mesh.run(node, "wg", "show", "wg0", "peers").stdout.strip() == ""
+        ping = mesh.ansible("wgmesh", "-m", "ansible.builtin.ping")
+        assert ping.returncode == 0 and ping.stdout.count("SUCCESS") == len(mesh.mesh_nodes)
+    finally:
+        restore = mesh.playbook()
+        assert restore.returncode == 0, restore.stdout[-2000:]
+
+
+def test_policy_change_applies_live_without_dropping_packets(mesh, tmp_path):
+    plan = mesh.plan()
+    pub2 = plan["hosts"]["pub2"]["addresses"][0]
+    policy = (REPO / "policies/lab.hujson").read_text()
+    changed = policy.replace(  # removes alice -> bob:8080, adds carol -> web:443
+        '{"action": "accept", "src": ["alice@example.com"], "proto": "tcp", '
+        '"dst": ["bob@example.com:8080"]},',
+        '{"action": "accept", "src": ["carol@example.com"], "dst": ["tag:web:443"]},')
+    changed = changed.replace('"home2:8080"]', '"tag:web:443"]').replace(
+        '"deny": ["tag:web:443"]}', '"deny": ["home2:8080"]}')
+    assert changed != policy
+    new = tmp_path / "changed.hujson"
+    new.write_text(changed)
+    # pub1 (tag:web) pings pub2 (tag:db) every 20 ms while the change is applied everywhere.
+    ping = subprocess.Popen(mesh.lab.exec_argv("pub1", ["ping", "-q", "-i", "0.02", "-w", "25",
+                                                        pub2]),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1)
+        run = mesh.playbook("-e", f"wgmesh_policy_file={new}")
+        assert run.returncode == 0, run.stdout[-2000:]
+        changes = recap(run.stdout)
+        assert changes["cafe1"]["changed"] > 0 and changes["home1"]["changed"] > 0
+        out, _ = ping.communicate(timeout=40)
+    finally:
+        ping.kill()
+        restore = mesh.playbook()
+        assert restore.returncode == 0
+    stats = next(line for line in out.splitlines() if "packets transmitted" in line)
+    sent, received = (int(x.split()[0]) for x in stats.split(", ")[:2])
+    assert sent > 500 and received == sent, stats
