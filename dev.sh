@@ -63,7 +63,10 @@ run_tests() {
     pytest tests "$@" || rc=$?
     # 5 = no tests collected: not a failure of the code, but say so loudly.
     if ((rc == 5)); then echo "pytest collected no tests"; rc=0; fi
-    return $rc
+    ((rc == 0)) || return $rc
+    echo "== molecule test (default scenario on its own lab)"
+    molecule test
+
 }
 
 case ${1:-} in

@@ -137,3 +137,14 @@ def test_all_problems_are_reported_at_once(tmp_path):
 def test_missing_file_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="cannot read"):
         load_topology(tmp_path / "nope.yml")
+
+
+def test_molecule_lab_is_the_default_lab_under_another_name():
+    default = (REPO / "inventories/lab/topology.yml").read_text()
+    mol = (REPO / "molecule/default/inventory/topology.yml").read_text()
+    body = default[default.index("plugin: wgmesh_lab"):].replace("\nname: wgl\n", "\nname: wmol\n")
+    assert mol.endswith(body)
+    mesh = (REPO / "inventories/lab/mesh.yml").read_text()
+    mol_mesh = (REPO / "molecule/default/inventory/mesh.yml").read_text()
+    assert mol_mesh == mesh.replace("/wgmesh-lab/wgl/", "/wgmesh-lab/wmol/").replace(
+        "../../policies/", "../../../policies/")
