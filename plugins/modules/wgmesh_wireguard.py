@@ -167,8 +167,10 @@ def main() -> None:
                 run("systemctl", "enable", "--now", f"wg-quick@{iface}")
             else:
                 run("wg-quick", "up", iface)
-        with open(conf_path) as fh:
-            peers = len(parse_conf(fh.read())["peers"])
+        peers = 0
+        if os.path.exists(conf_path):  # in check mode the file may not be written yet
+            with open(conf_path) as fh:
+                peers = len(parse_conf(fh.read())["peers"])
         module.exit_json(changed=True, actions=actions, peers=peers)
     if service == "systemd" and run.rc("systemctl", "is-enabled", "--quiet",
                                        f"wg-quick@{iface}") != 0:

@@ -178,3 +178,54 @@ def test_policy_change_applies_live_without_dropping_packets(mesh, tmp_path):
     stats = next(line for line in out.splitlines() if "packets transmitted" in line)
     sent, received = (int(x.split()[0]) for x in stats.split(", ")[:2])
     assert sent > 500 and received == sent, stats
+
+
+def state_of(mesh) -> dict[str, str]:
+    """What a run could change on each host: files, running peers, ruleset."""
+    out = {}
+    for node in mesh.mesh_nodes:
+        out[node] = mesh.run(node, "sh", "-c", "cat /etc/wireguard/wg0.conf /etc/hosts "
+                             "/etc/wgmesh/nftables.nft; wg show wg0 dump | cut -f1,4 | sort; "
+                             "nft list table inet wgmesh | grep -v packets").stdout
+    return out
+
+
+def test_check_diff_shows_the_change_and_changes_nothing(mesh, tmp_path):
+    policy = (REPO / "policies/lab.hujson").read_text().replace(
+        '{"action": "accept", "src": ["group:ops"], "dst": ["tag:db:22"]},',
+        '{"action": "accept", "src": ["group:ops"], "dst": ["tag:db:22", "tag:web:443"]},')
+    policy = policy.replace('"accept": ["tag:db:22"], "deny": ["tag:web:443"]',
+                            '"accept": ["tag:db:22", "tag:web:443"]')
+    new = tmp_path / "more.hujson"
+    new.write_text(policy)
+    before = state_of(mesh)
+    run = mesh.playbook("--check", "--diff", "-e", f"wgmesh_policy_file={new}")
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert state_of(mesh) == before
+    out = run.stdout
+    # cafe1 (carol, group:ops) gains pub1 (tag:web) as a peer, and pub1 lets her in on 443.
+    assert "+# pub1 (direct)" in out
+    assert "+[Peer]" in out
+    addr = {n: h["addresses"][0] for n, h in mesh.plan()["hosts"].items()}
+    assert f"+            {addr['cafe1']} . tcp . 443," in out
+    assert f"+{addr['pub1']}\tpub1 pub1.mesh.internal" in out
+    changed = recap(out)
+    assert changed["cafe1"]["changed"] > 0 and changed["pub2"]["changed"] == 0
+    keys = [mesh.run(n, "cat", "/etc/wireguard/wg0.key").stdout.strip() for n in mesh.mesh_nodes]
+    assert not any(k in out for k in keys)
+
+
+def test_check_mode_on_a_bare_host_creates_nothing(tmp_path_factory):
+    lab = MeshLab(tmp_path_factory.mktemp("bare"), "wgb")
+    lab.lab.down()
+    lab.lab.up()
+    try:
+        run = lab.playbook("--check", "--diff")
+        assert run.returncode == 0, run.stdout[-3000:]
+        for node in lab.mesh_nodes:
+            files = lab.run(node, "ls", "-A", "/etc/wireguard").stdout
+            assert files == "", (node, files)
+            assert lab.run(node, "ip", "link", "show", "wg0", check=False).returncode != 0
+        assert not (lab.lab.dir / "mesh.lock.yml").exists()
+    finally:
+        lab.lab.down()
