@@ -43,8 +43,11 @@ demo() {
     install; activate
     wgmesh lab up
     ansible-playbook site.yml
+    echo "== what the mesh looks like now (playbooks/status.yml)"
+    ansible-playbook playbooks/status.yml
     echo
-    echo "The lab stays up: try '.venv/bin/ansible all -m ping' or '.venv/bin/wgmesh lab exec pub1'."
+    echo "The lab stays up: try '.venv/bin/ansible-playbook site.yml' again (changed=0),"
+    echo "'.venv/bin/wgmesh lab exec home1 -- wg show', or edit policies/lab.hujson and re-run."
     echo "Take it down with: .venv/bin/wgmesh lab down"
 }
 

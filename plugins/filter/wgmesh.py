@@ -1,0 +1,72 @@
+"""Filters for playbooks/status.yml (controller side; thin adapters over wgmesh)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+try:
+    from wgmesh.build import build
+    from wgmesh.policy import PROTOCOLS
+except ImportError as exc:  # pragma: no cover - depends on the controller's environment
+    IMPORT_ERROR = exc
+else:
+    IMPORT_ERROR = None
+
+_BUILDS: dict = {}
+
+
+def _build(mesh_file: str):
+    key = (mesh_file, os.stat(mesh_file).st_mtime_ns)
+    if key not in _BUILDS:
+        _BUILDS[key] = build(mesh_file, run_tests=False)
+    return _BUILDS[key]
+
+
+def _age(epoch: int, now: float) -> str:
+    if not epoch:
+        return "never"
+    secs = int(now - epoch)
+    return f"{secs}s ago" if secs < 120 else f"{secs // 60}m ago"
+
+
+def peer_status(dump: str, host_plan: dict) -> list[str]:
+    """One line per compiled peer: connection type, endpoint in use, handshake, bytes."""
+    now = time.time()
+    running = {}
+    for line in dump.splitlines()[1:]:
+        f = line.split("\t")
+        running[f[0]] = {"endpoint": f[2], "handshake": int(f[4]), "rx": int(f[5]),
+                         "tx": int(f[6])}
+    lines = []
+    for p in host_plan["peers"]:
+        r = running.get(p["public_key"])
+        if r is None:
+            lines.append(f"{p['name']:<10} {p['connection']:<7} NOT CONFIGURED")
+            continue
+        lines.append(f"{p['name']} {p['connection']}, endpoint {r['endpoint']}, handshake "
+                     f"{_age(r['handshake'], now)}, rx/tx {r['rx']}/{r['tx']} B")
+    return lines or ["no peers (the policy gives this host none)"]
+
+
+def probe_report(results: list, src: str, mesh_file: str) -> list[str]:
+    """Ping results against the policy's verdict for ICMP echo."""
+    if IMPORT_ERROR is not None:
+        raise RuntimeError(f"wgmesh filters need the wgmesh package ({IMPORT_ERROR})")
+    b = _build(mesh_file)
+    comp = b.compiler
+    lines = []
+    for r in results:
+        dst = r["item"]
+        allow = b.evaluator.check(comp.endpoint_of(src), comp.endpoint_of(dst),
+                                  PROTOCOLS["icmp"], None).allow
+        answered = r.get("rc") == 0
+        mark = "" if answered == allow else "  <-- MISMATCH"
+        lines.append(f"ping {dst}: {'answered' if answered else 'no answer'}, policy "
+                     f"{'allows' if allow else 'denies'}{mark}")
+    return lines
+
+
+class FilterModule:
+    def filters(self):
+        return {"wgmesh_peer_status": peer_status, "wgmesh_probe_report": probe_report}
