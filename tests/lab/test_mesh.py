@@ -229,3 +229,25 @@ def test_check_mode_on_a_bare_host_creates_nothing(tmp_path_factory):
         assert not (lab.lab.dir / "mesh.lock.yml").exists()
     finally:
         lab.lab.down()
+
+
+def test_a_host_with_another_key_stops_the_run(mesh):
+    lock = mesh.lab.dir / "mesh.lock.yml"
+    original = lock.read_text()
+    key_file = mesh.lab.host_dir("pub2") / "etc.upper/wireguard/wg0.key"
+    saved = key_file.read_text()
+    before = state_of(mesh)
+    try:
+        # pub2 "rebuilt": a new key on the host while the lockfile still pins the old one.
+        mesh.run("pub2", "rm", "/etc/wireguard/wg0.key")
+        run = mesh.playbook()
+        assert run.returncode != 0
+        assert "pub2: presents public key" in run.stdout
+        assert "A host's key changes only by rotation" in run.stdout
+        assert lock.read_text() == original  # the pin was not replaced
+        after = state_of(mesh)
+        assert {n: after[n] for n in after if n != "pub2"} == {
+            n: before[n] for n in before if n != "pub2"}  # nothing was applied
+    finally:
+        mesh.run("pub2", "sh", "-c", "umask 077; cat > /etc/wireguard/wg0.key", stdin=saved)
+        assert mesh.playbook().returncode == 0
