@@ -139,6 +139,58 @@ def endpoint_differs(want: str | None, have: str | None) -> bool:
     return want != have
 
 
+def exit_routing(run: Runner, iface: str, want: dict, check_mode: bool) -> list[str]:
+    """A peer with a default route (an exit node) needs wg-quick's policy routing: the
+    tunnel's own packets carry a firewall mark and use the main table, everything else looks
+    up a table whose default route is the tunnel. wg-quick sets this up only at `up`; doing it
+    here lets a host start or stop using an exit node without taking the tunnel down."""
+    actions = []
+    fwmark = run("wg", "show", iface, "fwmark").strip()
+    table = int(fwmark, 16) if fwmark not in ("", "off") else None
+    for family, default in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
+        need = any(default in p["allowed"] for p in want.values())
+        rules = run("ip", family, "rule", "show")
+        mark_rule = table is not None and re.search(
+            rf"not from all fwmark {table:#x} lookup {table}\b", rules) is not None
+        suppress = "from all lookup main suppress_prefixlength 0" in rules
+        route = table is not None and "default dev" in run(
+            "ip", family, "route", "show", "table", str(table), check=False)
+        if need and not (mark_rule and suppress and route):
+            actions.append(f"route {default} through {iface} (policy routing)")
+            if check_mode:
+                continue
+            if table is None:
+                table = 51820
+                while (run("ip", "-4", "route", "show", "table", str(table), check=False)
+                       or run("ip", "-6", "route", "show", "table", str(table), check=False)):
+                    table += 1
+                run("wg", "set", iface, "fwmark", str(table))
+            run("ip", family, "route", "replace", default, "dev", iface, "table", str(table))
+            # Order matters: the suppress rule must come first (lower priority number), so
+            # the main table's specific routes, the management path among them, still win
+            # over the tunnel's default route. Rules get the next lower number as they are
+            # added, so add the mark rule first, then the suppress rule, as wg-quick does.
+            if suppress:
+                run("ip", family, "rule", "del", "table", "main", "suppress_prefixlength", "0")
+            if mark_rule:
+                run("ip", family, "rule", "del", "not", "fwmark", str(table), "table", str(table))
+            run("ip", family, "rule", "add", "not", "fwmark", str(table), "table", str(table))
+            run("ip", family, "rule", "add", "table", "main", "suppress_prefixlength", "0")
+            if family == "-4":
+                run("sysctl", "-q", "net.ipv4.conf.all.src_valid_mark=1")
+        elif not need and (mark_rule or route):
+            actions.append(f"stop routing {default} through {iface}")
+            if check_mode:
+                continue
+            if route:
+                run("ip", family, "route", "del", default, "dev", iface, "table", str(table))
+            if mark_rule:
+                run("ip", family, "rule", "del", "not", "fwmark", str(table), "table", str(table))
+            if suppress:
+                run("ip", family, "rule", "del", "table", "main", "suppress_prefixlength", "0")
+    return actions
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -196,6 +248,11 @@ def main() -> None:
             stripped = run("wg-quick", "strip", iface)
             with open(module.params["key_file"]) as fh:
                 key_line = f"PrivateKey = {fh.read().strip()}"
+            # syncconf sets everything the config names and clears the rest: keep the
+            # firewall mark that exit-node routing relies on (it is not in the file).
+            fwmark = run("wg", "show", iface, "fwmark").strip()
+            if fwmark not in ("", "off"):
+                key_line += f"\nFwMark = {fwmark}"
             merged = re.sub(r"(?im)^\[Interface\]\s*$", "[Interface]\n" + key_line,
                             stripped, count=1)
             fd, tmp = tempfile.mkstemp(prefix=f".{iface}-sync.", dir="/run")
@@ -242,6 +299,8 @@ def main() -> None:
         actions.append(f"remove route {net}")
         if not module.check_mode:
             run("ip", "route", "del", net, "dev", iface)
+
+    actions += exit_routing(run, iface, want, module.check_mode)
 
     diff = {"before": "".join(f"{k} {' '.join(sorted(v['allowed']))}\n"
                               for k, v in sorted(have.items())),

@@ -6,7 +6,9 @@ left up (``./dev.sh demo``) is neither used nor disturbed.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -55,10 +57,21 @@ class LabSession:
     def python(self, node: str, code: str, **kw) -> subprocess.CompletedProcess:
         return self.run(node, PY, "-c", code, **kw)
 
-    def spawn(self, node: str, code: str) -> subprocess.Popen:
+    def spawn(self, node: str, code: str, *args: str) -> subprocess.Popen:
         """A Python program running in the background on a lab host (a listener)."""
-        return subprocess.Popen(self.lab.exec_argv(node, [PY, "-u", "-c", code]),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return self.start(node, [PY, "-u", "-c", code, *args])
+
+    def start(self, node: str, argv: list[str]) -> subprocess.Popen:
+        """A command in the background on a lab node, in a process group of its own: nsenter
+        forks into the host's PID namespace, and stop() must end the child too."""
+        return subprocess.Popen(self.lab.exec_argv(node, argv), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    @staticmethod
+    def stop(proc: subprocess.Popen) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
     def ansible(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run(

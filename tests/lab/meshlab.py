@@ -97,8 +97,7 @@ class MeshLab(LabSession):
         procs = []
         for node, addr in addresses.items():
             code = LISTENER % {"tcp": TCP_PORTS, "udp": UDP_PORTS}
-            p = subprocess.Popen(self.lab.exec_argv(node, [PY, "-u", "-c", code, addr]),
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            p = self.spawn(node, code, addr)
             assert p.stdout.readline().strip() == "ready", p.stderr.read()
             procs.append(p)
         return procs

@@ -6,7 +6,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import PY
+from conftest import BIN, PY
 from meshlab import MeshLab
 
 pytestmark = pytest.mark.lab
@@ -64,9 +64,9 @@ def test_lan_pair_talks_directly_and_never_crosses_the_nat(mesh):
 
 def test_subnet_router_carries_only_what_policy_allows(mesh):
     legacy = "198.51.100.130"
-    listener = subprocess.Popen(mesh.lab.exec_argv("legacy", [PY, "-c", (
+    listener = mesh.start("legacy", [PY, "-c", (
         "import socket; s=socket.socket(); s.bind(('0.0.0.0', 80)); s.listen(); "
-        "print('ready', flush=True); s.accept()")]), stdout=subprocess.PIPE, text=True)
+        "print('ready', flush=True); s.accept()")])
     try:
         assert listener.stdout.readline().strip() == "ready"
         assert tcp(mesh, "home1", legacy, 22)        # alice: legacy:22 allowed
@@ -74,16 +74,15 @@ def test_subnet_router_carries_only_what_policy_allows(mesh):
         assert not tcp(mesh, "home2", legacy, 22)    # bob: nothing in that LAN
         assert not tcp(mesh, "cafe1", legacy, 22)
     finally:
-        listener.kill()
+        mesh.stop(listener)
     # The legacy host sees the router's LAN address (source NAT into the LAN).
-    hold = subprocess.Popen(mesh.lab.exec_argv("home1", [PY, "-c", HOLD, legacy, "22"]),
-                            stdout=subprocess.PIPE, text=True)
+    hold = mesh.start("home1", [PY, "-c", HOLD, legacy, "22"])
     try:
         assert hold.stdout.readline().strip() == "connected"
         seen = mesh.run("legacy", "ss", "-Htn", "state", "established", "( sport = :22 )")
         assert "198.51.100.129:" in seen.stdout, seen.stdout
     finally:
-        hold.kill()
+        mesh.stop(hold)
 
 
 def test_unapproved_route_is_installed_nowhere(mesh):
@@ -105,3 +104,72 @@ def test_names_resolve_for_visible_peers_only(mesh):
     assert mesh.run("cafe1", "getent", "hosts", "home1", check=False).returncode != 0
     ping = mesh.run("home1", "ping", "-c1", "-W2", "pub1.mesh.internal", check=False)
     assert ping.returncode == 0, ping.stdout
+
+
+SOURCE_OF = """
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8088)); s.listen()
+print("ready", flush=True)
+s.settimeout(20)
+while True:
+    c, addr = s.accept(); print(addr[0], flush=True); c.close()
+"""
+
+
+def sources_seen_by_web(mesh, clients: list[str]) -> list[str]:
+    web = str(mesh.topo.hosts["web"].address)
+    listener = mesh.start("web", [PY, "-u", "-c", SOURCE_OF])
+    try:
+        assert listener.stdout.readline().strip() == "ready"
+        seen = []
+        for client in clients:
+            assert tcp(mesh, client, web, 8088), client
+            seen.append(listener.stdout.readline().strip())
+        return seen
+    finally:
+        mesh.stop(listener)
+
+
+def test_exit_node_carries_only_its_users_to_the_internet(mesh):
+    pub1 = str(mesh.topo.hosts["pub1"].address)
+    nat = str(mesh.topo.routers["nat-home"].wan_address)
+    # home2 (bob) uses pub1 as exit node; home1 (alice), on the same LAN, does not.
+    assert sources_seen_by_web(mesh, ["home2", "home1"]) == [pub1, nat]
+    # Mesh and LAN stay reachable from the host using the exit node.
+    assert mesh.run("home2", "ping", "-c1", "-W2", "198.51.100.10", check=False).returncode == 0
+    assert mesh.run("home2", "ping", "-c1", "-W2", "pub1.mesh.internal",
+                    check=False).returncode == 0
+    # pub1 forwards to the internet for bob's node only.
+    plan = mesh.plan()
+    home2 = plan["hosts"]["home2"]["addresses"][0]
+    fwd = plan["hosts"]["pub1"]["filters"]["fwd4"]
+    assert fwd and all(e.startswith(f"{home2} . ") for e in fwd)
+
+
+def test_a_node_without_autogroup_internet_cannot_use_the_exit(mesh, tmp_path):
+    text = (mesh.inventory / "mesh.yml").read_text().replace(
+        "    owner: carol@example.com\n",
+        "    owner: carol@example.com\n    use_exit_node: pub1\n")
+    (tmp_path / "mesh.yml").write_text(text)
+    out = subprocess.run([str(BIN / "wgmesh"), "check", "-i", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert ("nodes.cafe1.use_exit_node: policy does not grant this node autogroup:internet"
+            in out.stderr)
+
+
+def test_switching_the_exit_node_off_and_on_is_live(mesh):
+    mesh_file = mesh.inventory / "mesh.yml"
+    original = mesh_file.read_text()
+    pub1 = str(mesh.topo.hosts["pub1"].address)
+    nat = str(mesh.topo.routers["nat-home"].wan_address)
+    try:
+        mesh_file.write_text(original.replace("    use_exit_node: pub1", ""))
+        assert mesh.playbook().returncode == 0
+        assert "fwmark" not in mesh.run("home2", "ip", "rule").stdout
+        assert sources_seen_by_web(mesh, ["home2"]) == [nat]
+    finally:
+        mesh_file.write_text(original)
+        assert mesh.playbook().returncode == 0
+    assert sources_seen_by_web(mesh, ["home2"]) == [pub1]

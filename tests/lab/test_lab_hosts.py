@@ -86,7 +86,7 @@ def test_nat_lets_hosts_out_but_nothing_in(lab):
         assert out.strip() == "connected"
         assert listener.stdout.readline().strip() == nat_wan
     finally:
-        listener.kill()
+        lab.stop(listener)
 
     # Inbound: a listener on home1 is reachable on its LAN (control) but not from outside,
     # neither at its LAN address nor at the NAT's public address.
@@ -99,7 +99,7 @@ def test_nat_lets_hosts_out_but_nothing_in(lab):
             out = lab.python("pub1", TCP_CONNECT.format(host=target, port=7002, timeout=1.5))
             assert out.stdout.startswith("failed"), (target, out.stdout)
     finally:
-        listener.kill()
+        lab.stop(listener)
 
 
 def observed_source_ports(lab, client, port, trials=3):
@@ -124,7 +124,7 @@ for dst in {json.dumps([str(lab.topo.hosts[h].address) for h in receivers])}:
             seen.append((sport, ports))
     finally:
         for proc in receivers.values():
-            proc.kill()
+            lab.stop(proc)
     return seen
 
 

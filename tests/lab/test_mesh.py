@@ -46,7 +46,7 @@ def test_connectivity_equals_policy(mesh, capsys):
         results = mesh.probe_all(probes)
     finally:
         for p in listeners:
-            p.kill()
+            mesh.stop(p)
     queries = [{"src": s, "dst": key.split("/")[0], "proto": proto,
                 **({"port": port} if port else {})}
                for s, ps in probes.items() for key, _ip, proto, port in ps]
@@ -98,7 +98,7 @@ def test_both_ends_enforce(mesh):
         mesh.run("pub1", "nft", "-f", "/etc/wgmesh/nftables.nft")
     finally:
         for p in listeners:
-            p.kill()
+            mesh.stop(p)
 
 
 def test_peers_are_need_to_know(mesh):
@@ -164,9 +164,8 @@ def test_policy_change_applies_live_without_dropping_packets(mesh, tmp_path):
     new = tmp_path / "changed.hujson"
     new.write_text(changed)
     # pub1 (tag:web) pings pub2 (tag:db) every 20 ms while the change is applied everywhere.
-    ping = subprocess.Popen(mesh.lab.exec_argv("pub1", ["ping", "-q", "-i", "0.02", "-w", "25",
-                                                        pub2]),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    ping = mesh.start("pub1", ["ping", "-q", "-i", "0.02", "-w", "25",
+                                                        pub2])
     try:
         time.sleep(1)
         run = mesh.playbook("-e", f"wgmesh_policy_file={new}")
@@ -175,7 +174,7 @@ def test_policy_change_applies_live_without_dropping_packets(mesh, tmp_path):
         assert changes["cafe1"]["changed"] > 0 and changes["home1"]["changed"] > 0
         out, _ = ping.communicate(timeout=40)
     finally:
-        ping.kill()
+        mesh.stop(ping)
         restore = mesh.playbook()
         assert restore.returncode == 0
     stats = next(line for line in out.splitlines() if "packets transmitted" in line)
