@@ -139,6 +139,20 @@ def endpoint_differs(want: str | None, have: str | None) -> bool:
     return want != have
 
 
+def reconcile(kind: str, want: set[str], have: set[str], iface: str, run: Runner,
+              check_mode: bool) -> list[str]:
+    """Add what is wanted and missing, remove what is there and not wanted (ip address or
+    ip route on the interface)."""
+    actions = []
+    for value, verb, word in [*((v, "replace" if kind == "route" else "add", "add")
+                                for v in sorted(want - have)),
+                              *((v, "del", "remove") for v in sorted(have - want))]:
+        actions.append(f"{word} {kind} {value}")
+        if not check_mode:
+            run("ip", kind, verb, value, "dev", iface)
+    return actions
+
+
 def exit_routing(run: Runner, iface: str, want: dict, check_mode: bool) -> list[str]:
     """A peer with a default route (an exit node) needs wg-quick's policy routing: the
     tunnel's own packets carry a firewall mark and use the main table, everything else looks
@@ -269,14 +283,7 @@ def main() -> None:
                   conf["interface"].get("address", []) for a in v.split(",") if a.strip()}
     have_addrs = set(re.findall(r"inet6? (\S+) .*scope global",
                                 run("ip", "-o", "address", "show", "dev", iface)))
-    for addr in sorted(want_addrs - have_addrs):
-        actions.append(f"add address {addr}")
-        if not module.check_mode:
-            run("ip", "address", "add", addr, "dev", iface)
-    for addr in sorted(have_addrs - want_addrs):
-        actions.append(f"remove address {addr}")
-        if not module.check_mode:
-            run("ip", "address", "del", addr, "dev", iface)
+    actions += reconcile("address", want_addrs, have_addrs, iface, run, module.check_mode)
     mtu = conf["interface"].get("mtu", [None])[0]
     link = run("ip", "-o", "link", "show", "dev", iface)
     if mtu and f" mtu {mtu} " not in link:
@@ -291,14 +298,7 @@ def main() -> None:
     for family in ("-4", "-6"):
         for line in run("ip", family, "route", "show", "dev", iface, "proto", "boot").splitlines():
             have_routes.add(str(ipaddress.ip_network(line.split()[0], strict=False)))
-    for net in sorted(routed - have_routes):
-        actions.append(f"add route {net}")
-        if not module.check_mode:
-            run("ip", "route", "replace", net, "dev", iface)
-    for net in sorted(have_routes - routed):
-        actions.append(f"remove route {net}")
-        if not module.check_mode:
-            run("ip", "route", "del", net, "dev", iface)
+    actions += reconcile("route", routed, have_routes, iface, run, module.check_mode)
 
     actions += exit_routing(run, iface, want, module.check_mode)
 

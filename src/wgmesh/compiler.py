@@ -503,32 +503,25 @@ class Compiler:
         if signature in cache:
             return cache[signature]
         boxes: dict[str, list] = defaultdict(list)
-        add = self._inbound if direction == "in" else self._outbound
         for k, *how in signature:
             rd = self.rules[k]
             if how[0] == "self":
                 v4, v6 = self.node_ranges(how[1])
-                add(boxes, rd, {4: v4, 6: v6}, FAMILIES)
+                self._direction(direction, boxes, rd, {4: v4, 6: v6}, FAMILIES)
             else:
-                add(boxes, rd, rd.src_ranges if direction == "in" else rd.dst_ranges, how[0])
+                ranges = rd.src_ranges if direction == "in" else rd.dst_ranges
+                self._direction(direction, boxes, rd, ranges, how[0])
         cache[signature] = {k: tuple(disjoint(v)) for k, v in boxes.items() if v}
         return cache[signature]
 
     @staticmethod
-    def _inbound(boxes, rd: _RuleData, srcs, families) -> None:
+    def _direction(direction: str, boxes, rd: _RuleData, ranges, families) -> None:
+        """Elements of the ``in`` sets (ranges are sources) or ``out`` sets (destinations)."""
         for f in families:
-            rs = srcs[f]
-            boxes[f"ping_in{f}"].extend((s,) for s in rs)
-            boxes[f"in{f}"].extend((s, pr, po) for s in rs for pr, po in rd.port_boxes)
-            boxes[f"in{f}p"].extend((s, (p, p)) for s in rs for p in rd.other_protos)
-
-    @staticmethod
-    def _outbound(boxes, rd: _RuleData, dsts, families) -> None:
-        for f in families:
-            ds = dsts[f]
-            boxes[f"ping_out{f}"].extend((d,) for d in ds)
-            boxes[f"out{f}"].extend((d, pr, po) for d in ds for pr, po in rd.port_boxes)
-            boxes[f"out{f}p"].extend((d, (p, p)) for d in ds for p in rd.other_protos)
+            rs = ranges[f]
+            boxes[f"ping_{direction}{f}"].extend((r,) for r in rs)
+            boxes[f"{direction}{f}"].extend((r, pr, po) for r in rs for pr, po in rd.port_boxes)
+            boxes[f"{direction}{f}p"].extend((r, (p, p)) for r in rs for p in rd.other_protos)
 
     @staticmethod
     def _forward(boxes, rd: _RuleData, f: int, srcs, dsts) -> None:
