@@ -69,6 +69,8 @@ class ActionModule(ActionBase):
                 "wg_conf": render.wg_quick(h, net),
                 "nftables": render.nftables(h, net),
                 "hosts_block": render.hosts_block(h),
+                "hop_interface": h.hop.interface if h.hop else f"{net.interface}-hop",
+                "hop_conf": render.hop_conf(h, net),
                 "forwarding": h.forwarding,
                 "peers": [{"name": p.name, "connection": p.connection,
                            "endpoint": p.endpoint} for p in h.peers],

@@ -29,6 +29,11 @@ options:
     description: The host's private key file (see wgmesh_key).
     type: path
     required: true
+  state:
+    description: C(present) brings the interface up and in sync; C(absent) takes it down.
+    type: str
+    choices: [present, absent]
+    default: present
 attributes:
   check_mode:
     support: full
@@ -212,6 +217,7 @@ def main() -> None:
             "service": {"type": "str", "default": "auto",
                         "choices": ["auto", "systemd", "wg-quick"]},
             "key_file": {"type": "path", "required": True, "no_log": False},
+            "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
         },
         supports_check_mode=True,
     )
@@ -226,6 +232,13 @@ def main() -> None:
     actions: list[str] = []
 
     up = run.rc("ip", "link", "show", "dev", iface) == 0
+    if module.params["state"] == "absent":
+        if up and not module.check_mode:
+            if service == "systemd":
+                run("systemctl", "disable", "--now", f"wg-quick@{iface}")
+            else:
+                run("wg-quick", "down", iface)
+        module.exit_json(changed=up, actions=[f"take {iface} down"] if up else [], peers=0)
     if not up:
         actions.append(f"bring {iface} up ({service})")
         if not module.check_mode:

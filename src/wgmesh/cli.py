@@ -160,6 +160,8 @@ def cmd_render(args) -> int:
             (d / f"{net.interface}.conf").write_text(render.wg_quick(h, net))
             (d / "nftables.nft").write_text(render.nftables(h, net))
             (d / "hosts").write_text(render.hosts_block(h))
+            if h.hop:
+                (d / f"{h.hop.interface}.conf").write_text(render.hop_conf(h, net))
         (args.out / "plan.json").write_text(render.plan_json(hosts, net, comp.expired,
                                                              comp.warnings))
         print(f"wrote {len(hosts)} hosts to {args.out}")
@@ -171,6 +173,9 @@ def cmd_render(args) -> int:
         print(render.nftables(h, net))
         print(f"### {name}: /etc/hosts block")
         print(render.hosts_block(h))
+        if h.hop:
+            print(f"### {name}: /etc/wireguard/{h.hop.interface}.conf")
+            print(render.hop_conf(h, net))
     return 0
 
 

@@ -99,6 +99,27 @@ class Peer:  # shared between hosts that see the peer alike: never mutate
     roles: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class HopPeer:
+    name: str
+    public_key: str | None
+    allowed_ips: list[str]
+    endpoint: str | None
+    keepalive: int | None
+
+
+@dataclass
+class Hop:
+    """The hop interface that carries end-to-end WireGuard sessions through a relay. On a
+    relay, ``pairs`` are the (source hop, destination hop, UDP port) it may forward."""
+
+    interface: str
+    address: str
+    listen_port: int | None
+    peers: list[HopPeer]
+    pairs: list[tuple[str, str, int]] = field(default_factory=list)
+
+
 @dataclass
 class HostOutput:
     name: str
@@ -112,6 +133,8 @@ class HostOutput:
     exit_node: bool
     forwarding: bool
     names: list[tuple[str, list[str]]]
+    mtu: int = 1420
+    hop: Hop | None = None
 
 
 @dataclass
@@ -175,7 +198,10 @@ class Compiler:
         # autogroup:internet is what exit nodes carry: approved subnets go through routers.
         self.internet = {f: subtract(INTERNET[f], self.all_routes[f]) for f in FAMILIES}
         self.rules = [self._rule_data(r) for r in policy.rules]
+        self.exit_blocked: set[int] = set()
         self._check_exit_use()
+        for i in self.exit_blocked:
+            self.exit_users[self.nodes[i].use_exit_node] &= ~(1 << i)
         if self.problems:
             raise InputError(self.problems)
 
@@ -399,14 +425,17 @@ class Compiler:
                 self._mesh_error(node.name, "use_exit_node",
                                  f'"{target}" does not offer itself as exit node',
                                  f"set advertise_exit_node: true on {target}")
+            # Approval and the internet grant come from the policy, which must always be
+            # able to take access away (a deny-all policy in an incident must apply): losing
+            # either stops the node using the exit node, with a warning, not a failed run.
             elif self.index[target] not in self.exits:
-                self._mesh_error(node.name, "use_exit_node",
-                                 f'exit node "{target}" is not approved',
-                                 "approve it with autoApprovers.exitNode or approved_exit_node")
+                self.exit_blocked.add(i)
+                self.warnings.append(f'{node.name}: exit node "{target}" is not approved; '
+                                     "its internet traffic stays local")
             elif not self._internet_allowed(i):
-                self._mesh_error(node.name, "use_exit_node",
-                                 "policy does not grant this node autogroup:internet",
-                                 'add a rule with dst "autogroup:internet:*" for it')
+                self.exit_blocked.add(i)
+                self.warnings.append(f"{node.name}: policy does not grant it "
+                                     f'autogroup:internet, so it does not use exit node "{target}"')
 
     # Per host ------------------------------------------------------------------------
     def host(self, name: str) -> HostOutput:
@@ -481,7 +510,8 @@ class Compiler:
         for r in routes_wanted:
             peers |= 1 << r
         peers |= self.exit_users.get(name, 0)
-        exit_idx = self.index.get(node.use_exit_node) if node.use_exit_node else None
+        exit_idx = (self.index.get(node.use_exit_node)
+                    if node.use_exit_node and h not in self.exit_blocked else None)
         if exit_idx is not None:
             peers |= 1 << exit_idx
         peers &= ~bit
@@ -493,9 +523,58 @@ class Compiler:
                                                              for n in visible]
         routes = [str(r) for r in node.advertise_routes
                   if my_routes and in_ranges(int(r.network_address), my_routes[r.version])]
+        relayed = [p for p in out_peers if p.connection == "relay"]
+        clients = self._relayed.get(name, set()) if node.relay else set()
+        hop = self._hop(name, relayed, clients) if (relayed or clients) else None
+        # A session carried inside a hop tunnel loses that tunnel's overhead (80 bytes).
+        mtu = self.net.mtu - 80 if relayed else self.net.mtu
         return HostOutput(name, node, self.alloc[name].ipv4, self.alloc[name].ipv6,
                           node.listen_port or self.net.listen_port, out_peers, sets, routes,
-                          is_exit, bool(routes) or is_exit, names)
+                          is_exit, bool(routes) or is_exit or bool(clients), names, mtu, hop)
+
+    def hop_address(self, name: str) -> ipaddress.IPv6Address:
+        """A node's address inside hop tunnels: the relay pool plus its mesh IPv6 host part."""
+        pool = self.net.relay_pool
+        return pool.network_address + (int(self.alloc[name].ipv6) & (pool.num_addresses - 1))
+
+    @functools.cached_property
+    def _relayed(self) -> dict[str, set[tuple[str, str]]]:
+        """relay -> the node pairs it carries (both unreachable, related by policy)."""
+        out: dict[str, set[tuple[str, str]]] = defaultdict(set)
+        if not self.relays:
+            return out
+        for name, node in zip(self.names, self.nodes, strict=True):
+            if node.endpoint:
+                continue  # reachable nodes need no relay, and relays are all reachable
+            for p in self.host(name).peers:
+                if p.connection == "relay":
+                    out[p.relay].add(tuple(sorted((name, p.name))))
+        return out
+
+    def _hop(self, name: str, relayed: list[Peer], clients: set[tuple[str, str]]) -> Hop:
+        iface = f"{self.net.interface}-hop"
+        address = f"{self.hop_address(name)}/{self.net.relay_pool.prefixlen}"
+        if clients:  # this node is a relay: every node it carries for is a peer
+            members = sorted({n for pair in clients for n in pair})
+            peers = [HopPeer(n, self.alloc[n].public_key, [f"{self.hop_address(n)}/128"], None,
+                             None) for n in members]
+            pairs = []
+            for a, b in sorted(clients):
+                for src, dst in ((a, b), (b, a)):
+                    port = self.mesh.nodes[dst].listen_port or self.net.listen_port
+                    pairs.append((str(self.hop_address(src)), str(self.hop_address(dst)), port))
+            return Hop(iface, address, self.net.relay_port, peers, pairs)
+        by_relay: dict[str, list[str]] = defaultdict(list)
+        for p in relayed:
+            by_relay[p.relay].append(f"{self.hop_address(p.name)}/128")
+        peers = []
+        for relay, allowed in sorted(by_relay.items()):
+            host = parse_endpoint(self.mesh.nodes[relay].endpoint)[0]
+            peers.append(HopPeer(relay, self.alloc[relay].public_key,
+                                 [f"{self.hop_address(relay)}/128", *sorted(allowed)],
+                                 endpoint_text(host, self.net.relay_port),
+                                 self.net.keepalive or 25))
+        return Hop(iface, address, None, peers)
 
     def _direction_sets(self, direction: str, signature: tuple) -> dict[str, list[Box]]:
         """A host's inbound or outbound sets, computed once per distinct signature."""
@@ -553,6 +632,10 @@ class Compiler:
             allowed += ["0.0.0.0/0", "::/0"]
         roles = self._roles(p)
         conn, endpoint, relay = self.connection(me, other)
+        if conn == "relay":
+            # The end-to-end session runs to the peer's hop address, inside the hop tunnel.
+            port = other.listen_port or self.net.listen_port
+            endpoint = endpoint_text(str(self.hop_address(name)), port)
         keepalive = self.net.keepalive if (conn == "direct" and not me.endpoint
                                            and self.net.keepalive) else None
         return Peer(name, self.alloc[name].public_key, allowed, endpoint, keepalive, conn,

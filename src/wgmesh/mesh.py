@@ -30,6 +30,9 @@ NETWORK_DEFAULTS: dict[str, Any] = {
     "domain": "mesh.internal",
     "mtu": 1420,
     "keepalive": 25,
+    # Hop tunnels to relays: their UDP port on the relay, and the addresses inside them.
+    "relay_port": 51821,
+    "relay_pool": "fd7a:115c:a1e1::/64",
 }
 
 NODE_KEYS = {
@@ -48,6 +51,8 @@ class Network:
     domain: str
     mtu: int
     keepalive: int
+    relay_port: int
+    relay_pool: ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
@@ -143,20 +148,26 @@ def _network(src: YamlSource, root: Any) -> Network:
         return (node, key) if node is not None and key in node else (root, "network")
 
     out = dict(values)
-    for key in ("listen_port", "mtu", "keepalive"):
-        limits = {"listen_port": (1, 65535), "mtu": (1280, 9000), "keepalive": (0, 3600)}[key]
+    for key in ("listen_port", "mtu", "keepalive", "relay_port"):
+        limits = {"listen_port": (1, 65535), "mtu": (1280, 9000), "keepalive": (0, 3600),
+                  "relay_port": (1, 65535)}[key]
         v = values[key]
         if isinstance(v, bool) or not isinstance(v, int) or not limits[0] <= v <= limits[1]:
             src.error(*at(key), f"network.{key}",
                       f"must be a number from {limits[0]} to {limits[1]}, not "
                       + (str(v) if isinstance(v, int) and not isinstance(v, bool)
                          else type_name(v)))
-    for key, cls in (("ipv4_pool", ipaddress.IPv4Network), ("ipv6_pool", ipaddress.IPv6Network)):
+    for key, cls in (("ipv4_pool", ipaddress.IPv4Network), ("ipv6_pool", ipaddress.IPv6Network),
+                     ("relay_pool", ipaddress.IPv6Network)):
         try:
             out[key] = cls(str(values[key]))
         except ValueError as exc:
             src.error(*at(key), f"network.{key}", f"not an IP{key[2]} network: {exc}")
             out[key] = cls(NETWORK_DEFAULTS[key])
+    if out["relay_pool"].overlaps(out["ipv6_pool"]) or out["relay_pool"].prefixlen > 64:
+        src.error(*at("relay_pool"), "network.relay_pool",
+                  f"{out['relay_pool']} must be a /64 (or larger) outside ipv6_pool",
+                  "e.g. fd7a:115c:a1e1::/64")
     if not isinstance(values["domain"], str) or not DOMAIN.match(values["domain"]):
         src.error(*at("domain"), "network.domain", f"{type_name(values['domain'])} is not a "
                   "DNS domain", "use lower-case labels separated by dots, e.g. mesh.internal")

@@ -110,6 +110,14 @@ def nftables(host: HostOutput, net: Network) -> str:
             if elements[key]:
                 lines.append(_element_block(elements[key]))
             lines.append("    }")
+    relay_pairs = host.hop.pairs if host.hop else []
+    if relay_pairs:
+        # A relay forwards only the end-to-end WireGuard packets of pairs policy relates.
+        lines += ["    set relay6 {",
+                  "        typeof ip6 saddr . ip6 daddr . meta l4proto . th dport",
+                  "        elements = {"]
+        lines += [f"            {s} . {d} . udp . {port}," for s, d, port in relay_pairs]
+        lines += ["        }", "    }", "    counter dropped_relay { }"]
     for name in ("dropped_in", "dropped_out", "dropped_fwd"):
         lines.append(f"    counter {name} {{ }}")
 
@@ -122,6 +130,13 @@ def nftables(host: HostOutput, net: Network) -> str:
             "        ct state established,related accept",
             "        ct state invalid drop",
         ]
+        if direction == "fwd" and relay_pairs:
+            hop = host.hop.interface
+            body[2:2] = [  # before the rule that lets non-mesh traffic pass
+                f'        iifname "{hop}" oifname "{hop}" ip6 saddr . ip6 daddr . meta l4proto '
+                ". th dport @relay6 accept",
+                f'        iifname "{hop}" oifname "{hop}" counter name "dropped_relay" drop',
+            ]
         if direction == "fwd":
             body += [
                 "        icmp type echo-request ip saddr . ip daddr @ping_fwd4 accept",
@@ -169,7 +184,7 @@ def wg_quick(host: HostOutput, net: Network) -> str:
         # peer added live by wg syncconf needs no route of its own.
         f"Address = {host.ipv4}/{net.ipv4_pool.prefixlen}, {host.ipv6}/{net.ipv6_pool.prefixlen}",
         f"ListenPort = {host.listen_port}",
-        f"MTU = {net.mtu}",
+        f"MTU = {host.mtu}",
         f"PostUp = wg set %i private-key /etc/wireguard/{net.interface}.key",
     ]
     for peer in host.peers:
@@ -195,6 +210,30 @@ def _peer_block(name, connection, relay, roles, public_key, allowed_ips, endpoin
     if keepalive:
         lines.append(f"PersistentKeepalive = {keepalive}")
     return "\n".join(lines)
+
+
+def hop_conf(host: HostOutput, net: Network) -> str | None:
+    """wg-quick file of the hop interface (relays and the nodes they carry), no secret."""
+    hop = host.hop
+    if hop is None:
+        return None
+    lines = [f"# wgmesh: {hop.interface} on {host.name}, the hop tunnel to or of a relay. "
+             "Holds no secret.", "[Interface]", f"Address = {hop.address}"]
+    if hop.listen_port:
+        lines.append(f"ListenPort = {hop.listen_port}")
+    # The same key as the mesh interface: the relay knows this node by its pinned key.
+    lines.append(f"PostUp = wg set %i private-key /etc/wireguard/{net.interface}.key")
+    for p in hop.peers:
+        if not p.public_key:
+            lines += ["", f"# {p.name}: public key not known yet"]
+            continue
+        lines += ["", "[Peer]", f"# {p.name}", f"PublicKey = {p.public_key}",
+                  f"AllowedIPs = {', '.join(p.allowed_ips)}"]
+        if p.endpoint:
+            lines.append(f"Endpoint = {p.endpoint}")
+        if p.keepalive:
+            lines.append(f"PersistentKeepalive = {p.keepalive}")
+    return "\n".join(lines) + "\n"
 
 
 def hosts_block(host: HostOutput) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 
 import pytest
 from conftest import BIN, PY
@@ -100,8 +101,8 @@ def test_unapproved_route_is_installed_nowhere(mesh):
 def test_names_resolve_for_visible_peers_only(mesh):
     assert mesh.run("home1", "getent", "hosts", "pub1").returncode == 0
     assert mesh.run("home1", "getent", "hosts", "pub1.mesh.internal").returncode == 0
-    assert mesh.run("home1", "getent", "hosts", "cafe1", check=False).returncode != 0
-    assert mesh.run("cafe1", "getent", "hosts", "home1", check=False).returncode != 0
+    assert mesh.run("home1", "getent", "hosts", "pub2", check=False).returncode != 0
+    assert mesh.run("cafe1", "getent", "hosts", "home2", check=False).returncode != 0
     ping = mesh.run("home1", "ping", "-c1", "-W2", "pub1.mesh.internal", check=False)
     assert ping.returncode == 0, ping.stdout
 
@@ -152,11 +153,16 @@ def test_a_node_without_autogroup_internet_cannot_use_the_exit(mesh, tmp_path):
         "    owner: carol@example.com\n",
         "    owner: carol@example.com\n    use_exit_node: pub1\n")
     (tmp_path / "mesh.yml").write_text(text)
-    out = subprocess.run([str(BIN / "wgmesh"), "check", "-i", str(tmp_path)],
-                         capture_output=True, text=True)
-    assert out.returncode == 2
-    assert ("nodes.cafe1.use_exit_node: policy does not grant this node autogroup:internet"
-            in out.stderr)
+    (tmp_path / "mesh.lock.yml").write_text((mesh.lab.dir / "mesh.lock.yml").read_text())
+    text = text.replace(f"lockfile: {mesh.lab.dir}/mesh.lock.yml", "")
+    (tmp_path / "mesh.yml").write_text(text)
+    out = subprocess.run([str(BIN / "wgmesh"), "render", "--json", "--all", "-i",
+                          str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert ('cafe1: policy does not grant it autogroup:internet, so it does not use exit '
+            'node "pub1"') in out.stderr
+    cafe1 = json.loads(out.stdout)["hosts"]["cafe1"]
+    assert all("0.0.0.0/0" not in p["allowed_ips"] for p in cafe1["peers"])
 
 
 def test_switching_the_exit_node_off_and_on_is_live(mesh):
@@ -173,3 +179,59 @@ def test_switching_the_exit_node_off_and_on_is_live(mesh):
         mesh_file.write_text(original)
         assert mesh.playbook().returncode == 0
     assert sources_seen_by_web(mesh, ["home2"]) == [pub1]
+
+
+MARKER = "WGMESH-PLAINTEXT-MARKER-7f3a"
+
+
+def test_nat_to_nat_pair_goes_through_a_relay_that_sees_no_plaintext(mesh, tmp_path):
+    plan = mesh.plan()
+    cafe1 = {p["name"]: p for p in plan["hosts"]["cafe1"]["peers"]}
+    assert cafe1["home1"]["connection"] == "relay" and cafe1["home1"]["relay"] == "pub1"
+    home1 = plan["hosts"]["home1"]["addresses"][0]
+    listener = mesh.spawn("home1", (
+        "import socket, sys\n"
+        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        f"s.bind(('{home1}', 8080)); s.listen(); print('ready', flush=True)\n"
+        "for _ in range(5):\n"
+        "    c, _ = s.accept(); data = c.recv(200); c.sendall(data[::-1]); c.close()\n"))
+    # Packet-buffered captures into pub1's private /tmp, read from the lab's side after.
+    captures = {i: mesh.start("pub1", ["tcpdump", "-U", "-w", f"/tmp/relay-{i}.pcap", "-ni",
+                                       i, "udp"]) for i in ("eth0", "wg0-hop")}
+    try:
+        assert listener.stdout.readline().strip() == "ready"
+        time.sleep(1)  # let tcpdump attach
+        for _ in range(5):
+            out = mesh.python("cafe1", f"""
+import socket
+s = socket.create_connection(("{home1}", 8080), timeout=5)
+s.sendall(b"{MARKER}"); print(s.recv(200).decode())
+""")
+            assert out.stdout.strip() == MARKER[::-1]
+        time.sleep(1)
+    finally:
+        for p in captures.values():
+            mesh.stop(p)
+        mesh.stop(listener)
+    for iface in captures:
+        data = (mesh.lab.host_dir("pub1") / "tmp" / f"relay-{iface}.pcap").read_bytes()
+        assert len(data) > 1000, f"nothing captured on {iface}"
+        assert MARKER.encode() not in data and MARKER[::-1].encode() not in data, iface
+
+
+def test_relay_forwards_only_the_pairs_policy_relates(mesh):
+    """cafe1 may reach home1's WireGuard port through the relay; any other port of home1's
+    hop address is dropped by the relay, and counted."""
+    ruleset = mesh.run("pub1", "nft", "list", "set", "inet", "wgmesh", "relay6").stdout
+    assert ruleset.count(" . udp . 51820") == 2  # cafe1 -> home1 and back, nothing else
+    home1_hop = mesh.run("home1", "ip", "-6", "-o", "addr", "show", "dev", "wg0-hop").stdout
+    home1_hop = home1_hop.split()[3].split("/")[0]
+    before = mesh.counter("pub1", "dropped_relay")
+    mesh.python("cafe1", f"""
+import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+for _ in range(5):
+    s.sendto(b"x", ("{home1_hop}", 9999))
+""")
+    time.sleep(0.5)
+    assert mesh.counter("pub1", "dropped_relay") - before >= 5

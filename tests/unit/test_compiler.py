@@ -142,10 +142,14 @@ def test_exit_node_needs_approval_and_autogroup_internet(tmp_path):
                  "advertise_exit_node": True}
     nodes = {"a": {"owner": "alice@example.com", "use_exit_node": "x"}, "x": exit_node}
     internet = {"action": "accept", "src": ["group:eng"], "dst": ["autogroup:internet:*"]}
-    with pytest.raises(InputError, match='exit node "x" is not approved'):
-        make(tmp_path, nodes, pol(acls=[internet]))
-    with pytest.raises(InputError, match="does not grant this node autogroup:internet"):
-        make(tmp_path, nodes, pol(autoApprovers={"exitNode": ["tag:exit"]}, acls=[]))
+    # Without approval, or without the grant, the node keeps its internet traffic local:
+    # a policy must always be able to take access away (deny-all still compiles).
+    b = make(tmp_path, nodes, pol(acls=[internet]))
+    assert 'a: exit node "x" is not approved' in "\n".join(b.compiler.warnings)
+    assert b.compiler.host("a").peers == []  # nothing else relates a and x
+    b = make(tmp_path, nodes, pol(autoApprovers={"exitNode": ["tag:exit"]}, acls=[]))
+    assert "does not grant it autogroup:internet" in "\n".join(b.compiler.warnings)
+    assert b.compiler.host("a").peers == [] and b.compiler.host("x").peers == []
     b = make(tmp_path, nodes, pol(autoApprovers={"exitNode": ["tag:exit"]}, acls=[internet]))
     a_peers = {p.name: p for p in b.compiler.host("a").peers}
     assert {"0.0.0.0/0", "::/0"} <= set(a_peers["x"].allowed_ips)
