@@ -135,6 +135,7 @@ class HostOutput:
     names: list[tuple[str, list[str]]]
     mtu: int = 1420
     hop: Hop | None = None
+    snat: bool = False  # masquerade what leaves the mesh (exit nodes; routers by default)
 
 
 @dataclass
@@ -275,16 +276,41 @@ class Compiler:
                     self.warnings.append(f"{node.name}: exit node is not approved and is not "
                                          "used")
         seen: list[tuple[int, int, tuple[int, int]]] = []
+        self.backup_routes: dict[int, dict[int, list[tuple[int, int]]]] = {}
         for i, fams in routes.items():
             for f in FAMILIES:
                 for rng in fams[f]:
                     for j, g, other in seen:
-                        if g == f and rng[0] <= other[1] and other[0] <= rng[1]:
-                            self._mesh_error(self.names[i], "advertise_routes",
-                                             f"approved route overlaps one of {self.names[j]}",
-                                             "each prefix needs exactly one router")
+                        if not (g == f and rng[0] <= other[1] and other[0] <= rng[1]):
+                            continue
+                        a, b = self.nodes[i], self.nodes[j]
+                        if a.failover_for == b.name or b.failover_for == a.name:
+                            # A declared failover pair: the backup filters and forwards like
+                            # the primary, but peers route through the primary only.
+                            backup = i if a.failover_for == b.name else j
+                            self.backup_routes.setdefault(backup, {4: [], 6: []})[f].append(
+                                rng if backup == i else other)
+                            continue
+                        self._mesh_error(self.names[i], "advertise_routes",
+                                         f"approved route overlaps one of {self.names[j]}",
+                                         "each prefix needs exactly one router, or declare a "
+                                         "failover pair with failover_for")
                     seen.append((i, f, rng))
+        for node in self.nodes:
+            if node.failover_for and node.failover_for not in self.mesh.nodes:
+                self._mesh_error(node.name, "failover_for", f'no node "{node.failover_for}"')
         return routes, exits
+
+    @functools.cached_property
+    def _client_routes(self) -> dict[int, dict[int, list[tuple[int, int]]]]:
+        """Routes peers send through each router: approved, less what a router only backs
+        up for its failover primary."""
+        none = {4: [], 6: []}
+        return {i: {f: subtract(fams[f], self.backup_routes.get(i, none)[f]) for f in FAMILIES}
+                for i, fams in self.routes.items()}
+
+    def client_routes(self) -> dict[int, dict[int, list[tuple[int, int]]]]:
+        return self._client_routes
 
     def _user_masks(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -476,14 +502,14 @@ class Compiler:
             if sfams:
                 peers |= rd.any_dst
                 out_sig.append((k, sfams))
-                for r, fams in self.routes.items():
+                for r, fams in self.client_routes().items():
                     for f in sfams:
                         for lo, hi in fams[f]:
                             if clip([(lo, hi)], rd.dst_cidr[f]):
                                 routes_wanted.setdefault(r, set()).add((f, lo, hi))
             # Subnet sources ("*" or CIDRs) arriving through a router.
             if dfams:
-                for r, fams in self.routes.items():
+                for r, fams in self.client_routes().items():
                     for f in dfams:
                         for lo, hi in fams[f]:
                             if clip([(lo, hi)], srcs[f]):
@@ -530,7 +556,8 @@ class Compiler:
         mtu = self.net.mtu - 80 if relayed else self.net.mtu
         return HostOutput(name, node, self.alloc[name].ipv4, self.alloc[name].ipv6,
                           node.listen_port or self.net.listen_port, out_peers, sets, routes,
-                          is_exit, bool(routes) or is_exit or bool(clients), names, mtu, hop)
+                          is_exit, bool(routes) or is_exit or bool(clients), names, mtu, hop,
+                          snat=is_exit or (bool(routes) and node.route_snat))
 
     def hop_address(self, name: str) -> ipaddress.IPv6Address:
         """A node's address inside hop tunnels: the relay pool plus its mesh IPv6 host part."""

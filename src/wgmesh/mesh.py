@@ -39,6 +39,7 @@ NODE_KEYS = {
     "ansible_host", "owner", "tags", "address", "address6", "endpoint", "site", "lan_address",
     "advertise_routes", "approved_routes", "advertise_exit_node", "approved_exit_node",
     "use_exit_node", "relay", "managed", "public_key", "expires", "description", "listen_port",
+    "route_snat", "failover_for",
 }
 
 
@@ -73,6 +74,10 @@ class Node:
     approved_exit_node: bool = False
     use_exit_node: str | None = None
     relay: bool = False
+    # Source-NAT routed traffic into the LAN (LAN hosts then need no route back to the mesh).
+    route_snat: bool = True
+    # This router backs up another for the same prefixes (only the primary is used by peers).
+    failover_for: str | None = None
     managed: bool = True
     public_key: str | None = None
     expires: dt.date | None = None
@@ -337,6 +342,10 @@ def _node(src: YamlSource, name: str, spec: Any, path: str, network: Network) ->
                 "approve only routes listed in advertise_routes")
     for key in ("advertise_exit_node", "approved_exit_node", "relay"):
         values[key] = flag(key)
+    values["route_snat"] = flag("route_snat") if "route_snat" in spec else True
+    values["failover_for"] = text("failover_for")
+    if values["failover_for"] == name:
+        bad("failover_for", "a router cannot back itself up")
     if values["approved_exit_node"] and not values["advertise_exit_node"]:
         bad("approved_exit_node", "approved_exit_node needs advertise_exit_node: true")
     values["use_exit_node"] = text("use_exit_node")

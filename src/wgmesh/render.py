@@ -162,7 +162,7 @@ def nftables(host: HostOutput, net: Network) -> str:
     lines += chain("output", "output", f'oifname != "{wg}"', "out", "dropped_out")
     lines += chain("forward", "forward", f'iifname != "{wg}" oifname != "{wg}"', "fwd",
                    "dropped_fwd")
-    if host.forwarding:
+    if host.snat:
         lines += [
             "    chain postrouting {",
             "        type nat hook postrouting priority srcnat; policy accept;",

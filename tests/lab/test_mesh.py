@@ -172,6 +172,8 @@ def test_policy_change_applies_live_without_dropping_packets(mesh, tmp_path):
         assert run.returncode == 0, run.stdout[-2000:]
         changes = recap(run.stdout)
         assert changes["cafe1"]["changed"] > 0 and changes["home1"]["changed"] > 0
+        # alice -> bob:8080 was all that related home1 and home2: home2's name is gone.
+        assert mesh.run("home1", "getent", "hosts", "home2", check=False).returncode != 0
         out, _ = ping.communicate(timeout=40)
     finally:
         mesh.stop(ping)

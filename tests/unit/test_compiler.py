@@ -181,3 +181,23 @@ def test_output_is_deterministic_and_holds_no_private_key(tmp_path):
     assert all("PrivateKey" not in text for text in first.values())
     plan = render.plan_json(b1.compiler.compile_all(), b1.mesh.network, [], [])
     assert json.loads(plan)["hosts"]["n0"]["peers"][0]["public_key"]
+
+
+def test_failover_pair_and_route_snat(tmp_path):
+    r1 = {**ROUTER, "advertise_routes": ["198.51.100.128/26"]}
+    r2 = {**ROUTER, "endpoint": "192.0.2.14:51820", "advertise_routes": ["198.51.100.128/26"]}
+    nodes = {"a": {"owner": "alice@example.com"}, "r1": r1, "r2": r2}
+    policy = pol(autoApprovers={"routes": {"198.51.100.0/24": ["tag:router"]}},
+                 acls=[{"action": "accept", "src": ["group:eng"], "dst": ["198.51.100.130:22"]}])
+    with pytest.raises(InputError, match="declare a failover pair with failover_for"):
+        make(tmp_path, nodes, policy)
+    nodes["r2"] = {**r2, "failover_for": "r1", "route_snat": False}
+    b = make(tmp_path, nodes, policy)
+    a_peers = {p.name: p for p in b.compiler.host("a").peers}
+    assert "198.51.100.128/26" in a_peers["r1"].allowed_ips  # the primary carries it
+    assert "r2" not in a_peers  # the backup is not used until it becomes the primary
+    # Both filter alike; only r1 source-NATs (r2's LAN routes back to the mesh itself).
+    for r in ("r1", "r2"):
+        assert "198.51.100.130 . tcp . 22" in render.nftables(b.compiler.host(r), b.mesh.network)
+    assert b.compiler.host("r1").snat and not b.compiler.host("r2").snat
+    assert "masquerade" not in render.nftables(b.compiler.host("r2"), b.mesh.network)
