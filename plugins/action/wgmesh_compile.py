@@ -72,6 +72,9 @@ class ActionModule(ActionBase):
                 "hop_interface": h.hop.interface if h.hop else f"{net.interface}-hop",
                 "hop_conf": render.hop_conf(h, net),
                 "forwarding": h.forwarding,
+                "uses_exit_node": h.uses_exit_node,
+                "management_networks": ([str(n) for n in net.management_networks]
+                                        if h.uses_exit_node else []),
                 "peers": [{"name": p.name, "connection": p.connection,
                            "endpoint": p.endpoint} for p in h.peers],
                 "address": str(h.ipv4),

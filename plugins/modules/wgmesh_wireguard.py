@@ -29,6 +29,15 @@ options:
     description: The host's private key file (see wgmesh_key).
     type: path
     required: true
+  management_networks:
+    description:
+      - Networks that stay on the main routing table (the host's own default gateway) while
+        a peer takes the default route as exit node, such as the Ansible controller's.
+      - Kept as C(ip rule) entries at priority 1000 only while the interface routes the
+        default route; the wg-quick file carries the same rules for the next C(up).
+    type: list
+    elements: str
+    default: []
   state:
     description: C(present) brings the interface up and in sync; C(absent) takes it down.
     type: str
@@ -69,6 +78,9 @@ import re
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
+
+# The same number as wgmesh.render.MANAGEMENT_RULE_PRIORITY: before wg-quick's rules.
+MANAGEMENT_RULE_PRIORITY = 1000
 
 
 class Runner:
@@ -210,6 +222,28 @@ def exit_routing(run: Runner, iface: str, want: dict, check_mode: bool) -> list[
     return actions
 
 
+def management_rules(run: Runner, keep: list[str], need: bool, check_mode: bool) -> list[str]:
+    """Keep management networks on the main table while an exit node has the default route;
+    the rules are ours by their priority, so others' rules are never touched."""
+    want = set(keep) if need else set()
+    have = set()
+    for family in ("-4", "-6"):
+        for line in run("ip", family, "rule", "show", "priority",
+                        str(MANAGEMENT_RULE_PRIORITY)).splitlines():
+            found = re.search(r"\bto (\S+) lookup main\b", line)
+            if found:
+                have.add(str(ipaddress.ip_network(found.group(1), strict=False)))
+    actions = []
+    for verb, nets in (("del", sorted(have - want)), ("add", sorted(want - have))):
+        for net in nets:
+            actions.append(f"{'keep' if verb == 'add' else 'stop keeping'} {net} "
+                           "on the main table")
+            if not check_mode:
+                run("ip", f"-{ipaddress.ip_network(net).version}", "rule", verb, "to", net,
+                    "lookup", "main", "priority", str(MANAGEMENT_RULE_PRIORITY))
+    return actions
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -218,6 +252,7 @@ def main() -> None:
                         "choices": ["auto", "systemd", "wg-quick"]},
             "key_file": {"type": "path", "required": True, "no_log": False},
             "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+            "management_networks": {"type": "list", "elements": "str", "default": []},
         },
         supports_check_mode=True,
     )
@@ -225,6 +260,10 @@ def main() -> None:
     iface = module.params["interface"]
     if not re.fullmatch(r"[a-zA-Z0-9_.=+-]{1,15}", iface):
         module.fail_json(msg=f"invalid interface name {iface!r}")
+    try:
+        keep = [str(ipaddress.ip_network(n)) for n in module.params["management_networks"]]
+    except ValueError as exc:
+        module.fail_json(msg=f"management_networks: {exc}")
     conf_path = f"/etc/wireguard/{iface}.conf"
     service = module.params["service"]
     if service == "auto":
@@ -313,6 +352,9 @@ def main() -> None:
             have_routes.add(str(ipaddress.ip_network(line.split()[0], strict=False)))
     actions += reconcile("route", routed, have_routes, iface, run, module.check_mode)
 
+    # Management rules first: they must be in place before the default route moves.
+    exits = any(d in p["allowed"] for p in want.values() for d in ("0.0.0.0/0", "::/0"))
+    actions += management_rules(run, keep, exits, module.check_mode)
     actions += exit_routing(run, iface, want, module.check_mode)
 
     diff = {"before": "".join(f"{k} {' '.join(sorted(v['allowed']))}\n"

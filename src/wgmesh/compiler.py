@@ -136,6 +136,7 @@ class HostOutput:
     mtu: int = 1420
     hop: Hop | None = None
     snat: bool = False  # masquerade what leaves the mesh (exit nodes; routers by default)
+    uses_exit_node: str | None = None  # the exit node this host sends its internet traffic to
 
 
 @dataclass
@@ -557,7 +558,8 @@ class Compiler:
         return HostOutput(name, node, self.alloc[name].ipv4, self.alloc[name].ipv6,
                           node.listen_port or self.net.listen_port, out_peers, sets, routes,
                           is_exit, bool(routes) or is_exit or bool(clients), names, mtu, hop,
-                          snat=is_exit or (bool(routes) and node.route_snat))
+                          snat=is_exit or (bool(routes) and node.route_snat),
+                          uses_exit_node=node.use_exit_node if exit_idx is not None else None)
 
     def hop_address(self, name: str) -> ipaddress.IPv6Address:
         """A node's address inside hop tunnels: the relay pool plus its mesh IPv6 host part."""

@@ -33,6 +33,9 @@ NETWORK_DEFAULTS: dict[str, Any] = {
     # Hop tunnels to relays: their UDP port on the relay, and the addresses inside them.
     "relay_port": 51821,
     "relay_pool": "fd7a:115c:a1e1::/64",
+    # Destinations a host keeps reaching through its own default gateway when it uses an exit
+    # node: the Ansible controller or jump host, so the management path survives.
+    "management_networks": [],
 }
 
 NODE_KEYS = {
@@ -54,6 +57,7 @@ class Network:
     keepalive: int
     relay_port: int
     relay_pool: ipaddress.IPv6Network
+    management_networks: tuple[IPNet, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,7 @@ def _network(src: YamlSource, root: Any) -> Network:
         src.error(*at("relay_pool"), "network.relay_pool",
                   f"{out['relay_pool']} must be a /64 (or larger) outside ipv6_pool",
                   "e.g. fd7a:115c:a1e1::/64")
+    out["management_networks"] = _management_networks(src, values, at, out)
     if not isinstance(values["domain"], str) or not DOMAIN.match(values["domain"]):
         src.error(*at("domain"), "network.domain", f"{type_name(values['domain'])} is not a "
                   "DNS domain", "use lower-case labels separated by dots, e.g. mesh.internal")
@@ -181,6 +186,36 @@ def _network(src: YamlSource, root: Any) -> Network:
                   f"{type_name(values['interface'])} is not an interface name",
                   "use up to 15 letters, digits, '_', '.', '-'")
     return Network(**{k: out[k] for k in NETWORK_DEFAULTS})
+
+
+def _management_networks(src: YamlSource, values: dict, at, out: dict) -> tuple[IPNet, ...]:
+    nets = values["management_networks"]
+    where = "network.management_networks"
+    if not isinstance(nets, list):
+        src.error(*at("management_networks"), where,
+                  f"must be a list of networks, not {type_name(nets)}",
+                  "e.g. [192.0.2.10/32, 2001:db8::/64]")
+        return ()
+    found = []
+    for i, text in enumerate(nets):
+        try:
+            net = ipaddress.ip_network(str(text)) if isinstance(text, str) else None
+        except ValueError as exc:
+            src.error(nets, i, f"{where}[{i}]", f"not a network: {exc}",
+                      "write an address with its prefix length, e.g. 192.0.2.0/24")
+            continue
+        if net is None:
+            src.error(nets, i, f"{where}[{i}]", f"{type_name(text)} is not a network")
+            continue
+        pool = out["ipv4_pool"] if net.version == 4 else out["ipv6_pool"]
+        if net.prefixlen == 0 or net.overlaps(pool):
+            src.error(nets, i, f"{where}[{i}]",
+                      f"{net} " + ("is the whole internet" if net.prefixlen == 0
+                                   else f"overlaps the mesh pool {pool}"),
+                      "list only the controller's or jump hosts' underlay networks")
+            continue
+        found.append(net)
+    return tuple(sorted(set(found), key=lambda n: (n.version, n)))
 
 
 def _nodes(src: YamlSource, root: Any, network: Network) -> dict[str, Node]:

@@ -13,6 +13,10 @@ from wgmesh.mesh import Network
 from wgmesh.policy import PROTO_NAMES
 
 TABLE = "wgmesh"
+# Priority of the rules that keep management networks on the main table. It must come before
+# wg-quick's exit-node rules, which take the numbers just below the main table's 32766.
+# plugins/modules/wgmesh_wireguard.py keeps the same number (a unit test checks they agree).
+MANAGEMENT_RULE_PRIORITY = 1000
 
 # set name -> (typeof expression, dimensions that are addresses of which family)
 SET_TYPES = {
@@ -187,11 +191,26 @@ def wg_quick(host: HostOutput, net: Network) -> str:
         f"MTU = {host.mtu}",
         f"PostUp = wg set %i private-key /etc/wireguard/{net.interface}.key",
     ]
+    if host.uses_exit_node:
+        lines += management_rules(net)
     for peer in host.peers:
         lines.append(_peer_block(peer.name, peer.connection, peer.relay, tuple(peer.roles),
                                  peer.public_key, tuple(peer.allowed_ips), peer.endpoint,
                                  peer.keepalive))
     return "\n".join(lines) + "\n"
+
+
+def management_rules(net: Network) -> list[str]:
+    """Hooks that keep the management networks on the main table (their own default
+    gateway) while the exit node takes the default route; wg-quick runs them at every up,
+    and wgmesh_wireguard applies the same rules live."""
+    lines = []
+    for n in net.management_networks:
+        rule = f"ip -{n.version} rule %s to {n} lookup main priority {MANAGEMENT_RULE_PRIORITY}"
+        # A rule left over from a crash would make "add" fail and the interface not come up.
+        lines.append(f"PostUp = {rule % 'del'} 2>/dev/null || true; {rule % 'add'}")
+        lines.append(f"PreDown = {rule % 'del'} || true")
+    return lines
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -241,13 +260,16 @@ def hosts_block(host: HostOutput) -> str:
     return "".join(f"{addr}\t{' '.join(names)}\n" for addr, names in host.names)
 
 
-def host_json(host: HostOutput) -> dict[str, Any]:
+def host_json(host: HostOutput, net: Network) -> dict[str, Any]:
     return {
         "name": host.name,
         "addresses": [str(host.ipv4), str(host.ipv6)],
         "listen_port": host.listen_port,
         "routes": host.routes,
         "exit_node": host.exit_node,
+        "uses_exit_node": host.uses_exit_node,
+        "management_networks": ([str(n) for n in net.management_networks]
+                                if host.uses_exit_node else []),
         "forwarding": host.forwarding,
         "peers": [{
             "name": p.name, "public_key": p.public_key, "allowed_ips": p.allowed_ips,
@@ -266,8 +288,9 @@ def plan_json(hosts: dict[str, HostOutput], net: Network, expired: list[str],
             "interface": net.interface, "listen_port": net.listen_port,
             "ipv4_pool": str(net.ipv4_pool), "ipv6_pool": str(net.ipv6_pool),
             "domain": net.domain, "mtu": net.mtu, "keepalive": net.keepalive,
+            "management_networks": [str(n) for n in net.management_networks],
         },
-        "hosts": {n: host_json(h) for n, h in sorted(hosts.items())},
+        "hosts": {n: host_json(h, net) for n, h in sorted(hosts.items())},
         "expired": expired,
         "warnings": warnings,
     }

@@ -7,8 +7,8 @@ import subprocess
 import time
 
 import pytest
-from conftest import BIN, PY
-from meshlab import MeshLab
+from conftest import BIN, PY, REPO, ansible_env
+from meshlab import MeshLab, recap
 
 pytestmark = pytest.mark.lab
 
@@ -178,6 +178,59 @@ def test_switching_the_exit_node_off_and_on_is_live(mesh):
     finally:
         mesh_file.write_text(original)
         assert mesh.playbook().returncode == 0
+    assert sources_seen_by_web(mesh, ["home2"]) == [pub1]
+
+
+def test_management_networks_stay_off_the_exit_node(mesh, tmp_path):
+    """A host using an exit node still reaches management_networks through its own gateway,
+    live and at the next wg-quick up; a run whose SSH client the exit node would take over
+    is refused before the host is touched."""
+    mesh_file = mesh.inventory / "mesh.yml"
+    original = mesh_file.read_text()
+    web = str(mesh.topo.hosts["web"].address)
+    pub1 = str(mesh.topo.hosts["pub1"].address)
+    nat = str(mesh.topo.routers["nat-home"].wan_address)
+    rule = f"to {web} lookup main"
+    try:
+        mesh_file.write_text(original.replace(
+            "nodes:\n", f"network:\n  management_networks: [{web}/32]\nnodes:\n", 1))
+        run = mesh.playbook()
+        assert run.returncode == 0, run.stdout[-3000:]
+        assert rule in mesh.run("home2", "ip", "rule", "show", "priority", "1000").stdout
+        assert rule not in mesh.run("home1", "ip", "rule", "show").stdout  # no exit node
+        assert sources_seen_by_web(mesh, ["home2"]) == [nat]
+        assert recap(mesh.playbook().stdout)["home2"]["changed"] == 0
+        # The same rule comes back with the interface (wg-quick's PostUp), and leaves with it.
+        mesh.run("home2", "wg-quick", "down", "wg0")
+        assert rule not in mesh.run("home2", "ip", "rule", "show").stdout
+        mesh.run("home2", "wg-quick", "up", "wg0")
+        assert rule in mesh.run("home2", "ip", "rule", "show", "priority", "1000").stdout
+        assert sources_seen_by_web(mesh, ["home2"]) == [nat]
+
+        # A run that reaches home2 from an address only its default route leads to.
+        play = tmp_path / "play.yml"
+        play.write_text(f"""
+- hosts: home2
+  gather_facts: false
+  environment:
+    SSH_CONNECTION: "{web} 40000 192.0.2.99 22"
+  roles:
+    - role: {REPO}/roles/wgmesh
+""")
+        mesh_file.write_text(original)
+        before = mesh.run("home2", "cat", "/etc/wireguard/wg0.conf").stdout
+        run = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(mesh.inventory),
+                              str(play)], capture_output=True, text=True, cwd=REPO,
+                             env=ansible_env(), timeout=300)
+        assert run.returncode != 0
+        assert (f"home2 reaches this run's SSH client {web} through its default route"
+                in " ".join(run.stdout.split()))
+        assert "network.management_networks" in run.stdout
+        assert mesh.run("home2", "cat", "/etc/wireguard/wg0.conf").stdout == before
+    finally:
+        mesh_file.write_text(original)
+        assert mesh.playbook().returncode == 0
+    assert rule not in mesh.run("home2", "ip", "rule", "show").stdout
     assert sources_seen_by_web(mesh, ["home2"]) == [pub1]
 
 

@@ -160,6 +160,36 @@ def test_exit_node_needs_approval_and_autogroup_internet(tmp_path):
     assert x.exit_node and x.forwarding and [p.name for p in x.peers] == ["a"]
 
 
+def test_management_networks_are_kept_only_by_hosts_that_use_an_exit_node(tmp_path):
+    exit_node = {"tags": ["tag:exit"], "endpoint": "192.0.2.14:51820",
+                 "advertise_exit_node": True, "approved_exit_node": True}
+    nodes = {"a": {"owner": "alice@example.com", "use_exit_node": "x"},
+             "b": {"owner": "alice@example.com"}, "x": exit_node}
+    internet = {"action": "accept", "src": ["group:eng"], "dst": ["autogroup:internet:*"]}
+    b = make(tmp_path, nodes, pol(acls=[internet]),
+             network={"management_networks": ["192.0.2.0/28", "2001:db8::/64"]})
+    net = b.mesh.network
+    a, other = (render.wg_quick(b.compiler.host(n), net) for n in ("a", "b"))
+    assert ("PostUp = ip -4 rule del to 192.0.2.0/28 lookup main priority 1000 2>/dev/null "
+            "|| true; ip -4 rule add to 192.0.2.0/28 lookup main priority 1000") in a
+    assert "PreDown = ip -6 rule del to 2001:db8::/64 lookup main priority 1000 || true" in a
+    assert "rule" not in other
+    plan = json.loads(render.plan_json(b.compiler.compile_all(), net, [], []))
+    assert plan["hosts"]["a"]["management_networks"] == ["192.0.2.0/28", "2001:db8::/64"]
+    assert plan["hosts"]["b"]["management_networks"] == []
+
+
+def test_the_module_keeps_management_rules_at_the_renderers_priority():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "plugins/modules/wgmesh_wireguard.py"
+    spec = importlib.util.spec_from_file_location("wgmesh_wireguard", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.MANAGEMENT_RULE_PRIORITY == render.MANAGEMENT_RULE_PRIORITY
+
+
 def test_expired_nodes_are_left_out(tmp_path):
     nodes = {"a": {"owner": "alice@example.com"}, "old": {"owner": "bob@example.com",
                                                           "expires": "2025-12-31"}}
