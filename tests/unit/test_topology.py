@@ -148,3 +148,18 @@ def test_molecule_lab_is_the_default_lab_under_another_name():
     mol_mesh = (REPO / "molecule/default/inventory/mesh.yml").read_text()
     assert mol_mesh == mesh.replace("/wgmesh-lab/wgl/", "/wgmesh-lab/wmol/").replace(
         "../../policies/", "../../../policies/")
+
+
+def test_molecule_finds_every_plugin_folder_that_ansible_cfg_names():
+    import configparser
+
+    import yaml
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "ansible.cfg")
+    ours = {k: v for k, v in cfg["defaults"].items()
+            if k.endswith("_plugins") or k in ("library", "roles_path")}
+    mol = yaml.safe_load((REPO / "molecule/default/molecule.yml").read_text())
+    theirs = mol["ansible"]["cfg"]["defaults"]
+    assert {k: theirs.get(k, "").replace("${MOLECULE_PROJECT_DIRECTORY}/", "")
+            for k in ours} == ours
