@@ -84,13 +84,13 @@ MANAGEMENT_RULE_PRIORITY = 1000
 
 
 class Runner:
-    """The one place that runs wg, wg-quick, ip and systemctl."""
+    """The one place that runs wg, wg-quick, ip, nft and systemctl."""
 
     def __init__(self, module: AnsibleModule):
         self.module = module
 
-    def __call__(self, *argv: str, check: bool = True) -> str:
-        rc, out, err = self.module.run_command(list(argv))
+    def __call__(self, *argv: str, check: bool = True, data: str | None = None) -> str:
+        rc, out, err = self.module.run_command(list(argv), data=data, binary_data=True)
         if check and rc != 0:
             self.module.fail_json(msg=f"{' '.join(argv)} failed ({rc}): {err.strip()}")
         return out if rc == 0 else ""
@@ -170,6 +170,27 @@ def reconcile(kind: str, want: set[str], have: set[str], iface: str, run: Runner
     return actions
 
 
+def wg_quick_firewall(run: Runner, iface: str, family: str, table: int) -> str:
+    """The nftables table wg-quick adds with a default route, in its words: drop packets for
+    the interface's addresses that arrive elsewhere (anti-spoofing), and carry the tunnel's
+    firewall mark on its UDP flows through conntrack (so strict reverse-path filtering
+    accepts the replies)."""
+    pf = "ip" if family == "-4" else "ip6"
+    name = f"wg-quick-{iface}"
+    lines = [f"add table {pf} {name}",
+             f"add chain {pf} {name} preraw {{ type filter hook prerouting priority -300; }}",
+             f"add chain {pf} {name} premangle {{ type filter hook prerouting priority -150; }}",
+             f"add chain {pf} {name} postmangle {{ type filter hook postrouting priority -150; }}"]
+    for addr in re.findall(r"inet6? ([0-9a-f:.]+)/\d+",
+                           run("ip", "-o", family, "address", "show", "dev", iface)):
+        lines.append(f'add rule {pf} {name} preraw iifname != "{iface}" {pf} daddr {addr} '
+                     "fib saddr type != local drop")
+    lines.append(f"add rule {pf} {name} postmangle meta l4proto udp mark {table} "
+                 "ct mark set mark")
+    lines.append(f"add rule {pf} {name} premangle meta l4proto udp meta mark set ct mark")
+    return "\n".join(lines) + "\n"
+
+
 def exit_routing(run: Runner, iface: str, want: dict, check_mode: bool) -> list[str]:
     """A peer with a default route (an exit node) needs wg-quick's policy routing: the
     tunnel's own packets carry a firewall mark and use the main table, everything else looks
@@ -186,7 +207,9 @@ def exit_routing(run: Runner, iface: str, want: dict, check_mode: bool) -> list[
         suppress = "from all lookup main suppress_prefixlength 0" in rules
         route = table is not None and "default dev" in run(
             "ip", family, "route", "show", "table", str(table), check=False)
-        if need and not (mark_rule and suppress and route):
+        pf = "ip" if family == "-4" else "ip6"
+        firewall = run.rc("nft", "list", "table", pf, f"wg-quick-{iface}") == 0
+        if need and not (mark_rule and suppress and route and firewall):
             actions.append(f"route {default} through {iface} (policy routing)")
             if check_mode:
                 continue
@@ -207,9 +230,12 @@ def exit_routing(run: Runner, iface: str, want: dict, check_mode: bool) -> list[
                 run("ip", family, "rule", "del", "not", "fwmark", str(table), "table", str(table))
             run("ip", family, "rule", "add", "not", "fwmark", str(table), "table", str(table))
             run("ip", family, "rule", "add", "table", "main", "suppress_prefixlength", "0")
+            if firewall:
+                run("nft", "delete", "table", pf, f"wg-quick-{iface}")
+            run("nft", "-f", "-", data=wg_quick_firewall(run, iface, family, table))
             if family == "-4":
                 run("sysctl", "-q", "net.ipv4.conf.all.src_valid_mark=1")
-        elif not need and (mark_rule or route):
+        elif not need and (mark_rule or route or firewall):
             actions.append(f"stop routing {default} through {iface}")
             if check_mode:
                 continue
@@ -219,6 +245,8 @@ def exit_routing(run: Runner, iface: str, want: dict, check_mode: bool) -> list[
                 run("ip", family, "rule", "del", "not", "fwmark", str(table), "table", str(table))
             if suppress:
                 run("ip", family, "rule", "del", "table", "main", "suppress_prefixlength", "0")
+            if firewall:
+                run("nft", "delete", "table", pf, f"wg-quick-{iface}")
     return actions
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 
@@ -174,11 +175,24 @@ def test_switching_the_exit_node_off_and_on_is_live(mesh):
         mesh_file.write_text(original.replace("    use_exit_node: pub1", ""))
         assert mesh.playbook().returncode == 0
         assert "fwmark" not in mesh.run("home2", "ip", "rule").stdout
+        assert "wg-quick-wg0" not in mesh.run("home2", "nft", "list", "tables").stdout
         assert sources_seen_by_web(mesh, ["home2"]) == [nat]
     finally:
         mesh_file.write_text(original)
         assert mesh.playbook().returncode == 0
     assert sources_seen_by_web(mesh, ["home2"]) == [pub1]
+    # Switched on live, home2 has what `wg-quick up` would have made: the same table.
+    live = mesh.run("home2", "nft", "list", "ruleset").stdout
+    assert "table ip wg-quick-wg0" in live and "table ip6 wg-quick-wg0" in live
+    mesh.run("home2", "wg-quick", "down", "wg0")
+    mesh.run("home2", "wg-quick", "up", "wg0")
+    fresh = mesh.run("home2", "nft", "list", "ruleset").stdout
+    wgq = re.compile(r"^table ip6? wg-quick-wg0 \{.*?^\}", re.M | re.S)
+    # The interface's link-local address is new at each `up` (and may be missing yet).
+    link_local = re.compile(r"^.*daddr fe80:.*\n", re.M)
+    assert (sorted(link_local.sub("", t) for t in wgq.findall(live))
+            == sorted(link_local.sub("", t) for t in wgq.findall(fresh)))
+    assert recap(mesh.playbook().stdout)["home2"]["changed"] == 0
 
 
 def test_management_networks_stay_off_the_exit_node(mesh, tmp_path):
