@@ -10,7 +10,7 @@ from ansible.plugins.action import ActionBase
 try:
     from wgmesh import render
     from wgmesh.build import PolicyTestFailure, build
-    from wgmesh.compiler import Compiler
+    from wgmesh.compiler import Compiler, fewer_gc_passes
     from wgmesh.errors import InputError
 except ImportError as exc:  # pragma: no cover - depends on the controller's environment
     IMPORT_ERROR = exc
@@ -61,25 +61,26 @@ class ActionModule(ActionBase):
 
         net = b.mesh.network
         hosts = {}
-        for name in sorted(keys):
-            if name not in comp.index or not b.mesh.nodes[name].managed:
-                continue
-            h = comp.host(name)
-            hosts[name] = {
-                "wg_conf": render.wg_quick(h, net),
-                "nftables": render.nftables(h, net),
-                "hosts_block": render.hosts_block(h),
-                "hop_interface": h.hop.interface if h.hop else f"{net.interface}-hop",
-                "hop_conf": render.hop_conf(h, net),
-                "forwarding": h.forwarding,
-                "uses_exit_node": h.uses_exit_node,
-                "management_networks": ([str(n) for n in net.management_networks]
-                                        if h.uses_exit_node else []),
-                "peers": [{"name": p.name, "connection": p.connection,
-                           "endpoint": p.endpoint} for p in h.peers],
-                "address": str(h.ipv4),
-                "address6": str(h.ipv6),
-            }
+        with fewer_gc_passes():
+            for name in sorted(keys):
+                if name not in comp.index or not b.mesh.nodes[name].managed:
+                    continue
+                h = comp.host(name)
+                hosts[name] = {
+                    "wg_conf": render.wg_quick(h, net),
+                    "nftables": render.nftables(h, net),
+                    "hosts_block": render.hosts_block(h),
+                    "hop_interface": h.hop.interface if h.hop else f"{net.interface}-hop",
+                    "hop_conf": render.hop_conf(h, net),
+                    "forwarding": h.forwarding,
+                    "uses_exit_node": h.uses_exit_node,
+                    "management_networks": ([str(n) for n in net.management_networks]
+                                            if h.uses_exit_node else []),
+                    "peers": [{"name": p.name, "connection": p.connection,
+                               "endpoint": p.endpoint} for p in h.peers],
+                    "address": str(h.ipv4),
+                    "address6": str(h.ipv6),
+                }
         result.update(
             changed=changed,
             interface=net.interface,

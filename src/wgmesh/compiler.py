@@ -9,15 +9,17 @@ against the other.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
+import gc
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from wgmesh.errors import InputError, Problem
-from wgmesh.intervals import Box, disjoint, merge_ranges
+from wgmesh.intervals import Box, Grouped, bits, disjoint_grouped, merge_ranges
 from wgmesh.lock import Allocation
 from wgmesh.mesh import Mesh, Node, parse_endpoint
 from wgmesh.policy import ICMP, PORT_PROTOS, Policy, Rule
@@ -87,8 +89,10 @@ class Endpoint:
     tags: frozenset[str] = frozenset()
 
 
-@dataclass(frozen=True)
-class Peer:  # shared between hosts that see the peer alike: never mutate
+# Shared between hosts that see the peer alike: never mutate. Identity is its equality, so a
+# renderer can cache one text per object.
+@dataclass(frozen=True, eq=False)
+class Peer:
     name: str
     public_key: str | None
     allowed_ips: list[str]
@@ -132,7 +136,7 @@ class HostOutput:
     routes: list[str]
     exit_node: bool
     forwarding: bool
-    names: list[tuple[str, list[str]]]
+    names: list[tuple[str, tuple[str, str]]]  # address, (name, fqdn)
     mtu: int = 1420
     hop: Hop | None = None
     snat: bool = False  # masquerade what leaves the mesh (exit nodes; routers by default)
@@ -150,14 +154,12 @@ class _RuleData:
     self_dst: bool
     port_boxes: list[tuple[tuple[int, int], tuple[int, int]]]  # (proto, proto), (lo, hi)
     other_protos: list[int]
+    any_src: int = field(init=False)  # nodes named as source, either family
+    any_dst: int = field(init=False)
 
-    @property
-    def any_src(self) -> int:
-        return self.src_mask[4] | self.src_mask[6]
-
-    @property
-    def any_dst(self) -> int:
-        return self.dst_mask[4] | self.dst_mask[6]
+    def __post_init__(self) -> None:
+        self.any_src = self.src_mask[4] | self.src_mask[6]
+        self.any_dst = self.dst_mask[4] | self.dst_mask[6]
 
 
 class Compiler:
@@ -465,12 +467,23 @@ class Compiler:
                                      f'autogroup:internet, so it does not use exit node "{target}"')
 
     # Per host ------------------------------------------------------------------------
+    @functools.cached_property
+    def _rules_naming(self) -> dict[int, list[int]]:
+        """Node -> the rules that name it as source or destination (autogroup:self names
+        everyone), in policy order."""
+        out: dict[int, list[int]] = defaultdict(list)
+        everyone = range(len(self.nodes))
+        for k, rd in enumerate(self.rules):
+            for i in everyone if rd.self_dst else bits(rd.any_src | rd.any_dst):
+                out[i].append(k)
+        return out
+
     def host(self, name: str) -> HostOutput:
         """Everything one host needs; costs O(rules x nodes), not O(nodes^2)."""
         h = self.index[name]
         bit = 1 << h
         node = self.nodes[h]
-        fwd: dict[str, list] = defaultdict(list)
+        fwd: dict[str, Grouped] = defaultdict(lambda: defaultdict(list))
         # What the host's inbound and outbound sets depend on. Hosts with the same role
         # (same tags, same groups) have the same signatures and share one computation.
         in_sig: list[tuple] = []
@@ -479,7 +492,10 @@ class Compiler:
         routes_wanted: dict[int, set[tuple[int, int, int]]] = {}  # router -> (f, lo, hi)
         my_routes = self.routes.get(h)
         is_exit = h in self.exits
-        for k, rd in enumerate(self.rules):
+        # Most rules do not name this host; routers and exit nodes forward for the rest too.
+        ks = range(len(self.rules)) if my_routes or is_exit else self._rules_naming.get(h, ())
+        for k in ks:
+            rd = self.rules[k]
             srcs = rd.src_ranges
             if rd.self_dst:
                 if node.tagged or node.owner not in self.user_mask:
@@ -531,7 +547,7 @@ class Compiler:
                         self._forward(fwd, rd, f, lan_srcs, rd.dst_ranges[f])
         sets = {**self._direction_sets("in", tuple(in_sig)),
                 **self._direction_sets("out", tuple(out_sig)),
-                **{k: tuple(disjoint(v)) for k, v in fwd.items() if v}}
+                **{k: tuple(disjoint_grouped(v)) for k, v in fwd.items() if v}}
         sets = dict(sorted(sets.items()))
         # A router's clients are peers of the router.
         for r in routes_wanted:
@@ -543,8 +559,18 @@ class Compiler:
             peers |= 1 << exit_idx
         peers &= ~bit
 
-        out_peers = [self._peer(h, p, routes_wanted.get(p, ()), p == exit_idx)
-                     for p in _bits(peers)]
+        # Hosts in the same situation (same site, behind NAT or not) see a peer the same way
+        # and share one entry.
+        situation = (node.site, node.lan_address is not None, node.endpoint is not None,
+                     name if node.relay else None)
+        out_peers = []
+        for p in bits(peers):
+            routes = tuple(sorted(routes_wanted[p])) if p in routes_wanted else ()
+            key = (p, routes, p == exit_idx, situation)
+            peer = self._peer_cache.get(key)
+            if peer is None:
+                peer = self._peer_cache[key] = self._make_peer(h, p, routes, p == exit_idx)
+            out_peers.append(peer)
         visible = [name, *(p.name for p in out_peers)]
         names = [self._name_entry(n, 4) for n in visible] + [self._name_entry(n, 6)
                                                              for n in visible]
@@ -610,7 +636,7 @@ class Compiler:
         cache = self._set_cache.setdefault(direction, {})
         if signature in cache:
             return cache[signature]
-        boxes: dict[str, list] = defaultdict(list)
+        boxes: dict[str, Grouped] = defaultdict(lambda: defaultdict(list))
         for k, *how in signature:
             rd = self.rules[k]
             if how[0] == "self":
@@ -619,35 +645,36 @@ class Compiler:
             else:
                 ranges = rd.src_ranges if direction == "in" else rd.dst_ranges
                 self._direction(direction, boxes, rd, ranges, how[0])
-        cache[signature] = {k: tuple(disjoint(v)) for k, v in boxes.items() if v}
+        cache[signature] = {k: out for k, v in boxes.items() if (out := tuple(disjoint_grouped(v)))}
         return cache[signature]
 
     @staticmethod
     def _direction(direction: str, boxes, rd: _RuleData, ranges, families) -> None:
-        """Elements of the ``in`` sets (ranges are sources) or ``out`` sets (destinations)."""
+        """Elements of the ``in`` sets (ranges are sources) or ``out`` sets (destinations),
+        grouped by everything after the address: the same ports for many addresses."""
         for f in families:
             rs = ranges[f]
-            boxes[f"ping_{direction}{f}"].extend((r,) for r in rs)
-            boxes[f"{direction}{f}"].extend((r, pr, po) for r in rs for pr, po in rd.port_boxes)
-            boxes[f"{direction}{f}p"].extend((r, (p, p)) for r in rs for p in rd.other_protos)
+            if not rs:
+                continue
+            boxes[f"ping_{direction}{f}"][()].append(rs)
+            ports = boxes[f"{direction}{f}"]
+            for pp in rd.port_boxes:
+                ports[pp].append(rs)
+            protos = boxes[f"{direction}{f}p"]
+            for p in rd.other_protos:
+                protos[((p, p),)].append(rs)
 
     @staticmethod
     def _forward(boxes, rd: _RuleData, f: int, srcs, dsts) -> None:
-        pairs = [(s, d) for s in srcs for d in dsts]
-        boxes[f"ping_fwd{f}"].extend(pairs)
-        boxes[f"fwd{f}"].extend((s, d, pr, po) for s, d in pairs for pr, po in rd.port_boxes)
-        boxes[f"fwd{f}p"].extend((s, d, (p, p)) for s, d in pairs for p in rd.other_protos)
-
-    def _peer(self, h: int, p: int, routes, is_exit: bool) -> Peer:
-        """Peer ``p`` as host ``h`` sees it. Hosts in the same situation (same site, behind
-        NAT or not) see a peer the same way and share one entry."""
-        me = self.nodes[h]
-        key = (p, tuple(sorted(routes)), is_exit, me.site, me.lan_address is not None,
-               me.endpoint is not None, me.name if me.relay else None)
-        peer = self._peer_cache.get(key)
-        if peer is None:
-            peer = self._peer_cache[key] = self._make_peer(h, p, key[1], is_exit)
-        return peer
+        if not srcs:
+            return
+        ping, ports, protos = boxes[f"ping_fwd{f}"], boxes[f"fwd{f}"], boxes[f"fwd{f}p"]
+        for d in dsts:
+            ping[(d,)].append(srcs)
+            for pr, po in rd.port_boxes:
+                ports[(d, pr, po)].append(srcs)
+            for p in rd.other_protos:
+                protos[(d, (p, p))].append(srcs)
 
     def _make_peer(self, h: int, p: int, routes, is_exit: bool) -> Peer:
         me, other = self.nodes[h], self.nodes[p]
@@ -676,9 +703,9 @@ class Compiler:
                                  ("relay", self.nodes[p].relay)) if yes]
 
     @functools.cache  # noqa: B019 - one compiler per mesh; the cache dies with it
-    def _name_entry(self, name: str, family: int) -> tuple[str, list[str]]:
+    def _name_entry(self, name: str, family: int) -> tuple[str, tuple[str, str]]:
         addr = self.alloc[name].ipv4 if family == 4 else self.alloc[name].ipv6
-        return str(addr), [name, f"{name}.{self.net.domain}"]
+        return str(addr), (name, f"{name}.{self.net.domain}")
 
     @functools.cache  # noqa: B019 - one compiler per mesh; the cache dies with it
     def _host_routes(self, name: str) -> tuple[str, str]:
@@ -702,7 +729,8 @@ class Compiler:
         return "none", None, None
 
     def compile_all(self) -> dict[str, HostOutput]:
-        return {n: self.host(n) for n in self.names if self.mesh.nodes[n].managed}
+        with fewer_gc_passes():
+            return {n: self.host(n) for n in self.names if self.mesh.nodes[n].managed}
 
     # Evaluation ----------------------------------------------------------------------
     def endpoint_of(self, text: str, family: int | None = None) -> Endpoint:
@@ -791,15 +819,17 @@ class Evaluator:
         return Verdict(False)
 
 
-def _bits(mask: int) -> list[int]:
-    out = []
-    i = 0
-    while mask:
-        low = mask & -mask
-        i = low.bit_length() - 1
-        out.append(i)
-        mask ^= low
-    return out
+@contextlib.contextmanager
+def fewer_gc_passes():
+    """Compiling a large mesh allocates millions of small tuples that form no cycles, and
+    CPython's default (a collection every 700 allocations) spends a tenth of the time
+    scanning them: collect every 100,000 while compiling, as batch tools commonly do."""
+    old = gc.get_threshold()
+    gc.set_threshold(100_000, old[1], old[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
 
 
 def endpoint_text(host: str, port: int) -> str:
@@ -807,4 +837,4 @@ def endpoint_text(host: str, port: int) -> str:
 
 
 __all__ = ["Compiler", "Endpoint", "Evaluator", "HostOutput", "Peer", "Verdict",
-           "endpoint_text", "parse_endpoint"]
+           "endpoint_text", "fewer_gc_passes", "parse_endpoint"]

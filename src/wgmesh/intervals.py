@@ -12,49 +12,72 @@ from __future__ import annotations
 import functools
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from itertools import chain
 
 Box = tuple[tuple[int, int], ...]
 
 
+# The rest of a box -> lists of ranges of its first dimension. The compiler hands over each
+# rule's own address list for each of the rule's ports, so rests often share the same lists.
+Grouped = dict[Box, list[Sequence[tuple[int, int]]]]
+
+
 def disjoint(boxes: Iterable[Box]) -> list[Box]:
     """Non-overlapping boxes covering the union of ``boxes``, sorted."""
-    boxes = set(boxes)
-    if not boxes:
-        return []
-    if len(next(iter(boxes))) == 1:
-        return [(r,) for r in merge_ranges(b[0] for b in boxes)]
-    # Boxes that differ only in the first dimension merge there first (the same ports for
-    # neighbouring node addresses from several rules): far fewer boundaries to sweep.
-    by_rest: dict[Box, list[tuple[int, int]]] = defaultdict(list)
+    grouped: Grouped = defaultdict(list)
     for b in boxes:
-        by_rest[b[1:]].append(b[0])
-    # Sweep the first dimension. Each rest now has disjoint, non-adjacent ranges, so it is
-    # either active or not: the active set is a bitmask toggled at each range's ends.
+        grouped[b[1:]].append((b[0],))
+    return disjoint_grouped(grouped)
+
+
+def disjoint_grouped(grouped: Grouped) -> list[Box]:
+    """``disjoint`` for boxes given grouped by everything after the first dimension: the
+    shape the compiler builds them in (the same ports for many node addresses), without
+    making every box."""
+    # Rests fed the very same lists cover the same first-dimension ranges: one merge and
+    # one bit for all of them.
+    shared: dict[tuple[int, ...], list[Box]] = defaultdict(list)
+    lists_of: dict[tuple[int, ...], list] = {}
+    for rest, lists in grouped.items():
+        if lists:
+            key = tuple(map(id, lists))  # the lists live in ``grouped`` during this call
+            shared[key].append(rest)
+            lists_of[key] = lists
+    if not shared:
+        return []
+    groups = list(shared.items())
+    if groups[0][1] == [()]:  # one dimension: only ranges to merge
+        return [(r,) for r in merge_ranges(chain.from_iterable(lists_of[groups[0][0]]))]
+    # Sweep the first dimension. Each group's merged ranges are disjoint and non-adjacent, so
+    # it is either active or not: the active set is a bitmask toggled at each range's ends.
     # Between two boundaries the same rests are active; their own disjoint form is solved
     # once per distinct set, and equal neighbours are joined.
-    rests = list(by_rest)
     toggles: dict[int, int] = defaultdict(int)
-    for i, rest in enumerate(rests):
+    for i, (key, _) in enumerate(groups):
         bit = 1 << i
-        for lo, hi in merge_ranges(by_rest[rest]):
+        for lo, hi in merge_ranges(chain.from_iterable(lists_of[key])):
             toggles[lo] ^= bit
             toggles[hi + 1] ^= bit
     solved: dict[int, tuple[Box, ...]] = {0: ()}
     out: list[Box] = []
     mask, run_start, run = 0, 0, ()
-    for p in sorted(toggles):
-        mask ^= toggles[p]
+    append = out.append
+    for p, toggle in sorted(toggles.items()):
+        mask ^= toggle
         value = solved.get(mask)
         if value is None:
-            value = solved[mask] = _solve(frozenset(rests[i] for i in _bits(mask)))
+            value = solved[mask] = _solve(frozenset(
+                rest for i in bits(mask) for rest in groups[i][1]))
         if value != run:
             seg = (run_start, p - 1)
-            out += [(seg, *r) for r in run]
+            for r in run:
+                append((seg, *r))
             run_start, run = p, value
     return out
 
 
-def _bits(mask: int) -> list[int]:
+def bits(mask: int) -> list[int]:
+    """Positions of the set bits, lowest first."""
     out = []
     while mask:
         low = mask & -mask
@@ -72,13 +95,20 @@ def _solve(rests: frozenset) -> tuple[Box, ...]:
 
 def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
     """Union of closed integer ranges, adjacent ones joined."""
-    out: list[list[int]] = []
-    for lo, hi in sorted(ranges):
-        if out and lo <= out[-1][1] + 1:
-            out[-1][1] = max(out[-1][1], hi)
+    ordered = sorted(ranges)
+    if not ordered:
+        return []
+    out = []
+    lo, hi = ordered[0]
+    for a, b in ordered:
+        if a <= hi + 1:
+            if b > hi:
+                hi = b
         else:
-            out.append([lo, hi])
-    return [(lo, hi) for lo, hi in out]
+            out.append((lo, hi))
+            lo, hi = a, b
+    out.append((lo, hi))
+    return out
 
 
 def contains(boxes: Sequence[Box], point: Sequence[int]) -> bool:

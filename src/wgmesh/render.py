@@ -7,7 +7,7 @@ import ipaddress
 import json
 from typing import Any
 
-from wgmesh.compiler import HostOutput
+from wgmesh.compiler import HostOutput, Peer
 from wgmesh.intervals import Box
 from wgmesh.mesh import Network
 from wgmesh.policy import PROTO_NAMES
@@ -69,11 +69,14 @@ def element(key: str, box: Box, family: int) -> str:
     return " . ".join(parts)
 
 
-@functools.lru_cache(maxsize=1024)
 def set_elements(key: str, boxes: tuple[Box, ...], family: int) -> tuple[str, ...]:
-    """A set's elements as nft text; hosts with the same role share the same sets, so the
-    text is made once per distinct set."""
-    if boxes and len(boxes[0]) == 3:  # the common shape, without the general path
+    """A set's elements as nft text. The host sets' shapes (address, address . protocol
+    . ports) skip the general path: they are most of a large mesh's output."""
+    if not boxes or key.startswith(("fwd", "ping_fwd")):
+        return tuple(element(key, b, family) for b in boxes)
+    if len(boxes[0]) == 1:
+        return tuple(addr_range(a[0], a[1], family) for (a,) in boxes)
+    if len(boxes[0]) == 3:
         return tuple(f"{addr_range(a[0], a[1], family)} . {_proto_ports(p[0], ports)}"
                      for a, p, ports in boxes)
     return tuple(element(key, b, family) for b in boxes)
@@ -89,15 +92,18 @@ def filter_elements(host: HostOutput) -> dict[str, tuple[str, ...]]:
     return out
 
 
-@functools.lru_cache(maxsize=1024)
-def _element_block(elements: tuple[str, ...]) -> str:
-    return "        elements = {\n" + "".join(f"            {e},\n" for e in elements) + "        }"
+@functools.lru_cache(maxsize=1 << 12)
+def _element_block(key: str, boxes: tuple[Box, ...], family: int) -> str:
+    """Hosts with the same role share the same sets, so a set's text is made once (and kept
+    joined: one string is far smaller than a tuple of them)."""
+    indent = "            "
+    elements = f",\n{indent}".join(set_elements(key, boxes, family))
+    return f"        elements = {{\n{indent}{elements},\n        }}"
 
 
 def nftables(host: HostOutput, net: Network) -> str:
     """The host's table, replaced whole and atomically by ``nft -f``."""
     wg = net.interface
-    elements = filter_elements(host)
     lines = [
         f"# wgmesh policy filter for {host.name}: only traffic on {wg} is filtered; the",
         "# management path (every other interface) is never touched.",
@@ -111,8 +117,8 @@ def nftables(host: HostOutput, net: Network) -> str:
             lines += [f"    set {key} {{",
                       f"        typeof {typeof.format(ip='ip' if f == 4 else 'ip6')}",
                       "        flags interval"]
-            if elements[key]:
-                lines.append(_element_block(elements[key]))
+            if host.sets.get(key):
+                lines.append(_element_block(key, host.sets[key], f))
             lines.append("    }")
     relay_pairs = host.hop.pairs if host.hop else []
     if relay_pairs:
@@ -194,9 +200,7 @@ def wg_quick(host: HostOutput, net: Network) -> str:
     if host.uses_exit_node:
         lines += management_rules(net)
     for peer in host.peers:
-        lines.append(_peer_block(peer.name, peer.connection, peer.relay, tuple(peer.roles),
-                                 peer.public_key, tuple(peer.allowed_ips), peer.endpoint,
-                                 peer.keepalive))
+        lines.append(_peer_block(peer))
     return "\n".join(lines) + "\n"
 
 
@@ -214,20 +218,19 @@ def management_rules(net: Network) -> list[str]:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _peer_block(name, connection, relay, roles, public_key, allowed_ips, endpoint,
-                keepalive) -> str:
-    """One [Peer] section; many hosts see a peer the same way, so it is made once."""
-    how = connection + (f" via {relay}" if relay else "")
-    role_text = f", {'/'.join(roles)}" if roles else ""
-    if not public_key:
-        return (f"\n# {name} ({how}{role_text}): public key not known yet; the next "
+def _peer_block(peer: Peer) -> str:
+    """One [Peer] section; hosts that see a peer alike share its object, so it is made once."""
+    how = peer.connection + (f" via {peer.relay}" if peer.relay else "")
+    role_text = f", {'/'.join(peer.roles)}" if peer.roles else ""
+    if not peer.public_key:
+        return (f"\n# {peer.name} ({how}{role_text}): public key not known yet; the next "
                 "site.yml run collects it")
-    lines = ["", "[Peer]", f"# {name} ({how}{role_text})", f"PublicKey = {public_key}",
-             f"AllowedIPs = {', '.join(allowed_ips)}"]
-    if endpoint:
-        lines.append(f"Endpoint = {endpoint}")
-    if keepalive:
-        lines.append(f"PersistentKeepalive = {keepalive}")
+    lines = ["", "[Peer]", f"# {peer.name} ({how}{role_text})", f"PublicKey = {peer.public_key}",
+             f"AllowedIPs = {', '.join(peer.allowed_ips)}"]
+    if peer.endpoint:
+        lines.append(f"Endpoint = {peer.endpoint}")
+    if peer.keepalive:
+        lines.append(f"PersistentKeepalive = {peer.keepalive}")
     return "\n".join(lines)
 
 
@@ -257,7 +260,12 @@ def hop_conf(host: HostOutput, net: Network) -> str | None:
 
 def hosts_block(host: HostOutput) -> str:
     """Lines for the managed block of /etc/hosts: the peers this host can see, and itself."""
-    return "".join(f"{addr}\t{' '.join(names)}\n" for addr, names in host.names)
+    return "".join(map(_name_line, host.names))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _name_line(entry: tuple[str, tuple[str, str]]) -> str:
+    return f"{entry[0]}\t{' '.join(entry[1])}\n"
 
 
 def host_json(host: HostOutput, net: Network) -> dict[str, Any]:

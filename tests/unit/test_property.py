@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from meshkit import make
 
 from wgmesh import render
+from wgmesh.intervals import contains, disjoint, disjoint_grouped
 from wgmesh.policy import PROTOCOLS
 
 USERS = ["alice@example.com", "bob@example.com", "carol@example.com"]
@@ -126,3 +127,24 @@ def test_rendered_sets_agree_with_the_evaluator(nodes, policy):
                     assert verdict == at_dst == at_src, (s, d, family, proto, port, policy)
                     if verdict:
                         assert d in peer_names[s] and s in peer_names[d]
+
+
+_range = st.tuples(st.integers(0, 8), st.integers(0, 3)).map(lambda t: (t[0], t[0] + t[1]))
+
+
+@settings(max_examples=100, deadline=None)
+@given(boxes=st.lists(st.tuples(_range, _range, _range), max_size=12),
+       shared=st.lists(st.lists(_range, max_size=4), min_size=1, max_size=3),
+       rests=st.lists(st.tuples(_range, _range), min_size=1, max_size=4))
+def test_disjoint_boxes_cover_exactly_the_input_without_overlap(boxes, shared, rests):
+    grid = [(a, b, c) for a in range(13) for b in range(13) for c in range(13)]
+    out = disjoint(boxes)
+    assert out == sorted(out)
+    for p in grid:
+        hits = sum(all(lo <= v <= hi for (lo, hi), v in zip(b, p, strict=True)) for b in out)
+        assert hits == contains(boxes, p), p  # at most one box, and only where the input is
+    # Grouped input where several rests share the very same address lists (one rule's
+    # addresses for each of its ports) gives what the same boxes one by one give.
+    grouped = {rest: [shared[i % len(shared)]] for i, rest in enumerate(rests)}
+    flat = [(r, *rest) for rest, lists in grouped.items() for ranges in lists for r in ranges]
+    assert disjoint_grouped(grouped) == disjoint(flat)
