@@ -39,7 +39,10 @@ options:
     elements: str
     default: []
   state:
-    description: C(present) brings the interface up and in sync; C(absent) takes it down.
+    description:
+      - C(present) brings the interface up and in sync.
+      - C(absent) takes it down, then removes its file (an interface the host no longer
+        needs, such as a hop tunnel).
     type: str
     choices: [present, absent]
     default: present
@@ -300,12 +303,18 @@ def main() -> None:
 
     up = run.rc("ip", "link", "show", "dev", iface) == 0
     if module.params["state"] == "absent":
-        if up and not module.check_mode:
-            if service == "systemd":
-                run("systemctl", "disable", "--now", f"wg-quick@{iface}")
-            else:
-                run("wg-quick", "down", iface)
-        module.exit_json(changed=up, actions=[f"take {iface} down"] if up else [], peers=0)
+        if up:
+            actions.append(f"take {iface} down")
+            if not module.check_mode:
+                if service == "systemd":
+                    run("systemctl", "disable", "--now", f"wg-quick@{iface}")
+                else:
+                    run("wg-quick", "down", iface)  # reads the file: remove it only after
+        if os.path.exists(conf_path):
+            actions.append(f"remove {conf_path}")
+            if not module.check_mode:
+                os.unlink(conf_path)
+        module.exit_json(changed=bool(actions), actions=actions, peers=0)
     if not up:
         actions.append(f"bring {iface} up ({service})")
         if not module.check_mode:

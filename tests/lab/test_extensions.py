@@ -302,3 +302,31 @@ for _ in range(5):
 """)
     time.sleep(0.5)
     assert mesh.counter("pub1", "dropped_relay") - before >= 5
+
+
+def test_a_hop_tunnel_no_longer_needed_goes_away_with_its_file(mesh):
+    """Without a relay, no pair is relayed: the relay and the nodes it carried take their hop
+    tunnels down and remove the files; with the relay back, they return."""
+    mesh_file = mesh.inventory / "mesh.yml"
+    original = mesh_file.read_text()
+    hosts = ("pub1", "home1", "cafe1")
+
+    def hop_state():
+        return {h: (mesh.run(h, "ip", "link", "show", "dev", "wg0-hop",
+                             check=False).returncode == 0,
+                    mesh.run(h, "test", "-e", "/etc/wireguard/wg0-hop.conf",
+                             check=False).returncode == 0)
+                for h in hosts}
+
+    assert hop_state() == {h: (True, True) for h in hosts}
+    try:
+        assert "    relay: true" in original
+        mesh_file.write_text(original.replace("    relay: true", ""))
+        run = mesh.playbook()
+        assert run.returncode == 0, run.stdout[-3000:]
+        assert hop_state() == {h: (False, False) for h in hosts}
+        assert all(r["changed"] == 0 for r in recap(mesh.playbook().stdout).values())
+    finally:
+        mesh_file.write_text(original)
+        assert mesh.playbook().returncode == 0
+    assert hop_state() == {h: (True, True) for h in hosts}
