@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import subprocess
@@ -246,6 +247,32 @@ def test_management_networks_stay_off_the_exit_node(mesh, tmp_path):
         assert mesh.playbook().returncode == 0
     assert rule not in mesh.run("home2", "ip", "rule", "show").stdout
     assert sources_seen_by_web(mesh, ["home2"]) == [pub1]
+
+
+def test_the_ssh_client_is_found_without_ssh_connection(mesh, tmp_path):
+    """become through sudo resets $SSH_CONNECTION: the role then finds the run's SSH client
+    from the socket of the sshd it runs under, the same address the variable gives."""
+    found = {}
+    for label, env in (("variable", ""), ("socket", 'environment: {SSH_CONNECTION: ""}')):
+        play = tmp_path / f"{label}.yml"
+        play.write_text(f"""
+- hosts: home2
+  gather_facts: false
+  {env}
+  roles:
+    - role: {REPO}/roles/wgmesh
+  post_tasks:
+    - name: Show the client the role found
+      ansible.builtin.debug:
+        msg: "CLIENT={{{{ __wgmesh_ssh_route.stdout_lines | first }}}}"
+""")
+        run = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(mesh.inventory),
+                              str(play)], capture_output=True, text=True, cwd=REPO,
+                             env=ansible_env(), timeout=300)
+        assert run.returncode == 0, run.stdout[-3000:]
+        found[label] = re.search(r"CLIENT=(\S+)", run.stdout).group(1)
+    assert found["variable"] == found["socket"]
+    assert str(ipaddress.ip_address(found["socket"])) == found["socket"]
 
 
 MARKER = "WGMESH-PLAINTEXT-MARKER-7f3a"
