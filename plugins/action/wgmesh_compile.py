@@ -60,27 +60,9 @@ class ActionModule(ActionBase):
             b.lock.save()
 
         net = b.mesh.network
-        hosts = {}
         with fewer_gc_passes():
-            for name in sorted(keys):
-                if name not in comp.index or not b.mesh.nodes[name].managed:
-                    continue
-                h = comp.host(name)
-                hosts[name] = {
-                    "wg_conf": render.wg_quick(h, net),
-                    "nftables": render.nftables(h, net),
-                    "hosts_block": render.hosts_block(h),
-                    "hop_interface": h.hop.interface if h.hop else f"{net.interface}-hop",
-                    "hop_conf": render.hop_conf(h, net),
-                    "forwarding": h.forwarding,
-                    "uses_exit_node": h.uses_exit_node,
-                    "management_networks": ([str(n) for n in net.management_networks]
-                                            if h.uses_exit_node else []),
-                    "peers": [{"name": p.name, "connection": p.connection,
-                               "endpoint": p.endpoint} for p in h.peers],
-                    "address": str(h.ipv4),
-                    "address6": str(h.ipv6),
-                }
+            hosts = {name: _host_result(comp.host(name), net) for name in sorted(keys)
+                     if name in comp.index and b.mesh.nodes[name].managed}
         result.update(
             changed=changed,
             interface=net.interface,
@@ -93,3 +75,22 @@ class ActionModule(ActionBase):
             result["diff"] = {"before_header": str(b.lock.path), "after_header": str(b.lock.path),
                               "before": before, "after": b.lock.dump()}
         return result
+
+
+def _host_result(h, net) -> dict:
+    """What the role needs of one host's outputs (rendered text, no secret)."""
+    return {
+        "wg_conf": render.wg_quick(h, net),
+        "nftables": render.nftables(h, net),
+        "hosts_block": render.hosts_block(h),
+        "hop_interface": h.hop.interface if h.hop else f"{net.interface}-hop",
+        "hop_conf": render.hop_conf(h, net),
+        "forwarding": h.forwarding,
+        "uses_exit_node": h.uses_exit_node,
+        "management_networks": ([str(n) for n in net.management_networks]
+                                if h.uses_exit_node else []),
+        "peers": [{"name": p.name, "connection": p.connection, "endpoint": p.endpoint}
+                  for p in h.peers],
+        "address": str(h.ipv4),
+        "address6": str(h.ipv6),
+    }

@@ -173,24 +173,29 @@ def reconcile(kind: str, want: set[str], have: set[str], iface: str, run: Runner
     return actions
 
 
+def wg_quick_table(iface: str, family: str) -> tuple[str, str]:
+    """Family and name of the nftables table wg-quick makes for a default route."""
+    return ("ip" if family == "-4" else "ip6"), f"wg-quick-{iface}"
+
+
 def wg_quick_firewall(run: Runner, iface: str, family: str, table: int) -> str:
     """The nftables table wg-quick adds with a default route, in its words: drop packets for
     the interface's addresses that arrive elsewhere (anti-spoofing), and carry the tunnel's
     firewall mark on its UDP flows through conntrack (so strict reverse-path filtering
-    accepts the replies)."""
-    pf = "ip" if family == "-4" else "ip6"
-    name = f"wg-quick-{iface}"
-    lines = [f"add table {pf} {name}",
-             f"add chain {pf} {name} preraw {{ type filter hook prerouting priority -300; }}",
-             f"add chain {pf} {name} premangle {{ type filter hook prerouting priority -150; }}",
-             f"add chain {pf} {name} postmangle {{ type filter hook postrouting priority -150; }}"]
+    accepts the replies). One ``nft -f`` transaction: an older copy is replaced atomically."""
+    pf, name = wg_quick_table(iface, family)
+    nft_table = f"{pf} {name}"
+    lines = [f"add table {nft_table}", f"delete table {nft_table}", f"add table {nft_table}",
+             f"add chain {nft_table} preraw {{ type filter hook prerouting priority -300; }}",
+             f"add chain {nft_table} premangle {{ type filter hook prerouting priority -150; }}",
+             f"add chain {nft_table} postmangle {{ type filter hook postrouting priority -150; }}"]
     for addr in re.findall(r"inet6? ([0-9a-f:.]+)/\d+",
                            run("ip", "-o", family, "address", "show", "dev", iface)):
-        lines.append(f'add rule {pf} {name} preraw iifname != "{iface}" {pf} daddr {addr} '
+        lines.append(f'add rule {nft_table} preraw iifname != "{iface}" {pf} daddr {addr} '
                      "fib saddr type != local drop")
-    lines.append(f"add rule {pf} {name} postmangle meta l4proto udp mark {table} "
+    lines.append(f"add rule {nft_table} postmangle meta l4proto udp mark {table} "
                  "ct mark set mark")
-    lines.append(f"add rule {pf} {name} premangle meta l4proto udp meta mark set ct mark")
+    lines.append(f"add rule {nft_table} premangle meta l4proto udp meta mark set ct mark")
     return "\n".join(lines) + "\n"
 
 
@@ -210,8 +215,7 @@ def exit_routing(run: Runner, iface: str, want: dict, check_mode: bool) -> list[
         suppress = "from all lookup main suppress_prefixlength 0" in rules
         route = table is not None and "default dev" in run(
             "ip", family, "route", "show", "table", str(table), check=False)
-        pf = "ip" if family == "-4" else "ip6"
-        firewall = run.rc("nft", "list", "table", pf, f"wg-quick-{iface}") == 0
+        firewall = run.rc("nft", "list", "table", *wg_quick_table(iface, family)) == 0
         if need and not (mark_rule and suppress and route and firewall):
             actions.append(f"route {default} through {iface} (policy routing)")
             if check_mode:
@@ -233,8 +237,6 @@ def exit_routing(run: Runner, iface: str, want: dict, check_mode: bool) -> list[
                 run("ip", family, "rule", "del", "not", "fwmark", str(table), "table", str(table))
             run("ip", family, "rule", "add", "not", "fwmark", str(table), "table", str(table))
             run("ip", family, "rule", "add", "table", "main", "suppress_prefixlength", "0")
-            if firewall:
-                run("nft", "delete", "table", pf, f"wg-quick-{iface}")
             run("nft", "-f", "-", data=wg_quick_firewall(run, iface, family, table))
             if family == "-4":
                 run("sysctl", "-q", "net.ipv4.conf.all.src_valid_mark=1")
@@ -249,7 +251,7 @@ def exit_routing(run: Runner, iface: str, want: dict, check_mode: bool) -> list[
             if suppress:
                 run("ip", family, "rule", "del", "table", "main", "suppress_prefixlength", "0")
             if firewall:
-                run("nft", "delete", "table", pf, f"wg-quick-{iface}")
+                run("nft", "delete", "table", *wg_quick_table(iface, family))
     return actions
 
 

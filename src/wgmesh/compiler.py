@@ -650,31 +650,14 @@ class Compiler:
 
     @staticmethod
     def _direction(direction: str, boxes, rd: _RuleData, ranges, families) -> None:
-        """Elements of the ``in`` sets (ranges are sources) or ``out`` sets (destinations),
-        grouped by everything after the address: the same ports for many addresses."""
+        """Elements of the ``in`` sets (ranges are sources) or ``out`` sets (destinations)."""
         for f in families:
-            rs = ranges[f]
-            if not rs:
-                continue
-            boxes[f"ping_{direction}{f}"][()].append(rs)
-            ports = boxes[f"{direction}{f}"]
-            for pp in rd.port_boxes:
-                ports[pp].append(rs)
-            protos = boxes[f"{direction}{f}p"]
-            for p in rd.other_protos:
-                protos[((p, p),)].append(rs)
+            _add_rule(boxes, f"{direction}{f}", (), ranges[f], rd)
 
     @staticmethod
     def _forward(boxes, rd: _RuleData, f: int, srcs, dsts) -> None:
-        if not srcs:
-            return
-        ping, ports, protos = boxes[f"ping_fwd{f}"], boxes[f"fwd{f}"], boxes[f"fwd{f}p"]
         for d in dsts:
-            ping[(d,)].append(srcs)
-            for pr, po in rd.port_boxes:
-                ports[(d, pr, po)].append(srcs)
-            for p in rd.other_protos:
-                protos[(d, (p, p))].append(srcs)
+            _add_rule(boxes, f"fwd{f}", (d,), srcs, rd)
 
     def _make_peer(self, h: int, p: int, routes, is_exit: bool) -> Peer:
         me, other = self.nodes[h], self.nodes[p]
@@ -817,6 +800,22 @@ class Evaluator:
                         lo <= (port or 0) <= hi for lo, hi in pp.ports)):
                     return Verdict(True, r.origin, r.line)
         return Verdict(False)
+
+
+def _add_rule(boxes: dict[str, Grouped], name: str, head: Box, addresses, rd: _RuleData) -> None:
+    """Add what ``rd`` allows for ``addresses`` (the sets' first dimension) to the three sets
+    ``ping_<name>``, ``<name>`` (ports) and ``<name>p`` (other protocols), grouped by what
+    follows the addresses (``head``, then the ports or protocol): one rule's address list
+    serves all of its ports."""
+    if not addresses:
+        return
+    boxes[f"ping_{name}"][head].append(addresses)
+    ports = boxes[name]
+    for pp in rd.port_boxes:
+        ports[(*head, *pp)].append(addresses)
+    protos = boxes[f"{name}p"]
+    for p in rd.other_protos:
+        protos[(*head, (p, p))].append(addresses)
 
 
 @contextlib.contextmanager

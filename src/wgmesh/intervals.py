@@ -36,26 +36,23 @@ def disjoint_grouped(grouped: Grouped) -> list[Box]:
     making every box."""
     # Rests fed the very same lists cover the same first-dimension ranges: one merge and
     # one bit for all of them.
-    shared: dict[tuple[int, ...], list[Box]] = defaultdict(list)
-    lists_of: dict[tuple[int, ...], list] = {}
+    shared: dict[tuple[int, ...], tuple[list, list[Box]]] = {}  # list ids -> lists, rests
     for rest, lists in grouped.items():
-        if lists:
-            key = tuple(map(id, lists))  # the lists live in ``grouped`` during this call
-            shared[key].append(rest)
-            lists_of[key] = lists
-    if not shared:
+        if lists:  # the lists live in ``grouped`` during this call, so their ids are theirs
+            shared.setdefault(tuple(map(id, lists)), (lists, []))[1].append(rest)
+    groups = list(shared.values())
+    if not groups:
         return []
-    groups = list(shared.items())
     if groups[0][1] == [()]:  # one dimension: only ranges to merge
-        return [(r,) for r in merge_ranges(chain.from_iterable(lists_of[groups[0][0]]))]
+        return [(r,) for r in merge_ranges(chain.from_iterable(groups[0][0]))]
     # Sweep the first dimension. Each group's merged ranges are disjoint and non-adjacent, so
     # it is either active or not: the active set is a bitmask toggled at each range's ends.
     # Between two boundaries the same rests are active; their own disjoint form is solved
     # once per distinct set, and equal neighbours are joined.
     toggles: dict[int, int] = defaultdict(int)
-    for i, (key, _) in enumerate(groups):
+    for i, (lists, _) in enumerate(groups):
         bit = 1 << i
-        for lo, hi in merge_ranges(chain.from_iterable(lists_of[key])):
+        for lo, hi in merge_ranges(chain.from_iterable(lists)):
             toggles[lo] ^= bit
             toggles[hi + 1] ^= bit
     solved: dict[int, tuple[Box, ...]] = {0: ()}

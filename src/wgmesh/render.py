@@ -61,7 +61,7 @@ def _proto_ports(proto: int, ports: tuple[int, int] | None) -> str:
 
 def element(key: str, box: Box, family: int) -> str:
     """One set element; address dimensions first, then protocol, then ports."""
-    n_addr = 2 if key.startswith(("fwd", "ping_fwd")) else 1
+    n_addr = _address_dims(key)
     parts = [addr_range(lo, hi, family) for lo, hi in box[:n_addr]]
     rest = box[n_addr:]
     if rest:
@@ -72,14 +72,18 @@ def element(key: str, box: Box, family: int) -> str:
 def set_elements(key: str, boxes: tuple[Box, ...], family: int) -> tuple[str, ...]:
     """A set's elements as nft text. The host sets' shapes (address, address . protocol
     . ports) skip the general path: they are most of a large mesh's output."""
-    if not boxes or key.startswith(("fwd", "ping_fwd")):
-        return tuple(element(key, b, family) for b in boxes)
-    if len(boxes[0]) == 1:
-        return tuple(addr_range(a[0], a[1], family) for (a,) in boxes)
-    if len(boxes[0]) == 3:
-        return tuple(f"{addr_range(a[0], a[1], family)} . {_proto_ports(p[0], ports)}"
-                     for a, p, ports in boxes)
+    if boxes and _address_dims(key) == 1:
+        if len(boxes[0]) == 1:
+            return tuple(addr_range(a[0], a[1], family) for (a,) in boxes)
+        if len(boxes[0]) == 3:
+            return tuple(f"{addr_range(a[0], a[1], family)} . {_proto_ports(p[0], ports)}"
+                         for a, p, ports in boxes)
     return tuple(element(key, b, family) for b in boxes)
+
+
+def _address_dims(key: str) -> int:
+    """Forwarding sets match source and destination; host sets one address."""
+    return 2 if key.startswith(("fwd", "ping_fwd")) else 1
 
 
 def filter_elements(host: HostOutput) -> dict[str, tuple[str, ...]]:

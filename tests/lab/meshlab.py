@@ -70,9 +70,10 @@ class MeshLab(LabSession):
         self.inventory = tmp
         self.mesh_nodes = re.findall(r"^  (\w+):$", mesh, re.M)
 
-    def playbook(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    def playbook(self, *args: str, play: str | Path = "site.yml",
+                 timeout: float = 600) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [str(BIN / "ansible-playbook"), "-i", str(self.inventory), "site.yml", *args],
+            [str(BIN / "ansible-playbook"), "-i", str(self.inventory), str(play), *args],
             capture_output=True, text=True, timeout=timeout, cwd=REPO, env=ansible_env())
 
     def ansible(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import BIN, PY, REPO, ansible_env
+from conftest import BIN, PY, REPO
 from meshlab import MeshLab, recap
 
 pytestmark = pytest.mark.lab
@@ -234,9 +234,7 @@ def test_management_networks_stay_off_the_exit_node(mesh, tmp_path):
 """)
         mesh_file.write_text(original)
         before = mesh.run("home2", "cat", "/etc/wireguard/wg0.conf").stdout
-        run = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(mesh.inventory),
-                              str(play)], capture_output=True, text=True, cwd=REPO,
-                             env=ansible_env(), timeout=300)
+        run = mesh.playbook(play=play, timeout=300)
         assert run.returncode != 0
         assert (f"home2 reaches this run's SSH client {web} through its default route"
                 in " ".join(run.stdout.split()))
@@ -266,9 +264,7 @@ def test_the_ssh_client_is_found_without_ssh_connection(mesh, tmp_path):
       ansible.builtin.debug:
         msg: "CLIENT={{{{ __wgmesh_ssh_route.stdout_lines | first }}}}"
 """)
-        run = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(mesh.inventory),
-                              str(play)], capture_output=True, text=True, cwd=REPO,
-                             env=ansible_env(), timeout=300)
+        run = mesh.playbook(play=play, timeout=300)
         assert run.returncode == 0, run.stdout[-3000:]
         found[label] = re.search(r"CLIENT=(\S+)", run.stdout).group(1)
     assert found["variable"] == found["socket"]
