@@ -9,8 +9,8 @@ from ansible.plugins.action import ActionBase
 
 try:
     from wgmesh import render
-    from wgmesh.build import PolicyTestFailure, build
-    from wgmesh.compiler import Compiler, fewer_gc_passes
+    from wgmesh.build import KeyMismatch, PolicyTestFailure, build, pin_keys
+    from wgmesh.compiler import fewer_gc_passes
     from wgmesh.errors import InputError
 except ImportError as exc:  # pragma: no cover - depends on the controller's environment
     IMPORT_ERROR = exc
@@ -41,28 +41,26 @@ class ActionModule(ActionBase):
                 str(p) for p in exc.problems)) from exc
 
         before = b.lock.original
-        mismatched = []
-        for host, key in sorted(keys.items()):
-            if host not in b.mesh.nodes or not key:
-                continue
-            pinned = b.lock.pin_key(host, key)
-            if pinned is not None:
-                mismatched.append(
-                    f"{host}: presents public key {key}, but {b.lock.path} pins {pinned}. "
-                    "A host's key changes only by rotation; if this host was rebuilt on "
-                    "purpose, remove its public_key line from the lockfile and run again.")
-        if mismatched:
-            raise AnsibleActionFail("refusing to continue:\n" + "\n".join(mismatched))
-        alloc = b.lock.allocate(b.mesh)  # again, now with the pinned keys
-        comp = Compiler(b.mesh, b.policy, alloc, today)
+        try:
+            b = pin_keys(b, keys, today)
+        except InputError as exc:
+            raise AnsibleActionFail("refusing to continue:\n" + "\n".join(
+                str(p) for p in exc.problems)) from exc
+        except KeyMismatch as exc:
+            raise AnsibleActionFail("refusing to continue:\n" + str(exc)) from exc
+        comp = b.compiler
         changed = b.lock.changed
         if changed and not self._task.check_mode:
             b.lock.save()
 
         net = b.mesh.network
-        with fewer_gc_passes():
-            hosts = {name: _host_result(comp.host(name), net) for name in sorted(keys)
-                     if name in comp.index and b.mesh.nodes[name].managed}
+        try:
+            with fewer_gc_passes():
+                hosts = {name: _host_result(comp.host(name), net) for name in sorted(keys)
+                         if name in comp.index and b.mesh.nodes[name].managed}
+        except InputError as exc:
+            raise AnsibleActionFail("the mesh does not compile:\n" + "\n".join(
+                str(p) for p in exc.problems)) from exc
         result.update(
             changed=changed,
             interface=net.interface,
@@ -83,7 +81,7 @@ def _host_result(h, net) -> dict:
         "wg_conf": render.wg_quick(h, net),
         "nftables": render.nftables(h, net),
         "hosts_block": render.hosts_block(h),
-        "hop_interface": h.hop.interface if h.hop else f"{net.interface}-hop",
+        "hop_interface": net.hop_interface,
         "hop_conf": render.hop_conf(h, net),
         "forwarding": h.forwarding,
         "uses_exit_node": h.uses_exit_node,

@@ -11,8 +11,9 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
+from wgmesh import grammar
 from wgmesh.compiler import Compiler, Endpoint, Evaluator
-from wgmesh.errors import InputError, Problem
+from wgmesh.errors import InputError, Problem, did_you_mean
 from wgmesh.lock import Allocation, Lock
 from wgmesh.mesh import Mesh, load_mesh
 from wgmesh.mesh import resolve_path as resolve_mesh_path
@@ -136,16 +137,72 @@ def _run_test(b: Build, test: PolicyTest) -> list[str]:
     return failed
 
 
+def _test_position(b: Build, origin: str) -> tuple[int, int]:
+    return b.policy.where(tuple(int(x) if x.isdigit() else x
+                                for x in origin.replace("[", ".").replace("]", "").split(".")))
+
+
+def _unknown_destinations(b: Build) -> list[Problem]:
+    """Test destinations that name no node, host alias or address: a deny test against a
+    misspelt name would otherwise pass without testing anything."""
+    problems = []
+    for test in b.policy.tests:
+        for key, dests in (("accept", test.accept), ("deny", test.deny)):
+            for j, dest in enumerate(dests):
+                host = split_hostport(dest)[0]
+                if (host.startswith("tag:") or host in b.mesh.nodes or host in b.policy.hosts
+                        or grammar.ip_address(host) is not None):
+                    continue
+                origin = f"{test.origin}.{key}[{j}]"
+                line, col = _test_position(b, origin)
+                problems.append(Problem(
+                    str(b.policy.path), line, col, origin,
+                    f'test destination "{dest}": no node or host alias "{host}"',
+                    did_you_mean(host, [*b.mesh.nodes, *b.policy.hosts])))
+    return problems
+
+
 def policy_test_failures(b: Build) -> list[Problem]:
+    unknown = _unknown_destinations(b)
+    if unknown:
+        raise InputError(unknown)
     problems = []
     for test in b.policy.tests:
         for message in _run_test(b, test):
-            line, col = b.policy.where(tuple(int(x) if x.isdigit() else x
-                                             for x in test.origin.replace("[", ".")
-                                             .replace("]", "").split(".")))
+            line, col = _test_position(b, test.origin)
             problems.append(Problem(str(b.policy.path), line, col, test.origin,
                                     f"test failed: {message}"))
     return problems
+
+
+def pin_keys(b: Build, keys: dict[str, str | None], today: dt.date | None = None) -> Build:
+    """Pin the public keys hosts report (on first sight) and compile again with them.
+
+    A key that is not a WireGuard public key is an input error naming the host; a key that
+    differs from the pinned one raises KeyMismatch. The lockfile is not written here.
+    """
+    mismatched = []
+    for host, key in sorted(keys.items()):
+        if host not in b.mesh.nodes or not key:  # no key yet (a bare host in check mode)
+            continue
+        pinned = b.lock.pin_key(host, key)
+        if pinned is not None:
+            mismatched.append(
+                f"{host}: presents public key {key}, but {b.lock.path} pins {pinned}. "
+                "A host's key changes only by rotation; if this host was rebuilt on "
+                "purpose, remove its public_key line from the lockfile and run again.")
+    if mismatched:
+        raise KeyMismatch(mismatched)
+    alloc = b.lock.allocate(b.mesh)
+    return Build(b.mesh, b.policy, b.lock, alloc, Compiler(b.mesh, b.policy, alloc, today))
+
+
+class KeyMismatch(Exception):
+    """A host presents a key other than the one pinned for it."""
+
+    def __init__(self, messages: list[str]):
+        self.messages = messages
+        super().__init__("\n".join(messages))
 
 
 def parse_query_endpoint(b: Build, text: str) -> Endpoint:

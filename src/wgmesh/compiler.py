@@ -18,10 +18,12 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from wgmesh import limits
 from wgmesh.errors import InputError, Problem
+from wgmesh.grammar import endpoint as parse_endpoint
 from wgmesh.intervals import Box, Grouped, bits, disjoint_grouped, merge_ranges
 from wgmesh.lock import Allocation
-from wgmesh.mesh import Mesh, Node, parse_endpoint
+from wgmesh.mesh import Mesh, Node
 from wgmesh.policy import ICMP, PORT_PROTOS, Policy, Rule
 
 V4_MAX, V6_MAX = 2**32 - 1, 2**128 - 1
@@ -187,9 +189,13 @@ class Compiler:
         self._mask_cache: dict[str, dict[int, int]] = {}
         self._range_cache: dict[int, tuple[list, list]] = {}
         self._check_tags()
+        self._check_unique_keys()
         self.routes, self.exits = self._approvals()
+        self._check_default_cover()
         self.user_mask = self._user_masks()
         self.relays = [n for n in self.nodes if n.relay]
+        if self.relays:
+            self._check_hop_addresses()
         self.exit_users: dict[str, int] = defaultdict(int)
         for i, n in enumerate(self.nodes):
             if n.use_exit_node:
@@ -214,6 +220,48 @@ class Compiler:
         line, col = self.mesh.where(node, key) if key else self.mesh.where(node)
         self.problems.append(Problem(str(self.mesh.path), line, col,
                                      f"nodes.{node}" + (f".{key}" if key else ""), message, fix))
+
+    def _check_unique_keys(self) -> None:
+        """One key, one node: WireGuard routes by key, so a second node with the same key
+        would silently take over the first one's traffic."""
+        seen: dict[str, str] = {}
+        for name in sorted(self.mesh.nodes):
+            key = self.alloc[name].public_key
+            if key is None:
+                continue
+            if key in seen:
+                self._mesh_error(name, "public_key" if not self.mesh.nodes[name].managed
+                                 else None, f"has the same public key as node {seen[key]}",
+                                 "every device needs its own key; if one was copied, make a "
+                                 "new key on it and pin that")
+            else:
+                seen[key] = name
+
+    def _check_default_cover(self) -> None:
+        """Approved routes that together cover a whole address family are an exit node for
+        every peer, chosen by no one and outside the management-path checks."""
+        for f, whole, default in ((4, V4_MAX, "0.0.0.0/0"), (6, V6_MAX, "::/0")):
+            routers = [i for i, fams in self.routes.items() if fams[f]]
+            if merge_ranges(r for i in routers for r in self.routes[i][f]) == [(0, whole)]:
+                names = sorted(self.names[i] for i in routers)
+                self._mesh_error(names[0], "advertise_routes",
+                                 f"approved routes of {', '.join(names)} together cover "
+                                 f"{default}: that is an exit node",
+                                 "offer internet access with advertise_exit_node: true and "
+                                 "exit-node approval; nodes choose it with use_exit_node")
+
+    def _check_hop_addresses(self) -> None:
+        """Hop addresses are derived from mesh IPv6 addresses; two nodes must not share one,
+        or the relay could not tell them apart."""
+        seen: dict[ipaddress.IPv6Address, str] = {}
+        for name in self.names:
+            addr = self.hop_address(name)
+            if addr in seen:
+                self._mesh_error(name, "address6" if self.mesh.nodes[name].address6 else None,
+                                 f"its relay address {addr} is also node {seen[addr]}'s",
+                                 f"pin IPv6 addresses that differ in their last "
+                                 f"{128 - self.net.relay_pool.prefixlen} bits")
+            seen[addr] = name
 
     def _owner_may_assign(self, node: Node, tag: str, seen: frozenset = frozenset()) -> bool:
         for owner in self.policy.tag_owners.get(tag, ()):
@@ -549,6 +597,13 @@ class Compiler:
                 **self._direction_sets("out", tuple(out_sig)),
                 **{k: tuple(disjoint_grouped(v)) for k, v in fwd.items() if v}}
         sets = dict(sorted(sets.items()))
+        elements = sum(map(len, sets.values()))
+        if elements > limits.MAX_HOST_ELEMENTS:
+            raise InputError([Problem(
+                str(self.policy.path), 0, 0, "", f"host {name} would get {elements} filter "
+                f"elements, more than the limit of {limits.MAX_HOST_ELEMENTS}",
+                "write port ranges (1000-2000) instead of long lists of single ports, or "
+                "group sources and destinations by tag")])
         # A router's clients are peers of the router.
         for r in routes_wanted:
             peers |= 1 << r
@@ -607,7 +662,7 @@ class Compiler:
         return out
 
     def _hop(self, name: str, relayed: list[Peer], clients: set[tuple[str, str]]) -> Hop:
-        iface = f"{self.net.interface}-hop"
+        iface = self.net.hop_interface
         address = f"{self.hop_address(name)}/{self.net.relay_pool.prefixlen}"
         if clients:  # this node is a relay: every node it carries for is a peer
             members = sorted({n for pair in clients for n in pair})
@@ -836,4 +891,4 @@ def endpoint_text(host: str, port: int) -> str:
 
 
 __all__ = ["Compiler", "Endpoint", "Evaluator", "HostOutput", "Peer", "Verdict",
-           "endpoint_text", "fewer_gc_passes", "parse_endpoint"]
+           "endpoint_text", "fewer_gc_passes"]

@@ -7,8 +7,21 @@ of its mistakes at once rather than one per CI run.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
+
+# Characters that could end a line or steer a terminal: an error names the offending value,
+# and a value must not be able to forge further lines in a CI log.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff]")
+MAX_SHOWN = 2000
+
+
+def escape(text: str) -> str:
+    """Text safe to print on one line: control characters escaped, very long text cut."""
+    text = _UNPRINTABLE.sub(lambda m: ascii(m.group())[1:-1], text)
+    return text if len(text) <= MAX_SHOWN else text[:MAX_SHOWN] + "...(cut)"
 
 
 @dataclass(frozen=True, order=True)
@@ -30,7 +43,7 @@ class Problem:
         where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
         at = f" {self.path}:" if self.path else ""
         text = f"{where}:{at} {self.message}"
-        return f"{text} ({self.fix})" if self.fix else text
+        return escape(f"{text} ({self.fix})" if self.fix else text)
 
 
 class InputError(Exception):
@@ -50,3 +63,22 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     if close:
         return f'did you mean "{close[0]}"?'
     return "expected one of: " + ", ".join(choices)
+
+
+def read_text(path: Path, name: str, max_bytes: int) -> str:
+    """A file's text: UTF-8, at most ``max_bytes``; every failure is an InputError."""
+    try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise InputError([Problem(name, 0, 0, "", f"the file has {size} bytes, more than "
+                                      f"the limit of {max_bytes}", "see docs/security.md")])
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError([Problem(name, 0, 0, "", f"cannot read: {exc.strerror}")]) from exc
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise InputError([Problem(name, line, col, "", "not UTF-8 text",
+                                  "save the file as UTF-8")]) from exc

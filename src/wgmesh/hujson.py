@@ -11,11 +11,12 @@ import json
 import re
 from typing import Any
 
+from wgmesh import limits
 from wgmesh.errors import InputError, Problem
 
 Path = tuple[str | int, ...]
 
-_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
+_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _STRING = re.compile(r'"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"')
 
 
@@ -88,6 +89,8 @@ class _Parser:
 
     def value(self, path: Path) -> Any:
         self.skip()
+        if len(path) > limits.MAX_DEPTH:
+            self.fail(f"nested more than {limits.MAX_DEPTH} levels deep")
         self.doc.positions.setdefault(path, self.pos)
         if self.pos >= len(self.text):
             self.fail("unexpected end of file")
@@ -103,6 +106,8 @@ class _Parser:
                 self.pos += len(word)
                 return val
         m = _NUMBER.match(self.text, self.pos)
+        if m and len(m.group()) > limits.MAX_NUMBER_CHARS:
+            self.fail(f"a number of more than {limits.MAX_NUMBER_CHARS} characters")
         if m:
             self.pos = m.end()
             return json.loads(m.group())

@@ -18,8 +18,10 @@ from pathlib import Path
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
+from wgmesh import grammar
 from wgmesh.errors import InputError, Problem
-from wgmesh.mesh import Mesh
+from wgmesh.mesh import Mesh, usable_in
+from wgmesh.yamlsource import YamlSource, join, type_name
 
 HEADER = """\
 # mesh.lock.yml - written by wgmesh; commit it with mesh.yml.
@@ -50,17 +52,53 @@ class Lock:
         self.name = str(path)
         self.data: CommentedMap
         if path.exists():
-            try:
-                self.data = _yaml().load(path.read_text(encoding="utf-8")) or CommentedMap()
-            except Exception as exc:  # ruamel raises several unrelated types
-                raise InputError([Problem(self.name, 0, 0, "", f"not a valid lockfile: {exc}",
-                                          "restore it from git")]) from exc
+            src = YamlSource(path)
+            self.data = src.data if src.data is not None else CommentedMap()
+            self._validate(src)
         else:
             self.data = CommentedMap()
         self.original = self.dump()
         self.data.setdefault("version", 1)
         self.data.setdefault("nodes", CommentedMap())
         self.data.setdefault("retired", CommentedMap())
+
+    def _validate(self, src: YamlSource) -> None:
+        """Every entry as wgmesh writes it, or every problem with its place; a file that is
+        not a lockfile is never rewritten."""
+        fix = "restore it from git, or delete the entry and run wgmesh lock"
+        root = src.mapping(self.data, None, "", allowed={"version", "nodes", "retired"})
+        if root is None:
+            src.check()
+        if root.get("version", 1) != 1 or isinstance(root.get("version"), bool):
+            src.error(root, "version", "version", "unknown lockfile version", "expected 1")
+        for section in ("nodes", "retired"):
+            entries = root.get(section)
+            if entries is None:
+                continue
+            if not isinstance(entries, dict):
+                src.error(root, section, section, f"must be a mapping of node names, not "
+                          f"{type_name(entries)}", fix)
+                continue
+            keys = {"ipv4", "ipv6"} | ({"public_key"} if section == "nodes" else set())
+            for name in entries:
+                path = join(section, name)
+                if not grammar.matches(grammar.NODE_NAME, name):
+                    src.error(entries, name, path, f"node name {type_name(name)} is not valid",
+                              fix)
+                    continue
+                entry = src.mapping(entries, name, path, allowed=keys,
+                                    required={"ipv4", "ipv6"})
+                if entry is None:
+                    continue
+                for key, fam in (("ipv4", 4), ("ipv6", 6)):
+                    if key in entry and grammar.ip_address(entry[key], fam) is None:
+                        src.error(entry, key, join(path, key),
+                                  f"{type_name(entry[key])} is not an IPv{fam} address", fix)
+                if "public_key" in entry and not grammar.public_key(entry["public_key"]):
+                    src.error(entry, "public_key", join(path, "public_key"),
+                              "not a WireGuard public key (44 characters of base64 encoding "
+                              "32 bytes)", fix)
+        src.check()
 
     @property
     def nodes(self) -> CommentedMap:
@@ -132,12 +170,12 @@ class Lock:
             v4 = node.address or (ipaddress.IPv4Address(entry["ipv4"]) if "ipv4" in entry else None)
             v6 = node.address6 or (ipaddress.IPv6Address(entry["ipv6"]) if "ipv6" in entry
                                    else None)
-            if v4 is not None and v4 not in pool4:
-                err(name, None, f"locked address {v4} is outside the pool {pool4}",
+            if v4 is not None and not usable_in(v4, pool4):
+                err(name, None, f"locked address {v4} is not a host address of the pool {pool4}",
                     "the pool changed: pin the node's address or move it back")
                 v4 = None
-            if v6 is not None and v6 not in pool6:
-                err(name, None, f"locked address {v6} is outside the pool {pool6}",
+            if v6 is not None and not usable_in(v6, pool6):
+                err(name, None, f"locked address {v6} is not a host address of the pool {pool6}",
                     "the pool changed: pin the node's address6 or move it back")
                 v6 = None
             want[name] = {"ipv4": v4, "ipv6": v6}
@@ -183,6 +221,11 @@ class Lock:
 
     def pin_key(self, node: str, public_key: str) -> str | None:
         """Record a host's key on first sight; returns the pinned key if it differs."""
+        if not grammar.public_key(public_key):
+            raise InputError([Problem(self.name, 0, 0, f"nodes.{node}.public_key",
+                                      f"host {node} reports {type_name(public_key)}, which is "
+                                      "not a WireGuard public key", "check the host's key file "
+                                      "(wg pubkey < /etc/wireguard/<interface>.key)")])
         entry = self.nodes[node]
         pinned = entry.get("public_key")
         if pinned is None:

@@ -1,26 +1,23 @@
-"""The mesh definition: ``inventories/<env>/mesh.yml``, network settings and nodes."""
+"""The mesh definition: ``inventories/<env>/mesh.yml``, network settings and nodes.
+
+Every value passes the strict grammar of ``wgmesh.grammar`` as it is read: what reaches a
+rendered file is a name, an address or a key that cannot carry anything else.
+"""
 
 from __future__ import annotations
 
-import base64
-import binascii
+import contextlib
 import datetime as dt
 import ipaddress
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wgmesh import grammar, limits
+from wgmesh.grammar import IPAddr, IPNet
 from wgmesh.yamlsource import YamlSource, join, type_name
 
-IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddr = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-NODE_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-EMAIL = re.compile(r"^[^@\s:]+@[^@\s:]+$")
-TAG = re.compile(r"^tag:[A-Za-z][A-Za-z0-9-]*$")
-DOMAIN = re.compile(r"^([a-z0-9]([a-z0-9-]*[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
-IFNAME = re.compile(r"^[a-zA-Z0-9_.-]{1,15}$")
+LOCKFILE_SUFFIX = ".lock.yml"
 
 NETWORK_DEFAULTS: dict[str, Any] = {
     "interface": "wg0",
@@ -58,6 +55,11 @@ class Network:
     relay_port: int
     relay_pool: ipaddress.IPv6Network
     management_networks: tuple[IPNet, ...] = ()
+
+    @property
+    def hop_interface(self) -> str:
+        """The relay tunnel's interface, beside the mesh interface."""
+        return self.interface + grammar.HOP_SUFFIX
 
 
 @dataclass(frozen=True)
@@ -125,20 +127,26 @@ def load_mesh(path: str | Path) -> Mesh:
     if root is None:
         src.check()
     if "plugin" in root and root["plugin"] != "wgmesh":
-        src.error(root, "plugin", "plugin", f'plugin must be "wgmesh", not "{root["plugin"]}"')
+        src.error(root, "plugin", "plugin",
+                  f'plugin must be "wgmesh", not {type_name(root["plugin"])}')
     policy_path = None
     if "policy" in root:
-        if isinstance(root["policy"], str) and root["policy"]:
+        if isinstance(root["policy"], str) and grammar.printable(root["policy"]) \
+                and root["policy"]:
             policy_path = (path.parent / root["policy"]).resolve()
         else:
             src.error(root, "policy", "policy", "must be the path of a policy file",
                       "e.g. policy: ../../policies/prod.hujson (relative to mesh.yml)")
-    lock_path = path.with_name("mesh.lock.yml")
+    lock_path = path.with_name("mesh" + LOCKFILE_SUFFIX)
     if "lockfile" in root:
-        if isinstance(root["lockfile"], str) and root["lockfile"]:
-            lock_path = path.parent / root["lockfile"]
+        value = root["lockfile"]
+        if isinstance(value, str) and grammar.printable(value) \
+                and value.endswith(LOCKFILE_SUFFIX) and len(value) > len(LOCKFILE_SUFFIX):
+            lock_path = path.parent / value
         else:
-            src.error(root, "lockfile", "lockfile", "must be the path of the lockfile",
+            # wgmesh rewrites the lockfile: it must not be pointed at another file.
+            src.error(root, "lockfile", "lockfile",
+                      f"must be the path of a file whose name ends in {LOCKFILE_SUFFIX}",
                       "omit it to keep mesh.lock.yml beside mesh.yml")
     network = _network(src, root)
     nodes = _nodes(src, root, network)
@@ -157,35 +165,52 @@ def _network(src: YamlSource, root: Any) -> Network:
         return (node, key) if node is not None and key in node else (root, "network")
 
     out = dict(values)
-    for key in ("listen_port", "mtu", "keepalive", "relay_port"):
-        limits = {"listen_port": (1, 65535), "mtu": (1280, 9000), "keepalive": (0, 3600),
-                  "relay_port": (1, 65535)}[key]
+    for key, (lo, hi) in (("listen_port", (1, 65535)), ("mtu", (1280, 9000)),
+                          ("keepalive", (0, 3600)), ("relay_port", (1, 65535))):
         v = values[key]
-        if isinstance(v, bool) or not isinstance(v, int) or not limits[0] <= v <= limits[1]:
-            src.error(*at(key), f"network.{key}",
-                      f"must be a number from {limits[0]} to {limits[1]}, not "
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            src.error(*at(key), f"network.{key}", f"must be a number from {lo} to {hi}, not "
                       + (str(v) if isinstance(v, int) and not isinstance(v, bool)
                          else type_name(v)))
-    for key, cls in (("ipv4_pool", ipaddress.IPv4Network), ("ipv6_pool", ipaddress.IPv6Network),
-                     ("relay_pool", ipaddress.IPv6Network)):
-        try:
-            out[key] = cls(str(values[key]))
-        except ValueError as exc:
-            src.error(*at(key), f"network.{key}", f"not an IP{key[2]} network: {exc}")
-            out[key] = cls(NETWORK_DEFAULTS[key])
-    if out["relay_pool"].overlaps(out["ipv6_pool"]) or out["relay_pool"].prefixlen > 64:
+    for key, fam, sizes in (("ipv4_pool", 4, (8, 30)), ("ipv6_pool", 6, (16, 120)),
+                            ("relay_pool", 6, (16, 64))):
+        out[key] = _pool(src, at(key), key, values[key], fam, sizes)
+    if out["relay_pool"].overlaps(out["ipv6_pool"]):
         src.error(*at("relay_pool"), "network.relay_pool",
-                  f"{out['relay_pool']} must be a /64 (or larger) outside ipv6_pool",
-                  "e.g. fd7a:115c:a1e1::/64")
+                  f"{out['relay_pool']} overlaps ipv6_pool {out['ipv6_pool']}",
+                  "use a /64 (or larger) outside ipv6_pool, e.g. fd7a:115c:a1e1::/64")
     out["management_networks"] = _management_networks(src, values, at, out)
-    if not isinstance(values["domain"], str) or not DOMAIN.match(values["domain"]):
+    if not grammar.matches(grammar.DOMAIN, values["domain"]):
         src.error(*at("domain"), "network.domain", f"{type_name(values['domain'])} is not a "
                   "DNS domain", "use lower-case labels separated by dots, e.g. mesh.internal")
-    if not isinstance(values["interface"], str) or not IFNAME.match(values["interface"]):
+    if not grammar.matches(grammar.IFNAME, values["interface"]):
+        longest = grammar.IFNAME_MAX - len(grammar.HOP_SUFFIX)
         src.error(*at("interface"), "network.interface",
                   f"{type_name(values['interface'])} is not an interface name",
-                  "use up to 15 letters, digits, '_', '.', '-'")
+                  f"use up to {longest} letters, digits, '_', '.', '-' (the kernel allows "
+                  f"{grammar.IFNAME_MAX} and wgmesh adds {grammar.HOP_SUFFIX} for relays)")
     return Network(**{k: out[k] for k in NETWORK_DEFAULTS})
+
+
+def _pool(src: YamlSource, where, key: str, value: Any, fam: int, sizes: tuple[int, int]):
+    """A pool of mesh addresses: a private prefix of sane size."""
+    default = ipaddress.ip_network(NETWORK_DEFAULTS[key])
+    net = grammar.ip_network(value, fam)
+    if net is None:
+        src.error(*where, f"network.{key}", f"not an IPv{fam} network: "
+                  + grammar.network_error(value), f"e.g. {default}")
+        return default
+    shortest, longest = sizes
+    if not shortest <= net.prefixlen <= longest:
+        src.error(*where, f"network.{key}", f"{net} must have a prefix length from "
+                  f"/{shortest} to /{longest}", f"e.g. {default}")
+        return default
+    if net.is_multicast or net.is_loopback or net.is_link_local or net.is_unspecified \
+            or net.is_reserved or net.is_global:
+        src.error(*where, f"network.{key}", f"{net} is not a private range",
+                  "use CGNAT space (100.64.0.0/10) for IPv4 and a ULA (fd00::/8) for IPv6")
+        return default
+    return net
 
 
 def _management_networks(src: YamlSource, values: dict, at, out: dict) -> tuple[IPNet, ...]:
@@ -198,20 +223,17 @@ def _management_networks(src: YamlSource, values: dict, at, out: dict) -> tuple[
         return ()
     found = []
     for i, text in enumerate(nets):
-        try:
-            net = ipaddress.ip_network(str(text)) if isinstance(text, str) else None
-        except ValueError as exc:
-            src.error(nets, i, f"{where}[{i}]", f"not a network: {exc}",
+        net = grammar.ip_network(text)
+        if net is None:
+            src.error(nets, i, f"{where}[{i}]", f"not a network: {grammar.network_error(text)}",
                       "write an address with its prefix length, e.g. 192.0.2.0/24")
             continue
-        if net is None:
-            src.error(nets, i, f"{where}[{i}]", f"{type_name(text)} is not a network")
-            continue
-        pool = out["ipv4_pool"] if net.version == 4 else out["ipv6_pool"]
-        if net.prefixlen == 0 or net.overlaps(pool):
+        pools = [out["ipv4_pool"]] if net.version == 4 else [out["ipv6_pool"], out["relay_pool"]]
+        clash = next((p for p in pools if net.overlaps(p)), None)
+        if net.prefixlen == 0 or clash is not None:
             src.error(nets, i, f"{where}[{i}]",
                       f"{net} " + ("is the whole internet" if net.prefixlen == 0
-                                   else f"overlaps the mesh pool {pool}"),
+                                   else f"overlaps the mesh pool {clash}"),
                       "list only the controller's or jump hosts' underlay networks")
             continue
         found.append(net)
@@ -228,11 +250,11 @@ def _nodes(src: YamlSource, root: Any, network: Network) -> dict[str, Node]:
         return {}
     out: dict[str, Node] = {}
     for name in nodes:
-        path = join("nodes", name)
-        if not isinstance(name, str) or not NODE_NAME.match(name):
-            src.error(nodes, name, path, f'node name "{name}" is not valid',
+        if not grammar.matches(grammar.NODE_NAME, name):
+            src.error(nodes, name, join("nodes", name), f"node name {type_name(name)} is not valid",
                       "use lower-case letters, digits and dashes (a DNS label)")
             continue
+        path = join("nodes", name)
         spec = src.mapping(nodes, name, path, allowed=NODE_KEYS)
         if spec is None:
             continue
@@ -251,65 +273,74 @@ def _node(src: YamlSource, name: str, spec: Any, path: str, network: Network) ->
         ok = False
         src.error(spec, key, join(path, key), message, fix)
 
-    def text(key: str) -> str | None:
+    def text(key: str, pattern=None, what: str = "", fix: str = "") -> str | None:
+        """An optional text value, matched whole against ``pattern``."""
         v = spec.get(key)
         if v is None:
             return None
         if not isinstance(v, str) or not v:
             bad(key, f"must be text, not {type_name(v)}")
             return None
+        if pattern is not None and not grammar.matches(pattern, v):
+            bad(key, f"{type_name(v)} is not {what}", fix)
+            return None
         return v
 
-    def flag(key: str) -> bool:
-        v = spec.get(key, False)
+    def flag(key: str, default: bool = False) -> bool:
+        v = spec.get(key, default)
         if not isinstance(v, bool):
             bad(key, f"must be true or false, not {type_name(v)}")
-            return False
+            return default
         return v
 
-    owner = text("owner")
-    if owner is not None and not EMAIL.match(owner):
-        bad("owner", f'owner "{owner}" is not a user', "write it in e-mail form: alice@example.com")
-    values["owner"] = owner
+    values["owner"] = text("owner")
+    if values["owner"] is not None and not grammar.matches(grammar.USER, values["owner"]):
+        bad("owner", f'owner "{values["owner"]}" is not a user',
+            "write it in e-mail form: alice@example.com")
+        values["owner"] = None
     tags = spec.get("tags", [])
     if not isinstance(tags, list):
         bad("tags", f"must be a list of tags, not {type_name(tags)}")
         tags = []
     for i, tag in enumerate(tags):
-        if not isinstance(tag, str) or not TAG.match(tag):
+        if not grammar.matches(grammar.TAG, tag):
             ok = False
             src.error(spec["tags"], i, f"{path}.tags[{i}]", f"{type_name(tag)} is not a tag",
                       'write tags as "tag:<name>", the name starting with a letter')
+    tags = [t for t in tags if grammar.matches(grammar.TAG, t)]
     if len(set(tags)) != len(tags):
         bad("tags", "a tag is listed twice")
     values["tags"] = tuple(sorted(set(tags)))
-    if owner is None and not tags:
+    if values["owner"] is None and not tags and "owner" not in spec:
         src.error(src.data["nodes"], name, path, "a node needs an owner or at least one tag",
                   "add owner: user@example.com, or tags for a server that belongs to no one")
         ok = False
 
-    for key, cls, fam in (("address", ipaddress.IPv4Address, 4),
-                          ("address6", ipaddress.IPv6Address, 6)):
+    for key, fam in (("address", 4), ("address6", 6)):
         v = spec.get(key)
         if v is None:
             continue
-        try:
-            values[key] = cls(str(v))
-        except ValueError:
+        addr = grammar.ip_address(v, fam)
+        if addr is None:
             bad(key, f"{type_name(v)} is not an IPv{fam} address")
             continue
         pool = network.ipv4_pool if fam == 4 else network.ipv6_pool
-        if values[key] not in pool:
+        if addr not in pool:
             bad(key, f"{v} is outside the mesh pool {pool}", f"pin an address inside {pool}")
+        elif not usable_in(addr, pool):
+            bad(key, f"{v} is the {'network' if addr == pool.network_address else 'broadcast'}"
+                f" address of the pool {pool}", "pin a host address of the pool")
+        else:
+            values[key] = addr
 
-    values["managed"] = spec.get("managed", True)
-    if not isinstance(values["managed"], bool):
-        bad("managed", f"must be true or false, not {type_name(values['managed'])}")
-        values["managed"] = True
+    values["managed"] = flag("managed", True)
     values["ansible_host"] = text("ansible_host")
+    if values["ansible_host"] is not None and not grammar.host_address(values["ansible_host"]):
+        bad("ansible_host", f"{type_name(values['ansible_host'])} is not an address or DNS name")
+        values["ansible_host"] = None
     key = text("public_key")
     if values["managed"]:
-        if values["ansible_host"] is None:
+        if "ansible_host" not in spec:
             src.error(src.data["nodes"], name, path, 'missing required key "ansible_host"',
                       "a managed node needs an address Ansible can reach; for a device "
                       "Ansible does not manage, set managed: false and its public_key")
@@ -317,103 +348,121 @@ def _node(src: YamlSource, name: str, spec: Any, path: str, network: Network) ->
         if key is not None:
             bad("public_key", "public_key is only for managed: false nodes",
                 "a managed node's key is made on the host and pinned in mesh.lock.yml")
-    else:
-        if key is None:
+    elif key is None:
+        if "public_key" not in spec:
             src.error(src.data["nodes"], name, path,
                       "a node with managed: false needs its public_key",
                       "add the device's WireGuard public key (the output of wg pubkey)")
-            ok = False
-        elif not valid_public_key(key):
-            bad("public_key", "not a WireGuard public key",
-                "expected 44 characters of base64 encoding 32 bytes")
+        ok = False
+    elif not grammar.public_key(key):
+        bad("public_key", "not a WireGuard public key",
+            "expected 44 characters of base64 encoding 32 bytes")
+    else:
         values["public_key"] = key
 
-    ep = text("endpoint")
+    ep = text("endpoint", grammar.ENDPOINT_TEXT, "host:port",
+              "e.g. 192.0.2.11:51820, [2001:db8::1]:51820 or vpn.example.com:51820")
     if ep is not None:
-        if parse_endpoint(ep) is None:
+        if grammar.endpoint(ep) is None:
             bad("endpoint", f'endpoint "{ep}" is not host:port',
                 "e.g. 192.0.2.11:51820, [2001:db8::1]:51820 or vpn.example.com:51820")
-        values["endpoint"] = ep
-    values["site"] = text("site")
+        else:
+            values["endpoint"] = ep
+    values["site"] = text("site", grammar.SITE, "a site name",
+                          "use letters, digits, '.', '_' and '-'")
     lan = spec.get("lan_address")
     if lan is not None:
-        try:
-            values["lan_address"] = ipaddress.ip_address(str(lan))
-        except ValueError:
+        values["lan_address"] = grammar.ip_address(lan)
+        if values["lan_address"] is None:
             bad("lan_address", f"{type_name(lan)} is not an IP address")
-        if values["site"] is None:
+        if "site" not in spec:
             bad("lan_address", "lan_address needs a site", "add site: <name> to this node")
     port = spec.get("listen_port")
     if port is not None:
-        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        if isinstance(port, str) or grammar.port(port) is None:
             bad("listen_port", f"must be a port number, not {type_name(port)}")
         else:
             values["listen_port"] = port
 
     for key in ("advertise_routes", "approved_routes"):
-        routes = spec.get(key, [])
-        if not isinstance(routes, list):
-            bad(key, f"must be a list of CIDR prefixes, not {type_name(routes)}")
-            continue
-        parsed = []
-        for i, r in enumerate(routes):
-            try:
-                net = ipaddress.ip_network(str(r))
-            except ValueError as exc:
-                ok = False
-                src.error(spec[key], i, f"{path}.{key}[{i}]", f"not a CIDR prefix: {exc}",
-                          "write it as ADDRESS/PREFIX with no host bits")
-                continue
-            if net.prefixlen == 0:
-                ok = False
-                src.error(spec[key], i, f"{path}.{key}[{i}]", f"{net} is a default route",
-                          "use advertise_exit_node: true to offer internet access")
-                continue
-            parsed.append(net)
-        values[key] = tuple(sorted(parsed, key=lambda n: (n.version, n)))
+        values[key], routes_ok = _routes(src, spec, key, path, network)
+        ok = ok and routes_ok
     for r in values.get("approved_routes", ()):
         if r not in values.get("advertise_routes", ()):
             bad("approved_routes", f"{r} is approved but not advertised",
                 "approve only routes listed in advertise_routes")
     for key in ("advertise_exit_node", "approved_exit_node", "relay"):
         values[key] = flag(key)
-    values["route_snat"] = flag("route_snat") if "route_snat" in spec else True
-    values["failover_for"] = text("failover_for")
+    values["route_snat"] = flag("route_snat", True)
+    for key in ("failover_for", "use_exit_node"):
+        values[key] = text(key, grammar.NODE_NAME, "a node name")
     if values["failover_for"] == name:
         bad("failover_for", "a router cannot back itself up")
     if values["approved_exit_node"] and not values["advertise_exit_node"]:
         bad("approved_exit_node", "approved_exit_node needs advertise_exit_node: true")
-    values["use_exit_node"] = text("use_exit_node")
     if values["use_exit_node"] == name:
         bad("use_exit_node", "a node cannot use itself as exit node")
-    if values["relay"] and "endpoint" not in values:
+    if values["relay"] and "endpoint" not in spec:
         bad("relay", "a relay needs a public endpoint", "add endpoint: host:port")
     exp = spec.get("expires")
     if exp is not None:
-        try:
-            values["expires"] = exp if isinstance(exp, dt.date) else dt.date.fromisoformat(str(exp))
-        except ValueError:
+        if isinstance(exp, dt.datetime):
+            exp = exp.date()
+        elif isinstance(exp, str) and grammar.matches(grammar.DATE, exp):
+            with contextlib.suppress(ValueError):
+                exp = dt.date.fromisoformat(exp)
+        if isinstance(exp, dt.date):
+            values["expires"] = exp
+        else:
             bad("expires", f"{type_name(exp)} is not a date", "write it as YYYY-MM-DD")
-    values["description"] = str(spec.get("description", ""))
+    desc = spec.get("description", "")
+    if not isinstance(desc, str) or not desc.isprintable() or len(desc) > limits.MAX_TEXT:
+        bad("description", f"must be one line of text of at most {limits.MAX_TEXT} "
+            "characters")
+    else:
+        values["description"] = desc
     return Node(**values) if ok else None
 
 
-def valid_public_key(key: str) -> bool:
-    try:
-        return len(key) == 44 and len(base64.b64decode(key, validate=True)) == 32
-    except (binascii.Error, ValueError):
-        return False
+def _routes(src: YamlSource, spec: Any, key: str, path: str,
+            network: Network) -> tuple[tuple[IPNet, ...], bool]:
+    """A node's route list: prefixes outside the mesh's own pools and management networks."""
+    routes = spec.get(key, [])
+    if not isinstance(routes, list):
+        src.error(spec, key, join(path, key),
+                  f"must be a list of CIDR prefixes, not {type_name(routes)}")
+        return (), False
+    ok = True
+    parsed = []
+    reserved = [network.ipv4_pool, network.ipv6_pool, network.relay_pool,
+                *network.management_networks]
+    for i, r in enumerate(routes):
+        where = (spec[key], i, f"{path}.{key}[{i}]")
+        net = grammar.ip_network(r)
+        if net is None:
+            ok = False
+            src.error(*where, f"not a CIDR prefix: {grammar.network_error(r)}",
+                      "write it as ADDRESS/PREFIX with no host bits")
+            continue
+        if net.prefixlen == 0:
+            ok = False
+            src.error(*where, f"{net} is a default route",
+                      "use advertise_exit_node: true to offer internet access")
+            continue
+        clash = next((p for p in reserved if p.version == net.version and net.overlaps(p)),
+                     None)
+        if clash is not None:
+            ok = False
+            what = ("a management network" if clash in network.management_networks
+                    else "the relay pool" if clash == network.relay_pool else "the mesh pool")
+            src.error(*where, f"{net} overlaps {what} {clash}",
+                      "a subnet route may not carry mesh addresses or the management path")
+            continue
+        parsed.append(net)
+    return tuple(sorted(parsed, key=lambda n: (n.version, n))), ok
 
 
-def parse_endpoint(text: str) -> tuple[str, int] | None:
-    """'host:port' or '[v6]:port' -> (host, port), or None when malformed."""
-    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d{1,5})|([A-Za-z0-9.-]+):(\d{1,5})", text)
-    if not m:
-        return None
-    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
-    if m.group(1):
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            return None
-    return (host, int(port)) if 1 <= int(port) <= 65535 else None
+def usable_in(addr: IPAddr, pool: IPNet) -> bool:
+    """A host address of the pool: not its network address, nor its IPv4 broadcast."""
+    return addr in pool and addr != pool.network_address and (pool.version == 6
+                                             or addr != pool.broadcast_address)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wgmesh import hujson
-from wgmesh.errors import InputError, Problem, did_you_mean
+from wgmesh import grammar, hujson, limits
+from wgmesh.errors import InputError, Problem, did_you_mean, read_text
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -36,11 +36,7 @@ UNSUPPORTED_AUTOGROUPS = {"autogroup:admin", "autogroup:owner", "autogroup:it-ad
                           "autogroup:network-admin", "autogroup:billing-admin",
                           "autogroup:auditor", "autogroup:shared", "autogroup:danger-all",
                           "autogroup:nonroot"}
-TAG_NAME = re.compile(r"^tag:[A-Za-z][A-Za-z0-9-]*$")
-GROUP_NAME = re.compile(r"^group:[A-Za-z0-9][A-Za-z0-9._-]*$")
-USER = re.compile(r"^[^@\s:]+@[^@\s:]*$")
-HOST_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
+DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ns|us|µs|ms|s|m|h))+")
 DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
 
 
@@ -91,12 +87,11 @@ class Policy:
 
 def load_policy(path: str | Path) -> Policy:
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputError([Problem(str(path), 0, 0, "", f"cannot read policy: {exc.strerror}",
-                                  "check mesh.yml's policy: path, or pass --policy")]) from exc
-    return parse_policy(text, str(path))
+    if not path.exists():
+        raise InputError([Problem(str(path), 0, 0, "", "cannot read policy: No such file or "
+                                  "directory",
+                                  "check mesh.yml's policy: path, or pass --policy")])
+    return parse_policy(read_text(path, str(path), limits.MAX_POLICY_BYTES), str(path))
 
 
 def parse_policy(text: str, name: str = "<policy>") -> Policy:
@@ -111,9 +106,10 @@ def parse_ports(text: str) -> tuple[tuple[int, int], ...] | str:
     out = []
     for part in text.split(","):
         lo_s, _, hi_s = part.partition("-")
-        if not lo_s.isdigit() or (hi_s and not hi_s.isdigit()) or (_ and not hi_s):
-            return f'port range "{part}": invalid first integer' if not lo_s.isdigit() \
-                else f'port range "{part}": invalid last integer'
+        if not grammar.matches(grammar.DIGITS, lo_s):
+            return f'port range "{part}": invalid first integer'
+        if _ and not grammar.matches(grammar.DIGITS, hi_s):
+            return f'port range "{part}": invalid last integer'
         lo, hi = int(lo_s), int(hi_s or lo_s)
         if lo == 0:
             return f"port range \"{part}\": first port must be >0, or use '*' for wildcard"
@@ -132,7 +128,7 @@ def parse_proto(value: Any) -> int | str:
     v = value.lower()
     if v in PROTOCOLS:
         return PROTOCOLS[v]
-    if v.isdigit():
+    if grammar.matches(grammar.DIGITS, v):
         if len(v) > 1 and v.startswith("0"):
             return f'leading 0 not permitted in protocol number "{value}"'
         if int(v) <= 255:
@@ -213,7 +209,7 @@ class _Validator:
     def groups(self, value: Any) -> None:
         for name, members in self._object(value, ("groups",)).items():
             path = ("groups", name)
-            if not GROUP_NAME.match(name):
+            if not grammar.matches(grammar.GROUP, name):
                 self.err(path, f'group name "{name}" must start with "group:"',
                          'e.g. "group:engineers"')
                 continue
@@ -222,7 +218,7 @@ class _Validator:
                 if isinstance(m, str) and m.startswith("group:"):
                     self.err((*path, i), f'"{m}": group members cannot be recursive',
                              "list the users themselves")
-                elif not isinstance(m, str) or not USER.match(m):
+                elif not grammar.matches(grammar.USER, m):
                     self.err((*path, i), f"group members must be users, not {m!r}",
                              "write users in e-mail form: alice@example.com")
                 else:
@@ -232,15 +228,11 @@ class _Validator:
     def hosts(self, value: Any) -> None:
         for name, addr in self._object(value, ("hosts",)).items():
             path = ("hosts", name)
-            if not HOST_NAME.match(name) or ":" in name or "@" in name:
+            if not grammar.matches(grammar.HOST_ALIAS, name):
                 self.err(path, f'host name "{name}" is not valid',
                          "use letters, digits, '.', '_' and '-' (no ':' or '@')")
                 continue
-            try:
-                self.policy.hosts[name] = ipaddress.ip_network(str(addr), strict=True) \
-                    if isinstance(addr, str) else None
-            except ValueError:
-                self.policy.hosts[name] = None
+            self.policy.hosts[name] = grammar.ip_network(addr)
             if self.policy.hosts[name] is None:
                 self.err(path, f'hostname contains invalid IP address: "{addr}"',
                          "give an IP address or a CIDR prefix without host bits")
@@ -248,12 +240,12 @@ class _Validator:
     def tag_owners(self, value: Any) -> None:
         owners_raw = self._object(value, ("tagOwners",))
         for tag in owners_raw:
-            if not TAG_NAME.match(tag):
+            if not grammar.matches(grammar.TAG, tag):
                 self.err(("tagOwners", tag),
                          'tag names must start with a letter, after "tag:"',
                          'e.g. "tag:prod-db"')
         for tag, owners in owners_raw.items():
-            if not TAG_NAME.match(tag):
+            if not grammar.matches(grammar.TAG, tag):
                 continue
             path = ("tagOwners", tag)
             out = []
@@ -270,7 +262,7 @@ class _Validator:
                         self.err((*path, i), f'group not defined in policy: "{o}"',
                                  "declare it under groups")
                     out.append(o)
-                elif o == "autogroup:member" or USER.match(o):
+                elif o == "autogroup:member" or grammar.matches(grammar.USER, o):
                     out.append(o)
                 else:
                     self.err((*path, i), f"tag owners are users, groups or tags, not {o!r}")
@@ -312,24 +304,23 @@ class _Validator:
                          "expected one of: " + ", ".join(sorted(AUTOGROUPS_DST)))
             return None
         if "@" in sel:
-            if not USER.match(sel):
+            if not grammar.matches(grammar.USER, sel):
                 self.err(path, f'"{sel}" is not a user', "write users as alice@example.com")
                 return None
             return sel
         if sel in self.policy.hosts:
             return sel
-        try:
-            ipaddress.ip_network(sel, strict=False)
-        except ValueError:
+        net = grammar.ip_network(sel, strict=False)
+        if net is None:
             self.err(path, f'{side} "{sel}" is not a user, group, tag, autogroup, host or IP',
                      did_you_mean(sel, [*self.policy.hosts, *self.policy.groups,
                                         *self.policy.tag_owners]))
             return None
-        if ipaddress.ip_network(sel, strict=False).prefixlen == 0 and side == "dst":
+        if net.prefixlen == 0 and side == "dst":
             self.err(path, f'dst "{sel}": to allow all IP addresses, use "*" or '
                      '"autogroup:internet"')
             return None
-        return str(ipaddress.ip_network(sel, strict=False))
+        return str(net)
 
     def _srcs(self, rule: dict, path: tuple) -> tuple[str, ...]:
         out = []
@@ -474,10 +465,9 @@ class _Validator:
         for prefix, approvers in self._object(obj.get("routes", {}),
                                               ("autoApprovers", "routes")).items():
             path = ("autoApprovers", "routes", prefix)
-            try:
-                net = ipaddress.ip_network(prefix, strict=True)
-            except ValueError as exc:
-                self.err(path, f"not a CIDR prefix: {exc}")
+            net = grammar.ip_network(prefix)
+            if net is None:
+                self.err(path, f"not a CIDR prefix: {grammar.network_error(prefix)}")
                 continue
             self.policy.auto_routes.append((net, self._approvers(approvers, path)))
         if "exitNode" in obj:
@@ -504,7 +494,8 @@ class _Validator:
                 self.err(path, "users must be specified", 'e.g. "users": ["root", "ubuntu"]')
             else:
                 for j, u in enumerate(self._list(users, (*path, "users"))):
-                    if not isinstance(u, str) or u in ("", "*"):
+                    if not (grammar.matches(grammar.LOGIN, u) or u == "autogroup:nonroot"
+                            or grammar.matches(grammar.SSH_LOCALPART, u)):
                         self.err((*path, "users", j), f'user "{u}" is not valid',
                                  'name logins, or use "autogroup:nonroot"')
             for j, s in enumerate(self._list(rule.get("src", []), (*path, "src"))):
@@ -529,7 +520,7 @@ class _Validator:
             self.err(ppath, 'checkPeriod is only valid with action "check"')
         elif period == "always":
             return
-        elif not isinstance(period, str) or not DURATION.match(period.lstrip("-")):
+        elif not isinstance(period, str) or not grammar.matches(DURATION, period.lstrip("-")):
             self.err(ppath, f'checkPeriod "{period}" is not a duration', 'e.g. "12h" or "always"')
         elif period.startswith("-"):
             self.err(ppath, f'checkPeriod "{period}" must be a positive duration')
@@ -579,7 +570,7 @@ class _Validator:
             self.err(path, f'test destination "{d}" needs host:port', 'e.g. "tag:db:5432"')
             return False
         host, port = split
-        if not port.isdigit() or not 0 < int(port) <= 65535:
+        if grammar.port(port) is None:
             self.err(path, f'test destination "{d}": the port must be one number')
             return False
         if host.startswith(("group:", "autogroup:")) or ("@" in host):
@@ -590,6 +581,9 @@ class _Validator:
             return self.selector(host, path, "dst") is not None
         if "/" in host:
             self.err(path, f'test destination "{d}" must be a single host, not a prefix')
+            return False
+        if not (grammar.matches(grammar.HOST_ALIAS, host) or grammar.ip_address(host)):
+            self.err(path, f'test destination "{d}" is not a node, host alias or IP address')
             return False
         return True  # node name, host alias or IP: resolved against the mesh at test time
 

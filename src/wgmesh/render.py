@@ -5,8 +5,10 @@ from __future__ import annotations
 import functools
 import ipaddress
 import json
+import re
 from typing import Any
 
+from wgmesh import grammar
 from wgmesh.compiler import HostOutput, Peer
 from wgmesh.intervals import Box
 from wgmesh.mesh import Network
@@ -17,6 +19,28 @@ TABLE = "wgmesh"
 # wg-quick's exit-node rules, which take the numbers just below the main table's 32766.
 # plugins/modules/wgmesh_wireguard.py keeps the same number (a unit test checks they agree).
 MANAGEMENT_RULE_PRIORITY = 1000
+
+# What one value in a rendered file may be made of: names, addresses, prefixes, endpoints,
+# keys. No space, quote, '#', ';', '$', brace or control character, so no value can end a
+# line, start a comment, leave a quoted string or add a command, whatever passed the loaders.
+_TOKEN = re.compile(r"[A-Za-z0-9._:/\[\]+=@-]+", re.ASCII)
+
+
+class RenderError(ValueError):
+    """A value that must never reach a rendered file (the loaders should have refused it)."""
+
+
+def clean(*values: object) -> None:
+    """Refuse to render anything but plain tokens (defence in depth behind the grammar)."""
+    for value in values:
+        if not isinstance(value, str) or not _TOKEN.fullmatch(value):
+            raise RenderError(f"refusing to render the value {value!r}")
+
+
+def clean_key(key: str) -> None:
+    if not grammar.public_key(key):
+        raise RenderError(f"refusing to render {key!r} as a public key")
+
 
 # set name -> (typeof expression, dimensions that are addresses of which family)
 SET_TYPES = {
@@ -106,11 +130,20 @@ def _element_block(key: str, boxes: tuple[Box, ...], family: int) -> str:
 
 
 def nftables(host: HostOutput, net: Network) -> str:
-    """The host's table, replaced whole and atomically by ``nft -f``."""
-    wg = net.interface
+    """The host's table, replaced whole and atomically by ``nft -f``.
+
+    Every packet on the mesh interfaces is checked against the sets, not only the first of
+    a connection, so a change that takes access away also ends connections already open.
+    Replies are checked with their fields reversed against the other direction's sets (a
+    reply's source and source port are its connection's destination and port). Mesh
+    addresses exist only on the mesh interfaces: from or for one elsewhere, a packet is
+    forged and dropped. Other interfaces (the management path) are not filtered.
+    """
+    wg, hop = net.interface, net.hop_interface
+    clean(host.name, wg)
     lines = [
-        f"# wgmesh policy filter for {host.name}: only traffic on {wg} is filtered; the",
-        "# management path (every other interface) is never touched.",
+        f"# wgmesh policy filter for {host.name}: traffic on {wg} and {hop} is filtered;",
+        "# on other interfaces (the management path) only forged mesh addresses are dropped.",
         f"table inet {TABLE}",
         f"delete table inet {TABLE}",
         f"table inet {TABLE} {{",
@@ -130,52 +163,63 @@ def nftables(host: HostOutput, net: Network) -> str:
         lines += ["    set relay6 {",
                   "        typeof ip6 saddr . ip6 daddr . meta l4proto . th dport",
                   "        elements = {"]
-        lines += [f"            {s} . {d} . udp . {port}," for s, d, port in relay_pairs]
+        for src, dst, port in relay_pairs:
+            clean(src, dst)
+            lines.append(f"            {src} . {dst} . udp . {port},")
         lines += ["        }", "    }", "    counter dropped_relay { }"]
-    for name in ("dropped_in", "dropped_out", "dropped_fwd"):
+    for name in ("dropped_in", "dropped_out", "dropped_fwd", "dropped_underlay", "dropped_hop"):
         lines.append(f"    counter {name} {{ }}")
 
-    def chain(name: str, hook: str, iface_match: str, direction: str, counter: str):
-        addr = {"in": "saddr", "out": "daddr"}.get(direction)
-        body = [
-            f"    chain {name} {{",
-            f"        type filter hook {hook} priority filter; policy accept;",
-            f"        {iface_match} accept",
-            "        ct state established,related accept",
-            "        ct state invalid drop",
-        ]
-        if direction == "fwd" and relay_pairs:
-            hop = host.hop.interface
-            body[2:2] = [  # before the rule that lets non-mesh traffic pass
-                f'        iifname "{hop}" oifname "{hop}" ip6 saddr . ip6 daddr . meta l4proto '
-                ". th dport @relay6 accept",
-                f'        iifname "{hop}" oifname "{hop}" counter name "dropped_relay" drop',
-            ]
-        if direction == "fwd":
-            body += [
-                "        icmp type echo-request ip saddr . ip daddr @ping_fwd4 accept",
-                "        icmpv6 type echo-request ip6 saddr . ip6 daddr @ping_fwd6 accept",
-                "        ip saddr . ip daddr . meta l4proto . th dport @fwd4 accept",
-                "        ip saddr . ip daddr . meta l4proto @fwd4p accept",
-                "        ip6 saddr . ip6 daddr . meta l4proto . th dport @fwd6 accept",
-                "        ip6 saddr . ip6 daddr . meta l4proto @fwd6p accept",
-            ]
-        else:
-            body += [
-                f"        icmp type echo-request ip {addr} @ping_{direction}4 accept",
-                f"        icmpv6 type echo-request ip6 {addr} @ping_{direction}6 accept",
-                f"        ip {addr} . meta l4proto . th dport @{direction}4 accept",
-                f"        ip {addr} . meta l4proto @{direction}4p accept",
-                f"        ip6 {addr} . meta l4proto . th dport @{direction}6 accept",
-                f"        ip6 {addr} . meta l4proto @{direction}6p accept",
-            ]
-        body += [f'        counter name "{counter}" drop', "    }"]
-        return body
+    mesh = f'{{ "{wg}", "{hop}" }}'
+    v4, v6 = net.ipv4_pool, f"{{ {net.ipv6_pool}, {net.relay_pool} }}"
+    forged = 'counter name "dropped_underlay" drop'
+    hop_drop = 'counter name "dropped_hop" drop'
+    # Nodes behind a relay receive and send only end-to-end WireGuard on the hop interface.
+    hop_client = bool(host.hop and not relay_pairs)
+    my_hop = host.hop.address.split("/")[0] if hop_client else None
 
-    lines += chain("input", "input", f'iifname != "{wg}"', "in", "dropped_in")
-    lines += chain("output", "output", f'oifname != "{wg}"', "out", "dropped_out")
-    lines += chain("forward", "forward", f'iifname != "{wg}" oifname != "{wg}"', "fwd",
-                   "dropped_fwd")
+    lines += ["    chain input {",
+              "        type filter hook input priority filter; policy accept;",
+              '        iifname "lo" accept',
+              f"        iifname != {mesh} ip saddr {v4} {forged}",
+              f"        iifname != {mesh} ip daddr {v4} {forged}",
+              f"        iifname != {mesh} ip6 saddr {v6} {forged}",
+              f"        iifname != {mesh} ip6 daddr {v6} {forged}",
+              f"        iifname != {mesh} accept",
+              *_STATE]
+    if hop_client:
+        lines.append(f'        iifname "{hop}" ip6 saddr {net.relay_pool} ip6 daddr {my_hop} '
+                     f"udp dport {host.listen_port} accept")
+    lines += [f'        iifname "{hop}" {hop_drop}',
+              *_policy_rules("in", "out"),
+              '        counter name "dropped_in" drop',
+              "    }",
+              "    chain output {",
+              "        type filter hook output priority filter; policy accept;",
+              f"        oifname != {mesh} accept",
+              *_STATE]
+    if hop_client:
+        lines.append(f'        oifname "{hop}" ip6 saddr {my_hop} ip6 daddr {net.relay_pool} '
+                     f"udp sport {host.listen_port} accept")
+    lines += [f'        oifname "{hop}" {hop_drop}',
+              *_policy_rules("out", "in"),
+              '        counter name "dropped_out" drop',
+              "    }",
+              "    chain forward {",
+              "        type filter hook forward priority filter; policy accept;",
+              f"        iifname != {mesh} ip saddr {v4} {forged}",
+              f"        iifname != {mesh} ip6 saddr {v6} {forged}"]
+    if relay_pairs:
+        lines += [f'        iifname "{hop}" oifname "{hop}" ip6 saddr . ip6 daddr . meta l4proto '
+                  ". th dport @relay6 accept",
+                  f'        iifname "{hop}" oifname "{hop}" counter name "dropped_relay" drop']
+    lines += [f'        iifname "{hop}" {hop_drop}',
+              f'        oifname "{hop}" {hop_drop}',
+              f'        iifname != "{wg}" oifname != "{wg}" accept',
+              *_STATE,
+              *_policy_rules("fwd", "fwd"),
+              '        counter name "dropped_fwd" drop',
+              "    }"]
     if host.snat:
         lines += [
             "    chain postrouting {",
@@ -189,8 +233,38 @@ def nftables(host: HostOutput, net: Network) -> str:
     return "\n".join(lines) + "\n"
 
 
+# ICMP errors about a connection (unreachable, packet too big) pass with it.
+_STATE = ("        ct state invalid drop", "        ct state related accept")
+
+
+def _policy_rules(direction: str, reverse: str) -> list[str]:
+    """The set lookups of one chain: a packet passes when its own fields are in this
+    direction's sets, or when it is a reply whose reversed fields are in the sets of the
+    direction its connection was opened in. On a host the peer is the source on the way in
+    and the destination on the way out, for replies too; only the port swaps sides."""
+    if direction == "fwd":
+        orig = {4: "ip saddr . ip daddr", 6: "ip6 saddr . ip6 daddr"}
+        back = {4: "ip daddr . ip saddr", 6: "ip6 daddr . ip6 saddr"}
+    else:
+        peer = "saddr" if direction == "in" else "daddr"
+        orig = back = {4: f"ip {peer}", 6: f"ip6 {peer}"}
+    rules = []
+    for f, icmp in ((4, "icmp"), (6, "icmpv6")):
+        rules += [f"        {icmp} type echo-request {orig[f]} @ping_{direction}{f} accept",
+                  f"        {orig[f]} . meta l4proto . th dport @{direction}{f} accept",
+                  f"        {orig[f]} . meta l4proto @{direction}{f}p accept"]
+    for f, icmp in ((4, "icmp"), (6, "icmpv6")):
+        rules += [f"        ct direction reply {icmp} type echo-reply {back[f]} "
+                  f"@ping_{reverse}{f} accept",
+                  f"        ct direction reply {back[f]} . meta l4proto . th sport "
+                  f"@{reverse}{f} accept",
+                  f"        ct direction reply {back[f]} . meta l4proto @{reverse}{f}p accept"]
+    return rules
+
+
 def wg_quick(host: HostOutput, net: Network) -> str:
     """wg-quick configuration with no PrivateKey: the host loads its own key file."""
+    clean(host.name, net.interface, str(host.ipv4), str(host.ipv6))
     lines = [
         f"# wgmesh: {net.interface} on {host.name}. Generated; holds no secret.",
         "[Interface]",
@@ -214,6 +288,7 @@ def management_rules(net: Network) -> list[str]:
     and wgmesh_wireguard applies the same rules live."""
     lines = []
     for n in net.management_networks:
+        clean(str(n))
         rule = f"ip -{n.version} rule %s to {n} lookup main priority {MANAGEMENT_RULE_PRIORITY}"
         # A rule left over from a crash would make "add" fail and the interface not come up.
         lines.append(f"PostUp = {rule % 'del'} 2>/dev/null || true; {rule % 'add'}")
@@ -224,6 +299,13 @@ def management_rules(net: Network) -> list[str]:
 @functools.lru_cache(maxsize=1 << 16)
 def _peer_block(peer: Peer) -> str:
     """One [Peer] section; hosts that see a peer alike share its object, so it is made once."""
+    clean(peer.name, peer.connection, *peer.roles, *peer.allowed_ips)
+    if peer.relay:
+        clean(peer.relay)
+    if peer.endpoint:
+        clean(peer.endpoint)
+    if peer.public_key:
+        clean_key(peer.public_key)
     how = peer.connection + (f" via {peer.relay}" if peer.relay else "")
     role_text = f", {'/'.join(peer.roles)}" if peer.roles else ""
     if not peer.public_key:
@@ -243,6 +325,7 @@ def hop_conf(host: HostOutput, net: Network) -> str | None:
     hop = host.hop
     if hop is None:
         return None
+    clean(host.name, hop.interface, hop.address, net.interface)
     lines = [f"# wgmesh: {hop.interface} on {host.name}, the hop tunnel to or of a relay. "
              "Holds no secret.", "[Interface]", f"Address = {hop.address}"]
     if hop.listen_port:
@@ -250,9 +333,11 @@ def hop_conf(host: HostOutput, net: Network) -> str | None:
     # The same key as the mesh interface: the relay knows this node by its pinned key.
     lines.append(f"PostUp = wg set %i private-key /etc/wireguard/{net.interface}.key")
     for p in hop.peers:
+        clean(p.name, *p.allowed_ips, *([p.endpoint] if p.endpoint else []))
         if not p.public_key:
             lines += ["", f"# {p.name}: public key not known yet"]
             continue
+        clean_key(p.public_key)
         lines += ["", "[Peer]", f"# {p.name}", f"PublicKey = {p.public_key}",
                   f"AllowedIPs = {', '.join(p.allowed_ips)}"]
         if p.endpoint:
@@ -269,6 +354,7 @@ def hosts_block(host: HostOutput) -> str:
 
 @functools.lru_cache(maxsize=1 << 16)
 def _name_line(entry: tuple[str, tuple[str, str]]) -> str:
+    clean(entry[0], *entry[1])
     return f"{entry[0]}\t{' '.join(entry[1])}\n"
 
 

@@ -12,8 +12,46 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
+from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent
 
-from wgmesh.errors import InputError, Problem, did_you_mean
+from wgmesh import limits
+from wgmesh.errors import InputError, Problem, did_you_mean, read_text
+
+
+def load_yaml(path: Path, name: str) -> Any:
+    """Parse a YAML file round-trip (positions kept), within the limits of wgmesh.limits:
+    nesting depth and aliases are counted on the event stream before anything is built, so
+    an alias bomb or a deeply nested file costs time linear in its size."""
+    text = read_text(path, name, limits.MAX_FILE_BYTES)
+    try:
+        depth = aliases = 0
+        for event in YAML(typ="rt").parse(text):
+            if isinstance(event, CollectionStartEvent):
+                depth += 1
+                if depth > limits.MAX_DEPTH:
+                    raise _limit(name, event, f"nested more than {limits.MAX_DEPTH} levels deep")
+            elif isinstance(event, CollectionEndEvent):
+                depth -= 1
+            elif isinstance(event, AliasEvent):
+                aliases += 1
+                if aliases > limits.MAX_ALIASES:
+                    raise _limit(name, event, f"more than {limits.MAX_ALIASES} aliases")
+        return YAML(typ="rt").load(text)
+    except MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        raise InputError(
+            [Problem(name, line, col, "", f"not valid YAML: {exc.problem or exc}")]) from exc
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # The constructor's own failures (a date that does not exist, a number too long
+        # to convert) come without a position.
+        raise InputError([Problem(name, 0, 0, "", f"not valid YAML: {exc}")]) from exc
+
+
+def _limit(name: str, event: Any, message: str) -> InputError:
+    mark = event.start_mark
+    return InputError([Problem(name, mark.line + 1, mark.column + 1, "", message,
+                               "see the limits in docs/security.md")])
 
 
 class YamlSource:
@@ -23,19 +61,7 @@ class YamlSource:
         self.path = Path(path)
         self.name = display or str(path)
         self.problems: list[Problem] = []
-        try:
-            text = self.path.read_text(encoding="utf-8")
-        except OSError as exc:
-            problem = Problem(self.name, 0, 0, "", f"cannot read: {exc.strerror}")
-            raise InputError([problem]) from exc
-        try:
-            self.data = YAML(typ="rt").load(text)
-        except MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-            raise InputError(
-                [Problem(self.name, line, col, "", f"not valid YAML: {exc.problem or exc}")]
-            ) from exc
+        self.data = load_yaml(self.path, self.name)
 
     @staticmethod
     def position(parent: Any, key: Any) -> tuple[int, int]:
@@ -105,4 +131,6 @@ def type_name(value: Any) -> str:
         return "a boolean"
     if isinstance(value, int):
         return "a number"
-    return f'"{value}"' if isinstance(value, str) else type(value).__name__
+    if isinstance(value, str):
+        return f'"{value}"' if len(value) <= 80 else f'"{value[:80]}..."'
+    return type(value).__name__

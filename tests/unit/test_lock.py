@@ -1,7 +1,7 @@
 """mesh.lock.yml: stable, never reused, round-trip, atomic."""
 
 import pytest
-from meshkit import make
+from meshkit import fake_key, make
 
 from wgmesh.build import build
 from wgmesh.errors import InputError
@@ -66,6 +66,7 @@ def test_pins_conflicts_and_exhaustion(tmp_path):
 
 def test_key_pinning(tmp_path):
     b = make(tmp_path, {"a": {"tags": ["tag:srv"]}}, POLICY, keys=False)
-    assert b.lock.pin_key("a", "K1") is None
-    assert b.lock.pin_key("a", "K1") is None
-    assert b.lock.pin_key("a", "K2") == "K1"
+    k1, k2 = fake_key("k1"), fake_key("k2")
+    assert b.lock.pin_key("a", k1) is None
+    assert b.lock.pin_key("a", k1) is None
+    assert b.lock.pin_key("a", k2) == k1
