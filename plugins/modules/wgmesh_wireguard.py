@@ -95,11 +95,21 @@ class Runner:
     def __call__(self, *argv: str, check: bool = True, data: str | None = None) -> str:
         rc, out, err = self.module.run_command(list(argv), data=data, binary_data=True)
         if check and rc != 0:
-            self.module.fail_json(msg=f"{' '.join(argv)} failed ({rc}): {err.strip()}")
+            self.module.fail_json(msg=f"{' '.join(argv)} failed ({rc}): {redact(err.strip())}")
         return out if rc == 0 else ""
 
     def rc(self, *argv: str) -> int:
         return self.module.run_command(list(argv))[0]
+
+
+# Anything shaped like a WireGuard key (private or public): wg and wg-quick may echo the line
+# of a configuration they refuse, and that line can hold the private key.
+KEY_TEXT = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
+
+
+def redact(text: str) -> str:
+    """Command output safe to report: every key-shaped string replaced."""
+    return KEY_TEXT.sub("(key redacted)", text)
 
 
 def parse_conf(text: str) -> dict:

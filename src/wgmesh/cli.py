@@ -16,7 +16,7 @@ from pathlib import Path
 
 from wgmesh import render
 from wgmesh.build import PolicyTestFailure, build, parse_query_endpoint, policy_test_failures
-from wgmesh.errors import InputError
+from wgmesh.errors import InputError, escape
 from wgmesh.lab.runtime import Lab, LabError
 from wgmesh.lab.topology import load_topology
 from wgmesh.policy import PROTOCOLS
@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except render.RenderError as exc:
+        print(f"error: {escape(str(exc))}", file=sys.stderr)
+        return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +113,7 @@ def _warn(b) -> None:
 
 def cmd_check(args) -> int:
     b = _build(args)
+    b.compiler.compile_all()  # what only a host's compile finds (output limits) fails here too
     _warn(b)
     if args.locked and b.lock.changed:
         print(f"error: {b.lock.path} is out of date (run: wgmesh lock)", file=sys.stderr)

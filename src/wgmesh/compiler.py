@@ -191,7 +191,6 @@ class Compiler:
         self._check_tags()
         self._check_unique_keys()
         self.routes, self.exits = self._approvals()
-        self._check_default_cover()
         self.user_mask = self._user_masks()
         self.relays = [n for n in self.nodes if n.relay]
         if self.relays:
@@ -236,19 +235,6 @@ class Compiler:
                                  "new key on it and pin that")
             else:
                 seen[key] = name
-
-    def _check_default_cover(self) -> None:
-        """Approved routes that together cover a whole address family are an exit node for
-        every peer, chosen by no one and outside the management-path checks."""
-        for f, whole, default in ((4, V4_MAX, "0.0.0.0/0"), (6, V6_MAX, "::/0")):
-            routers = [i for i, fams in self.routes.items() if fams[f]]
-            if merge_ranges(r for i in routers for r in self.routes[i][f]) == [(0, whole)]:
-                names = sorted(self.names[i] for i in routers)
-                self._mesh_error(names[0], "advertise_routes",
-                                 f"approved routes of {', '.join(names)} together cover "
-                                 f"{default}: that is an exit node",
-                                 "offer internet access with advertise_exit_node: true and "
-                                 "exit-node approval; nodes choose it with use_exit_node")
 
     def _check_hop_addresses(self) -> None:
         """Hop addresses are derived from mesh IPv6 addresses; two nodes must not share one,

@@ -59,8 +59,9 @@ class Lock:
             self.data = CommentedMap()
         self.original = self.dump()
         self.data.setdefault("version", 1)
-        self.data.setdefault("nodes", CommentedMap())
-        self.data.setdefault("retired", CommentedMap())
+        for section in ("nodes", "retired"):  # absent or empty (null): none yet
+            if self.data.get(section) is None:
+                self.data[section] = CommentedMap()
 
     def _validate(self, src: YamlSource) -> None:
         """Every entry as wgmesh writes it, or every problem with its place; a file that is

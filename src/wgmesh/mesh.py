@@ -436,6 +436,16 @@ def _routes(src: YamlSource, spec: Any, key: str, path: str,
     parsed = []
     reserved = [network.ipv4_pool, network.ipv6_pool, network.relay_pool,
                 *network.management_networks]
+    nets = [n for n in map(grammar.ip_network, routes) if n is not None and n.prefixlen]
+    for default in (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")):
+        if sum(n.num_addresses for n in ipaddress.collapse_addresses(
+                n for n in nets if n.version == default.version)) == default.num_addresses:
+            # Any route set that is a whole family also overlaps the mesh pool (below); say
+            # what it really is.
+            src.error(spec, key, join(path, key), f"these routes together cover {default}: "
+                      "that is an exit node", "offer internet access with advertise_exit_node:"
+                      " true and exit-node approval; nodes choose it with use_exit_node")
+            return (), False
     for i, r in enumerate(routes):
         where = (spec[key], i, f"{path}.{key}[{i}]")
         net = grammar.ip_network(r)

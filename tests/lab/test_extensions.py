@@ -13,6 +13,7 @@ from conftest import BIN, PY, REPO
 from meshlab import MeshLab, recap
 
 pytestmark = pytest.mark.lab
+RULESET = "/etc/wgmesh/nftables.nft"  # the role's default wgmesh_ruleset_path
 
 HOLD = """
 import socket, sys, time
@@ -311,20 +312,28 @@ s.sendall(b"{MARKER}"); print(s.recv(200).decode())
 
 def test_relay_forwards_only_the_pairs_policy_relates(mesh):
     """cafe1 may reach home1's WireGuard port through the relay; any other port of home1's
-    hop address is dropped by the relay, and counted."""
+    hop address is dropped by the relay, and counted. cafe1's own filter refuses to send it;
+    a compromised cafe1 (its table gone) still does not get it past the relay."""
     ruleset = mesh.run("pub1", "nft", "list", "set", "inet", "wgmesh", "relay6").stdout
     assert ruleset.count(" . udp . 51820") == 2  # cafe1 -> home1 and back, nothing else
     home1_hop = mesh.run("home1", "ip", "-6", "-o", "addr", "show", "dev", "wg0-hop").stdout
     home1_hop = home1_hop.split()[3].split("/")[0]
-    before = mesh.counter("pub1", "dropped_relay")
-    mesh.python("cafe1", f"""
+    send = f"""
 import socket
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
 for _ in range(5):
     s.sendto(b"x", ("{home1_hop}", 9999))
-""")
-    time.sleep(0.5)
-    assert mesh.counter("pub1", "dropped_relay") - before >= 5
+"""
+    refused = mesh.python("cafe1", send, check=False)
+    assert refused.returncode != 0 and "PermissionError" in refused.stderr
+    before = mesh.counter("pub1", "dropped_relay")
+    mesh.run("cafe1", "nft", "delete", "table", "inet", "wgmesh")
+    try:
+        mesh.python("cafe1", send)
+        time.sleep(0.5)
+        assert mesh.counter("pub1", "dropped_relay") - before >= 5
+    finally:
+        mesh.run("cafe1", "nft", "-f", RULESET)
 
 
 def test_a_hop_tunnel_no_longer_needed_goes_away_with_its_file(mesh):

@@ -25,6 +25,8 @@ def materialise(case, tmp: Path) -> Path:
     (tmp / "mesh.yml").write_text(edit((DATA / "base-mesh.yml").read_text(), case.get("mesh")))
     (tmp / "policy.hujson").write_text(
         edit((DATA / "base-policy.hujson").read_text(), case.get("policy")))
+    if "lock" in case:  # a lockfile as the case gives it, whole
+        (tmp / "mesh.lock.yml").write_text(case["lock"])
     return tmp
 
 
@@ -52,4 +54,7 @@ def test_invalid_input(case, tmp_path):
     assert out.stdout == ""
     assert out.stderr.splitlines() == case["errors"]
     # Nothing is written when the input is wrong.
-    assert not (tmp_path / "mesh.lock.yml").exists()
+    if "lock" in case:
+        assert (tmp_path / "mesh.lock.yml").read_text() == case["lock"]
+    else:
+        assert not (tmp_path / "mesh.lock.yml").exists()
