@@ -311,7 +311,7 @@ def _node(src: YamlSource, name: str, spec: Any, path: str, network: Network) ->
     if len(set(tags)) != len(tags):
         bad("tags", "a tag is listed twice")
     values["tags"] = tuple(sorted(set(tags)))
-    if values["owner"] is None and not tags and "owner" not in spec:
+    if spec.get("owner") is None and not tags:
         src.error(src.data["nodes"], name, path, "a node needs an owner or at least one tag",
                   "add owner: user@example.com, or tags for a server that belongs to no one")
         ok = False
@@ -340,7 +340,7 @@ def _node(src: YamlSource, name: str, spec: Any, path: str, network: Network) ->
         values["ansible_host"] = None
     key = text("public_key")
     if values["managed"]:
-        if "ansible_host" not in spec:
+        if spec.get("ansible_host") is None:
             src.error(src.data["nodes"], name, path, 'missing required key "ansible_host"',
                       "a managed node needs an address Ansible can reach; for a device "
                       "Ansible does not manage, set managed: false and its public_key")
@@ -349,7 +349,7 @@ def _node(src: YamlSource, name: str, spec: Any, path: str, network: Network) ->
             bad("public_key", "public_key is only for managed: false nodes",
                 "a managed node's key is made on the host and pinned in mesh.lock.yml")
     elif key is None:
-        if "public_key" not in spec:
+        if spec.get("public_key") is None:
             src.error(src.data["nodes"], name, path,
                       "a node with managed: false needs its public_key",
                       "add the device's WireGuard public key (the output of wg pubkey)")
@@ -375,7 +375,7 @@ def _node(src: YamlSource, name: str, spec: Any, path: str, network: Network) ->
         values["lan_address"] = grammar.ip_address(lan)
         if values["lan_address"] is None:
             bad("lan_address", f"{type_name(lan)} is not an IP address")
-        if "site" not in spec:
+        if spec.get("site") is None:
             bad("lan_address", "lan_address needs a site", "add site: <name> to this node")
     port = spec.get("listen_port")
     if port is not None:
@@ -402,7 +402,7 @@ def _node(src: YamlSource, name: str, spec: Any, path: str, network: Network) ->
         bad("approved_exit_node", "approved_exit_node needs advertise_exit_node: true")
     if values["use_exit_node"] == name:
         bad("use_exit_node", "a node cannot use itself as exit node")
-    if values["relay"] and "endpoint" not in spec:
+    if values["relay"] and spec.get("endpoint") is None:
         bad("relay", "a relay needs a public endpoint", "add endpoint: host:port")
     exp = spec.get("expires")
     if exp is not None:

@@ -195,7 +195,7 @@ def test_revoking_access_ends_open_connections_and_spares_other_flows(mesh):
     hold = mesh.start("home1", [PY, "-u", "-c", HOLD, home2, "8080"])
     assert hold.stdout.readline().strip() == "connected", hold.stderr.read()
     pings = mesh.start("home1", ["ping", "-q", "-i", "0.01", pub1])
-    policy = mesh.inventory / "revoked.hujson"
+    policy = mesh.inventory.parent / "revoked.hujson"  # not beside mesh.yml: a source
     original = (mesh.inventory / "mesh.yml").read_text()
     lab_policy = re.search(r"^policy: (.+)$", original, re.M).group(1)
     text = Path(lab_policy).read_text()

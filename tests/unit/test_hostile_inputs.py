@@ -268,3 +268,47 @@ def test_errors_print_hostile_text_on_one_line(tmp_path, capsys):
     code, err = check(tmp_path, capsys)
     assert code == 2
     assert len(err.splitlines()) == 1 and "\\n::error::forged\\r\\u2028x" in err
+
+
+def test_renderers_refuse_values_the_loaders_should_have_refused(tmp_path):
+    """Defence in depth: a value that got past the loaders still never reaches a file."""
+    import dataclasses
+
+    from wgmesh import render
+
+    b = build(golden_copy(tmp_path), run_tests=False)
+    host = b.compiler.host("web1")
+    net = b.mesh.network
+    for bad in ("db1\n[Interface]", "db1 #", 'db1"', "db1;x", "db\u00e91"):
+        peer = dataclasses.replace(host.peers[0], name=bad, public_key=fake_key("p"))
+        with pytest.raises(render.RenderError):
+            render.wg_quick(dataclasses.replace(host, peers=[peer]), net)
+    peer = dataclasses.replace(host.peers[0], public_key=KEY + "\nPostUp = id")
+    with pytest.raises(render.RenderError):
+        render.wg_quick(dataclasses.replace(host, peers=[peer]), net)
+    with pytest.raises(render.RenderError):
+        render.nftables(host, dataclasses.replace(net, interface='wg0" accept'))
+    with pytest.raises(render.RenderError):
+        render.hosts_block(dataclasses.replace(host, names=[("100.64.0.1", ("a\nb", "c"))]))
+
+
+def test_relay_addresses_must_not_collide(tmp_path, capsys):
+    golden_copy(tmp_path)
+    text = (tmp_path / "mesh.yml").read_text()
+    pin = "    site: home\n    address6: 'fd7a:115c:a1e0:1::5'\n"
+    text = text.replace("    site: home\n", pin, 1)
+    text = text.replace("  bob-laptop:\n", "  bob-laptop:\n    address6: 'fd7a:115c:a1e0::5'\n")
+    (tmp_path / "mesh.yml").write_text(text)
+    code, err = check(tmp_path, capsys)
+    assert code == 2 and "its relay address fd7a:115c:a1e1::5 is also node" in err
+
+
+def test_host_modules_redact_keys_from_command_errors():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "wgmesh_wireguard", HERE.parent / "plugins" / "modules" / "wgmesh_wireguard.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    err = f"Line unrecognized: `PrivateKey={KEY}'\nConfiguration parsing error"
+    assert KEY not in module.redact(err) and "(key redacted)" in module.redact(err)
