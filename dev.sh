@@ -26,13 +26,48 @@ install() {
     local stamp=$VENV/.wgmesh-installed
     if [[ ! -f $stamp || pyproject.toml -nt $stamp || constraints.txt -nt $stamp ]]; then
         echo "== python: creating $VENV with the pinned packages"
-        "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' \
-            || { echo "wgmesh needs Python 3.11 (ansible-core 2.19); set PYTHON=" >&2; exit 2; }
+        "$PYTHON" -c 'import sys; assert (3, 11) <= sys.version_info[:2] <= (3, 13), sys.version' \
+            || { echo "wgmesh needs Python 3.11 to 3.13 (ansible-core 2.19); set PYTHON=" >&2; exit 2; }
         [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
         "$VENV/bin/pip" install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
         touch "$stamp"
     fi
     "$VENV/bin/ansible-galaxy" install -r requirements.yml >/dev/null
+}
+
+# The other Pythons wgmesh supports (pyproject's requires-python): the test command installs
+# the pinned packages into a venv for each that the machine has, and runs the unit tests.
+OTHER_PYTHONS=(3.12 3.13)
+
+find_python() {  # a runnable interpreter of version $1 (PATH, then pyenv's versions)
+    local p
+    for p in "python$1" "$(pyenv root 2>/dev/null || echo /nonexistent)"/versions/"$1".*/bin/python; do
+        if "$p" -c "import sys; sys.exit(f'{sys.version_info[0]}.{sys.version_info[1]}' != '$1')" \
+                2>/dev/null; then
+            echo "$p"
+            return
+        fi
+    done
+}
+
+other_pythons() {
+    local v py venv
+    for v in "${OTHER_PYTHONS[@]}"; do
+        py=$(find_python "$v")
+        if [[ -z $py ]]; then
+            echo "== python $v: not on this machine, so not tested here"
+            continue
+        fi
+        venv=.venv-$v
+        echo "== python $v ($py): install the pinned packages, run the unit tests"
+        if [[ ! -f $venv/.wgmesh-installed || pyproject.toml -nt $venv/.wgmesh-installed
+              || constraints.txt -nt $venv/.wgmesh-installed ]]; then
+            [[ -x $venv/bin/python ]] || "$py" -m venv "$venv"
+            "$venv/bin/pip" install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
+            touch "$venv/.wgmesh-installed"
+        fi
+        "$venv/bin/pytest" tests/unit -q -p no:cacheprovider
+    done
 }
 
 activate() {
@@ -69,7 +104,7 @@ run_tests() {
     ((rc == 0)) || return $rc
     echo "== molecule test (default scenario on its own lab)"
     molecule test
-
+    other_pythons
 }
 
 case ${1:-} in

@@ -7,7 +7,6 @@ never disagree about what a mesh means.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,8 +209,6 @@ def parse_query_endpoint(b: Build, text: str) -> Endpoint:
     comp = b.compiler
     if text in comp.index or text in b.policy.hosts:
         return comp.endpoint_of(text)
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        raise ValueError(f'"{text}" is not a node, host alias or IP address') from None
+    if grammar.ip_address(text) is None:
+        raise ValueError(f'"{text}" is not a node, host alias or IP address')
     return comp.endpoint_of(text)

@@ -139,7 +139,7 @@ def parse_proto(value: Any) -> int | str:
 def split_hostport(text: str) -> tuple[str, str] | None:
     """'selector:ports' split on the last colon; '[v6]:ports' also accepted."""
     if text.startswith("["):
-        m = re.fullmatch(r"\[([^\]]+)\](/\d+)?:(.+)", text)
+        m = re.fullmatch(r"\[([^\]]+)\](/[0-9]+)?:(.+)", text)
         if not m:
             return None
         return m.group(1) + (m.group(2) or ""), m.group(3)
@@ -526,7 +526,7 @@ class _Validator:
             self.err(ppath, f'checkPeriod "{period}" must be a positive duration')
         else:
             secs = sum(float(n) * DURATION_UNITS[u]
-                       for n, _, u in re.findall(r"(\d+(\.\d+)?)(ns|us|µs|ms|s|m|h)", period))
+                       for n, _, u in re.findall(r"([0-9]+(\.[0-9]+)?)(ns|us|µs|ms|s|m|h)", period))
             if secs > 168 * 3600:
                 self.err(ppath, f'checkPeriod "{period}" is above the max (168h)')
 

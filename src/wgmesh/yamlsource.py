@@ -12,46 +12,77 @@ from typing import Any
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
-from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent
+from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
 
 from wgmesh import limits
 from wgmesh.errors import InputError, Problem, did_you_mean, read_text
 
 
 def load_yaml(path: Path, name: str) -> Any:
-    """Parse a YAML file round-trip (positions kept), within the limits of wgmesh.limits:
-    nesting depth and aliases are counted on the event stream before anything is built, so
-    an alias bomb or a deeply nested file costs time linear in its size."""
+    """Parse a YAML file round-trip (positions kept), within the limits of wgmesh.limits.
+
+    An alias bomb is cheap to load (its aliases are shared references) and explodes only when
+    something expands it, so the loaded tree is walked once, each container visited once, to
+    count the containers reached again through aliases and the depth; nothing deeper than the
+    parser's own recursion can be built at all.
+    """
     text = read_text(path, name, limits.MAX_FILE_BYTES)
     try:
-        depth = aliases = 0
-        for event in YAML(typ="rt").parse(text):
-            if isinstance(event, CollectionStartEvent):
-                depth += 1
-                if depth > limits.MAX_DEPTH:
-                    raise _limit(name, event, f"nested more than {limits.MAX_DEPTH} levels deep")
-            elif isinstance(event, CollectionEndEvent):
-                depth -= 1
-            elif isinstance(event, AliasEvent):
-                aliases += 1
-                if aliases > limits.MAX_ALIASES:
-                    raise _limit(name, event, f"more than {limits.MAX_ALIASES} aliases")
-        return YAML(typ="rt").load(text)
+        data = YAML(typ="rt").load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         raise InputError(
             [Problem(name, line, col, "", f"not valid YAML: {exc.problem or exc}")]) from exc
-    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+    except RecursionError as exc:
+        line, col = _too_deep_at(text)
+        raise InputError([Problem(name, line, col, "", f"nested more than {limits.MAX_DEPTH} "
+                                  "levels deep", "see the limits in docs/security.md")]) from exc
+    except (ValueError, TypeError, OverflowError) as exc:
         # The constructor's own failures (a date that does not exist, a number too long
         # to convert) come without a position.
         raise InputError([Problem(name, 0, 0, "", f"not valid YAML: {exc}")]) from exc
+    _check_shape(data, name)
+    return data
 
 
-def _limit(name: str, event: Any, message: str) -> InputError:
-    mark = event.start_mark
-    return InputError([Problem(name, mark.line + 1, mark.column + 1, "", message,
-                               "see the limits in docs/security.md")])
+def _too_deep_at(text: str) -> tuple[int, int]:
+    """Where nesting first passes the limit: the event parser does not recurse, so it can
+    read what the constructor could not build."""
+    depth = 0
+    for event in YAML(typ="rt").parse(text):
+        if isinstance(event, CollectionStartEvent):
+            depth += 1
+            if depth > limits.MAX_DEPTH:
+                return event.start_mark.line + 1, event.start_mark.column + 1
+        elif isinstance(event, CollectionEndEvent):
+            depth -= 1
+    return 0, 0
+
+
+def _check_shape(data: Any, name: str) -> None:
+    seen: set[int] = set()
+    aliases = 0
+    stack = [(data, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if not isinstance(node, dict | list):
+            continue
+        if id(node) in seen:
+            aliases += 1
+            if aliases > limits.MAX_ALIASES:
+                raise _limit(name, node, f"more than {limits.MAX_ALIASES} aliases")
+            continue
+        seen.add(id(node))
+        if depth > limits.MAX_DEPTH:
+            raise _limit(name, node, f"nested more than {limits.MAX_DEPTH} levels deep")
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children)
+
+
+def _limit(name: str, node: Any, message: str) -> InputError:
+    line, col = YamlSource.node_position(node) if node is not None else (0, 0)
+    return InputError([Problem(name, line, col, "", message, "see the limits in docs/security.md")])
 
 
 class YamlSource:

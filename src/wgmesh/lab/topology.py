@@ -15,8 +15,8 @@ from typing import Any
 from wgmesh.yamlsource import YamlSource, join, type_name
 
 # Interface names are limited to 15 bytes; fabric-side veths are "<node>.<n>".
-NODE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,11}$")
-LAB_NAME = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+NODE_NAME = re.compile(r"[a-z][a-z0-9-]{0,11}", re.ASCII)
+LAB_NAME = re.compile(r"[a-z][a-z0-9]{0,7}", re.ASCII)
 NAT_KINDS = ("endpoint-independent", "symmetric")
 RESERVED = {"fabric"}
 DEFAULT_STATE_ROOT = Path("/run/wgmesh-lab")
@@ -107,7 +107,7 @@ def load_topology(path: str | Path) -> Topology:
     if root is None:
         src.check()
     name = str(root.get("name", ""))
-    if "name" in root and not LAB_NAME.match(name):
+    if "name" in root and not LAB_NAME.fullmatch(name):
         src.error(root, "name", "name", f'lab name "{name}" is not valid',
                   "use 1-8 lower-case letters and digits, starting with a letter")
     if "plugin" in root and root["plugin"] != "wgmesh_lab":
@@ -131,7 +131,7 @@ def _names(src: YamlSource, parent: Any, key: str) -> dict[str, Any]:
         return {}
     out = {}
     for name, value in node.items():
-        if not isinstance(name, str) or not NODE_NAME.match(name) or name in RESERVED:
+        if not isinstance(name, str) or not NODE_NAME.fullmatch(name) or name in RESERVED:
             src.error(node, name, join(key, name), f'name "{name}" is not valid',
                       "use 1-12 lower-case letters, digits and dashes, starting with a letter"
                       + (f'; "{name}" is reserved' if name in RESERVED else ""))
