@@ -40,7 +40,7 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail("the mesh does not compile:\n" + "\n".join(
                 str(p) for p in exc.problems)) from exc
 
-        before = b.lock.original
+        before = b.lock.text_before
         try:
             b = pin_keys(b, keys, today)
         except InputError as exc:

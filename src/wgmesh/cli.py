@@ -16,6 +16,7 @@ from pathlib import Path
 
 from wgmesh import render
 from wgmesh.build import PolicyTestFailure, build, parse_query_endpoint, policy_test_failures
+from wgmesh.compiler import fewer_gc_passes
 from wgmesh.errors import InputError, escape
 from wgmesh.lab.runtime import Lab, LabError
 from wgmesh.lab.topology import load_topology
@@ -109,11 +110,18 @@ def _warn(b) -> None:
         print(f"warning: {w}", file=sys.stderr)
     for n in b.compiler.expired:
         print(f"warning: node {n} has expired and is left out", file=sys.stderr)
+    if b.lock.allocated:
+        print(f"warning: {len(b.lock.allocated)} node(s) have no address in {b.lock.path} yet "
+              f"({', '.join(b.lock.allocated[:5])}{', ...' if len(b.lock.allocated) > 5 else ''}"
+              "): shown with the addresses `wgmesh lock` (or a site.yml run) would pin",
+              file=sys.stderr)
 
 
 def cmd_check(args) -> int:
     b = _build(args)
-    b.compiler.compile_all()  # what only a host's compile finds (output limits) fails here too
+    with fewer_gc_passes():  # what only a host's compile finds (output limits) fails here too
+        for name in b.compiler.names:
+            b.compiler.host(name)
     _warn(b)
     if args.locked and b.lock.changed:
         print(f"error: {b.lock.path} is out of date (run: wgmesh lock)", file=sys.stderr)
@@ -143,44 +151,58 @@ def cmd_lock(args) -> int:
 
 
 def cmd_render(args) -> int:
+    """Hosts are compiled, rendered and written one at a time (plan.json too), so memory
+    holds one host's output, not the mesh's. Read-only: the lockfile is never written."""
     b = _build(args)
-    _warn(b)
     comp, net = b.compiler, b.mesh.network
     if args.host:
         if args.host not in comp.index:
             print(f'error: no node "{args.host}" in {b.mesh.path}', file=sys.stderr)
             return 2
-        hosts = {args.host: comp.host(args.host)}
+        names = [args.host]
     else:
-        hosts = comp.compile_all()
-    b.lock.save()
-    if args.json:
-        print(render.plan_json(hosts, net, comp.expired, comp.warnings), end="")
-        return 0
-    if args.out:
-        for name, h in hosts.items():
-            d = args.out / name
-            d.mkdir(parents=True, exist_ok=True)
-            (d / f"{net.interface}.conf").write_text(render.wg_quick(h, net))
-            (d / "nftables.nft").write_text(render.nftables(h, net))
-            (d / "hosts").write_text(render.hosts_block(h))
-            if h.hop:
-                (d / f"{h.hop.interface}.conf").write_text(render.hop_conf(h, net))
-        (args.out / "plan.json").write_text(render.plan_json(hosts, net, comp.expired,
-                                                             comp.warnings))
-        print(f"wrote {len(hosts)} hosts to {args.out}")
-        return 0
-    for name, h in hosts.items():
-        print(f"### {name}: /etc/wireguard/{net.interface}.conf")
-        print(render.wg_quick(h, net))
-        print(f"### {name}: nftables")
-        print(render.nftables(h, net))
-        print(f"### {name}: /etc/hosts block")
-        print(render.hosts_block(h))
-        if h.hop:
-            print(f"### {name}: /etc/wireguard/{h.hop.interface}.conf")
-            print(render.hop_conf(h, net))
+        names = [n for n in comp.names if b.mesh.nodes[n].managed]
+    with fewer_gc_passes():
+        hosts = map(comp.host, names)
+        if args.json:
+            render.write_plan(sys.stdout, hosts, net, comp.expired, comp.warnings)
+        elif args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            with open(args.out / "plan.json", "w") as plan:
+                render.write_plan(plan, map(_write_host_files(args.out, net), hosts), net,
+                                  comp.expired, comp.warnings)
+            print(f"wrote {len(names)} hosts to {args.out}")
+        else:
+            for h in hosts:
+                for title, text in _host_files(h, net):
+                    print(f"### {h.name}: {title}")
+                    print(text)
+    _warn(b)
     return 0
+
+
+def _host_files(h, net) -> list[tuple[str, str]]:
+    """(what, text) of every file a host receives, as `render` prints them."""
+    files = [(f"/etc/wireguard/{net.interface}.conf", render.wg_quick(h, net)),
+             ("nftables", render.nftables(h, net)),
+             ("/etc/hosts block", render.hosts_block(h))]
+    if h.hop:
+        files.append((f"/etc/wireguard/{h.hop.interface}.conf", render.hop_conf(h, net)))
+    return files
+
+
+def _write_host_files(out: Path, net):
+    """A function that writes one host's files under ``out`` and passes the host on."""
+    def write(h):
+        d = out / h.name
+        d.mkdir(exist_ok=True)
+        (d / f"{net.interface}.conf").write_text(render.wg_quick(h, net))
+        (d / "nftables.nft").write_text(render.nftables(h, net))
+        (d / "hosts").write_text(render.hosts_block(h))
+        if h.hop:
+            (d / f"{h.hop.interface}.conf").write_text(render.hop_conf(h, net))
+        return h
+    return write
 
 
 def cmd_eval(args) -> int:

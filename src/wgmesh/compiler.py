@@ -201,6 +201,7 @@ class Compiler:
                 self.exit_users[n.use_exit_node] |= 1 << i
         self._set_cache: dict[str, dict[tuple, dict[str, list[Box]]]] = {}
         self._peer_cache: dict[tuple, Peer] = {}
+        self._dead_pairs: set[tuple[str, str]] = set()
         self.pools = {4: [net_range(self.net.ipv4_pool)], 6: [net_range(self.net.ipv6_pool)]}
         self.all_routes = {f: merge_ranges(r for rs in self.routes.values() for r in rs[f])
                            for f in FAMILIES}
@@ -611,6 +612,9 @@ class Compiler:
             peer = self._peer_cache.get(key)
             if peer is None:
                 peer = self._peer_cache[key] = self._make_peer(h, p, routes, p == exit_idx)
+            if peer.connection == "none":
+                self._unreachable(name, peer.name)
+                continue
             out_peers.append(peer)
         visible = [name, *(p.name for p in out_peers)]
         names = [self._name_entry(n, 4) for n in visible] + [self._name_entry(n, 6)
@@ -627,6 +631,17 @@ class Compiler:
                           is_exit, bool(routes) or is_exit or bool(clients), names, mtu, hop,
                           snat=is_exit or (bool(routes) and node.route_snat),
                           uses_exit_node=node.use_exit_node if exit_idx is not None else None)
+
+    def _unreachable(self, a: str, b: str) -> None:
+        """A pair policy relates that can never connect: no peer entry, one warning."""
+        pair = (a, b) if a < b else (b, a)
+        if pair not in self._dead_pairs:
+            self._dead_pairs.add(pair)
+            self.warnings.append(
+                f"{pair[0]} and {pair[1]} may talk by policy but can never connect (both are "
+                "behind NAT and no relay can carry them), so neither lists the other as a "
+                "peer: add a node with relay: true and a public endpoint, give one of them an "
+                "endpoint, or put both on one site with a lan_address")
 
     def hop_address(self, name: str) -> ipaddress.IPv6Address:
         """A node's address inside hop tunnels: the relay pool plus its mesh IPv6 host part."""

@@ -57,7 +57,13 @@ class Lock:
             self._validate(src)
         else:
             self.data = CommentedMap()
-        self.original = self.dump()
+        # The file as it was, for diffs; whether allocate() or pin_key() changed anything is
+        # tracked as they do it (dumping the whole file to compare costs seconds at 5,000).
+        self.text_before = path.read_text(encoding="utf-8") if path.exists() else ""
+        self.dirty = False
+        # Nodes given addresses by allocate() that the file does not hold yet (read-only
+        # commands use them in memory; `wgmesh lock` and site.yml write them).
+        self.allocated: list[str] = []
         self.data.setdefault("version", 1)
         for section in ("nodes", "retired"):  # absent or empty (null): none yet
             if self.data.get(section) is None:
@@ -119,13 +125,13 @@ class Lock:
 
     @property
     def changed(self) -> bool:
-        return self.dump() != self.original
+        return self.dirty
 
     def save(self) -> bool:
         """Write atomically if the content changed; True if it was written."""
-        text = self.dump()
-        if text == self.original:
+        if not self.dirty:
             return False
+        text = self.dump()
         fd, tmp = tempfile.mkstemp(prefix=".mesh.lock.", dir=self.path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -137,7 +143,7 @@ class Lock:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        self.original = text
+        self.text_before, self.dirty = text, False
         return True
 
     def allocate(self, mesh: Mesh) -> dict[str, Allocation]:
@@ -164,6 +170,7 @@ class Lock:
                 owner4[ipaddress.IPv4Address(self.nodes[name]["ipv4"])] = f"removed node {name}"
                 owner6[ipaddress.IPv6Address(self.nodes[name]["ipv6"])] = f"removed node {name}"
                 del self.nodes[name]
+                self.dirty = True
 
         want: dict[str, dict[str, object]] = {}
         for name, node in mesh.nodes.items():
@@ -202,23 +209,30 @@ class Lock:
                         continue
                     owners[addr] = f"node {name}"
                     want[name][fam] = addr
+                    if fam == "ipv4":
+                        self.allocated.append(name)
         if problems:
             raise InputError(problems)
 
         out: dict[str, Allocation] = {}
-        for name, node in mesh.nodes.items():
+        for name in sorted(mesh.nodes):  # in name order, new entries append (no search)
+            node = mesh.nodes[name]
             entry = self.nodes.get(name)
             if entry is None:
                 entry = CommentedMap()
                 _insert_sorted(self.nodes, name, entry)
-            self.retired.pop(name, None)
-            entry["ipv4"] = str(want[name]["ipv4"])
-            entry["ipv6"] = str(want[name]["ipv6"])
-            key = node.public_key or entry.get("public_key")
+            if self.retired.pop(name, None) is not None:
+                self.dirty = True
+            values = {"ipv4": str(want[name]["ipv4"]), "ipv6": str(want[name]["ipv6"])}
             if not node.managed and node.public_key:
-                entry["public_key"] = node.public_key
+                values["public_key"] = node.public_key
+            for k, v in values.items():
+                if entry.get(k) != v:
+                    entry[k] = v
+                    self.dirty = True
+            key = node.public_key or entry.get("public_key")
             out[name] = Allocation(want[name]["ipv4"], want[name]["ipv6"], key)
-        return out
+        return {name: out[name] for name in mesh.nodes}
 
     def pin_key(self, node: str, public_key: str) -> str | None:
         """Record a host's key on first sight; returns the pinned key if it differs."""
@@ -231,6 +245,7 @@ class Lock:
         pinned = entry.get("public_key")
         if pinned is None:
             entry["public_key"] = public_key
+            self.dirty = True
             return None
         return None if pinned == public_key else pinned
 
@@ -250,5 +265,8 @@ def _free(pool, taken):
 
 def _insert_sorted(m: CommentedMap, key: str, value) -> None:
     """Add a new entry in name order without disturbing existing entries or comments."""
+    if not m or key > next(reversed(m)):
+        m[key] = value  # after the last: the common case, and no search
+        return
     pos = sum(1 for k in m if k < key)
     m.insert(pos, key, value)

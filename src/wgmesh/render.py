@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import io
 import ipaddress
 import json
 import re
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TextIO
 
 from wgmesh import grammar
 from wgmesh.compiler import HostOutput, Peer
@@ -379,17 +381,33 @@ def host_json(host: HostOutput, net: Network) -> dict[str, Any]:
     }
 
 
+def write_plan(out: TextIO, hosts: Iterable[HostOutput], net: Network, expired: list[str],
+               warnings: list[str]) -> None:
+    """The JSON plan, written host by host as ``hosts`` yields them, so memory holds one
+    host's part at a time. The text is what ``json.dumps(plan, indent=2)`` would give.
+    ``warnings`` is read after the last host: compiling hosts may add to it."""
+    out.write("{\n" + _json_field("network", {
+        "interface": net.interface, "listen_port": net.listen_port,
+        "ipv4_pool": str(net.ipv4_pool), "ipv6_pool": str(net.ipv6_pool),
+        "domain": net.domain, "mtu": net.mtu, "keepalive": net.keepalive,
+        "management_networks": [str(n) for n in net.management_networks],
+    }, 1) + ",\n  \"hosts\": {")
+    empty = True
+    for h in hosts:
+        out.write(("\n" if empty else ",\n") + _json_field(h.name, host_json(h, net), 2))
+        empty = False
+    out.write("}" if empty else "\n  }")
+    out.write(",\n" + _json_field("expired", expired, 1) + ",\n"
+              + _json_field("warnings", warnings, 1) + "\n}\n")
+
+
+def _json_field(key: str, value: Any, depth: int) -> str:
+    pad = "  " * depth
+    return f"{pad}{json.dumps(key)}: " + json.dumps(value, indent=2).replace("\n", "\n" + pad)
+
+
 def plan_json(hosts: dict[str, HostOutput], net: Network, expired: list[str],
               warnings: list[str]) -> str:
-    doc = {
-        "network": {
-            "interface": net.interface, "listen_port": net.listen_port,
-            "ipv4_pool": str(net.ipv4_pool), "ipv6_pool": str(net.ipv6_pool),
-            "domain": net.domain, "mtu": net.mtu, "keepalive": net.keepalive,
-            "management_networks": [str(n) for n in net.management_networks],
-        },
-        "hosts": {n: host_json(h, net) for n, h in sorted(hosts.items())},
-        "expired": expired,
-        "warnings": warnings,
-    }
-    return json.dumps(doc, indent=2, sort_keys=False) + "\n"
+    buf = io.StringIO()
+    write_plan(buf, (h for _, h in sorted(hosts.items())), net, expired, warnings)
+    return buf.getvalue()

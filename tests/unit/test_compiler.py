@@ -1,6 +1,9 @@
 """Compiler semantics: identities, defaults, routes, exit nodes, connection types, output."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from meshkit import allowed, make, peers
@@ -12,12 +15,16 @@ TAGS = {"tag:web": ["group:eng"], "tag:db": [], "tag:router": [], "tag:exit": []
 BASE = {"groups": {"group:eng": ["alice@example.com"]}, "tagOwners": TAGS}
 
 
+WGMESH = str(Path(sys.executable).parent / "wgmesh")
+
+
 def pol(**kw):
     return {**BASE, **kw}
 
 
 def test_no_rules_key_allows_everything_and_an_empty_list_denies_everything(tmp_path):
-    nodes = {"a": {"owner": "alice@example.com"}, "b": {"owner": "bob@example.com"}}
+    nodes = {"a": {"owner": "alice@example.com"},
+             "b": {"owner": "bob@example.com", "endpoint": "192.0.2.2:51820"}}
     (tmp_path / "x").mkdir()
     b = make(tmp_path / "x", nodes, pol())
     assert allowed(b, "a", "b", port=1234) and allowed(b, "b", "a", "udp", 53)
@@ -32,7 +39,7 @@ def test_no_rules_key_allows_everything_and_an_empty_list_denies_everything(tmp_
 def test_tags_replace_the_owner_identity(tmp_path):
     nodes = {"laptop": {"owner": "alice@example.com"},
              "server": {"owner": "alice@example.com", "tags": ["tag:web"]},
-             "db": {"tags": ["tag:db"]}}
+             "db": {"tags": ["tag:db"], "endpoint": "192.0.2.3:51820"}}
     b = make(tmp_path, nodes, pol(acls=[
         {"action": "accept", "src": ["alice@example.com"], "dst": ["tag:db:5432"]}]))
     assert allowed(b, "laptop", "db", port=5432)
@@ -46,7 +53,8 @@ def test_owner_must_be_a_tag_owner(tmp_path):
 
 
 def test_autogroup_self_reaches_only_the_users_own_untagged_devices(tmp_path):
-    nodes = {"a1": {"owner": "alice@example.com"}, "a2": {"owner": "alice@example.com"},
+    nodes = {"a1": {"owner": "alice@example.com"},
+             "a2": {"owner": "alice@example.com", "endpoint": "192.0.2.2:51820"},
              "a3": {"owner": "alice@example.com", "tags": ["tag:web"]},
              "b1": {"owner": "bob@example.com"}, "b2": {"owner": "bob@example.com"}}
     b = make(tmp_path, nodes, pol(acls=[
@@ -106,9 +114,20 @@ def test_connection_types_endpoints_and_keepalive(tmp_path):
     assert pub["cafe"].keepalive is None
 
 
-def test_no_relay_means_no_connection(tmp_path):
-    b = make(tmp_path, {"x": {"tags": ["tag:db"]}, "y": {"tags": ["tag:db"]}}, pol())
-    assert b.compiler.host("x").peers[0].connection == "none"
+def test_no_relay_means_no_connection_and_no_peer_entry(tmp_path):
+    """Two nodes behind NAT with no relay can never connect: no dead [Peer] entry on either
+    side, and one warning that names the pair and the fixes."""
+    b = make(tmp_path, {"x": {"tags": ["tag:db"]}, "y": {"tags": ["tag:db"]},
+                        "z": {"tags": ["tag:db"], "endpoint": "192.0.2.3:51820"}}, pol())
+    assert [p.name for p in b.compiler.host("z").peers] == ["x", "y"]
+    assert [p.name for p in b.compiler.host("x").peers] == ["z"]
+    assert "y" not in [p.name for p in b.compiler.host("x").peers]
+    warnings = [w for w in b.compiler.warnings if "can never connect" in w]
+    assert len(warnings) == 1 and warnings[0].startswith("x and y may talk by policy")
+    assert "relay: true" in warnings[0]
+    out = subprocess.run([WGMESH, "check", "-i", str(tmp_path), "--today", "2026-01-01"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "warning: x and y may talk by policy" in out.stderr
 
 
 ROUTER = {"tags": ["tag:router"], "endpoint": "192.0.2.13:51820",
@@ -198,8 +217,8 @@ def test_expired_nodes_are_left_out(tmp_path):
 
 
 def test_output_is_deterministic_and_holds_no_private_key(tmp_path):
-    nodes = {f"n{i}": {"owner": "alice@example.com" if i % 2 else "bob@example.com"}
-             for i in range(6)}
+    nodes = {f"n{i}": {"owner": "alice@example.com" if i % 2 else "bob@example.com",
+                       "endpoint": f"192.0.2.{i + 1}:51820"} for i in range(6)}
     b1 = make(tmp_path, nodes, pol())
     first = {n: render.wg_quick(h, b1.mesh.network) + render.nftables(h, b1.mesh.network)
              for n, h in b1.compiler.compile_all().items()}

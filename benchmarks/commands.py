@@ -1,0 +1,74 @@
+"""The `wgmesh` commands as users run them (a fresh process each), with wall time and peak
+memory, beside the in-process compile figures of benchmarks/compile.py.
+
+    .venv/bin/python benchmarks/commands.py [--sizes 100,1000,5000]
+
+The mesh and policy are compile.py's (50 tags, 200 rules, 20 groups of 10 users), pinned
+once with `wgmesh lock`. Each command is timed by /usr/bin/time (%e wall, %M peak RSS).
+Targets on a 2-core machine: `render --all --out` at 1,000 nodes under 5 s and 500 MiB,
+at 5,000 nodes under 1.5 GiB; `render --host` at 5,000 nodes under 1 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from compile import write_inputs  # noqa: E402 - the sibling benchmark's generator
+
+WGMESH = str(Path(sys.executable).parent / "wgmesh")
+
+
+def timed(argv: list[str], stdin: str | None = None) -> tuple[float, float]:
+    """(wall seconds, peak MiB) of one command; its output is discarded."""
+    out = subprocess.run(["/usr/bin/time", "-f", "%e %M", *argv], input=stdin, text=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = out.stderr.strip().splitlines()[-1]
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{out.stderr[-2000:]}")
+    wall, rss_kib = last.split()
+    return float(wall), int(rss_kib) / 1024
+
+
+def commands(d: Path, host: str) -> list[tuple[str, list[str], str | None]]:
+    query = json.dumps({"src": host, "dst": host.replace("1", "2", 1), "proto": "tcp",
+                        "port": 22}) + "\n"
+    return [
+        ("check", [WGMESH, "check", "-i", str(d)], None),
+        ("render --host", [WGMESH, "render", "-i", str(d), "--host", host], None),
+        ("eval (one query)", [WGMESH, "eval", "-i", str(d)], query),
+        ("render --all (stdout)", [WGMESH, "render", "-i", str(d), "--all"], None),
+        ("render --all --out", [WGMESH, "render", "-i", str(d), "--all", "--out",
+                                str(d / "out")], None),
+    ]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100,1000,5000")
+    args = parser.parse_args()
+    sizes = [int(x) for x in args.sizes.split(",")]
+    print(f"{'nodes':>6}  {'command':<22} {'wall':>8} {'peak':>10}")
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            d = Path(tmp)
+            write_inputs(d, n)
+            wall, peak = timed([WGMESH, "lock", "-i", str(d)])
+            print(f"{n:>6}  {'lock (first pin)':<22} {wall:>7.2f}s {peak:>6.0f} MiB")
+            for name, argv, stdin in commands(d, f"node{n // 2:05d}"):
+                wall, peak = timed(argv, stdin)
+                print(f"{n:>6}  {name:<22} {wall:>7.2f}s {peak:>6.0f} MiB", flush=True)
+    print("\nIn one process (benchmarks/compile.py, one round):", flush=True)
+    subprocess.run([sys.executable, str(HERE / "compile.py"), "--sizes", args.sizes,
+                    "--rounds", "1"], check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
