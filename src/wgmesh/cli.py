@@ -165,12 +165,12 @@ def cmd_render(args) -> int:
     with fewer_gc_passes():
         hosts = map(comp.host, names)
         if args.json:
-            render.write_plan(sys.stdout, hosts, net, comp.expired, comp.warnings)
+            render.write_plan(sys.stdout, hosts, net, comp.expired, lambda: comp.warnings)
         elif args.out:
             args.out.mkdir(parents=True, exist_ok=True)
             with open(args.out / "plan.json", "w") as plan:
                 render.write_plan(plan, map(_write_host_files(args.out, net), hosts), net,
-                                  comp.expired, comp.warnings)
+                                  comp.expired, lambda: comp.warnings)
             print(f"wrote {len(names)} hosts to {args.out}")
         else:
             for h in hosts:

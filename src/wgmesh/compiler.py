@@ -185,7 +185,7 @@ class Compiler:
         self.by_addr.update({(6, a): i for i, a in enumerate(self.addr[6])})
         self.all_mask = (1 << len(self.names)) - 1
         self.problems: list[Problem] = []
-        self.warnings: list[str] = []
+        self._warnings: list[str] = []
         self._mask_cache: dict[str, dict[int, int]] = {}
         self._range_cache: dict[int, tuple[list, list]] = {}
         self._check_tags()
@@ -301,7 +301,7 @@ class Compiler:
                         approved.add(route)
             for route in node.advertise_routes:
                 if route not in approved:
-                    self.warnings.append(f"{node.name}: advertised route {route} is not "
+                    self._warnings.append(f"{node.name}: advertised route {route} is not "
                                          "approved and is not used")
             if approved:
                 routes[i] = {f: merge_ranges(net_range(r) for r in approved if r.version == f)
@@ -311,7 +311,7 @@ class Compiler:
                                                   for a in self.policy.auto_exit):
                     exits.add(i)
                 else:
-                    self.warnings.append(f"{node.name}: exit node is not approved and is not "
+                    self._warnings.append(f"{node.name}: exit node is not approved and is not "
                                          "used")
         seen: list[tuple[int, int, tuple[int, int]]] = []
         self.backup_routes: dict[int, dict[int, list[tuple[int, int]]]] = {}
@@ -494,11 +494,11 @@ class Compiler:
             # either stops the node using the exit node, with a warning, not a failed run.
             elif self.index[target] not in self.exits:
                 self.exit_blocked.add(i)
-                self.warnings.append(f'{node.name}: exit node "{target}" is not approved; '
+                self._warnings.append(f'{node.name}: exit node "{target}" is not approved; '
                                      "its internet traffic stays local")
             elif not self._internet_allowed(i):
                 self.exit_blocked.add(i)
-                self.warnings.append(f"{node.name}: policy does not grant it "
+                self._warnings.append(f"{node.name}: policy does not grant it "
                                      f'autogroup:internet, so it does not use exit node "{target}"')
 
     # Per host ------------------------------------------------------------------------
@@ -633,15 +633,22 @@ class Compiler:
                           uses_exit_node=node.use_exit_node if exit_idx is not None else None)
 
     def _unreachable(self, a: str, b: str) -> None:
-        """A pair policy relates that can never connect: no peer entry, one warning."""
-        pair = (a, b) if a < b else (b, a)
-        if pair not in self._dead_pairs:
-            self._dead_pairs.add(pair)
-            self.warnings.append(
-                f"{pair[0]} and {pair[1]} may talk by policy but can never connect (both are "
-                "behind NAT and no relay can carry them), so neither lists the other as a "
-                "peer: add a node with relay: true and a public endpoint, give one of them an "
-                "endpoint, or put both on one site with a lan_address")
+        """A pair policy relates that can never connect gets no peer entry (warned once)."""
+        self._dead_pairs.add((a, b) if a < b else (b, a))
+
+    @property
+    def warnings(self) -> list[str]:
+        """Warnings so far; compiling hosts adds the pairs that can never connect."""
+        if not self._dead_pairs:
+            return list(self._warnings)
+        pairs = sorted(self._dead_pairs)
+        shown = ", ".join(f"{a} and {b}" for a, b in pairs[:10])
+        more = f" and {len(pairs) - 10} more" if len(pairs) > 10 else ""
+        return [*self._warnings,
+                f"{len(pairs)} pair(s) may talk by policy but can never connect (both behind "
+                f"NAT, no relay can carry them), so they get no peer entry: {shown}{more} (add "
+                "a node with relay: true and a public endpoint, give one of each pair an "
+                "endpoint, or put both on one site with a lan_address)"]
 
     def hop_address(self, name: str) -> ipaddress.IPv6Address:
         """A node's address inside hop tunnels: the relay pool plus its mesh IPv6 host part."""

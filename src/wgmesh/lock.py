@@ -52,9 +52,11 @@ class Lock:
         self.name = str(path)
         self.data: CommentedMap
         if path.exists():
-            src = YamlSource(path)
-            self.data = src.data if src.data is not None else CommentedMap()
-            self._validate(src)
+            # Read fast; a file with problems is read again for their positions.
+            try:
+                self._load(YamlSource(path, fast=True))
+            except InputError:
+                self._load(YamlSource(path))
         else:
             self.data = CommentedMap()
         # The file as it was, for diffs; whether allocate() or pin_key() changed anything is
@@ -68,6 +70,10 @@ class Lock:
         for section in ("nodes", "retired"):  # absent or empty (null): none yet
             if self.data.get(section) is None:
                 self.data[section] = CommentedMap()
+
+    def _load(self, src: YamlSource) -> None:
+        self.data = src.data if src.data is not None else CommentedMap()
+        self._validate(src)
 
     def _validate(self, src: YamlSource) -> None:
         """Every entry as wgmesh writes it, or every problem with its place; a file that is
@@ -128,9 +134,15 @@ class Lock:
         return self.dirty
 
     def save(self) -> bool:
-        """Write atomically if the content changed; True if it was written."""
+        """Write atomically if the content changed; True if it was written. The file is
+        written round-trip: what was read fast is carried onto a copy that keeps comments."""
         if not self.dirty:
             return False
+        if not isinstance(self.data, CommentedMap):
+            rt = YamlSource(self.path).data if self.path.exists() else None
+            rt = rt if isinstance(rt, CommentedMap) else CommentedMap()
+            _sync(rt, self.data)
+            self.data = rt
         text = self.dump()
         fd, tmp = tempfile.mkstemp(prefix=".mesh.lock.", dir=self.path.parent)
         try:
@@ -263,10 +275,28 @@ def _free(pool, taken):
         i += 1
 
 
+def _sync(rt: CommentedMap, want: dict, depth: int = 0) -> None:
+    """Make a round-trip map equal to ``want``, keeping what did not change (and its
+    comments). New entries of the node sections (depth 1) go in name order, other new keys
+    after the rest."""
+    for key in [k for k in rt if k not in want]:
+        del rt[key]
+    for key, value in want.items():
+        if isinstance(value, dict):
+            if not isinstance(rt.get(key), CommentedMap):
+                if depth == 1:
+                    _insert_sorted(rt, key, CommentedMap())
+                else:
+                    rt[key] = CommentedMap()
+            _sync(rt[key], value, depth + 1)
+        elif key not in rt or rt[key] != value:
+            rt[key] = value
+
+
 def _insert_sorted(m: CommentedMap, key: str, value) -> None:
     """Add a new entry in name order without disturbing existing entries or comments."""
-    if not m or key > next(reversed(m)):
-        m[key] = value  # after the last: the common case, and no search
+    if not m or key > next(reversed(m)) or not isinstance(m, CommentedMap):
+        m[key] = value  # after the last (the common case), or where order is not kept
         return
     pos = sum(1 for k in m if k < key)
     m.insert(pos, key, value)

@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ruamel.yaml.comments import CommentedMap
+
 from wgmesh import grammar, limits
+from wgmesh.errors import InputError
 from wgmesh.grammar import IPAddr, IPNet
 from wgmesh.yamlsource import YamlSource, join, type_name
 
@@ -105,7 +108,10 @@ class Mesh:
     lock_path: Path = field(default=Path("mesh.lock.yml"))
 
     def where(self, node: str, key: str | None = None) -> tuple[int, int]:
-        """Position of a node (or one of its keys) in mesh.yml, for errors."""
+        """Position of a node (or one of its keys) in mesh.yml, for errors (read again with
+        positions the first time an error needs one)."""
+        if not isinstance(self.source.data, CommentedMap):
+            self.source = YamlSource(self.path)
         nodes = self.source.data.get("nodes")
         if key is None:
             return YamlSource.position(nodes, node)
@@ -118,9 +124,17 @@ def resolve_path(path: str | Path) -> Path:
 
 
 def load_mesh(path: str | Path) -> Mesh:
-    """Load and check mesh.yml on its own (cross-checks with the policy come later)."""
+    """Load and check mesh.yml on its own (cross-checks with the policy come later).
+
+    Read fast first; a file with problems is read again with positions for every problem."""
     path = resolve_path(path)
-    src = YamlSource(path)
+    try:
+        return _load_mesh(path, YamlSource(path, fast=True))
+    except InputError:
+        return _load_mesh(path, YamlSource(path))
+
+
+def _load_mesh(path: Path, src: YamlSource) -> Mesh:
     root = src.mapping(src.data, None, "",
                        allowed={"plugin", "policy", "lockfile", "network", "nodes"},
                        required={"nodes"})

@@ -7,7 +7,7 @@ import io
 import ipaddress
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from wgmesh import grammar
@@ -382,10 +382,10 @@ def host_json(host: HostOutput, net: Network) -> dict[str, Any]:
 
 
 def write_plan(out: TextIO, hosts: Iterable[HostOutput], net: Network, expired: list[str],
-               warnings: list[str]) -> None:
+               warnings: Callable[[], list[str]]) -> None:
     """The JSON plan, written host by host as ``hosts`` yields them, so memory holds one
     host's part at a time. The text is what ``json.dumps(plan, indent=2)`` would give.
-    ``warnings`` is read after the last host: compiling hosts may add to it."""
+    ``warnings`` is called after the last host: compiling hosts may add to them."""
     out.write("{\n" + _json_field("network", {
         "interface": net.interface, "listen_port": net.listen_port,
         "ipv4_pool": str(net.ipv4_pool), "ipv6_pool": str(net.ipv6_pool),
@@ -398,7 +398,7 @@ def write_plan(out: TextIO, hosts: Iterable[HostOutput], net: Network, expired: 
         empty = False
     out.write("}" if empty else "\n  }")
     out.write(",\n" + _json_field("expired", expired, 1) + ",\n"
-              + _json_field("warnings", warnings, 1) + "\n}\n")
+              + _json_field("warnings", warnings(), 1) + "\n}\n")
 
 
 def _json_field(key: str, value: Any, depth: int) -> str:
@@ -409,5 +409,5 @@ def _json_field(key: str, value: Any, depth: int) -> str:
 def plan_json(hosts: dict[str, HostOutput], net: Network, expired: list[str],
               warnings: list[str]) -> str:
     buf = io.StringIO()
-    write_plan(buf, (h for _, h in sorted(hosts.items())), net, expired, warnings)
+    write_plan(buf, (h for _, h in sorted(hosts.items())), net, expired, lambda: warnings)
     return buf.getvalue()

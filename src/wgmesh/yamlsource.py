@@ -6,9 +6,11 @@ what lets an error point at the exact place in a pull request.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
@@ -42,6 +44,68 @@ def load_yaml(path: Path, name: str) -> Any:
         # The constructor's own failures (a date that does not exist, a number too long
         # to convert) come without a position.
         raise InputError([Problem(name, 0, 0, "", f"not valid YAML: {exc}")]) from exc
+    _check_shape(data, name)
+    return data
+
+
+class _FastLoader(yaml.CSafeLoader):
+    """libyaml with the scalar types of ruamel's round-trip loader (YAML 1.2 booleans, ints
+    and floats, plus timestamps), and duplicate keys refused, so both read a file alike."""
+
+    yaml_implicit_resolvers: ClassVar[dict] = {}
+
+    def construct_mapping(self, node, deep=False):
+        keys = [k.value for k, _ in node.value if isinstance(k, yaml.ScalarNode)
+                and k.tag != "tag:yaml.org,2002:merge"]
+        if len(keys) != len(set(keys)):
+            raise yaml.constructor.ConstructorError(None, None, "duplicate key",
+                                                    node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def _resolver(tag: str, pattern: str, first: str) -> None:
+    _FastLoader.add_implicit_resolver(tag, re.compile(pattern, re.X), list(first))
+
+
+_resolver("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF")
+_resolver("tag:yaml.org,2002:int", r"^[-+]?(?:0b[01_]+|0o[0-7_]+|0x[0-9a-fA-F_]+|[0-9][0-9_]*)$",
+          "-+0123456789")
+_resolver("tag:yaml.org,2002:float", r"""^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)
+          (?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", "-+0123456789.")
+_resolver("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", ["~", "n", "N", ""])
+_resolver("tag:yaml.org,2002:timestamp", r"""^(?:[0-9]{4}-[0-9]{2}-[0-9]{2}
+          |[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}(?:[Tt]|[ \t]+)[0-9]{1,2}:[0-9]{2}:[0-9]{2}
+          (?:\.[0-9]*)?(?:[ \t]*(?:Z|[-+][0-9]{1,2}(?::[0-9]{2})?))?)$""", "0123456789")
+_FastLoader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), ["<"])
+
+
+def _int(loader, node) -> int:
+    text = loader.construct_scalar(node).replace("_", "")
+    sign = -1 if text.startswith("-") else 1
+    text = text.lstrip("+-")
+    base = {"0b": 2, "0o": 8, "0x": 16}.get(text[:2], 10)
+    return sign * int(text[2:] if base != 10 else text, base)
+
+
+_FastLoader.add_constructor("tag:yaml.org,2002:int", _int)
+_FastLoader.add_constructor("tag:yaml.org,2002:bool",
+                            lambda loader, node: loader.construct_scalar(node).lower() == "true")
+def _float(loader, node) -> float:
+    text = loader.construct_scalar(node).replace("_", "").lower()
+    return float(text.replace(".inf", "inf").replace(".nan", "nan"))
+
+
+_FastLoader.add_constructor("tag:yaml.org,2002:float", _float)
+
+
+def load_yaml_fast(path: Path, name: str) -> Any:
+    """The fast read path: libyaml, the same limits. Anything it cannot read cleanly is read
+    again by ``load_yaml``, whose errors carry ruamel's words and positions."""
+    text = read_text(path, name, limits.MAX_FILE_BYTES)
+    try:
+        data = yaml.load(text, Loader=_FastLoader)
+    except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError):
+        return load_yaml(path, name)
     _check_shape(data, name)
     return data
 
@@ -86,13 +150,18 @@ def _limit(name: str, node: Any, message: str) -> InputError:
 
 
 class YamlSource:
-    """One YAML file being validated; collects problems instead of stopping at the first."""
+    """One YAML file being validated; collects problems instead of stopping at the first.
 
-    def __init__(self, path: str | Path, display: str | None = None):
+    With ``fast``, the file is read by libyaml (positions are not kept, so problems are
+    reported without them): callers that find a problem load it again without ``fast``.
+    """
+
+    def __init__(self, path: str | Path, display: str | None = None, *, fast: bool = False):
         self.path = Path(path)
         self.name = display or str(path)
         self.problems: list[Problem] = []
-        self.data = load_yaml(self.path, self.name)
+        self.data = load_yaml_fast(self.path, self.name) if fast else load_yaml(self.path,
+                                                                                 self.name)
 
     @staticmethod
     def position(parent: Any, key: Any) -> tuple[int, int]:

@@ -123,11 +123,12 @@ def test_no_relay_means_no_connection_and_no_peer_entry(tmp_path):
     assert [p.name for p in b.compiler.host("x").peers] == ["z"]
     assert "y" not in [p.name for p in b.compiler.host("x").peers]
     warnings = [w for w in b.compiler.warnings if "can never connect" in w]
-    assert len(warnings) == 1 and warnings[0].startswith("x and y may talk by policy")
-    assert "relay: true" in warnings[0]
+    assert len(warnings) == 1 and warnings[0].startswith("1 pair(s) may talk by policy")
+    assert "no peer entry: x and y (add a node with relay: true" in warnings[0]
     out = subprocess.run([WGMESH, "check", "-i", str(tmp_path), "--today", "2026-01-01"],
                          capture_output=True, text=True)
-    assert out.returncode == 0 and "warning: x and y may talk by policy" in out.stderr
+    assert out.returncode == 0
+    assert "warning: 1 pair(s) may talk by policy but can never connect" in out.stderr
 
 
 ROUTER = {"tags": ["tag:router"], "endpoint": "192.0.2.13:51820",

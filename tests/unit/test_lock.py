@@ -1,5 +1,7 @@
 """mesh.lock.yml: stable, never reused, round-trip, atomic."""
 
+import re
+
 import pytest
 from meshkit import fake_key, make
 
@@ -70,3 +72,18 @@ def test_key_pinning(tmp_path):
     assert b.lock.pin_key("a", k1) is None
     assert b.lock.pin_key("a", k1) is None
     assert b.lock.pin_key("a", k2) == k1
+
+
+def test_a_lockfile_read_fast_is_written_round_trip(tmp_path):
+    """Read-only commands read the lockfile with libyaml; a run that pins keys or adds
+    nodes writes it through ruamel, keeping comments and name order."""
+    make(tmp_path, {"b": {"tags": ["tag:srv"]}, "d": {"tags": ["tag:srv"]}}, POLICY)
+    lock = tmp_path / "mesh.lock.yml"
+    lock.write_text(lock.read_text().replace("ipv4: 100.64.0.2\n", "ipv4: 100.64.0.2  # db\n"))
+    b = make(tmp_path, {"a": {"tags": ["tag:srv"]}, "b": {"tags": ["tag:srv"]},
+                        "c": {"tags": ["tag:srv"]}, "d": {"tags": ["tag:srv"]}}, POLICY)
+    text = lock.read_text()
+    assert "  d:\n    ipv4: 100.64.0.2  # db\n" in text
+    assert [m for m in re.findall(r"^  ([a-d]):$", text, re.M)] == ["a", "b", "c", "d"]
+    assert all(b.lock.nodes[n]["public_key"] == fake_key(n) for n in "abcd")
+    assert build(tmp_path).lock.changed is False  # read back: nothing to write
