@@ -17,9 +17,7 @@ from pathlib import Path
 from wgmesh import render
 from wgmesh.build import PolicyTestFailure, build, parse_query_endpoint, policy_test_failures
 from wgmesh.compiler import fewer_gc_passes
-from wgmesh.errors import InputError, escape
-from wgmesh.lab.runtime import Lab, LabError
-from wgmesh.lab.topology import load_topology
+from wgmesh.errors import InputError, LabError, escape
 from wgmesh.policy import PROTOCOLS
 
 DEFAULT_LAB = "inventories/lab"
@@ -247,7 +245,10 @@ def _topology_arg(p: argparse.ArgumentParser) -> None:
                    help="lab inventory directory or its topology.yml (default: %(default)s)")
 
 
-def _lab(args) -> Lab:
+def _lab(args):
+    from wgmesh.lab.runtime import Lab  # only the lab commands need it
+    from wgmesh.lab.topology import load_topology
+
     return Lab(load_topology(args.inventory))
 
 
@@ -274,7 +275,7 @@ def cmd_lab_status(args) -> int:
     return 0 if all(r.state.startswith("up") for r in rows) else 1
 
 
-def _print_status(lab: Lab):
+def _print_status(lab):
     rows = lab.status()
     width = max(len(r.name) for r in rows)
     for r in rows:

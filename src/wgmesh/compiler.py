@@ -359,25 +359,40 @@ class Compiler:
 
     # Selector resolution -------------------------------------------------------------
     def _identity_mask(self, sel: str) -> int:
-        mask = 0
-        groups = self.policy.groups
+        """Nodes an identity selector names, from indexes built once (a selector costs a few
+        lookups, not a pass over every node)."""
+        if sel == "*":
+            return self.all_mask
+        if sel.startswith("tag:"):
+            return self._tag_masks.get(sel, 0)
+        if sel == "autogroup:tagged":
+            return self._tagged_mask
+        if sel == "autogroup:member":
+            return self._member_mask
+        if sel.startswith("group:"):
+            mask = 0
+            for user in self.policy.groups.get(sel, ()):
+                mask |= self.user_mask.get(user, 0)
+            return mask
+        return self.user_mask.get(sel, 0)
+
+    @functools.cached_property
+    def _tag_masks(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
         for i, node in enumerate(self.nodes):
-            if sel == "*":
-                hit = True
-            elif sel.startswith("tag:"):
-                hit = sel in node.tags
-            elif sel == "autogroup:tagged":
-                hit = node.tagged
-            elif node.tagged:
-                hit = False
-            elif sel.startswith("group:"):
-                hit = node.owner in groups.get(sel, ())
-            elif sel == "autogroup:member":
-                hit = node.owner is not None
-            else:
-                hit = node.owner == sel
-            if hit:
-                mask |= 1 << i
+            for tag in node.tags:
+                out[tag] |= 1 << i
+        return dict(out)
+
+    @functools.cached_property
+    def _tagged_mask(self) -> int:
+        return sum(1 << i for i, node in enumerate(self.nodes) if node.tagged)
+
+    @functools.cached_property
+    def _member_mask(self) -> int:
+        mask = 0
+        for m in self.user_mask.values():
+            mask |= m
         return mask
 
     def _prefix(self, sel: str):
@@ -409,16 +424,10 @@ class Compiler:
     def node_ranges(self, mask: int) -> tuple[list, list]:
         """Address ranges (v4, v6) of the nodes in a mask, adjacent addresses joined."""
         if mask not in self._range_cache:
-            v4, v6 = [], []
-            i = 0
-            m = mask
-            while m:
-                if m & 1:
-                    v4.append((self.addr[4][i],) * 2)
-                    v6.append((self.addr[6][i],) * 2)
-                m >>= 1
-                i += 1
-            self._range_cache[mask] = (merge_ranges(v4), merge_ranges(v6))
+            a4, a6 = self.addr[4], self.addr[6]
+            members = bits(mask)
+            self._range_cache[mask] = (merge_ranges((a4[i], a4[i]) for i in members),
+                                       merge_ranges((a6[i], a6[i]) for i in members))
         return self._range_cache[mask]
 
     def _rule_data(self, rule: Rule) -> _RuleData:

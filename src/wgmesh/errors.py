@@ -46,6 +46,10 @@ class Problem:
         return escape(f"{text} ({self.fix})" if self.fix else text)
 
 
+class LabError(Exception):
+    """The lab could not be brought into the requested state."""
+
+
 class InputError(Exception):
     """Raised with every problem found in one or more input files."""
 

@@ -74,12 +74,14 @@ def disjoint_grouped(grouped: Grouped) -> list[Box]:
 
 
 def bits(mask: int) -> list[int]:
-    """Positions of the set bits, lowest first."""
+    """Positions of the set bits, lowest first (a string search: linear in the mask's width
+    for dense masks, where clearing bits one by one would copy the whole integer each time)."""
+    digits = bin(mask)[:1:-1]  # lowest bit first
     out = []
-    while mask:
-        low = mask & -mask
-        out.append(low.bit_length() - 1)
-        mask ^= low
+    i = digits.find("1")
+    while i >= 0:
+        out.append(i)
+        i = digits.find("1", i + 1)
     return out
 
 

@@ -21,6 +21,7 @@ from wgmesh.grammar import IPAddr, IPNet
 from wgmesh.yamlsource import YamlSource, join, type_name
 
 LOCKFILE_SUFFIX = ".lock.yml"
+DEFAULT_ROUTES = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 
 NETWORK_DEFAULTS: dict[str, Any] = {
     "interface": "wg0",
@@ -442,6 +443,8 @@ def _routes(src: YamlSource, spec: Any, key: str, path: str,
             network: Network) -> tuple[tuple[IPNet, ...], bool]:
     """A node's route list: prefixes outside the mesh's own pools and management networks."""
     routes = spec.get(key, [])
+    if isinstance(routes, list) and not routes:
+        return (), True
     if not isinstance(routes, list):
         src.error(spec, key, join(path, key),
                   f"must be a list of CIDR prefixes, not {type_name(routes)}")
@@ -451,7 +454,7 @@ def _routes(src: YamlSource, spec: Any, key: str, path: str,
     reserved = [network.ipv4_pool, network.ipv6_pool, network.relay_pool,
                 *network.management_networks]
     nets = [n for n in map(grammar.ip_network, routes) if n is not None and n.prefixlen]
-    for default in (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")):
+    for default in DEFAULT_ROUTES:
         if sum(n.num_addresses for n in ipaddress.collapse_addresses(
                 n for n in nets if n.version == default.version)) == default.num_addresses:
             # Any route set that is a whole family also overlaps the mesh pool (below); say

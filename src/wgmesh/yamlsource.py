@@ -163,6 +163,13 @@ class YamlSource:
         self.data = load_yaml_fast(self.path, self.name) if fast else load_yaml(self.path,
                                                                                  self.name)
 
+    @classmethod
+    def of(cls, path: Path, data: Any) -> YamlSource:
+        """A source for data read by other means (positions unknown)."""
+        src = cls.__new__(cls)
+        src.path, src.name, src.problems, src.data = Path(path), str(path), [], data
+        return src
+
     @staticmethod
     def position(parent: Any, key: Any) -> tuple[int, int]:
         """1-based (line, column) of ``parent[key]``'s key, or of the parent if unknown."""

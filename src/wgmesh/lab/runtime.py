@@ -18,15 +18,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from wgmesh.errors import LabError
 from wgmesh.lab.topology import Host, Router, Topology
 
 HOST_INIT = Path(__file__).with_name("host-init.sh")
 NETNS_DIR = Path("/run/netns")
 READY_TIMEOUT = 15.0
 
-
-class LabError(Exception):
-    """The lab could not be brought into the requested state."""
 
 
 def run(*argv: str, stdin: str | None = None, check: bool = True) -> str:
