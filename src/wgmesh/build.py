@@ -6,7 +6,11 @@ never disagree about what a mesh means.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,11 +86,49 @@ def build(inventory: str | Path, policy: str | Path | None = None, *,
     alloc = lock.allocate(mesh)
     comp = Compiler(mesh, pol, alloc, today)
     result = Build(mesh, pol, lock, alloc, comp)
-    if run_tests:
-        failures = policy_test_failures(result)
-        if failures:
-            raise PolicyTestFailure(failures)
+    if run_tests and pol.tests:
+        digest = _input_digest(mesh, pol, lock, today or dt.date.today())
+        if not _passed_before(digest):
+            failures = policy_test_failures(result)
+            if failures:
+                raise PolicyTestFailure(failures)
+            _remember_pass(digest)
     return result
+
+
+# Policy tests run once per input state: a pass is remembered under a digest of everything
+# the verdicts depend on (the three files, the date nodes expire against, and wgmesh's own
+# code), so the many commands a pipeline or a pull-mode host runs on one commit pay once.
+# Only passes are kept; a cache that cannot be written is simply not used.
+def _cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "wgmesh" / "policy-tests"
+
+
+@functools.cache
+def _code_digest() -> bytes:
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.digest()
+
+
+def _input_digest(mesh: Mesh, pol: Policy, lock: Lock, today: dt.date) -> str:
+    h = hashlib.sha256(_code_digest())
+    for path in (mesh.path, pol.path, lock.path):
+        h.update(b"\0" + (path.read_bytes() if path.exists() else b""))
+    h.update(today.isoformat().encode())
+    return h.hexdigest()
+
+
+def _passed_before(digest: str) -> bool:
+    return (_cache_dir() / digest).exists()
+
+
+def _remember_pass(digest: str) -> None:
+    with contextlib.suppress(OSError):
+        _cache_dir().mkdir(parents=True, exist_ok=True)
+        (_cache_dir() / digest).touch()
 
 
 def _endpoints(b: Build, selector: str) -> list[Endpoint]:
