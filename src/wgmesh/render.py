@@ -8,6 +8,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable, Iterable
+from json.encoder import encode_basestring_ascii as _quote
 from typing import Any, TextIO
 
 from wgmesh import grammar
@@ -110,16 +111,6 @@ def set_elements(key: str, boxes: tuple[Box, ...], family: int) -> tuple[str, ..
 def _address_dims(key: str) -> int:
     """Forwarding sets match source and destination; host sets one address."""
     return 2 if key.startswith(("fwd", "ping_fwd")) else 1
-
-
-def filter_elements(host: HostOutput) -> dict[str, tuple[str, ...]]:
-    """Every set of the host's ruleset, elements rendered, in a stable order."""
-    out = {}
-    for pattern in SET_TYPES:
-        for f in (4, 6):
-            key = pattern.format(f=f)
-            out[key] = set_elements(key, host.sets.get(key, ()), f)
-    return out
 
 
 @functools.lru_cache(maxsize=1 << 12)
@@ -360,7 +351,17 @@ def _name_line(entry: tuple[str, tuple[str, str]]) -> str:
     return f"{entry[0]}\t{' '.join(entry[1])}\n"
 
 
+class _Raw(str):
+    """JSON text already written, at the depth where it is used in the plan."""
+
+
+# Depth of a host's peers, names and filter lists in the plan: plan > hosts > host > list.
+_ITEM_DEPTH = 4
+
+
 def host_json(host: HostOutput, net: Network) -> dict[str, Any]:
+    """A host's part of the plan. Peers, names and set elements are shared between hosts,
+    so their text is made once (as ``_peer_block`` does for wg-quick)."""
     return {
         "name": host.name,
         "addresses": [str(host.ipv4), str(host.ipv6)],
@@ -371,14 +372,30 @@ def host_json(host: HostOutput, net: Network) -> dict[str, Any]:
         "management_networks": ([str(n) for n in net.management_networks]
                                 if host.uses_exit_node else []),
         "forwarding": host.forwarding,
-        "peers": [{
-            "name": p.name, "public_key": p.public_key, "allowed_ips": p.allowed_ips,
-            "endpoint": p.endpoint, "keepalive": p.keepalive, "connection": p.connection,
-            "relay": p.relay, "roles": p.roles,
-        } for p in host.peers],
-        "filters": {k: list(v) for k, v in filter_elements(host).items() if v},
-        "names": [{"address": a, "names": n} for a, n in host.names],
+        "peers": [_peer_json(p) for p in host.peers],
+        "filters": {key: _elements_json(key, host.sets[key], f)
+                    for pattern in SET_TYPES for f in (4, 6)
+                    if host.sets.get(key := pattern.format(f=f))},
+        "names": [_name_json(entry) for entry in host.names],
     }
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _peer_json(p: Peer) -> _Raw:
+    return _Raw(_json_text({
+        "name": p.name, "public_key": p.public_key, "allowed_ips": p.allowed_ips,
+        "endpoint": p.endpoint, "keepalive": p.keepalive, "connection": p.connection,
+        "relay": p.relay, "roles": p.roles}, _ITEM_DEPTH))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _name_json(entry: tuple[str, tuple[str, str]]) -> _Raw:
+    return _Raw(_json_text({"address": entry[0], "names": entry[1]}, _ITEM_DEPTH))
+
+
+@functools.lru_cache(maxsize=1 << 12)
+def _elements_json(key: str, boxes: tuple[Box, ...], family: int) -> _Raw:
+    return _Raw(_json_text(set_elements(key, boxes, family), _ITEM_DEPTH))
 
 
 def write_plan(out: TextIO, hosts: Iterable[HostOutput], net: Network, expired: list[str],
@@ -402,8 +419,31 @@ def write_plan(out: TextIO, hosts: Iterable[HostOutput], net: Network, expired: 
 
 
 def _json_field(key: str, value: Any, depth: int) -> str:
-    pad = "  " * depth
-    return f"{pad}{json.dumps(key)}: " + json.dumps(value, indent=2).replace("\n", "\n" + pad)
+    return f"{'  ' * depth}{_quote(key)}: {_json_text(value, depth)}"
+
+
+def _json_text(value: Any, depth: int) -> str:
+    """What ``json.dumps(value, indent=2)`` writes at that depth. json's C encoder is not
+    used when indenting; this is, for the strings that are nearly all of a plan."""
+    if isinstance(value, _Raw):
+        return value
+    if isinstance(value, str):
+        return _quote(value)
+    pad, inner = "  " * depth, "  " * (depth + 1)
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = (f"{inner}{_quote(k)}: {_json_text(v, depth + 1)}" for k, v in value.items())
+        return "{\n" + ",\n".join(items) + f"\n{pad}}}"
+    if isinstance(value, list | tuple):
+        if not value:
+            return "[]"
+        if all(type(v) is str for v in value):
+            items = (inner + q for q in map(_quote, value))
+        else:
+            items = (inner + _json_text(v, depth + 1) for v in value)
+        return "[\n" + ",\n".join(items) + f"\n{pad}]"
+    return json.dumps(value)  # numbers, booleans, null
 
 
 def plan_json(hosts: dict[str, HostOutput], net: Network, expired: list[str],
