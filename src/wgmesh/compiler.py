@@ -9,6 +9,7 @@ against the other.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import datetime as dt
 import functools
@@ -201,7 +202,11 @@ class Compiler:
                 self.exit_users[n.use_exit_node] |= 1 << i
         self._set_cache: dict[str, dict[tuple, dict[str, list[Box]]]] = {}
         self._peer_cache: dict[tuple, Peer] = {}
-        self._dead_pairs: set[tuple[str, str]] = set()
+        # Pairs that can never connect: a bitmap over node pairs (a large NAT-heavy mesh has
+        # millions), their count, and the first few by name for the warning.
+        self._dead_bits = bytearray()
+        self._dead_count = 0
+        self._dead_first: list[tuple[str, str]] = []
         self.pools = {4: [net_range(self.net.ipv4_pool)], 6: [net_range(self.net.ipv6_pool)]}
         self.all_routes = {f: merge_ranges(r for rs in self.routes.values() for r in rs[f])
                            for f in FAMILIES}
@@ -643,21 +648,30 @@ class Compiler:
 
     def _unreachable(self, a: str, b: str) -> None:
         """A pair policy relates that can never connect gets no peer entry (warned once)."""
-        self._dead_pairs.add((a, b) if a < b else (b, a))
+        i, j = sorted((self.index[a], self.index[b]))
+        bit = i * len(self.names) + j
+        if not self._dead_bits:
+            self._dead_bits = bytearray((len(self.names) ** 2 + 7) // 8)
+        if self._dead_bits[bit >> 3] & (1 << (bit & 7)):
+            return
+        self._dead_bits[bit >> 3] |= 1 << (bit & 7)
+        self._dead_count += 1
+        bisect.insort(self._dead_first, (self.names[i], self.names[j]))
+        del self._dead_first[10:]
 
     @property
     def warnings(self) -> list[str]:
         """Warnings so far; compiling hosts adds the pairs that can never connect."""
-        if not self._dead_pairs:
+        if not self._dead_count:
             return list(self._warnings)
-        pairs = sorted(self._dead_pairs)
-        shown = ", ".join(f"{a} and {b}" for a, b in pairs[:10])
-        more = f" and {len(pairs) - 10} more" if len(pairs) > 10 else ""
+        shown = ", ".join(f"{a} and {b}" for a, b in self._dead_first)
+        more = self._dead_count - len(self._dead_first)
         return [*self._warnings,
-                f"{len(pairs)} pair(s) may talk by policy but can never connect (both behind "
-                f"NAT, no relay can carry them), so they get no peer entry: {shown}{more} (add "
-                "a node with relay: true and a public endpoint, give one of each pair an "
-                "endpoint, or put both on one site with a lan_address)"]
+                f"{self._dead_count} pair(s) may talk by policy but can never connect (both "
+                f"behind NAT, no relay can carry them), so they get no peer entry: {shown}"
+                + (f" and {more} more" if more else "") + " (add a node with relay: true and "
+                "a public endpoint, give one of each pair an endpoint, or put both on one "
+                "site with a lan_address)"]
 
     def hop_address(self, name: str) -> ipaddress.IPv6Address:
         """A node's address inside hop tunnels: the relay pool plus its mesh IPv6 host part."""

@@ -66,11 +66,18 @@ def disjoint_grouped(grouped: Grouped) -> list[Box]:
             value = solved[mask] = _solve(frozenset(
                 rest for i in bits(mask) for rest in groups[i][1]))
         if value != run:
-            seg = (run_start, p - 1)
+            seg = _point(run_start) if run_start == p - 1 else (run_start, p - 1)
             for r in run:
                 append((seg, *r))
             run_start, run = p, value
     return out
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def _point(value: int) -> tuple[int, int]:
+    """One address as a range, shared: most elements of a large mesh's sets are single node
+    addresses, and a range object each made them half of the compiler's memory."""
+    return (value, value)
 
 
 def bits(mask: int) -> list[int]:

@@ -114,11 +114,16 @@ def _address_dims(key: str) -> int:
 
 
 @functools.lru_cache(maxsize=1 << 12)
+def _element_lines(key: str, boxes: tuple[Box, ...], family: int) -> str:
+    """A set's elements, one per line. Hosts with the same role share the same sets, so the
+    text is made once; the ruleset and the plan both take it from here (one joined string
+    is far smaller than a tuple of them, and elements hold no character JSON escapes)."""
+    return "\n".join(set_elements(key, boxes, family))
+
+
 def _element_block(key: str, boxes: tuple[Box, ...], family: int) -> str:
-    """Hosts with the same role share the same sets, so a set's text is made once (and kept
-    joined: one string is far smaller than a tuple of them)."""
     indent = "            "
-    elements = f",\n{indent}".join(set_elements(key, boxes, family))
+    elements = _element_lines(key, boxes, family).replace("\n", ",\n" + indent)
     return f"        elements = {{\n{indent}{elements},\n        }}"
 
 
@@ -393,9 +398,10 @@ def _name_json(entry: tuple[str, tuple[str, str]]) -> _Raw:
     return _Raw(_json_text({"address": entry[0], "names": entry[1]}, _ITEM_DEPTH))
 
 
-@functools.lru_cache(maxsize=1 << 12)
 def _elements_json(key: str, boxes: tuple[Box, ...], family: int) -> _Raw:
-    return _Raw(_json_text(set_elements(key, boxes, family), _ITEM_DEPTH))
+    pad, inner = "  " * _ITEM_DEPTH, "  " * (_ITEM_DEPTH + 1)
+    lines = _element_lines(key, boxes, family).replace("\n", f'",\n{inner}"')
+    return _Raw(f'[\n{inner}"{lines}"\n{pad}]')
 
 
 def write_plan(out: TextIO, hosts: Iterable[HostOutput], net: Network, expired: list[str],

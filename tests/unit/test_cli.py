@@ -123,3 +123,29 @@ def test_policy_tests_run_once_per_input_state(tmp_path, monkeypatch):
         with pytest.raises(build_module.PolicyTestFailure):
             build_module.build(mesh, today=day)
     assert len(runs) == 5
+
+
+def test_read_only_commands_never_write_the_lockfile(tmp_path):
+    """check, render and eval use in-memory addresses for unpinned nodes and say so; only
+    `wgmesh lock` (and a site.yml run) writes the lockfile."""
+    import shutil
+
+    golden = Path(__file__).resolve().parents[1] / "data" / "golden-mesh"
+    for name in ("mesh.yml", "policy.hujson"):
+        shutil.copy(golden / name, tmp_path / name)
+    query = json.dumps({"src": "bob-laptop", "dst": "web1", "proto": "tcp", "port": 443})
+    for args, stdin in ((["check"], None), (["render", "--host", "web1"], None),
+                        (["render", "--all", "--out", str(tmp_path / "out")], None),
+                        (["render", "--all", "--json"], None), (["eval"], query)):
+        out = subprocess.run([WGMESH, *args, "-i", str(tmp_path), "--today", "2026-01-01"],
+                             capture_output=True, text=True, input=stdin)
+        assert out.returncode == 0, out.stderr
+        assert "have no address in" in out.stderr or args == ["eval"]
+        assert not (tmp_path / "mesh.lock.yml").exists(), args
+    plan = json.loads((tmp_path / "out" / "plan.json").read_text())
+    pinned = subprocess.run([WGMESH, "lock", "-i", str(tmp_path)], capture_output=True)
+    assert pinned.returncode == 0
+    locked = (tmp_path / "mesh.lock.yml").read_text()
+    # The addresses shown before pinning are the ones pinned.
+    for name, host in plan["hosts"].items():
+        assert f"ipv4: {host['addresses'][0]}\n" in locked.split(f"  {name}:\n")[1], name
