@@ -123,6 +123,18 @@ class MeshLab(LabSession):
         return int(re.search(r"packets (\d+)", out).group(1))
 
 
+def built_mesh(tmp_path_factory, folder: str, name: str):
+    """The body of a module's lab fixture: its own lab, site.yml run on it, taken down
+    after the module."""
+    lab = MeshLab(tmp_path_factory.mktemp(folder), name)
+    lab.lab.down()
+    lab.lab.up()
+    run = lab.playbook()
+    assert run.returncode == 0, run.stdout[-3000:]
+    yield lab
+    lab.lab.down()
+
+
 def recap(output: str) -> dict[str, dict[str, int]]:
     """PLAY RECAP lines -> host -> {ok, changed, failed, ...}."""
     out = {}
@@ -131,4 +143,4 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     return out
 
 
-__all__ = ["MeshLab", "recap", "sys"]
+__all__ = ["MeshLab", "built_mesh", "recap", "sys"]

@@ -10,7 +10,7 @@ import time
 
 import pytest
 from conftest import BIN, PY, REPO
-from meshlab import MeshLab, recap
+from meshlab import built_mesh, recap
 
 pytestmark = pytest.mark.lab
 RULESET = "/etc/wgmesh/nftables.nft"  # the role's default wgmesh_ruleset_path
@@ -25,13 +25,7 @@ time.sleep(5)
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    lab = MeshLab(tmp_path_factory.mktemp("ext"), "wge")
-    lab.lab.down()
-    lab.lab.up()
-    run = lab.playbook()
-    assert run.returncode == 0, run.stdout[-3000:]
-    yield lab
-    lab.lab.down()
+    yield from built_mesh(tmp_path_factory, "ext", "wge")
 
 
 def tcp(mesh, src: str, host: str, port: int) -> bool:

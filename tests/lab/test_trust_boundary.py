@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PY
-from meshlab import MeshLab
+from meshlab import built_mesh
 
 pytestmark = pytest.mark.lab
 
@@ -66,13 +66,7 @@ while True:
 
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
-    lab = MeshLab(tmp_path_factory.mktemp("trust"), "wgb")
-    lab.lab.down()
-    lab.lab.up()
-    run = lab.playbook()
-    assert run.returncode == 0, run.stdout[-3000:]
-    yield lab
-    lab.lab.down()
+    yield from built_mesh(tmp_path_factory, "trust", "wgb")
 
 
 def listen(mesh, node: str, code: str, *args: str):
