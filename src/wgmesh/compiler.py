@@ -159,10 +159,12 @@ class _RuleData:
     other_protos: list[int]
     any_src: int = field(init=False)  # nodes named as source, either family
     any_dst: int = field(init=False)
+    self_only: bool = field(init=False)  # autogroup:self is the rule's only destination
 
     def __post_init__(self) -> None:
         self.any_src = self.src_mask[4] | self.src_mask[6]
         self.any_dst = self.dst_mask[4] | self.dst_mask[6]
+        self.self_only = all(d == "autogroup:self" for d in self.rule.dst)
 
 
 class Compiler:
@@ -546,9 +548,7 @@ class Compiler:
         for k in ks:
             rd = self.rules[k]
             srcs = rd.src_ranges
-            if rd.self_dst:
-                if node.tagged or node.owner not in self.user_mask:
-                    continue
+            if rd.self_dst and not node.tagged and node.owner in self.user_mask:
                 mine = self.user_mask[node.owner]
                 if rd.any_src & bit:
                     peers |= mine
@@ -557,7 +557,9 @@ class Compiler:
                 if senders:
                     peers |= senders
                     in_sig.append((k, "self", senders))
+            if rd.self_only:
                 continue
+            # The rule's other destinations (autogroup:self may stand beside tags, users...).
             # As destination: the rule names this host (filters on arrival).
             dfams = tuple(f for f in FAMILIES if rd.dst_mask[f] & bit)
             if dfams:

@@ -65,6 +65,22 @@ def test_autogroup_self_reaches_only_the_users_own_untagged_devices(tmp_path):
     assert peers(b, "a1") == ["a2"] and peers(b, "a3") == []
 
 
+def test_autogroup_self_beside_other_destinations(tmp_path):
+    """One rule naming autogroup:self and a tag: both halves reach the rendered filters, as
+    eval decides (the tag half used to be dropped)."""
+    nodes = {"laptop": {"owner": "alice@example.com"},
+             "phone": {"owner": "alice@example.com", "endpoint": "192.0.2.8:51820"},
+             "web": {"tags": ["tag:web"], "endpoint": "192.0.2.9:51820"}}
+    b = make(tmp_path, nodes, pol(acls=[{"action": "accept", "src": ["alice@example.com"],
+                                         "dst": ["tag:web:443", "autogroup:self:*"]}]))
+    assert allowed(b, "laptop", "web", port=443) and allowed(b, "laptop", "phone", port=22)
+    assert not allowed(b, "laptop", "web", port=22)
+    assert peers(b, "web") == ["laptop", "phone"]
+    assert peers(b, "laptop") == ["phone", "web"]
+    web_rules = render.nftables(b.compiler.host("web"), b.mesh.network)
+    assert "100.64.0.1-100.64.0.2 . tcp . 443," in web_rules  # laptop and phone, merged
+
+
 def test_ports_protocols_and_ping_follow_any_relation(tmp_path):
     nodes = {"a": {"owner": "alice@example.com"}, "w": {"tags": ["tag:web"]}}
     b = make(tmp_path, nodes, pol(acls=[

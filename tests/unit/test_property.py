@@ -57,6 +57,9 @@ def policies(draw):
             rule["src"] = draw(st.lists(st.sampled_from(
                 ["alice@example.com", "group:g", "autogroup:member"]), min_size=1, max_size=2))
             rule["dst"] = ["autogroup:self:" + draw(st.sampled_from(PORTS))]
+            # autogroup:self beside other destinations, at the same or other ports.
+            rule["dst"] += [f"{d}:{draw(st.sampled_from(PORTS))}" for d in
+                            draw(st.lists(st.sampled_from(DST), max_size=2))]
         else:
             rule["dst"] = [f"{d}:{draw(st.sampled_from(PORTS))}" for d in
                            draw(st.lists(st.sampled_from(DST), min_size=1, max_size=2))]
