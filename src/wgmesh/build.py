@@ -161,12 +161,16 @@ def _run_test(b: Build, test: PolicyTest) -> list[str]:
     for expect, dests in ((True, test.accept), (False, test.deny)):
         for dest in dests:
             host, port = split_hostport(dest)
-            for src in srcs:
+            for one_src in srcs:
                 for dst in _endpoints(b, host):
+                    src = one_src
                     if src.addr is not None and dst.addr is not None and \
                             src.addr.version != dst.addr.version:
-                        dst = b.compiler.endpoint_of(dst.node, family=src.addr.version) \
-                            if dst.node else dst
+                        # A node stands for its address of the other side's family.
+                        if dst.node:
+                            dst = b.compiler.endpoint_of(dst.node, family=src.addr.version)
+                        elif src.node:
+                            src = b.compiler.endpoint_of(src.node, family=dst.addr.version)
                     verdict = ev.check(src, dst, proto, int(port))
                     if verdict.allow != expect:
                         who = src.node or src.user or ",".join(sorted(src.tags)) or str(src.addr)

@@ -836,8 +836,8 @@ class Evaluator:
 
     def src_matches(self, sel: str, ep: Endpoint) -> bool:
         if sel == "*":
-            if ep.node is not None:
-                return True
+            if ep.node is not None or ep.addr is None:
+                return True  # every node, and any identity (a user with no device yet)
             f = ep.addr.version
             return in_ranges(int(ep.addr), self.c.pools[f] + self.c.all_routes[f])
         return self._identity_or_prefix(sel, ep)

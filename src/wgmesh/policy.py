@@ -137,10 +137,11 @@ def parse_proto(value: Any) -> int | str:
 
 
 def split_hostport(text: str) -> tuple[str, str] | None:
-    """'selector:ports' split on the last colon; '[v6]:ports' also accepted."""
+    """'selector:ports' split on the last colon; '[v6]:ports' also accepted (brackets only
+    around an IPv6 address, as Tailscale's parser has them)."""
     if text.startswith("["):
         m = re.fullmatch(r"\[([^\]]+)\](/[0-9]+)?:(.+)", text)
-        if not m:
+        if not m or grammar.ip_address(m.group(1), 6) is None:
             return None
         return m.group(1) + (m.group(2) or ""), m.group(3)
     sel, colon, ports = text.rpartition(":")
@@ -363,6 +364,10 @@ class _Validator:
             for j, d in enumerate(self._list(rule.get("dst", []), (*path, "dst"))):
                 dpath = (*path, "dst", j)
                 split = split_hostport(d) if isinstance(d, str) else None
+                if split is None and isinstance(d, str) and d.startswith("["):
+                    self.err(dpath, f'dst="{d}": square brackets are only valid around IPv6 '
+                             "addresses", 'e.g. "[fd7a:115c:a1e0::1]:22" or "192.0.2.1:22"')
+                    continue
                 if split is None:
                     tail = d.rpartition(":")[2] if isinstance(d, str) else d
                     self.err(dpath, f'dst="{d}": port range "{tail}": invalid first integer',
@@ -507,9 +512,12 @@ class _Validator:
                              "ssh dst is a tag, a user, autogroup:self/member/tagged")
                 else:
                     self.selector(d, dpath, "dst")
-            if "checkPeriod" in rule:
+            # Tailscale reads null as absent for these two.
+            if rule.get("checkPeriod") is not None:
                 self._check_period(rule, path)
-            for j, env in enumerate(self._list(rule.get("acceptEnv", []), (*path, "acceptEnv"))):
+            env_list = rule.get("acceptEnv")
+            for j, env in enumerate(self._list([] if env_list is None else env_list,
+                                               (*path, "acceptEnv"))):
                 if not isinstance(env, str) or not env:
                     self.err((*path, "acceptEnv", j), "acceptEnv values cannot be empty")
             self.policy.ssh.append(rule)
@@ -567,7 +575,10 @@ class _Validator:
     def _test_dst(self, d: Any, path: tuple) -> bool:
         split = split_hostport(d) if isinstance(d, str) else None
         if split is None:
-            self.err(path, f'test destination "{d}" needs host:port', 'e.g. "tag:db:5432"')
+            self.err(path, f'test destination "{d}" needs host:port'
+                     + (" (square brackets are only valid around IPv6 addresses)"
+                        if isinstance(d, str) and d.startswith("[") else ""),
+                     'e.g. "tag:db:5432"')
             return False
         host, port = split
         if grammar.port(port) is None:
@@ -579,8 +590,10 @@ class _Validator:
             return False
         if host.startswith("tag:"):
             return self.selector(host, path, "dst") is not None
-        if "/" in host:
-            self.err(path, f'test destination "{d}" must be a single host, not a prefix')
+        alias = self.policy.hosts.get(host)
+        if "/" in host or (alias is not None and alias.num_addresses > 1):
+            self.err(path, f'test destination "{d}" must be a single host, not a prefix'
+                     + (f' (host alias "{host}" is {alias})' if alias is not None else ""))
             return False
         if not (grammar.matches(grammar.HOST_ALIAS, host) or grammar.ip_address(host)):
             self.err(path, f'test destination "{d}" is not a node, host alias or IP address')

@@ -267,3 +267,17 @@ def test_failover_pair_and_route_snat(tmp_path):
         assert "198.51.100.130 . tcp . 22" in render.nftables(b.compiler.host(r), b.mesh.network)
     assert b.compiler.host("r1").snat and not b.compiler.host("r2").snat
     assert "masquerade" not in render.nftables(b.compiler.host("r2"), b.mesh.network)
+
+
+def test_policy_tests_with_device_less_users_and_ipv6_literals(tmp_path):
+    """A user with no device under a "*" source is an identity, not a crash; an IPv6 literal
+    is tested against the source node's IPv6 address."""
+    nodes = {"laptop": {"owner": "alice@example.com"},
+             "db": {"tags": ["tag:db"], "endpoint": "192.0.2.9:51820",
+                    "address6": "fd7a:115c:a1e0::99"}}
+    policy = pol(acls=[{"action": "accept", "src": ["*"], "dst": ["tag:db:5432"]}],
+                 tests=[{"src": "nobody@example.com", "accept": ["tag:db:5432"]},
+                        {"src": "alice@example.com", "accept": ["fd7a:115c:a1e0::99:5432"],
+                         "deny": ["fd7a:115c:a1e0::99:22"]}])
+    b = make(tmp_path, nodes, policy)  # runs the tests: they pass
+    assert len(b.policy.tests) == 2
