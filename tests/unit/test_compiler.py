@@ -281,3 +281,12 @@ def test_policy_tests_with_device_less_users_and_ipv6_literals(tmp_path):
                          "deny": ["fd7a:115c:a1e0::99:22"]}])
     b = make(tmp_path, nodes, policy)  # runs the tests: they pass
     assert len(b.policy.tests) == 2
+
+
+def test_null_accept_env_and_check_period_read_as_absent():
+    from wgmesh.policy import parse_policy
+
+    policy = parse_policy(json.dumps(pol(ssh=[
+        {"action": "accept", "src": ["group:eng"], "dst": ["tag:web"], "users": ["root"],
+         "acceptEnv": None, "checkPeriod": None}])))
+    assert len(policy.ssh) == 1
