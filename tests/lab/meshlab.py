@@ -144,3 +144,11 @@ def recap(output: str) -> dict[str, dict[str, int]]:
 
 
 __all__ = ["MeshLab", "built_mesh", "recap", "sys"]
+
+
+def ping_losses(output: str) -> tuple[int, list[int]]:
+    """`ping` output (without -q) -> (replies, sequence numbers lost). Only gaps below the
+    last reply count: the request in flight when ping is stopped has had no time to be
+    answered, and is not a loss."""
+    seqs = {int(n) for n in re.findall(r"icmp_seq=(\d+) ttl=", output)}
+    return len(seqs), sorted(set(range(1, max(seqs, default=0) + 1)) - seqs)
