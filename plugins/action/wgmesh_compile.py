@@ -9,7 +9,7 @@ from ansible.plugins.action import ActionBase
 
 try:
     from wgmesh import render
-    from wgmesh.build import KeyMismatch, PolicyTestFailure, build, pin_keys
+    from wgmesh.build import KeyMismatch, PolicyTestFailure, build, pin_keys, source_commit
     from wgmesh.compiler import fewer_gc_passes
     from wgmesh.errors import InputError
 except ImportError as exc:  # pragma: no cover - depends on the controller's environment
@@ -22,7 +22,7 @@ class ActionModule(ActionBase):
     """See plugins/modules/wgmesh_compile.py for the documentation."""
 
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("mesh", "policy", "public_keys"))
+    _VALID_ARGS = frozenset(("mesh", "policy", "hosts", "rotate", "warn_days"))
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -32,15 +32,28 @@ class ActionModule(ActionBase):
         mesh_path = args.get("mesh")
         if not mesh_path:
             raise AnsibleActionFail("mesh is required (the path of mesh.yml)")
-        keys = args.get("public_keys") or {}
+        hosts = list(args.get("hosts") or [])
+        rotate = set(args.get("rotate") or [])
+        # The keys this batch's hosts reported (wgmesh_key); every other host's comes from
+        # the lockfile, so serial batches and --limit compile the same mesh.
+        hostvars = (task_vars or {}).get("hostvars", {})
+        keys = {}
+        for name in hosts:
+            reported = hostvars.get(name, {}).get("__wgmesh_key") or {}
+            keys[name] = reported.get("public_key") if isinstance(reported, dict) else None
         today = dt.datetime.now(dt.UTC).date()
         try:
             b = build(mesh_path, args.get("policy") or None, today=today)
         except (InputError, PolicyTestFailure) as exc:
-            raise AnsibleActionFail("the mesh does not compile:\n" + "\n".join(
+            what = ("the policy's tests fail" if isinstance(exc, PolicyTestFailure)
+                    else "the mesh does not compile")
+            raise AnsibleActionFail(f"{what} (no host was changed):\n" + "\n".join(
                 str(p) for p in exc.problems)) from exc
 
         before = b.lock.text_before
+        for name in sorted(rotate):
+            if name in b.mesh.nodes and keys.get(name):
+                b.lock.unpin_key(name)
         try:
             b = pin_keys(b, keys, today)
         except InputError as exc:
@@ -54,41 +67,79 @@ class ActionModule(ActionBase):
             b.lock.save()
 
         net = b.mesh.network
+        commit = source_commit(b)
+        out = {}
         try:
             with fewer_gc_passes():
-                hosts = {name: _host_result(comp.host(name), net) for name in sorted(keys)
-                         if name in comp.index and b.mesh.nodes[name].managed}
+                for name in sorted(hosts):
+                    node = b.mesh.nodes.get(name)
+                    if node is None or not node.managed or name in comp.expired:
+                        why = ("expired" if name in comp.expired else
+                               "not in mesh.yml" if node is None else "not managed")
+                        out[name] = {"leaving": why}
+                        continue
+                    h = comp.host(name)
+                    out[name] = {
+                        "bundle": render.bundle(h, net, b.alloc[name].public_key, commit),
+                        "relay": bool(node.relay),
+                        "addresses": [str(h.ipv4), str(h.ipv6)],
+                        "peers": [{"name": p.name, "connection": p.connection,
+                                   "endpoint": p.endpoint, "public_key": p.public_key}
+                                  for p in h.peers],
+                    }
         except InputError as exc:
             raise AnsibleActionFail("the mesh does not compile:\n" + "\n".join(
                 str(p) for p in exc.problems)) from exc
+        warn_days = args.get("warn_days")
+        warnings = list(comp.warnings)
+        soon = []
+        if warn_days is not None:
+            horizon = today + dt.timedelta(days=int(warn_days))
+            soon = sorted(n for n, node in b.mesh.nodes.items()
+                          if node.expires and today <= node.expires <= horizon)
+            warnings += [f"{n} expires on {b.mesh.nodes[n].expires} and then leaves the mesh"
+                         for n in soon]
+            warnings += [f"{n} has expired ({b.mesh.nodes[n].expires}): the run takes it out "
+                         "of the mesh" for n in comp.expired]
         result.update(
             changed=changed,
             interface=net.interface,
             lockfile=str(b.lock.path),
-            hosts=hosts,
-            warnings=list(comp.warnings),
+            commit=commit,
+            hosts=out,
             expired=list(comp.expired),
+            expiring=soon,
+            retired=sorted(b.lock.retired),
+            pinned=sorted(n for n, a in b.alloc.items() if a.public_key),
+            rotated=sorted(rotate & set(keys)),
         )
+        warnings += self._left_out(task_vars or {}, b, keys)
+        if warnings:
+            result["warnings"] = warnings
         if self._task.diff and changed:
             result["diff"] = {"before_header": str(b.lock.path), "after_header": str(b.lock.path),
                               "before": before, "after": b.lock.dump()}
         return result
 
-
-def _host_result(h, net) -> dict:
-    """What the role needs of one host's outputs (rendered text, no secret)."""
-    return {
-        "wg_conf": render.wg_quick(h, net),
-        "nftables": render.nftables(h, net),
-        "hosts_block": render.hosts_block(h),
-        "hop_interface": net.hop_interface,
-        "hop_conf": render.hop_conf(h, net),
-        "forwarding": h.forwarding,
-        "uses_exit_node": h.uses_exit_node,
-        "management_networks": ([str(n) for n in net.management_networks]
-                                if h.uses_exit_node else []),
-        "peers": [{"name": p.name, "connection": p.connection, "endpoint": p.endpoint}
-                  for p in h.peers],
-        "address": str(h.ipv4),
-        "address6": str(h.ipv6),
-    }
+    @staticmethod
+    def _left_out(task_vars: dict, b, keys: dict) -> list[str]:
+        """With --limit: the mesh's hosts this run leaves out, and those of them that hold a
+        stale bundle for sure (a peer's key was pinned by this run)."""
+        if "ansible_limit" not in task_vars:
+            return []
+        out = sorted(set(task_vars.get("groups", {}).get("wgmesh", []))
+                     - set(task_vars.get("ansible_play_hosts_all", [])))
+        if not out:
+            return []
+        pinned = {n for n in keys if b.lock.pinned_now(n)}
+        stale = sorted(n for n in out if n in b.compiler.index and any(
+            p.name in pinned for p in b.compiler.host(n).peers)) if pinned else []
+        text = (f"--limit leaves {len(out)} host(s) of the mesh out of this run: "
+                f"{', '.join(out)}. ")
+        if stale:
+            text += (f"These now hold a stale bundle (a peer's key was pinned by this run): "
+                     f"{', '.join(stale)}; run without --limit to update them.")
+        else:
+            text += ("Policy or mesh changes reach them only with a run that includes them; "
+                     "playbooks/status.yml shows which hold a stale bundle.")
+        return [text]

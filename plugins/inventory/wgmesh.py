@@ -76,6 +76,7 @@ class InventoryModule(BaseInventoryPlugin):
             raise AnsibleParserError(str(exc)) from exc
         comp = result.compiler
         inventory.add_group("wgmesh")
+        inventory.add_group("wgmesh_leaving")  # filled by playbooks/check.yml
         for name in comp.names:
             node = result.mesh.nodes[name]
             if not node.managed:

@@ -5,15 +5,19 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: wgmesh_compile
-short_description: Pin the hosts' public keys and compile the whole mesh once
+short_description: Pin the hosts' public keys and compile one bundle per host
 description:
-  - Runs on the controller. Loads C(mesh.yml), its policy and C(mesh.lock.yml), runs the
-    policy's tests, records each host's public key in the lockfile on first sight, refuses
-    a host whose key differs from its pinned key, and compiles every host's outputs in one
-    pass (use with C(run_once)).
-  - Returns per host its wg-quick configuration (no private key), nftables ruleset, names
-    block and peer summary. Nothing it returns or writes holds a secret.
-  - In check mode the lockfile is not written.
+  - Runs on the controller and contacts no host. Loads C(mesh.yml), its policy and
+    C(mesh.lock.yml), runs the policy's tests (once per input state), records each host's
+    public key in the lockfile on first sight, refuses a host whose key differs from its
+    pinned key (unless it is being rotated), and compiles each named host's bundle - what
+    C(wgmesh_apply) makes the host run. Use with C(run_once).
+  - Public keys are read from the C(__wgmesh_key) result of the named hosts (the
+    C(wgmesh_key) task); a host without one (another batch of C(serial), outside
+    C(--limit)) keeps the key pinned in the lockfile.
+  - Nothing it returns or writes holds a secret. In check mode the lockfile is not written.
+  - Warns, once, of nodes that expire within I(warn_days), and with C(--limit) of the
+    mesh's hosts the run leaves out (naming those whose bundle is now stale for sure).
 options:
   mesh:
     description: Path of C(mesh.yml).
@@ -22,10 +26,19 @@ options:
   policy:
     description: A policy file to use instead of the one C(mesh.yml) names.
     type: path
-  public_keys:
-    description: Public key of each host in the play (from wgmesh_key).
-    type: dict
-    required: true
+  hosts:
+    description: The hosts to compile a bundle for (the batch); empty checks the mesh only.
+    type: list
+    elements: str
+    default: []
+  rotate:
+    description: Hosts whose reported key replaces their pinned key (key rotation).
+    type: list
+    elements: str
+    default: []
+  warn_days:
+    description: Warn of nodes that expire within this many days (and of expired ones).
+    type: int
 attributes:
   check_mode:
     support: full
@@ -36,19 +49,36 @@ author: wgmesh
 """
 
 EXAMPLES = r"""
-- name: Compile the mesh once for the whole play
+- name: Compile the mesh once for this batch
   wgmesh_compile:
     mesh: "{{ wgmesh_mesh_file }}"
-    public_keys: "{{ dict(ansible_play_hosts | zip(keys)) }}"
+    hosts: "{{ ansible_play_batch }}"
   run_once: true
   register: plan
 """
 
 RETURN = r"""
 hosts:
-  description: Per host, C(wg_conf), C(nftables), C(hosts_block), C(forwarding), C(peers).
+  description:
+    - Per host, either C(bundle) (see wgmesh_apply), C(relay), C(addresses) and C(peers)
+      (name, connection, endpoint, public key), or C(leaving) with the reason (expired,
+      not in mesh.yml, not managed).
   returned: success
   type: dict
+commit:
+  description: The git commit of the inputs (with C(+changes) when they differ from it).
+  returned: success
+  type: str
+expired:
+  description: Nodes past their C(expires) date.
+  returned: success
+  type: list
+  elements: str
+retired:
+  description: Nodes that left mesh.yml (kept in the lockfile so their addresses are not reused).
+  returned: success
+  type: list
+  elements: str
 lockfile:
   description: The lockfile that was read (and written when keys were pinned).
   returned: success

@@ -11,6 +11,7 @@ import datetime as dt
 import functools
 import hashlib
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -258,3 +259,19 @@ def parse_query_endpoint(b: Build, text: str) -> Endpoint:
     if grammar.ip_address(text) is None:
         raise ValueError(f'"{text}" is not a node, host alias or IP address')
     return comp.endpoint_of(text)
+
+
+def source_commit(b: Build) -> str | None:
+    """The git commit the inputs come from, with "+changes" when any of them differs from it;
+    None outside a git work tree (or without git)."""
+    paths = [str(p) for p in (b.mesh.path, b.policy.path, b.lock.path)]
+    try:
+        head = subprocess.run(["git", "-C", str(b.mesh.path.parent), "rev-parse", "HEAD"],
+                              capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(b.mesh.path.parent), "status", "--porcelain",
+                                "--", *paths], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return head.stdout.strip()[:12] + ("+changes" if dirty.stdout.strip() else "")

@@ -51,6 +51,7 @@ class Lock:
     def __init__(self, path: Path):
         self.path = path
         self.name = str(path)
+        self._pinned: set[str] = set()  # keys pinned since the file was read
         self.data: CommentedMap
         if path.exists():
             # Read fast; a file with problems is read again for their positions.
@@ -265,8 +266,19 @@ class Lock:
         if pinned is None:
             entry["public_key"] = public_key
             self.dirty = True
+            self._pinned.add(node)
             return None
         return None if pinned == public_key else pinned
+
+    def pinned_now(self, node: str) -> bool:
+        """Whether this node's key was pinned since the lockfile was read."""
+        return node in self._pinned
+
+    def unpin_key(self, node: str) -> None:
+        """Forget a host's key (rotation): the key it reports next is pinned."""
+        entry = self.nodes.get(node)
+        if entry is not None and entry.pop("public_key", None) is not None:
+            self.dirty = True
 
 
 def _free(pool, taken):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import ipaddress
 import json
@@ -457,3 +458,36 @@ def plan_json(hosts: dict[str, HostOutput], net: Network, expired: list[str],
     buf = io.StringIO()
     write_plan(buf, (h for _, h in sorted(hosts.items())), net, expired, lambda: warnings)
     return buf.getvalue()
+
+
+# What a host runs, as one document: the apply module compares the host with it and
+# converges it in one step. Its hash is over content only, so the same state reached from two
+# commits is one bundle; the commit says where the inputs came from.
+BUNDLE_FORMAT = 1
+SYSCTL_FORWARDING = ("# wgmesh: this host forwards for a subnet route or as exit node\n"
+                     "net.ipv4.ip_forward = 1\nnet.ipv6.conf.all.forwarding = 1\n")
+
+
+def bundle(host: HostOutput, net: Network, public_key: str | None,
+           commit: str | None = None) -> dict[str, Any]:
+    if public_key:
+        clean_key(public_key)
+    body: dict[str, Any] = {
+        "format": BUNDLE_FORMAT,
+        "name": host.name,
+        "interface": net.interface,
+        "hop_interface": net.hop_interface,
+        "public_key": public_key,
+        "wg_conf": wg_quick(host, net),
+        "hop_conf": hop_conf(host, net),
+        "nftables": nftables(host, net),
+        "hosts_block": hosts_block(host),
+        "sysctl": SYSCTL_FORWARDING if host.forwarding else None,
+        "uses_exit_node": host.uses_exit_node,
+        "management_networks": ([str(n) for n in net.management_networks]
+                                if host.uses_exit_node else []),
+    }
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    body["hash"] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    body["commit"] = commit
+    return body

@@ -1,0 +1,113 @@
+"""The pure parts of the host-side apply module, and the bundle the compiler gives it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from meshkit import make
+
+from wgmesh import render
+
+HERE = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location(
+    "wgmesh_apply", HERE / "plugins" / "modules" / "wgmesh_apply.py")
+apply = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(apply)
+
+NODES = {"a": {"endpoint": "192.0.2.10:51820", "owner": "alice@example.com"},
+         "b": {"endpoint": "192.0.2.11:51820", "owner": "bob@example.com"}}
+POLICY = {"acls": [{"action": "accept", "src": ["alice@example.com"],
+                    "dst": ["bob@example.com:22"]}]}
+
+
+def bundle_of(tmp_path, name="a", policy=POLICY, commit=None):
+    b = make(tmp_path, NODES, policy)
+    return render.bundle(b.compiler.host(name), b.mesh.network, b.alloc[name].public_key,
+                         commit)
+
+
+def test_the_bundle_hash_follows_content_not_commit(tmp_path):
+    one = bundle_of(tmp_path, commit="aaaa")
+    two = bundle_of(tmp_path, commit="bbbb")
+    assert one["hash"] == two["hash"] and one["commit"] != two["commit"]
+    other = bundle_of(tmp_path, policy={"acls": [{"action": "accept", "src": ["*"],
+                                                  "dst": ["*:*"]}]})
+    assert other["hash"] != one["hash"]
+    apply.check_bundle(one)  # the module recomputes the same hash
+
+
+def test_a_bundle_changed_on_the_way_is_refused(tmp_path):
+    b = bundle_of(tmp_path)
+    b["nftables"] = b["nftables"].replace("policy accept", "policy drop")
+    with pytest.raises(apply.ApplyError, match="does not match its hash"):
+        apply.check_bundle(b)
+    with pytest.raises(apply.ApplyError, match="format"):
+        apply.check_bundle({**bundle_of(tmp_path), "format": 2})
+
+
+def test_hosts_block_is_replaced_in_place_and_removed():
+    text = "127.0.0.1 localhost\n# BEGIN wgmesh wg0 (managed by Ansible)\nold\n" \
+           "# END wgmesh wg0 (managed by Ansible)\n::1 localhost\n"
+    new = apply.with_hosts_block(text, "wg0", "100.64.0.1\ta a.mesh\n")
+    assert new == text.replace("old\n", "100.64.0.1\ta a.mesh\n")
+    assert apply.with_hosts_block(new, "wg0", None) == "127.0.0.1 localhost\n::1 localhost\n"
+    added = apply.with_hosts_block("127.0.0.1 localhost", "wg0", "x\n")
+    assert added == ("127.0.0.1 localhost\n# BEGIN wgmesh wg0 (managed by Ansible)\nx\n"
+                     "# END wgmesh wg0 (managed by Ansible)\n")
+
+
+def table(elements, rules=("accept",)):
+    """A table as live_table gives it: normalized nft JSON."""
+    return json.dumps([
+        {"table": {"family": "inet", "name": "wgmesh"}},
+        {"set": {"family": "inet", "name": "in4", "table": "wgmesh", "elem": elements}},
+        *({"rule": {"family": "inet", "chain": "input", "expr": [r]}} for r in rules)],
+        sort_keys=True, separators=(",", ":"))
+
+
+def test_table_drift_names_the_elements_and_rules():
+    want = table([{"concat": ["100.64.0.1", "tcp", 22]}])
+    assert apply.table_drift(want, want) == []
+    extra = table([{"concat": ["100.64.0.1", "tcp", 22]}, {"concat": ["100.64.0.9", "tcp", 5432]}])
+    words = apply.table_drift(want, extra)
+    assert words == ['set in4 has 1 element(s) not in the bundle: '
+                     '{"concat":["100.64.0.9","tcp",5432]}']
+    assert apply.table_drift(want, table([])) == [
+        'set in4 lacks 1 element(s) of the bundle: {"concat":["100.64.0.1","tcp",22]}']
+    assert apply.table_drift(want, table([{"concat": ["100.64.0.1", "tcp", 22]}],
+                                         rules=("accept", "drop"))) == [
+        "chain input: 2 rules differ from the bundle's 1"]
+    assert apply.table_drift(want, None) == ["table inet wgmesh is not loaded"]
+
+
+def test_peer_names_come_from_the_rendered_comments(tmp_path):
+    b = bundle_of(tmp_path)
+    names = apply.peer_names(b["wg_conf"])
+    assert sorted(names.values()) == ["b"]
+
+
+@pytest.mark.skipif(not shutil.which("wg-quick"), reason="needs wireguard-tools")
+def test_strip_equals_wg_quick_strip(tmp_path):
+    b = make(tmp_path, {**NODES, "r": {"endpoint": "192.0.2.12:51820", "tags": ["tag:exit"],
+                                       "advertise_exit_node": True},
+                        "c": {"owner": "alice@example.com", "use_exit_node": "r"}},
+             {**POLICY, "tagOwners": {"tag:exit": []},
+              "autoApprovers": {"exitNode": ["tag:exit"]},
+              "acls": [*POLICY["acls"], {"action": "accept", "src": ["alice@example.com"],
+                                         "dst": ["autogroup:internet:*"]}]},
+             network={"management_networks": ["192.0.2.0/24"]})
+    conf = render.wg_quick(b.compiler.host("c"), b.mesh.network)
+    assert "PostUp" in conf and "MTU" in conf and "0.0.0.0/0" in conf
+    (tmp_path / "wg0.conf").write_text(conf)
+    theirs = subprocess.run(["wg-quick", "strip", str(tmp_path / "wg0.conf")],
+                            capture_output=True, text=True, check=True).stdout
+
+    def meaningful(text):
+        return [line.strip() for line in text.splitlines()
+                if line.strip() and not line.strip().startswith("#")]
+    assert meaningful(apply.strip(conf)) == meaningful(theirs)
