@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import time
 
@@ -68,13 +67,6 @@ def probe_report(results: list, src: str, mesh_file: str) -> list[str]:
     return lines
 
 
-def in_networks(address: str, networks: list[str]) -> bool:
-    """Whether an address lies in any of the networks."""
-    addr = ipaddress.ip_address(address)
-    return any(addr in ipaddress.ip_network(n) for n in networks)
-
-
 class FilterModule:
     def filters(self):
-        return {"wgmesh_peer_status": peer_status, "wgmesh_probe_report": probe_report,
-                "wgmesh_in_networks": in_networks}
+        return {"wgmesh_peer_status": peer_status, "wgmesh_probe_report": probe_report}

@@ -1,93 +1,154 @@
 #!/usr/bin/python
-"""Host-side: bring a wg-quick interface up and keep the running interface equal to its file."""
+"""Host-side: make the host run one bundle (everything the compiler made for it), in one
+step, with the last good bundle to return to if any part fails."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
-module: wgmesh_wireguard
-short_description: Bring a WireGuard interface up and apply config changes live
+module: wgmesh_apply
+short_description: Make a host run its wgmesh bundle, live, all or nothing
 description:
-  - Brings the interface up from its wg-quick file if it is down, through
-    C(wg-quick@<interface>) where systemd runs, else with C(wg-quick up) directly.
-  - When it is up, compares the running interface (C(wg show dump), addresses, MTU, routes)
-    with the file and applies only the difference, live, with C(wg syncconf); the tunnel is
-    never taken down, so traffic between unchanged peers keeps flowing.
-  - The file holds no private key; the config given to C(wg syncconf) is built on the host
-    with the host's own key (syncing a keyless config would clear the interface's key), in a
-    0600 temporary file that is removed at once. The key never appears in the result.
+  - A bundle is everything the compiler made for one host (the wg-quick files without a
+    private key, the nftables table, the names block, the forwarding settings) with its
+    content hash, as the C(wgmesh_compile) action returns it.
+  - Compares the host's live state with the bundle and repairs every difference, in one
+    module run - the files, the loaded table (each set element and rule, read with
+    C(nft -j list table)), the running interfaces (the key they run with, peers, addresses,
+    MTU, routes, exit-node routing), the names block, forwarding - and says which in words.
+    Nothing differs - nothing is done and C(changed) is false. Check mode reports the same
+    differences and changes nothing.
+  - Changes are made live - interfaces with C(wg syncconf), C(wg set) and C(ip), the table
+    by one C(nft -f) transaction - so tunnels between unchanged peers keep flowing.
+  - All or nothing - the new table is checked with C(nft -c) before anything is changed; if
+    any later step fails, the host is returned to the last bundle that applied cleanly (kept
+    under I(state_dir)), or with none to its state before wgmesh, and the task fails with
+    the cause.
+  - Records what the host runs (bundle hash, commit, time, and the table as loaded, to
+    notice later edits) in I(state_dir)/state.json.
+  - Refuses a bundle that routes the default route through an exit node when this run's SSH
+    client is reached through the default route and is not in the management networks.
+  - The private key never leaves the key file; C(wg syncconf) is given a 0600 temporary file
+    built on the host and removed at once.
 options:
-  interface:
-    description: Interface name; the file is C(/etc/wireguard/<interface>.conf).
-    type: str
-    default: wg0
-  service:
-    description: How to bring the interface up; C(auto) uses systemd when it runs.
-    type: str
-    choices: [auto, systemd, wg-quick]
-    default: auto
-  key_file:
-    description: The host's private key file (see wgmesh_key).
-    type: path
-    required: true
-  management_networks:
-    description:
-      - Networks that stay on the main routing table (the host's own default gateway) while
-        a peer takes the default route as exit node, such as the Ansible controller's.
-      - Kept as C(ip rule) entries at priority 1000 only while the interface routes the
-        default route; the wg-quick file carries the same rules for the next C(up).
-    type: list
-    elements: str
-    default: []
+  bundle:
+    description: The host's bundle (C(wgmesh_compile)'s C(hosts[<host>].bundle)).
+    type: dict
   state:
     description:
-      - C(present) brings the interface up and in sync.
-      - C(absent) takes it down, then removes its file (an interface the host no longer
-        needs, such as a hop tunnel).
+      - C(present) makes the host run I(bundle).
+      - C(absent) takes the host out of the mesh - interfaces down, table, files, names block,
+        forwarding set by wgmesh and key removed.
     type: str
     choices: [present, absent]
     default: present
+  key_file:
+    description: The host's private key file (see wgmesh_key); its public key must be the
+      one the bundle was compiled for.
+    type: path
+    required: true
+  service:
+    description: How to bring an interface up; C(auto) uses systemd's C(wg-quick@) when
+      systemd runs, else C(wg-quick up).
+    type: str
+    choices: [auto, systemd, wg-quick]
+    default: auto
+  ruleset_path:
+    description: Where the table's file is kept (what C(nft -f) loads at boot).
+    type: path
+    default: /etc/wgmesh/nftables.nft
+  hosts_file:
+    description: The hosts file that holds the block of mesh names.
+    type: path
+    default: /etc/hosts
+  state_dir:
+    description: Where the host keeps what it runs and the last good bundle.
+    type: path
+    default: /var/lib/wgmesh
 attributes:
   check_mode:
     support: full
   diff_mode:
     support: full
-    details: Shows the running peers (public keys and allowed IPs) before and after.
+    details: Every file and the names block before and after, and the running peers.
 author: wgmesh
 """
 
 EXAMPLES = r"""
-- name: Bring wg0 up and sync it with its file
-  wgmesh_wireguard:
-    interface: wg0
+- name: Make the host run its part of the mesh
+  wgmesh_apply:
+    bundle: "{{ plan.hosts[inventory_hostname].bundle }}"
+    key_file: /etc/wireguard/wg0.key
+
+- name: Take a host that left the mesh out of it
+  wgmesh_apply:
+    state: absent
     key_file: /etc/wireguard/wg0.key
 """
 
 RETURN = r"""
 actions:
-  description: What was (or, in check mode, would be) done.
+  description: Every difference found, in words, and what was (in check mode, would be) done.
   returned: always
   type: list
   elements: str
-  sample: ["syncconf: +1 peer, -0 peers, 2 changed"]
+  sample: ["table inet wgmesh: set in4 has 1 element not in the bundle", "load the table"]
+drift:
+  description: Differences from the bundle the host was recorded as running (edits by hand).
+  returned: always
+  type: list
+  elements: str
+hash:
+  description: Hash of the bundle the host runs now.
+  returned: always
+  type: str
+previous:
+  description: Hash of the bundle the host ran before (null for a host new to wgmesh).
+  returned: always
+  type: str
+applied:
+  description: What the host was recorded as running before this task - C(hash),
+    C(commit), C(applied) (UTC time); nulls for a host new to wgmesh.
+  returned: when state is present
+  type: dict
+ssh_client:
+  description: This run's SSH client as the host sees it (checked against exit-node routing).
+  returned: when the bundle uses an exit node
+  type: str
 peers:
-  description: Number of peers on the interface after the change.
+  description: Number of peers on the mesh interface.
   returned: always
   type: int
+seconds:
+  description: How long the comparison and the apply took on the host.
+  returned: success
+  type: float
 """
 
+import base64
+import datetime
+import hashlib
 import ipaddress
+import json
 import os
 import re
+import shutil
+import subprocess
 import tempfile
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 
 # The same number as wgmesh.render.MANAGEMENT_RULE_PRIORITY: before wg-quick's rules.
 MANAGEMENT_RULE_PRIORITY = 1000
+TABLE = ("inet", "wgmesh")
+
+
+class ApplyError(Exception):
+    """A step failed; the host is returned to its last good bundle."""
 
 
 class Runner:
-    """The one place that runs wg, wg-quick, ip, nft and systemctl."""
+    """The one place that runs wg, wg-quick, ip, nft, sysctl and systemctl."""
 
     def __init__(self, module: AnsibleModule):
         self.module = module
@@ -95,11 +156,18 @@ class Runner:
     def __call__(self, *argv: str, check: bool = True, data: str | None = None) -> str:
         rc, out, err = self.module.run_command(list(argv), data=data, binary_data=True)
         if check and rc != 0:
-            self.module.fail_json(msg=f"{' '.join(argv)} failed ({rc}): {redact(err.strip())}")
+            raise ApplyError(f"{' '.join(argv)} failed ({rc}): {redact(err.strip())}")
         return out if rc == 0 else ""
 
     def rc(self, *argv: str) -> int:
         return self.module.run_command(list(argv))[0]
+
+    def output(self, *argv: str) -> tuple[int, str]:
+        """Return code and output of a command that prints a lot (a table, a thousand
+        peers): run_command reads in small chunks, which costs more than the command."""
+        path = self.module.get_bin_path(argv[0], required=True)
+        done = subprocess.run([path, *argv[1:]], capture_output=True, text=True, check=False)
+        return done.returncode, done.stdout
 
 
 # Anything shaped like a WireGuard key (private or public): wg and wg-quick may echo the line
@@ -135,8 +203,8 @@ def desired_peers(conf: dict) -> dict[str, dict]:
     out = {}
     for p in conf["peers"]:
         key = p["publickey"][0]
-        allowed = {str(ipaddress.ip_network(a.strip(), strict=False))
-                   for v in p.get("allowedips", []) for a in v.split(",") if a.strip()}
+        allowed = {a.strip() for v in p.get("allowedips", []) for a in v.split(",")
+                   if a.strip()}
         out[key] = {"allowed": allowed,
                     "keepalive": int(p.get("persistentkeepalive", ["0"])[0] or 0),
                     "endpoint": p.get("endpoint", [None])[0]}
@@ -149,11 +217,45 @@ def running_peers(dump: str) -> tuple[int, dict[str, dict]]:
     out = {}
     for line in lines[1:]:
         f = line.split("\t")
-        allowed = set() if f[3] == "(none)" else {
-            str(ipaddress.ip_network(a, strict=False)) for a in f[3].split(",")}
+        allowed = set() if f[3] == "(none)" else set(f[3].split(","))
         out[f[0]] = {"allowed": allowed, "keepalive": 0 if f[7] == "off" else int(f[7]),
                      "endpoint": None if f[2] == "(none)" else f[2]}
     return port, out
+
+
+# Keys of a wg-quick file that wg(8) does not know (what `wg-quick strip` removes).
+WG_QUICK_ONLY = re.compile(r"(?im)^\s*(Address|DNS|MTU|Table|PreUp|PostUp|PreDown|PostDown|"
+                           r"SaveConfig)\s*=.*\n?")
+
+
+def strip(conf_text: str) -> str:
+    """The file as wg(8) reads it. `wg-quick strip` does the same in bash, a line at a
+    time (half a second for a thousand peers)."""
+    return WG_QUICK_ONLY.sub("", conf_text)
+
+
+def outside(allowed: set[str], nets: list) -> list[str]:
+    """Allowed IPs that may need a route: host addresses inside the interface's own
+    prefixes (every mesh peer) are skipped without building a network object each."""
+    out = []
+    for a in allowed:
+        host, _, length = a.partition("/")
+        if length in ("32", "128"):
+            addr = ipaddress.ip_address(host)
+            if any(addr.version == n.version and addr in n for n in nets):
+                continue
+        out.append(a)
+    return out
+
+
+def same_networks(a: set[str], b: set[str]) -> bool:
+    """Equal prefixes, however written (the renderer and wg both print them canonically, so
+    the strings are compared first)."""
+    if a == b:
+        return True
+    def norm(nets):
+        return {str(ipaddress.ip_network(n, strict=False)) for n in nets}
+    return norm(a) == norm(b)
 
 
 def endpoint_differs(want: str | None, have: str | None) -> bool:
@@ -287,81 +389,67 @@ def management_rules(run: Runner, keep: list[str], need: bool, check_mode: bool)
     return actions
 
 
-def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "interface": {"type": "str", "default": "wg0"},
-            "service": {"type": "str", "default": "auto",
-                        "choices": ["auto", "systemd", "wg-quick"]},
-            "key_file": {"type": "path", "required": True, "no_log": False},
-            "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
-            "management_networks": {"type": "list", "elements": "str", "default": []},
-        },
-        supports_check_mode=True,
-    )
-    run = Runner(module)
-    iface = module.params["interface"]
-    if not re.fullmatch(r"[a-zA-Z0-9_.=+-]{1,15}", iface):
-        module.fail_json(msg=f"invalid interface name {iface!r}")
-    try:
-        keep = [str(ipaddress.ip_network(n)) for n in module.params["management_networks"]]
-    except ValueError as exc:
-        module.fail_json(msg=f"management_networks: {exc}")
-    conf_path = f"/etc/wireguard/{iface}.conf"
-    service = module.params["service"]
-    if service == "auto":
-        service = "systemd" if os.path.isdir("/run/systemd/system") else "wg-quick"
-    actions: list[str] = []
+def public_key_of(key_file: str, run: Runner) -> str:
+    with open(key_file) as fh:
+        private = fh.read().strip()
+    if shutil.which("wg"):
+        return run("wg", "pubkey", data=private + "\n").strip()
+    from nacl.bindings import crypto_scalarmult_base
+    return base64.b64encode(crypto_scalarmult_base(base64.b64decode(private))).decode()
 
-    up = run.rc("ip", "link", "show", "dev", iface) == 0
-    if module.params["state"] == "absent":
-        if up:
-            actions.append(f"take {iface} down")
-            if not module.check_mode:
-                if service == "systemd":
-                    run("systemctl", "disable", "--now", f"wg-quick@{iface}")
-                else:
-                    run("wg-quick", "down", iface)  # reads the file: remove it only after
-        if os.path.exists(conf_path):
-            actions.append(f"remove {conf_path}")
-            if not module.check_mode:
-                os.unlink(conf_path)
-        module.exit_json(changed=bool(actions), actions=actions, peers=0)
-    if not up:
+
+def sync_interface(run: Runner, iface: str, conf_text: str, key_file: str, service: str,
+                   keep: list[str], check_mode: bool) -> tuple[list[str], dict]:
+    """Make the running interface equal to its configuration, live; its file is written
+    already (wg-quick up reads it). Returns the actions and the running peers before."""
+    conf = parse_conf(conf_text)
+    want = desired_peers(conf)
+    actions: list[str] = []
+    if run.rc("ip", "link", "show", "dev", iface) != 0:
         actions.append(f"bring {iface} up ({service})")
-        if not module.check_mode:
-            if service == "systemd":
-                run("systemctl", "enable", "--now", f"wg-quick@{iface}")
-            else:
-                run("wg-quick", "up", iface)
-        peers = 0
-        if os.path.exists(conf_path):  # in check mode the file may not be written yet
-            with open(conf_path) as fh:
-                peers = len(parse_conf(fh.read())["peers"])
-        module.exit_json(changed=True, actions=actions, peers=peers)
-    if service == "systemd" and run.rc("systemctl", "is-enabled", "--quiet",
+        if check_mode:
+            return actions, {}
+        if service == "systemd":
+            run("systemctl", "enable", "--now", f"wg-quick@{iface}")
+            start_handshakes(run, iface, want)
+            return actions, {}
+        up_without_peers(run, iface, conf_text)  # the peers follow in one syncconf
+    elif service == "systemd" and run.rc("systemctl", "is-enabled", "--quiet",
                                        f"wg-quick@{iface}") != 0:
         actions.append(f"enable wg-quick@{iface}")
-        if not module.check_mode:
+        if not check_mode:
             run("systemctl", "enable", f"wg-quick@{iface}")
 
-    with open(conf_path) as fh:
-        conf = parse_conf(fh.read())
-    want = desired_peers(conf)
-    port, have = running_peers(run("wg", "show", iface, "dump"))
+    # A key file replaced (rotation, a rebuilt host) while the interface kept the old key.
+    running_key = run("wg", "show", iface, "public-key").strip()
+    file_key = public_key_of(key_file, run)
+    if running_key != file_key:
+        actions.append(f"{iface} runs with key {running_key or '(none)'}, the key file holds "
+                       f"{file_key}: load the key file")
+        if not check_mode:
+            run("wg", "set", iface, "private-key", key_file)
+            start_handshakes(run, iface, want)
+
+    port, have = running_peers(run.output("wg", "show", iface, "dump")[1])
     want_port = int(conf["interface"].get("listenport", ["0"])[0])
     added = sorted(set(want) - set(have))
     removed = sorted(set(have) - set(want))
     updated = sorted(k for k in set(want) & set(have)
-                     if want[k]["allowed"] != have[k]["allowed"]
+                     if not same_networks(want[k]["allowed"], have[k]["allowed"])
                      or want[k]["keepalive"] != have[k]["keepalive"]
                      or endpoint_differs(want[k]["endpoint"], have[k]["endpoint"]))
     if added or removed or updated or (want_port and want_port != port):
-        actions.append(f"syncconf: +{len(added)} peers, -{len(removed)} peers, "
-                       f"{len(updated)} changed")
-        if not module.check_mode:
-            stripped = run("wg-quick", "strip", iface)
-            with open(module.params["key_file"]) as fh:
+        names = peer_names(conf_text)
+        words = [f"+{names.get(k, k)}" for k in added] + [f"-{k}" for k in removed] + [
+            f"~{names.get(k, k)}" for k in updated]
+        if len(words) > 12:
+            words = [*words[:10], f"and {len(words) - 10} more"]
+        if want_port and want_port != port:
+            words.append(f"listen port {port} -> {want_port}")
+        actions.append(f"{iface} peers: {', '.join(words)}")
+        if not check_mode:
+            stripped = strip(conf_text)
+            with open(key_file) as fh:
                 key_line = f"PrivateKey = {fh.read().strip()}"
             # syncconf sets everything the config names and clears the rest: keep the
             # firewall mark that exit-node routing relies on (it is not in the file).
@@ -384,33 +472,484 @@ def main() -> None:
                   conf["interface"].get("address", []) for a in v.split(",") if a.strip()}
     have_addrs = set(re.findall(r"inet6? (\S+) .*scope global",
                                 run("ip", "-o", "address", "show", "dev", iface)))
-    actions += reconcile("address", want_addrs, have_addrs, iface, run, module.check_mode)
+    actions += reconcile("address", want_addrs, have_addrs, iface, run, check_mode)
     mtu = conf["interface"].get("mtu", [None])[0]
     link = run("ip", "-o", "link", "show", "dev", iface)
     if mtu and f" mtu {mtu} " not in link:
-        actions.append(f"set mtu {mtu}")
-        if not module.check_mode:
+        actions.append(f"set {iface} mtu {mtu}")
+        if not check_mode:
             run("ip", "link", "set", "dev", iface, "mtu", mtu)
     nets = [ipaddress.ip_interface(a).network for a in want_addrs]
-    routed = {str(n) for p in want.values() for n in map(ipaddress.ip_network, p["allowed"])
+    routed = {str(n) for p in want.values() for n in map(ipaddress.ip_network,
+                                                          outside(p["allowed"], nets))
               if n.prefixlen and not any(n.version == o.version and n.subnet_of(o)
                                          for o in nets)}
     have_routes = set()
     for family in ("-4", "-6"):
         for line in run("ip", family, "route", "show", "dev", iface, "proto", "boot").splitlines():
             have_routes.add(str(ipaddress.ip_network(line.split()[0], strict=False)))
-    actions += reconcile("route", routed, have_routes, iface, run, module.check_mode)
+    actions += reconcile("route", routed, have_routes, iface, run, check_mode)
 
     # Management rules first: they must be in place before the default route moves.
     exits = any(d in p["allowed"] for p in want.values() for d in ("0.0.0.0/0", "::/0"))
-    actions += management_rules(run, keep, exits, module.check_mode)
-    actions += exit_routing(run, iface, want, module.check_mode)
+    actions += management_rules(run, keep, exits, check_mode)
+    actions += exit_routing(run, iface, want, check_mode)
+    return actions, have
 
-    diff = {"before": "".join(f"{k} {' '.join(sorted(v['allowed']))}\n"
-                              for k, v in sorted(have.items())),
-            "after": "".join(f"{k} {' '.join(sorted(v['allowed']))}\n"
-                             for k, v in sorted(want.items()))}
-    module.exit_json(changed=bool(actions), actions=actions, peers=len(want), diff=diff)
+
+def up_without_peers(run: Runner, iface: str, conf_text: str) -> None:
+    """wg-quick up from the [Interface] section alone. With peers, wg-quick adds each
+    allowed IP's route with its own `ip` calls (seconds for a thousand peers); the caller
+    then adds the peers in one syncconf, and the routes the mesh prefix does not cover."""
+    head = conf_text.split("\n[Peer]", 1)[0] + "\n"
+    os.makedirs("/run/wgmesh", mode=0o700, exist_ok=True)
+    path = f"/run/wgmesh/{iface}.conf"  # wg-quick takes the interface name from the file's
+    write_atomic(path, head, 0o600)
+    try:
+        run("wg-quick", "up", path)
+    finally:
+        os.unlink(path)
+
+
+def start_handshakes(run: Runner, iface: str, want: dict[str, dict]) -> None:
+    """Peers with a keepalive (this host is behind NAT, or on a hop tunnel) get a keepalive
+    now, so the tunnel is open when the run ends. wg-quick sets the peers before PostUp loads
+    the key, so the keepalive it triggers finds no key; setting the interval from 0 again
+    sends one."""
+    for key, peer in want.items():
+        if peer["keepalive"]:
+            run("wg", "set", iface, "peer", key, "persistent-keepalive", "0")
+            run("wg", "set", iface, "peer", key, "persistent-keepalive",
+                str(peer["keepalive"]))
+
+
+def peer_names(conf_text: str) -> dict[str, str]:
+    """Public key -> peer name, from the comment the renderer puts above each key."""
+    return {key: name for name, key in re.findall(
+        r"^# (\S+) \(.*\n\s*PublicKey = (\S+)", conf_text, re.M)}
+
+
+def take_down(run: Runner, iface: str, service: str, conf_path: str,
+              check_mode: bool) -> list[str]:
+    actions = []
+    if run.rc("ip", "link", "show", "dev", iface) == 0:
+        actions.append(f"take {iface} down")
+        if not check_mode:
+            if service == "systemd":
+                run("systemctl", "disable", "--now", f"wg-quick@{iface}")
+            elif os.path.exists(conf_path):
+                run("wg-quick", "down", iface)  # reads the file: remove it only after
+            else:
+                run("ip", "link", "delete", "dev", iface)
+    return actions
+
+
+# The loaded table, as nft prints it, without what changes by itself (counters, handles):
+# what is compared with the table recorded right after the last load.
+def live_table(run: Runner) -> str | None:
+    rc, text = run.output("nft", "-j", "list", "table", *TABLE)
+    if rc != 0:
+        return None
+    out = []
+    for item in json.loads(text)["nftables"]:
+        kind, body = next(iter(item.items()))
+        if kind == "metainfo":
+            continue
+        body = {k: v for k, v in body.items() if k not in ("handle", "packets", "bytes")}
+        if kind == "rule":
+            # An anonymous counter's figures change with traffic; a named one is a reference.
+            body["expr"] = [{"counter": None} if isinstance(e.get("counter"), dict) else e
+                            for e in body.get("expr", [])]
+        out.append({kind: body})
+    return json.dumps(out, sort_keys=True, separators=(",", ":"))
+
+
+def _element_text(e) -> str:
+    return json.dumps(e, sort_keys=True, separators=(",", ":"))
+
+
+def table_drift(recorded: str, live: str | None) -> list[str]:
+    """The differences between the table as loaded and as it is now, in words."""
+    if live is None:
+        return [f"table {' '.join(TABLE)} is not loaded"]
+    if live == recorded:
+        return []
+    words = []
+
+    def index(items):
+        out = {}
+        for item in items:
+            kind, body = next(iter(item.items()))
+            if kind == "rule":
+                out.setdefault(("chain rules", body["chain"]), []).append(_element_text(body))
+            else:
+                out[(kind, body.get("name", ""))] = body
+        return out
+
+    want, have = index(json.loads(recorded)), index(json.loads(live))
+    for key in sorted(set(want) | set(have)):
+        kind, name = key
+        if key not in have:
+            words.append(f"{kind} {name} is missing")
+        elif key not in want:
+            words.append(f"{kind} {name} is not in the bundle")
+        elif kind == "set":
+            w = {_element_text(e) for e in want[key].get("elem", [])}
+            h = {_element_text(e) for e in have[key].get("elem", [])}
+            extra, missing = sorted(h - w), sorted(w - h)
+            if extra:
+                words.append(f"set {name} has {len(extra)} element(s) not in the bundle: "
+                             + ", ".join(extra[:3]) + (" ..." if len(extra) > 3 else ""))
+            if missing:
+                words.append(f"set {name} lacks {len(missing)} element(s) of the bundle: "
+                             + ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else ""))
+            rest = ({k: v for k, v in want[key].items() if k != "elem"},
+                    {k: v for k, v in have[key].items() if k != "elem"})
+            if rest[0] != rest[1]:
+                words.append(f"set {name} is declared differently")
+        elif want[key] != have[key]:
+            words.append(f"chain {name}: {len(have[key])} rules differ from the bundle's "
+                         f"{len(want[key])}" if kind == "chain rules"
+                         else f"{kind} {name} differs from the bundle")
+    return words
+
+
+HOSTS_MARK = "# {} wgmesh {} (managed by Ansible)"
+
+
+def with_hosts_block(text: str, iface: str, block: str | None) -> str:
+    """The hosts file with our block replaced (None: removed). The markers are the ones
+    Ansible's blockinfile used, so files written by earlier versions are taken over."""
+    begin, end = HOSTS_MARK.format("BEGIN", iface), HOSTS_MARK.format("END", iface)
+    lines = text.splitlines(keepends=True)
+    try:
+        i = lines.index(begin + "\n")
+        j = lines.index(end + "\n", i)
+        del lines[i:j + 1]
+    except ValueError:
+        i = len(lines)
+    if block is not None:
+        if i == len(lines) and lines and not lines[-1].endswith("\n"):
+            lines[-1] += "\n"
+        lines[i:i] = [begin + "\n", block, end + "\n"]
+    return "".join(lines)
+
+
+def read(path: str) -> str | None:
+    try:
+        with open(path) as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def write_atomic(path: str, text: str | None, mode: int) -> None:
+    """Replace a file whole (a reader sees the old or the new one), or remove it (None)."""
+    if text is None:
+        if os.path.exists(path):
+            os.unlink(path)
+        return
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+SYSCTL_PATH = "/etc/sysctl.d/60-wgmesh.conf"
+FORWARDING = {"/proc/sys/net/ipv4/ip_forward": "1",
+              "/proc/sys/net/ipv6/conf/all/forwarding": "1"}
+
+
+class Host:
+    """One host's paths and tools; ``converge`` makes it run a bundle."""
+
+    def __init__(self, module: AnsibleModule):
+        p = module.params
+        self.module, self.run = module, Runner(module)
+        self.key_file, self.ruleset = p["key_file"], p["ruleset_path"]
+        self.hosts_file, self.state_dir = p["hosts_file"], p["state_dir"]
+        service = p["service"]
+        if service == "auto":
+            service = "systemd" if os.path.isdir("/run/systemd/system") else "wg-quick"
+        self.service = service
+        self.diff_before: list[str] = []
+        self.diff_after: list[str] = []
+
+    def files(self, b: dict) -> list[tuple[str, str | None, int]]:
+        """(path, content or None for absent, mode) of every file a bundle makes."""
+        return [(f"/etc/wireguard/{b['interface']}.conf", b["wg_conf"], 0o600),
+                (f"/etc/wireguard/{b['hop_interface']}.conf", b["hop_conf"], 0o600),
+                (self.ruleset, b["nftables"], 0o644),
+                (SYSCTL_PATH, b["sysctl"], 0o644)]
+
+    def state(self) -> dict:
+        text = read(os.path.join(self.state_dir, "state.json"))
+        return json.loads(text) if text else {}
+
+    def last_good(self) -> dict | None:
+        text = read(os.path.join(self.state_dir, "bundle.json"))
+        return json.loads(text) if text else None
+
+    def record(self, b: dict) -> None:
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+        now = datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017 - hosts' Python < 3.11
+        state = {"hash": b["hash"], "commit": b.get("commit"), "name": b["name"],
+                 "applied": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                 "table": live_table(self.run)}
+        write_atomic(os.path.join(self.state_dir, "bundle.json"), json.dumps(b), 0o600)
+        write_atomic(os.path.join(self.state_dir, "state.json"), json.dumps(state), 0o600)
+
+    def converge(self, b: dict, check_mode: bool, reload_table: bool = False) -> list[str]:
+        """Compare the host with bundle ``b`` and repair every difference."""
+        run, actions = self.run, []
+        state = self.state()
+        for path, text, mode in self.files(b):
+            old = read(path)
+            if old != text:
+                actions.append(f"{'write' if text is not None else 'remove'} {path}")
+                self.diff_before.append(f"--- {path}\n{old or ''}")
+                self.diff_after.append(f"+++ {path}\n{text or ''}")
+                if not check_mode:
+                    write_atomic(path, text, mode)
+        live = live_table(run)
+        if state.get("hash") == b["hash"] and isinstance(state.get("table"), str):
+            drift = table_drift(state["table"], live)
+        else:
+            drift = [] if live is not None else [f"table {' '.join(TABLE)} is not loaded"]
+            reload_table = True
+        actions += [f"table {' '.join(TABLE)}: {w}" for w in drift]
+        if reload_table or drift:
+            actions.append(f"load the table from {self.ruleset}")
+            if not check_mode:
+                run("nft", "-f", self.ruleset)
+        if b["sysctl"]:
+            for path, value in FORWARDING.items():
+                if (read(path) or "").strip() != value:
+                    actions.append(f"{path} is not {value}: apply {SYSCTL_PATH}")
+                    if not check_mode:
+                        run("sysctl", "-q", "-p", SYSCTL_PATH)
+                    break
+
+        hop, wg = b["hop_interface"], b["interface"]
+        if b["hop_conf"] is not None:
+            actions += sync_interface(run, hop, b["hop_conf"], self.key_file, self.service,
+                                      [], check_mode)[0]
+        else:
+            actions += take_down(run, hop, self.service, f"/etc/wireguard/{hop}.conf",
+                                 check_mode)
+        main_actions, _ = sync_interface(run, wg, b["wg_conf"], self.key_file,
+                                            self.service, b["management_networks"], check_mode)
+        actions += main_actions
+
+        text = read(self.hosts_file) or ""
+        new = with_hosts_block(text, wg, b["hosts_block"] or None)
+        if new != text:
+            actions.append(f"write the mesh names in {self.hosts_file}")
+            self.diff_before.append(f"--- {self.hosts_file}\n{text}")
+            self.diff_after.append(f"+++ {self.hosts_file}\n{new}")
+            if not check_mode:
+                write_hosts(self.hosts_file, new)
+        return actions
+
+    def leave(self, interface: str, hop_interface: str, check_mode: bool,
+              keep_key: bool = False) -> list[str]:
+        """Take the host out of the mesh: everything a bundle made, and the key."""
+        run, actions = self.run, []
+        for iface in (hop_interface, interface):
+            actions += take_down(run, iface, self.service, f"/etc/wireguard/{iface}.conf",
+                                 check_mode)
+        if run.rc("nft", "list", "table", *TABLE) == 0:
+            actions.append(f"delete table {' '.join(TABLE)}")
+            if not check_mode:
+                run("nft", "delete", "table", *TABLE)
+        forwarded = os.path.exists(SYSCTL_PATH)
+        for path in (f"/etc/wireguard/{interface}.conf", f"/etc/wireguard/{hop_interface}.conf",
+                     self.ruleset, SYSCTL_PATH, *([] if keep_key else [self.key_file]),
+                     os.path.join(self.state_dir, "state.json"),
+                     os.path.join(self.state_dir, "bundle.json")):
+            if os.path.exists(path):
+                actions.append(f"remove {path}")
+                if not check_mode:
+                    os.unlink(path)
+        for directory in (os.path.dirname(self.ruleset), self.state_dir):
+            if os.path.isdir(directory) and not os.listdir(directory) and not check_mode:
+                os.rmdir(directory)
+        if forwarded:
+            actions.append("stop forwarding")
+            if not check_mode:
+                for path in FORWARDING:
+                    with open(path, "w") as fh:
+                        fh.write("0\n")
+        text = read(self.hosts_file) or ""
+        new = with_hosts_block(text, interface, None)
+        if new != text:
+            actions.append(f"remove the mesh names from {self.hosts_file}")
+            if not check_mode:
+                write_hosts(self.hosts_file, new)
+        return actions
+
+
+def write_hosts(path: str, text: str) -> None:
+    """/etc/hosts may be a bind mount (containers): write it in place when it cannot be
+    replaced."""
+    try:
+        write_atomic(path, text, 0o644)
+    except OSError:
+        with open(path, "w") as fh:
+            fh.write(text)
+
+
+def ssh_client(run: Runner) -> str | None:
+    """This run's SSH client: from $SSH_CONNECTION, or (become through sudo resets the
+    environment) the peer of the socket held by the sshd this module runs under."""
+    conn = os.environ.get("SSH_CONNECTION", "").split()
+    if conn:
+        return conn[0]
+    pid = os.getpid()
+    while pid > 1:
+        comm = (read(f"/proc/{pid}/comm") or "").strip()
+        if comm in ("sshd", "sshd-session"):
+            for line in run("ss", "-Htnp", "state", "established").splitlines():
+                if f"pid={pid}," in line:
+                    peer = line.split()[3].rsplit(":", 1)[0].strip("[]")
+                    return peer.removeprefix("::ffff:")
+        status = read(f"/proc/{pid}/status") or ""
+        found = re.search(r"^PPid:\s+(\d+)", status, re.M)
+        pid = int(found.group(1)) if found else 1
+    return None
+
+
+def refuse_exit_over_ssh(run: Runner, b: dict, host: str) -> str | None:
+    """An exit node takes the default route: refuse when this run's SSH client is reached
+    through it and is not kept on the main table (the run would cut itself off)."""
+    client = ssh_client(run)
+    if client is None:
+        return None
+    route = run("ip", "-o", "route", "get", client, "fibmatch", check=False)
+    nets = [ipaddress.ip_network(n) for n in b["management_networks"]]
+    addr = ipaddress.ip_address(client)
+    if route.startswith("default") and not any(addr in n for n in nets
+                                               if n.version == addr.version):
+        raise ApplyError(
+            f"{host} reaches this run's SSH client {client} through its default route, which "
+            f"use_exit_node {b['uses_exit_node']} would send through the exit node and cut "
+            f"the connection. Add {client} (or its network) to network.management_networks "
+            "in mesh.yml.")
+    return client
+
+
+def check_bundle(b: dict) -> None:
+    if b.get("format") != 1:
+        raise ApplyError(f"bundle format {b.get('format')!r} is not 1: update wgmesh on the "
+                         "controller and on this host together")
+    for key in ("interface", "hop_interface"):
+        if not re.fullmatch(r"[a-zA-Z0-9_.=+-]{1,15}", str(b.get(key))):
+            raise ApplyError(f"invalid {key} {b.get(key)!r}")
+    for key in ("wg_conf", "nftables", "hosts_block"):
+        if not isinstance(b.get(key), str):
+            raise ApplyError(f"the bundle has no {key}")
+    # The bundle's hash covers its content: a bundle changed on the way is refused.
+    body = {k: v for k, v in b.items() if k not in ("hash", "commit")}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    if hashlib.sha256(text.encode()).hexdigest()[:16] != b.get("hash"):
+        raise ApplyError("the bundle's content does not match its hash")
+
+
+def main() -> None:
+    started = time.monotonic()
+    module = AnsibleModule(
+        argument_spec={
+            "bundle": {"type": "dict"},
+            "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+            "key_file": {"type": "path", "required": True, "no_log": False},
+            "service": {"type": "str", "default": "auto",
+                        "choices": ["auto", "systemd", "wg-quick"]},
+            "ruleset_path": {"type": "path", "default": "/etc/wgmesh/nftables.nft"},
+            "hosts_file": {"type": "path", "default": "/etc/hosts"},
+            "state_dir": {"type": "path", "default": "/var/lib/wgmesh"},
+        },
+        required_if=[("state", "present", ["bundle"])],
+        supports_check_mode=True,
+    )
+    host = Host(module)
+    check_mode = module.check_mode
+    before = host.state()
+    if module.params["state"] == "absent":
+        last = host.last_good() or {}
+        try:
+            actions = host.leave(last.get("interface", "wg0"),
+                                 last.get("hop_interface", "wg0-hop"), check_mode)
+        except ApplyError as exc:
+            module.fail_json(msg=str(exc))
+        module.exit_json(changed=bool(actions), actions=actions, drift=[], hash=None,
+                         previous=before.get("hash"), peers=0)
+
+    b = module.params["bundle"]
+    result = {"previous": before.get("hash"), "hash": b.get("hash"),
+              "applied": {k: before.get(k) for k in ("hash", "commit", "applied")}}
+    try:
+        check_bundle(b)
+        if b["uses_exit_node"]:
+            result["ssh_client"] = refuse_exit_over_ssh(host.run, b, b["name"])
+        if b["public_key"] and os.path.exists(host.key_file):
+            have = public_key_of(host.key_file, host.run)
+            if have != b["public_key"]:
+                raise ApplyError(
+                    f"{host.key_file} holds the key of public key {have}, but the bundle was "
+                    f"compiled for {b['public_key']}: a host's key changes only by rotation "
+                    "(playbooks/rotate.yml)")
+        elif not os.path.exists(host.key_file) and not check_mode:
+            raise ApplyError(f"{host.key_file} is missing: make it with wgmesh_key first")
+        # A table nft refuses is refused before anything changes (a table the host runs
+        # already passed).
+        checked = before.get("hash") == b["hash"] and read(host.ruleset) == b["nftables"]
+        if not checked and shutil.which("nft"):
+            host.run("nft", "-c", "-f", "-", data=b["nftables"])
+        elif not checked and not check_mode:
+            raise ApplyError("nft is missing: install nftables (wgmesh_manage_packages)")
+    except ApplyError as exc:
+        module.fail_json(msg=str(exc), changed=False, **result)
+
+    try:
+        actions = host.converge(b, check_mode)
+        if not check_mode and (actions or before.get("hash") != b["hash"]):
+            host.record(b)
+    except (ApplyError, OSError) as exc:
+        cause = str(exc)
+        last = host.last_good()
+        try:
+            if last is not None and last.get("hash") != b["hash"]:
+                Host(module).converge(last, check_mode=False, reload_table=True)
+                back = f"returned to the last good bundle {last['hash']}"
+            elif last is None:
+                Host(module).leave(b["interface"], b["hop_interface"], check_mode=False,
+                                   keep_key=True)
+                back = "returned to its state before wgmesh (no bundle had applied before)"
+            else:
+                Host(module).converge(last, check_mode=False, reload_table=True)
+                back = f"re-applied the bundle it ran, {last['hash']}"
+        except (ApplyError, OSError) as again:
+            back = f"and returning to the last good bundle failed too: {again}"
+        module.fail_json(msg=f"applying bundle {b['hash']} failed: {cause}; {back}",
+                         changed=True, **result)
+    # The host was recorded as running this bundle: every difference found is drift.
+    drift = actions if before.get("hash") == b["hash"] else []
+    diff = {"before": "\n".join(host.diff_before), "after": "\n".join(host.diff_after)}
+    if actions:  # what differs, in words, with the files' diff
+        diff["prepared"] = "".join(f"{'drift' if drift else 'change'}: {a}\n" for a in actions)
+    module.exit_json(changed=bool(actions), actions=actions, drift=drift, diff=diff,
+                     peers=len(re.findall(r"^\[Peer\]", b["wg_conf"], re.M)),
+                     seconds=round(time.monotonic() - started, 3), **result)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,19 @@ description:
     even before wireguard-tools are installed.
   - Returns the public key only. The private key is never returned, printed or logged, at any
     verbosity; it never leaves the host.
-  - An existing key is never replaced (rotation is a separate, explicit operation).
+  - An existing key is replaced only with I(rotate) (C(playbooks/rotate.yml)).
+  - Also says which tools the host lacks (C(wg), C(wg-quick), C(nft), and C(wireguard-go)
+    where the kernel has no WireGuard), so the role installs them without another round trip.
 options:
   path:
     description: The private key file.
     type: path
     required: true
+  rotate:
+    description: Replace the key with a new one (the old one is gone; peers learn the new
+      public key from the next compile).
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -45,6 +52,12 @@ created:
   description: Whether a new private key was (or, in check mode, would be) made.
   returned: always
   type: bool
+missing_tools:
+  description: Commands the host lacks to run the mesh.
+  returned: always
+  type: list
+  elements: str
+  sample: [wg, wg-quick, wireguard-go]
 """
 
 import base64
@@ -111,15 +124,30 @@ def public_of(private: str) -> str:
     return base64.b64encode(crypto_scalarmult_base(raw)).decode()
 
 
+def missing_tools() -> list[str]:
+    missing = [t for t in ("wg", "wg-quick", "nft") if not shutil.which(t)]
+    if not os.path.isdir("/sys/module/wireguard") and subprocess.run(
+            ["modprobe", "-nq", "wireguard"], capture_output=True).returncode != 0 \
+            and not shutil.which("wireguard-go"):
+        missing.append("wireguard-go")
+    return missing
+
+
 def main() -> None:
-    module = AnsibleModule(argument_spec={"path": {"type": "path", "required": True}},
+    module = AnsibleModule(argument_spec={"path": {"type": "path", "required": True},
+                                          "rotate": {"type": "bool", "default": False}},
                            supports_check_mode=True)
     path = module.params["path"]
     exists = os.path.exists(path)
-    if not exists and module.check_mode:
-        module.exit_json(changed=True, created=True, public_key=None)
+    make = not exists or module.params["rotate"]
     try:
-        if not exists:
+        missing = missing_tools()
+    except OSError:  # no modprobe
+        missing = [t for t in ("wg", "wg-quick", "nft") if not shutil.which(t)]
+    if make and module.check_mode:
+        module.exit_json(changed=True, created=True, public_key=None, missing_tools=missing)
+    try:
+        if make:
             directory = os.path.dirname(path) or "."
             os.makedirs(directory, mode=0o700, exist_ok=True)
             private = generate_private()
@@ -146,7 +174,7 @@ def main() -> None:
     if mode & 0o077:
         module.fail_json(msg=f"{path} is readable by others (mode {mode:o}); "
                          "fix it with chmod 600 (the key may have leaked)")
-    module.exit_json(changed=not exists, created=not exists, public_key=public)
+    module.exit_json(changed=make, created=make, public_key=public, missing_tools=missing)
 
 
 if __name__ == "__main__":

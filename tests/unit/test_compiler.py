@@ -219,8 +219,8 @@ def test_the_module_keeps_management_rules_at_the_renderers_priority():
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[2] / "plugins/modules/wgmesh_wireguard.py"
-    spec = importlib.util.spec_from_file_location("wgmesh_wireguard", path)
+    path = Path(__file__).resolve().parents[2] / "plugins/modules/wgmesh_apply.py"
+    spec = importlib.util.spec_from_file_location("wgmesh_apply", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     assert module.MANAGEMENT_RULE_PRIORITY == render.MANAGEMENT_RULE_PRIORITY

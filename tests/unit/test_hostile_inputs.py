@@ -307,7 +307,7 @@ def test_host_modules_redact_keys_from_command_errors():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "wgmesh_wireguard", HERE.parent / "plugins" / "modules" / "wgmesh_wireguard.py")
+        "wgmesh_apply", HERE.parent / "plugins" / "modules" / "wgmesh_apply.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     err = f"Line unrecognized: `PrivateKey={KEY}'\nConfiguration parsing error"
