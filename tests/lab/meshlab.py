@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 from conftest import BIN, PY, REPO, LabSession, ansible_env, copy_topology
@@ -118,6 +119,20 @@ class MeshLab(LabSession):
             t.join()
         return results
 
+    def settle(self, timeout: float = 15) -> None:
+        """Wait until every hop tunnel has had a handshake. Hosts apply in parallel, so a
+        relay client's first handshake can go out before its relay's hop interface is up;
+        WireGuard retries after 5 s."""
+        deadline = time.monotonic() + timeout
+        for node in self.mesh_nodes:
+            while True:
+                out = self.run(node, "sh", "-c", "wg show wg0-hop latest-handshakes "
+                               "2>/dev/null; true").stdout.split()
+                stamps = out[1::2]
+                if "0" not in stamps or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+
     def counter(self, node: str, name: str) -> int:
         out = self.run(node, "nft", "list", "counter", "inet", "wgmesh", name).stdout
         return int(re.search(r"packets (\d+)", out).group(1))
@@ -131,6 +146,7 @@ def built_mesh(tmp_path_factory, folder: str, name: str):
     lab.lab.up()
     run = lab.playbook()
     assert run.returncode == 0, run.stdout[-3000:]
+    lab.settle()
     yield lab
     lab.lab.down()
 

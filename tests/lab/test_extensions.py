@@ -257,7 +257,7 @@ def test_the_ssh_client_is_found_without_ssh_connection(mesh, tmp_path):
   post_tasks:
     - name: Show the client the role found
       ansible.builtin.debug:
-        msg: "CLIENT={{{{ __wgmesh_ssh_route.stdout_lines | first }}}}"
+        msg: "CLIENT={{{{ __wgmesh_apply.ssh_client }}}}"
 """)
         run = mesh.playbook(play=play, timeout=300)
         assert run.returncode == 0, run.stdout[-3000:]
