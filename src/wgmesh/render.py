@@ -21,7 +21,7 @@ from wgmesh.policy import PROTO_NAMES
 TABLE = "wgmesh"
 # Priority of the rules that keep management networks on the main table. It must come before
 # wg-quick's exit-node rules, which take the numbers just below the main table's 32766.
-# plugins/modules/wgmesh_wireguard.py keeps the same number (a unit test checks they agree).
+# plugins/modules/wgmesh_apply.py keeps the same number (a unit test checks they agree).
 MANAGEMENT_RULE_PRIORITY = 1000
 
 # What one value in a rendered file may be made of: names, addresses, prefixes, endpoints,
@@ -284,7 +284,7 @@ def wg_quick(host: HostOutput, net: Network) -> str:
 def management_rules(net: Network) -> list[str]:
     """Hooks that keep the management networks on the main table (their own default
     gateway) while the exit node takes the default route; wg-quick runs them at every up,
-    and wgmesh_wireguard applies the same rules live."""
+    and wgmesh_apply applies the same rules live."""
     lines = []
     for n in net.management_networks:
         clean(str(n))
