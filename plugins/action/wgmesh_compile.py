@@ -84,7 +84,8 @@ class ActionModule(ActionBase):
                         "relay": bool(node.relay),
                         "addresses": [str(h.ipv4), str(h.ipv6)],
                         "peers": [{"name": p.name, "connection": p.connection,
-                                   "endpoint": p.endpoint, "public_key": p.public_key}
+                                   "endpoint": p.endpoint, "public_key": p.public_key,
+                                   "address": p.allowed_ips[0].split("/")[0]}
                                   for p in h.peers],
                     }
         except InputError as exc:
@@ -102,6 +103,7 @@ class ActionModule(ActionBase):
             warnings += [f"{n} has expired ({b.mesh.nodes[n].expires}): the run takes it out "
                          "of the mesh" for n in comp.expired]
         result.update(
+            applied_earlier=self._applied_earlier(task_vars or {}, hosts),
             changed=changed,
             interface=net.interface,
             lockfile=str(b.lock.path),
@@ -143,3 +145,20 @@ class ActionModule(ActionBase):
             text += ("Policy or mesh changes reach them only with a run that includes them; "
                      "playbooks/status.yml shows which hold a stale bundle.")
         return [text]
+
+    @staticmethod
+    def _applied_earlier(task_vars: dict, batch: list[str]) -> list[str]:
+        """Hosts of this play that an earlier serial batch has applied (the canary probes
+        only pairs whose both ends run this run's bundles)."""
+        hostvars = task_vars.get("hostvars", {})
+        out = []
+        for name in task_vars.get("ansible_play_hosts_all", []):
+            if name in batch:
+                continue
+            hv = hostvars.get(name, {})
+            for key in ("__wgmesh_apply", "__wgmesh_apply_relay"):
+                r = hv.get(key)
+                if isinstance(r, dict) and r.get("hash") and not r.get("skipped"):
+                    out.append(name)
+                    break
+        return out

@@ -16,10 +16,11 @@ else:
 _BUILDS: dict = {}
 
 
-def _build(mesh_file: str):
-    key = (mesh_file, os.stat(mesh_file).st_mtime_ns)
+def _build(mesh_file: str, policy_file: str = ""):
+    files = [mesh_file, *([policy_file] if policy_file else [])]
+    key = tuple((f, os.stat(f).st_mtime_ns) for f in files)
     if key not in _BUILDS:
-        _BUILDS[key] = build(mesh_file, run_tests=False)
+        _BUILDS[key] = build(mesh_file, policy_file or None, run_tests=False)
     return _BUILDS[key]
 
 
@@ -49,15 +50,16 @@ def peer_status(dump: str, host_plan: dict) -> list[str]:
     return lines or ["no peers (the policy gives this host none)"]
 
 
-def probe_report(results: list, src: str, mesh_file: str) -> list[str]:
-    """Ping results against the policy's verdict for ICMP echo."""
+def probe_report(results: list, src: str, mesh_file: str, policy_file: str = "") -> list[str]:
+    """Ping results (loop items: node names, or dicts with a name) against the policy's
+    verdict for ICMP echo."""
     if IMPORT_ERROR is not None:
         raise RuntimeError(f"wgmesh filters need the wgmesh package ({IMPORT_ERROR})")
-    b = _build(mesh_file)
+    b = _build(mesh_file, policy_file)
     comp = b.compiler
     lines = []
     for r in results:
-        dst = r["item"]
+        dst = r["item"]["name"] if isinstance(r["item"], dict) else r["item"]
         allow = b.evaluator.check(comp.endpoint_of(src), comp.endpoint_of(dst),
                                   PROTOCOLS["icmp"], None).allow
         answered = r.get("rc") == 0

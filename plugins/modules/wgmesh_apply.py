@@ -36,11 +36,19 @@ options:
   state:
     description:
       - C(present) makes the host run I(bundle).
+      - C(previous) makes the host run the bundle it ran before the current one (a canary
+        that failed), or takes it out of the mesh if there was none.
       - C(absent) takes the host out of the mesh - interfaces down, table, files, names block,
         forwarding set by wgmesh and key removed.
     type: str
-    choices: [present, absent]
+    choices: [present, absent, previous]
     default: present
+  previous_hash:
+    description:
+      - With I(state=previous), the hash the host ran before (the C(previous) this module
+        returned when it applied the current bundle); the host is left alone when it still
+        runs it, and the task fails if the bundle kept as previous is another one.
+    type: str
   key_file:
     description: The host's private key file (see wgmesh_key); its public key must be the
       one the bundle was compiled for.
@@ -706,6 +714,10 @@ class Host:
         state = {"hash": b["hash"], "commit": b.get("commit"), "name": b["name"],
                  "applied": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
                  "table": live_table(self.run)}
+        last = self.last_good()
+        if last is not None and last.get("hash") != b["hash"]:
+            # What a canary failure returns to (state=previous).
+            write_atomic(os.path.join(self.state_dir, "previous.json"), json.dumps(last), 0o600)
         write_atomic(os.path.join(self.state_dir, "bundle.json"), json.dumps(b), 0o600)
         write_atomic(os.path.join(self.state_dir, "state.json"), json.dumps(state), 0o600)
 
@@ -775,8 +787,8 @@ class Host:
         forwarded = os.path.exists(SYSCTL_PATH)
         for path in (f"/etc/wireguard/{interface}.conf", f"/etc/wireguard/{hop_interface}.conf",
                      self.ruleset, SYSCTL_PATH, *([] if keep_key else [self.key_file]),
-                     os.path.join(self.state_dir, "state.json"),
-                     os.path.join(self.state_dir, "bundle.json")):
+                     *(os.path.join(self.state_dir, f)
+                       for f in ("state.json", "bundle.json", "previous.json"))):
             if os.path.exists(path):
                 actions.append(f"remove {path}")
                 if not check_mode:
@@ -870,7 +882,9 @@ def main() -> None:
     module = AnsibleModule(
         argument_spec={
             "bundle": {"type": "dict"},
-            "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
+            "state": {"type": "str", "default": "present",
+                      "choices": ["present", "absent", "previous"]},
+            "previous_hash": {"type": "str"},
             "key_file": {"type": "path", "required": True, "no_log": False},
             "service": {"type": "str", "default": "auto",
                         "choices": ["auto", "systemd", "wg-quick"]},
@@ -895,6 +909,26 @@ def main() -> None:
                          previous=before.get("hash"), peers=0)
 
     b = module.params["bundle"]
+    if module.params["state"] == "previous":
+        target = module.params["previous_hash"]
+        if target and target == before.get("hash"):  # this run did not change the host
+            module.exit_json(changed=False, actions=[], drift=[], hash=target,
+                             previous=target, peers=0)
+        text = read(os.path.join(host.state_dir, "previous.json"))
+        if text is not None and target and json.loads(text).get("hash") != target:
+            module.fail_json(msg=f"cannot return to bundle {target}: the host kept "
+                             f"{json.loads(text).get('hash')} as its previous one")
+        if text is None:  # wgmesh never ran here before this bundle: take it out again
+            last = host.last_good() or {}
+            try:
+                actions = host.leave(last.get("interface", "wg0"),
+                                     last.get("hop_interface", "wg0-hop"), check_mode,
+                                     keep_key=True)
+            except ApplyError as exc:
+                module.fail_json(msg=str(exc))
+            module.exit_json(changed=bool(actions), actions=actions, drift=[], hash=None,
+                             previous=before.get("hash"), peers=0)
+        b = json.loads(text)
     result = {"previous": before.get("hash"), "hash": b.get("hash"),
               "applied": {k: before.get(k) for k in ("hash", "commit", "applied")}}
     try:

@@ -248,3 +248,38 @@ def test_expired_and_removed_nodes_leave_their_hosts_clean(mesh):
     back = mesh.playbook("-e", '{"wgmesh_rotate": ["pub3"]}')
     assert back.returncode == 0, back.stdout[-3000:]
     assert mesh.playbook(play="playbooks/status.yml").returncode == 0
+
+
+def test_a_failed_canary_returns_its_batch_and_stops_the_run(mesh, tmp_path):
+    """A policy change applied in batches of two with the canary on. cafe1 and home1 (the
+    first batch) reach each other through the relay pub1; a fault outside wgmesh drops
+    cafe1's packets to the relay, so cafe1's ping to home1, which the policy allows, goes
+    unanswered: the batch returns to its previous bundles and no later batch is touched."""
+    new = policy_with(mesh, tmp_path, '"src": ["group:ops"], "dst": ["tag:db:22"]',
+                      '"src": ["group:ops", "alice@example.com"], "dst": ["tag:db:22"]')
+    before = {n: snapshot(mesh, n) for n in mesh.mesh_nodes}
+    pub1 = str(mesh.topo.hosts["pub1"].address)
+    fault = (f"table inet fault {{\n chain out {{\n type filter hook output priority -10;\n"
+             f" ip daddr {pub1} udp dport 51821 drop\n }}\n}}\n")
+    mesh.run("cafe1", "nft", "-f", "-", stdin=fault)
+    try:
+        run = mesh.playbook("-e", f"wgmesh_policy_file={new}", "-e", "wgmesh_serial=2",
+                            "-e", "wgmesh_canary=true")
+    finally:
+        mesh.run("cafe1", "nft", "delete", "table", "inet", "fault")
+    assert run.returncode != 0
+    out = " ".join(run.stdout.split())
+    assert "Canary failed, the batch (cafe1, home1) is back on its previous bundles" in out
+    assert "cafe1: ping home1: no answer, policy allows" in out
+    # home1's bundle changed with the policy, and is back; later batches never ran.
+    assert snapshot(mesh, "home1") == before["home1"]
+    for node in ("home2", "pub1", "pub2", "pub3"):
+        assert snapshot(mesh, node) == before[node], node
+    assert "TASK [wgmesh : Make the host's WireGuard key" in run.stdout
+    assert "home2" not in recap(run.stdout)
+
+    ok = mesh.playbook("-e", f"wgmesh_policy_file={new}", "-e", "wgmesh_serial=2",
+                       "-e", "wgmesh_canary=true")
+    assert ok.returncode == 0, ok.stdout[-3000:]
+    assert snapshot(mesh, "home1")["hash"] != before["home1"]["hash"]
+    assert mesh.playbook().returncode == 0
