@@ -72,6 +72,13 @@ options:
     description: Where the host keeps what it runs and the last good bundle.
     type: path
     default: /var/lib/wgmesh
+  root:
+    description:
+      - Write the bundle's files (and the names block, and the record of what runs) under
+        this directory, as they would be under C(/), and touch nothing live - for an image
+        or a chroot to boot into the mesh, or to time the rendering alone. Nothing is
+        validated with C(nft -c) and no key is checked.
+    type: path
 attributes:
   check_mode:
     support: full
@@ -811,6 +818,27 @@ class Host:
         return actions
 
 
+def write_under(host: Host, b: dict, root: str, check_mode: bool) -> list[str]:
+    """The bundle's files under ``root`` instead of ``/``; nothing live is touched."""
+    def under(path):
+        return os.path.join(root, path.lstrip("/"))
+    actions = []
+    hosts = under(host.hosts_file)
+    old_hosts = read(hosts) or ""
+    files = [(under(path), text, mode) for path, text, mode in host.files(b)]
+    files.append((hosts, with_hosts_block(old_hosts, b["interface"], b["hosts_block"] or None),
+                  0o644))
+    for path, text, mode in files:
+        if read(path) != text:
+            actions.append(f"{'write' if text is not None else 'remove'} {path}")
+            if not check_mode:
+                write_atomic(path, text, mode)
+    if actions and not check_mode:
+        os.makedirs(under(host.state_dir), mode=0o700, exist_ok=True)
+        write_atomic(os.path.join(under(host.state_dir), "bundle.json"), json.dumps(b), 0o600)
+    return actions
+
+
 def write_hosts(path: str, text: str) -> None:
     """/etc/hosts may be a bind mount (containers): write it in place when it cannot be
     replaced."""
@@ -891,6 +919,7 @@ def main() -> None:
             "ruleset_path": {"type": "path", "default": "/etc/wgmesh/nftables.nft"},
             "hosts_file": {"type": "path", "default": "/etc/hosts"},
             "state_dir": {"type": "path", "default": "/var/lib/wgmesh"},
+            "root": {"type": "path"},
         },
         required_if=[("state", "present", ["bundle"])],
         supports_check_mode=True,
@@ -909,6 +938,14 @@ def main() -> None:
                          previous=before.get("hash"), peers=0)
 
     b = module.params["bundle"]
+    if module.params["root"] and module.params["state"] == "present":
+        try:
+            check_bundle(b)
+            actions = write_under(host, b, module.params["root"], check_mode)
+        except (ApplyError, OSError) as exc:
+            module.fail_json(msg=str(exc))
+        module.exit_json(changed=bool(actions), actions=actions, drift=[], hash=b["hash"],
+                         previous=None, peers=len(re.findall(r"^\[Peer\]", b["wg_conf"], re.M)))
     if module.params["state"] == "previous":
         target = module.params["previous_hash"]
         if target and target == before.get("hash"):  # this run did not change the host
