@@ -22,7 +22,7 @@ class ActionModule(ActionBase):
     """See plugins/modules/wgmesh_compile.py for the documentation."""
 
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("mesh", "policy", "hosts", "rotate", "warn_days"))
+    _VALID_ARGS = frozenset(("mesh", "policy", "hosts", "rotate", "warn_days", "warn"))
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -92,7 +92,9 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail("the mesh does not compile:\n" + "\n".join(
                 str(p) for p in exc.problems)) from exc
         warn_days = args.get("warn_days")
-        warnings = list(comp.warnings)
+        # The mesh's warnings once per run: playbooks/check.yml gives them, unless --limit
+        # left it out.
+        warnings = list(comp.warnings) if args.get("warn", True) else []
         soon = []
         if warn_days is not None:
             horizon = today + dt.timedelta(days=int(warn_days))

@@ -39,6 +39,11 @@ options:
   warn_days:
     description: Warn of nodes that expire within this many days (and of expired ones).
     type: int
+  warn:
+    description: Give the mesh's warnings (unapproved routes, pairs that can never connect,
+      old keys); the role gives them only when C(playbooks/check.yml) did not (C(--limit)).
+    type: bool
+    default: true
 attributes:
   check_mode:
     support: full

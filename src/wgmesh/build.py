@@ -231,7 +231,7 @@ def pin_keys(b: Build, keys: dict[str, str | None], today: dt.date | None = None
     for host, key in sorted(keys.items()):
         if host not in b.mesh.nodes or not key:  # no key yet (a bare host in check mode)
             continue
-        pinned = b.lock.pin_key(host, key)
+        pinned = b.lock.pin_key(host, key, today)
         if pinned is not None:
             mismatched.append(
                 f"{host}: presents public key {key}, but {b.lock.path} pins {pinned}. "

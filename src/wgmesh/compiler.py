@@ -189,6 +189,7 @@ class Compiler:
         self.all_mask = (1 << len(self.names)) - 1
         self.problems: list[Problem] = []
         self._warnings: list[str] = []
+        self._warnings += key_age_warnings(mesh, alloc, self.names, today)
         self._mask_cache: dict[str, dict[int, int]] = {}
         self._range_cache: dict[int, tuple[list, list]] = {}
         self._check_tags()
@@ -925,3 +926,28 @@ def endpoint_text(host: str, port: int) -> str:
 
 __all__ = ["Compiler", "Endpoint", "Evaluator", "HostOutput", "Peer", "Verdict",
            "endpoint_text", "fewer_gc_passes"]
+
+
+# How long before network.key_max_age_days a key's age is announced.
+KEY_AGE_NOTICE_DAYS = 14
+
+
+def key_age_warnings(mesh: Mesh, alloc: dict[str, Allocation], names: list[str],
+                     today: dt.date) -> list[str]:
+    """Keys past network.key_max_age_days, and keys that reach it within two weeks."""
+    limit = mesh.network.key_max_age_days
+    out = []
+    for name in names if limit else ():
+        since = alloc[name].key_date
+        if since is None or not mesh.nodes[name].managed:
+            continue
+        age = (today - since).days
+        fix = f"rotate it: ansible-playbook playbooks/rotate.yml -l {name}"
+        if age >= limit:
+            out.append(f"{name}: its key is {age} days old, past network.key_max_age_days "
+                       f"({limit}); {fix}")
+        elif age >= limit - KEY_AGE_NOTICE_DAYS:
+            due = since + dt.timedelta(days=limit)
+            out.append(f"{name}: its key reaches network.key_max_age_days ({limit}) on {due}; "
+                       f"{fix}")
+    return out

@@ -8,6 +8,7 @@ atomically, and is meant to be committed so that a git diff shows every change.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import ipaddress
 import os
@@ -36,12 +37,15 @@ class Allocation:
     ipv4: ipaddress.IPv4Address
     ipv6: ipaddress.IPv6Address
     public_key: str | None
+    key_date: dt.date | None = None  # when public_key was pinned
 
 
 def _yaml() -> YAML:
     y = YAML(typ="rt")
     y.indent(mapping=2, sequence=4, offset=2)
     y.width = 200
+    # Equal values (two keys pinned the same day) are written out, never as YAML aliases.
+    y.representer.ignore_aliases = lambda *_: True
     return y
 
 
@@ -77,6 +81,11 @@ class Lock:
         for section in ("nodes", "retired"):  # absent or empty (null): none yet
             if self.data.get(section) is None:
                 self.data[section] = CommentedMap()
+        # Dates read as text (the line reader, YAML 1.2) are kept as dates, as they are
+        # written, so a file read and written again does not change.
+        for entry in self.data["nodes"].values():
+            if isinstance(entry, dict) and isinstance(entry.get("key_date"), str):
+                entry["key_date"] = _date(entry["key_date"])
 
     def _load(self, src: YamlSource) -> None:
         self.data = src.data if src.data is not None else CommentedMap()
@@ -99,7 +108,8 @@ class Lock:
                 src.error(root, section, section, f"must be a mapping of node names, not "
                           f"{type_name(entries)}", fix)
                 continue
-            keys = {"ipv4", "ipv6"} | ({"public_key"} if section == "nodes" else set())
+            keys = {"ipv4", "ipv6"} | ({"public_key", "key_date"} if section == "nodes"
+                                       else set())
             for name in entries:
                 path = join(section, name)
                 if not grammar.matches(grammar.NODE_NAME, name):
@@ -114,6 +124,9 @@ class Lock:
                     if key in entry and grammar.ip_address(entry[key], fam) is None:
                         src.error(entry, key, join(path, key),
                                   f"{type_name(entry[key])} is not an IPv{fam} address", fix)
+                if "key_date" in entry and _date(entry["key_date"]) is None:
+                    src.error(entry, "key_date", join(path, "key_date"),
+                              f"{type_name(entry['key_date'])} is not a date (YYYY-MM-DD)", fix)
                 if "public_key" in entry and not grammar.public_key(entry["public_key"]):
                     src.error(entry, "public_key", join(path, "public_key"),
                               "not a WireGuard public key (44 characters of base64 encoding "
@@ -251,10 +264,11 @@ class Lock:
                     entry[k] = v
                     self.dirty = True
             key = node.public_key or entry.get("public_key")
-            out[name] = Allocation(want[name]["ipv4"], want[name]["ipv6"], key)
+            out[name] = Allocation(want[name]["ipv4"], want[name]["ipv6"], key,
+                                   None if node.public_key else _date(entry.get("key_date")))
         return {name: out[name] for name in mesh.nodes}
 
-    def pin_key(self, node: str, public_key: str) -> str | None:
+    def pin_key(self, node: str, public_key: str, today: dt.date | None = None) -> str | None:
         """Record a host's key on first sight; returns the pinned key if it differs."""
         if not grammar.public_key(public_key):
             raise InputError([Problem(self.name, 0, 0, f"nodes.{node}.public_key",
@@ -265,6 +279,7 @@ class Lock:
         pinned = entry.get("public_key")
         if pinned is None:
             entry["public_key"] = public_key
+            entry["key_date"] = today or dt.date.today()
             self.dirty = True
             self._pinned.add(node)
             return None
@@ -278,6 +293,7 @@ class Lock:
         """Forget a host's key (rotation): the key it reports next is pinned."""
         entry = self.nodes.get(node)
         if entry is not None and entry.pop("public_key", None) is not None:
+            entry.pop("key_date", None)
             self.dirty = True
 
 
@@ -296,7 +312,7 @@ def _free(pool, taken):
 
 _SECTION = re.compile(r"(nodes|retired):( \{\})?")
 _ENTRY = re.compile(r"  ([a-z0-9-]+):")
-_FIELD = re.compile(r"    (ipv4|ipv6|public_key): ([A-Za-z0-9+/=.:]+)")
+_FIELD = re.compile(r"    (ipv4|ipv6|public_key|key_date): ([A-Za-z0-9+/=.:-]+)")
 
 
 def _read_canonical(path: Path) -> dict | None:
@@ -358,3 +374,15 @@ def _insert_sorted(m: CommentedMap, key: str, value) -> None:
         return
     pos = sum(1 for k in m if k < key)
     m.insert(pos, key, value)
+
+
+def _date(value) -> dt.date | None:
+    """A key_date as YAML gives it (a date, or the text of one)."""
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value, re.ASCII):
+        try:
+            return dt.date.fromisoformat(value)
+        except ValueError:
+            return None
+    return None

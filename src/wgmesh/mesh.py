@@ -37,6 +37,8 @@ NETWORK_DEFAULTS: dict[str, Any] = {
     # Destinations a host keeps reaching through its own default gateway when it uses an exit
     # node: the Ansible controller or jump host, so the management path survives.
     "management_networks": [],
+    # Keys older than this many days are reported, with a notice two weeks before (0: never).
+    "key_max_age_days": 0,
 }
 
 NODE_KEYS = {
@@ -59,6 +61,7 @@ class Network:
     relay_port: int
     relay_pool: ipaddress.IPv6Network
     management_networks: tuple[IPNet, ...] = ()
+    key_max_age_days: int = 0
 
     @property
     def hop_interface(self) -> str:
@@ -181,7 +184,8 @@ def _network(src: YamlSource, root: Any) -> Network:
 
     out = dict(values)
     for key, (lo, hi) in (("listen_port", (1, 65535)), ("mtu", (1280, 9000)),
-                          ("keepalive", (0, 3600)), ("relay_port", (1, 65535))):
+                          ("keepalive", (0, 3600)), ("relay_port", (1, 65535)),
+                          ("key_max_age_days", (0, 3650))):
         v = values[key]
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             src.error(*at(key), f"network.{key}", f"must be a number from {lo} to {hi}, not "

@@ -38,7 +38,7 @@ def make(tmp: Path, nodes: dict, policy: dict | str, network: dict | None = None
     if keys:
         for name in nodes:
             if b.mesh.nodes[name].managed:
-                b.lock.pin_key(name, fake_key(name))
+                b.lock.pin_key(name, fake_key(name), TODAY)
         b.lock.save()
         b = build(tmp, today=TODAY, run_tests=run_tests)
     return b

@@ -4,6 +4,7 @@ A missing or different golden file fails the test and writes the actual output b
 (``*.actual``) for review; to accept a reviewed change, run with WGMESH_UPDATE_GOLDEN=1.
 """
 
+import datetime as dt
 import os
 import shutil
 from pathlib import Path
@@ -25,7 +26,7 @@ def outputs(tmp_path):
     b = build(tmp_path, run_tests=True)
     for name, node in b.mesh.nodes.items():
         if node.managed:
-            b.lock.pin_key(name, fake_key(name))
+            b.lock.pin_key(name, fake_key(name), dt.date(2026, 1, 1))
     b.lock.save()
     b = build(tmp_path)
     net = b.mesh.network

@@ -87,3 +87,38 @@ def test_a_lockfile_read_fast_is_written_round_trip(tmp_path):
     assert [m for m in re.findall(r"^  ([a-d]):$", text, re.M)] == ["a", "b", "c", "d"]
     assert all(b.lock.nodes[n]["public_key"] == fake_key(n) for n in "abcd")
     assert build(tmp_path).lock.changed is False  # read back: nothing to write
+
+
+def test_key_dates_are_pinned_and_old_keys_are_reported(tmp_path):
+    import datetime as dt
+
+    nodes = {n: {"tags": ["tag:srv"]} for n in ("old", "due", "new", "unknown")}
+    b = make(tmp_path, nodes, POLICY, network={"key_max_age_days": 90})
+    lock = tmp_path / "mesh.lock.yml"
+    text = lock.read_text()
+    assert text.count("key_date: 2026-01-01") == 4  # meshkit pins on its TODAY
+    # Back-date three pins; drop one date (a lockfile written before key dates).
+    for name, date in (("old", "2025-09-01"), ("due", "2025-10-10"), ("new", "2025-12-20")):
+        text = re.sub(rf"(  {name}:\n(?:    .*\n)*?    key_date: )\S+", rf"\g<1>{date}", text)
+    text = re.sub(r"(  unknown:\n(?:    .*\n)*?)    key_date: \S+\n", r"\1", text)
+    lock.write_text(text)
+    b = build(tmp_path, today=dt.date(2026, 1, 1), run_tests=False)
+    warnings = [w for w in b.compiler.warnings if "key" in w]
+    assert warnings == [
+        "due: its key reaches network.key_max_age_days (90) on 2026-01-08; rotate it: "
+        "ansible-playbook playbooks/rotate.yml -l due",
+        "old: its key is 122 days old, past network.key_max_age_days (90); rotate it: "
+        "ansible-playbook playbooks/rotate.yml -l old"]
+    # Rotation forgets the date with the key; the next pin dates the new key.
+    b.lock.unpin_key("old")
+    b.lock.pin_key("old", fake_key("old2"), dt.date(2026, 1, 1))
+    b.lock.save()
+    assert "    public_key: " + fake_key("old2") + "\n    key_date: 2026-01-01" in lock.read_text()
+
+
+def test_a_key_date_that_is_not_a_date_is_refused(tmp_path):
+    make(tmp_path, {"a": {"tags": ["tag:srv"]}}, POLICY)
+    lock = tmp_path / "mesh.lock.yml"
+    lock.write_text(lock.read_text().replace("key_date: 2026-01-01", "key_date: soon"))
+    with pytest.raises(InputError, match=r"nodes\.a\.key_date.*is not a date"):
+        build(tmp_path, run_tests=False)
