@@ -414,20 +414,20 @@ def public_key_of(key_file: str, run: Runner) -> str:
 
 
 def sync_interface(run: Runner, iface: str, conf_text: str, key_file: str, service: str,
-                   keep: list[str], check_mode: bool) -> tuple[list[str], dict]:
+                   keep: list[str], check_mode: bool) -> list[str]:
     """Make the running interface equal to its configuration, live; its file is written
-    already (wg-quick up reads it). Returns the actions and the running peers before."""
+    already (wg-quick reads it). Returns what differed, in words."""
     conf = parse_conf(conf_text)
     want = desired_peers(conf)
     actions: list[str] = []
     if run.rc("ip", "link", "show", "dev", iface) != 0:
         actions.append(f"bring {iface} up ({service})")
         if check_mode:
-            return actions, {}
+            return actions
         if service == "systemd":
             run("systemctl", "enable", "--now", f"wg-quick@{iface}")
             start_handshakes(run, iface, want)
-            return actions, {}
+            return actions
         up_without_peers(run, iface, conf_text)  # the peers follow in one syncconf
     elif service == "systemd" and run.rc("systemctl", "is-enabled", "--quiet",
                                        f"wg-quick@{iface}") != 0:
@@ -509,7 +509,7 @@ def sync_interface(run: Runner, iface: str, conf_text: str, key_file: str, servi
     exits = any(d in p["allowed"] for p in want.values() for d in ("0.0.0.0/0", "::/0"))
     actions += management_rules(run, keep, exits, check_mode)
     actions += exit_routing(run, iface, want, check_mode)
-    return actions, have
+    return actions
 
 
 def up_without_peers(run: Runner, iface: str, conf_text: str) -> None:
@@ -762,13 +762,12 @@ class Host:
         hop, wg = b["hop_interface"], b["interface"]
         if b["hop_conf"] is not None:
             actions += sync_interface(run, hop, b["hop_conf"], self.key_file, self.service,
-                                      [], check_mode)[0]
+                                      [], check_mode)
         else:
             actions += take_down(run, hop, self.service, f"/etc/wireguard/{hop}.conf",
                                  check_mode)
-        main_actions, _ = sync_interface(run, wg, b["wg_conf"], self.key_file,
-                                            self.service, b["management_networks"], check_mode)
-        actions += main_actions
+        actions += sync_interface(run, wg, b["wg_conf"], self.key_file, self.service,
+                                  b["management_networks"], check_mode)
 
         text = read(self.hosts_file) or ""
         new = with_hosts_block(text, wg, b["hosts_block"] or None)
