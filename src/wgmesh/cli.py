@@ -10,6 +10,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -71,6 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="decide JSON-line queries read from stdin")
     _mesh_args(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("status", help="does every host run what the inputs say (runs "
+                       "playbooks/status.yml; exit code 2 on drift)")
+    p.add_argument("-i", "--inventory", default=DEFAULT_LAB, metavar="PATH",
+                   help="inventory folder with mesh.yml (default: %(default)s)")
+    p.add_argument("-l", "--limit", metavar="HOSTS", help="only these hosts (Ansible pattern)")
+    p.set_defaults(func=cmd_status)
 
     lab = sub.add_parser("lab", help="the test lab: real hosts in namespaces on this machine")
     lab_sub = lab.add_subparsers(required=True, metavar="ACTION")
@@ -201,6 +209,24 @@ def _write_host_files(out: Path, net):
             (d / f"{h.hop.interface}.conf").write_text(render.hop_conf(h, net))
         return h
     return write
+
+
+def cmd_status(args) -> int:
+    """The status play, from the project folder (the one with ansible.cfg and playbooks/,
+    found upward from here): its report, and its exit code for CI and monitoring."""
+    here = Path.cwd().resolve()
+    project = next((d for d in (here, *here.parents)
+                    if (d / "ansible.cfg").is_file() and (d / "playbooks/status.yml").is_file()),
+                   None)
+    if project is None:
+        print("error: no wgmesh project (ansible.cfg and playbooks/status.yml) here or above",
+              file=sys.stderr)
+        return 2
+    argv = [str(Path(sys.executable).parent / "ansible-playbook"),
+            "-i", str(Path(args.inventory).resolve()), "playbooks/status.yml"]
+    if args.limit:
+        argv += ["--limit", args.limit]
+    return subprocess.run(argv, cwd=project, check=False).returncode
 
 
 def cmd_eval(args) -> int:

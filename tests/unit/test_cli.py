@@ -149,3 +149,10 @@ def test_read_only_commands_never_write_the_lockfile(tmp_path):
     # The addresses shown before pinning are the ones pinned.
     for name, host in plan["hosts"].items():
         assert f"ipv4: {host['addresses'][0]}\n" in locked.split(f"  {name}:\n")[1], name
+
+
+def test_status_outside_a_project_says_so(tmp_path):
+    out = subprocess.run([WGMESH, "status", "-i", str(tmp_path)], capture_output=True,
+                         text=True, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "no wgmesh project (ansible.cfg and playbooks/status.yml) here or above" in out.stderr
