@@ -168,3 +168,30 @@ def ping_losses(output: str) -> tuple[int, list[int]]:
     answered, and is not a loss."""
     seqs = {int(n) for n in re.findall(r"icmp_seq=(\d+) ttl=", output)}
     return len(seqs), sorted(set(range(1, max(seqs, default=0) + 1)) - seqs)
+
+
+def snapshot(mesh, node: str) -> dict[str, str]:
+    """What a run could change on a host: its files, running peers and key, loaded table
+    (without counters) and the bundle it is recorded as running."""
+    files = mesh.run(node, "sh", "-c", "cat /etc/wireguard/wg0.conf /etc/wireguard/wg0-hop.conf "
+                     "/etc/wgmesh/nftables.nft /etc/hosts 2>/dev/null; true").stdout
+    peers = mesh.run(node, "sh", "-c", "wg show wg0 dump | tail -n +2 | cut -f1,4 | sort; "
+                     "wg show wg0 public-key").stdout
+    table = re.sub(r"packets \d+ bytes \d+", "",
+                   mesh.run(node, "nft", "list", "table", "inet", "wgmesh").stdout)
+    state = json.loads(mesh.run(node, "cat", "/var/lib/wgmesh/state.json").stdout)
+    return {"files": files, "peers": peers, "table": table, "hash": state["hash"]}
+
+
+def lockfile(mesh) -> Path:
+    return Path(re.search(r"^lockfile: (.+)$", (mesh.inventory / "mesh.yml").read_text(),
+                          re.M).group(1))
+
+
+def policy_with(mesh, tmp_path, old: str, new: str):
+    """The lab policy with one change, written outside the inventory (not a source)."""
+    text = (REPO / "policies/lab.hujson").read_text()
+    assert old in text
+    path = tmp_path / "changed.hujson"
+    path.write_text(text.replace(old, new))
+    return path

@@ -3,14 +3,11 @@ applied in one step. Drift, key rotation, leaving, batches and rollback."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
-from pathlib import Path
 
 import pytest
-from conftest import REPO
-from meshlab import built_mesh, ping_losses, recap
+from meshlab import built_mesh, lockfile, ping_losses, policy_with, recap, snapshot
 
 pytestmark = pytest.mark.lab
 
@@ -18,33 +15,6 @@ pytestmark = pytest.mark.lab
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
     yield from built_mesh(tmp_path_factory, "apply", "wga")
-
-
-def snapshot(mesh, node: str) -> dict[str, str]:
-    """What a run could change on a host: its files, running peers and key, loaded table
-    (without counters) and the bundle it is recorded as running."""
-    files = mesh.run(node, "sh", "-c", "cat /etc/wireguard/wg0.conf /etc/wireguard/wg0-hop.conf "
-                     "/etc/wgmesh/nftables.nft /etc/hosts 2>/dev/null; true").stdout
-    peers = mesh.run(node, "sh", "-c", "wg show wg0 dump | tail -n +2 | cut -f1,4 | sort; "
-                     "wg show wg0 public-key").stdout
-    table = re.sub(r"packets \d+ bytes \d+", "",
-                   mesh.run(node, "nft", "list", "table", "inet", "wgmesh").stdout)
-    state = json.loads(mesh.run(node, "cat", "/var/lib/wgmesh/state.json").stdout)
-    return {"files": files, "peers": peers, "table": table, "hash": state["hash"]}
-
-
-def lockfile(mesh) -> Path:
-    return Path(re.search(r"^lockfile: (.+)$", (mesh.inventory / "mesh.yml").read_text(),
-                          re.M).group(1))
-
-
-def policy_with(mesh, tmp_path, old: str, new: str):
-    """The lab policy with one change, written outside the inventory (not a source)."""
-    text = (REPO / "policies/lab.hujson").read_text()
-    assert old in text
-    path = tmp_path / "changed.hujson"
-    path.write_text(text.replace(old, new))
-    return path
 
 
 def test_a_no_change_run_is_one_module_call_per_host_and_changes_nothing(mesh):

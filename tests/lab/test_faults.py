@@ -1,0 +1,109 @@
+"""Faults during a run: every host ends on a good bundle, and the run names what failed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+from conftest import BIN, REPO, ansible_env
+from meshlab import built_mesh, policy_with, recap, snapshot
+
+from wgmesh import render
+from wgmesh.build import build
+
+pytestmark = pytest.mark.lab
+
+CHANGE = ('"src": ["group:ops"], "dst": ["tag:db:22"]',
+          '"src": ["group:ops", "alice@example.com"], "dst": ["tag:db:22"]')
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    yield from built_mesh(tmp_path_factory, "faults", "wgf")
+
+
+def intended(mesh, policy) -> dict[str, str]:
+    """The bundle hash each host should run under a policy (compiled here, as the run does)."""
+    b = build(mesh.inventory, policy, run_tests=False)
+    return {n: render.bundle(b.compiler.host(n), b.mesh.network, b.alloc[n].public_key)["hash"]
+            for n in b.compiler.names if b.mesh.nodes[n].managed}
+
+
+def running(mesh, node: str) -> str:
+    return json.loads(mesh.run(node, "cat", "/var/lib/wgmesh/state.json").stdout)["hash"]
+
+
+def test_a_disk_that_refuses_writes_leaves_the_host_on_its_last_good_bundle(mesh, tmp_path):
+    """home1's new bundle changes its wg-quick file and its ruleset; /etc/wgmesh refuses
+    writes, so the ruleset cannot be written after the wg-quick file was: the host must
+    end exactly as before, and the task must say why."""
+    new = policy_with(mesh, tmp_path, *CHANGE)
+    before = snapshot(mesh, "home1")
+    mesh.run("home1", "mount", "--bind", "/etc/wgmesh", "/etc/wgmesh")
+    mesh.run("home1", "mount", "-o", "remount,bind,ro", "/etc/wgmesh")
+    try:
+        run = mesh.playbook("-e", f"wgmesh_policy_file={new}")
+    finally:
+        mesh.run("home1", "umount", "/etc/wgmesh")
+    assert run.returncode != 0
+    out = " ".join(run.stdout.split())
+    assert "Read-only file system" in out and "returned to the last good bundle" in out
+    assert recap(run.stdout)["home1"]["failed"] == 1
+    assert snapshot(mesh, "home1") == before
+    again = mesh.playbook("-e", f"wgmesh_policy_file={new}")
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert running(mesh, "home1") == intended(mesh, new)["home1"]
+    assert mesh.playbook().returncode == 0
+
+
+def test_an_unreachable_host_is_named_and_completed_by_the_next_run(mesh, tmp_path):
+    new = policy_with(mesh, tmp_path, *CHANGE)
+    want = intended(mesh, new)
+    old_pub3 = running(mesh, "pub3")
+    # pub3's SSH server refuses every connection (an outage, a host being rebooted).
+    mesh.run("pub3", "nft", "-f", "-", stdin=(
+        "table inet outage {\n chain in {\n type filter hook input priority -10;\n"
+        " tcp dport 22 reject with tcp reset\n }\n}\n"))
+    try:
+        run = mesh.playbook("-e", f"wgmesh_policy_file={new}")
+    finally:
+        mesh.run("pub3", "nft", "delete", "table", "inet", "outage")
+    assert run.returncode != 0
+    counts = recap(run.stdout)
+    assert counts["pub3"]["unreachable"] == 1, counts
+    assert "fatal: [pub3]: UNREACHABLE!" in run.stdout
+    for node in ("cafe1", "home1", "home2", "pub1", "pub2"):
+        assert counts[node]["failed"] == 0 and running(mesh, node) == want[node], node
+    assert running(mesh, "pub3") == old_pub3
+    again = mesh.playbook("-e", f"wgmesh_policy_file={new}")
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert {n: running(mesh, n) for n in want} == want
+    assert mesh.playbook().returncode == 0
+
+
+def test_a_controller_killed_mid_run_converges_on_the_next_run(mesh, tmp_path):
+    new = policy_with(mesh, tmp_path, *CHANGE)
+    want = intended(mesh, new)
+    argv = [str(BIN / "ansible-playbook"), "-i", str(mesh.inventory), "site.yml",
+            "-e", f"wgmesh_policy_file={new}"]
+    proc = subprocess.Popen(argv, cwd=REPO, env=ansible_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # Killed while hosts apply: after the compile task has started.
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        if "Make the host run its bundle" in line or time.monotonic() > deadline:
+            break
+    time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    again = mesh.playbook("-e", f"wgmesh_policy_file={new}")
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert {n: running(mesh, n) for n in want} == want
+    status = mesh.wgmesh("status")  # against mesh.yml's own policy: every host differs
+    assert status.returncode == 2
+    assert mesh.playbook().returncode == 0
+    assert mesh.wgmesh("status").returncode == 0
