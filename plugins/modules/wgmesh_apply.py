@@ -74,10 +74,11 @@ options:
     default: /var/lib/wgmesh
   root:
     description:
-      - Write the bundle's files (and the names block, and the record of what runs) under
-        this directory, as they would be under C(/), and touch nothing live - for an image
-        or a chroot to boot into the mesh, or to time the rendering alone. Nothing is
-        validated with C(nft -c) and no key is checked.
+      - Write the bundle's files (and the names block, and the bundle as the record of what
+        runs) under this directory on the host, as they would be under C(/), and touch
+        nothing live - for an image or a chroot to boot into the mesh. The files go through
+        the connection (no Python runs on the host); only files that differ are written.
+        Nothing is validated with C(nft -c) and no key is checked.
     type: path
 attributes:
   check_mode:
@@ -685,6 +686,14 @@ FORWARDING = {"/proc/sys/net/ipv4/ip_forward": "1",
               "/proc/sys/net/ipv6/conf/all/forwarding": "1"}
 
 
+def bundle_files(b: dict, ruleset: str) -> list[tuple[str, str | None, int]]:
+    """(path, content or None for absent, mode) of every file a bundle makes."""
+    return [(f"/etc/wireguard/{b['interface']}.conf", b["wg_conf"], 0o600),
+            (f"/etc/wireguard/{b['hop_interface']}.conf", b["hop_conf"], 0o600),
+            (ruleset, b["nftables"], 0o644),
+            (SYSCTL_PATH, b["sysctl"], 0o644)]
+
+
 class Host:
     """One host's paths and tools; ``converge`` makes it run a bundle."""
 
@@ -701,11 +710,7 @@ class Host:
         self.diff_after: list[str] = []
 
     def files(self, b: dict) -> list[tuple[str, str | None, int]]:
-        """(path, content or None for absent, mode) of every file a bundle makes."""
-        return [(f"/etc/wireguard/{b['interface']}.conf", b["wg_conf"], 0o600),
-                (f"/etc/wireguard/{b['hop_interface']}.conf", b["hop_conf"], 0o600),
-                (self.ruleset, b["nftables"], 0o644),
-                (SYSCTL_PATH, b["sysctl"], 0o644)]
+        return bundle_files(b, self.ruleset)
 
     def state(self) -> dict:
         text = read(os.path.join(self.state_dir, "state.json"))
@@ -817,27 +822,6 @@ class Host:
         return actions
 
 
-def write_under(host: Host, b: dict, root: str, check_mode: bool) -> list[str]:
-    """The bundle's files under ``root`` instead of ``/``; nothing live is touched."""
-    def under(path):
-        return os.path.join(root, path.lstrip("/"))
-    actions = []
-    hosts = under(host.hosts_file)
-    old_hosts = read(hosts) or ""
-    files = [(under(path), text, mode) for path, text, mode in host.files(b)]
-    files.append((hosts, with_hosts_block(old_hosts, b["interface"], b["hosts_block"] or None),
-                  0o644))
-    for path, text, mode in files:
-        if read(path) != text:
-            actions.append(f"{'write' if text is not None else 'remove'} {path}")
-            if not check_mode:
-                write_atomic(path, text, mode)
-    if actions and not check_mode:
-        os.makedirs(under(host.state_dir), mode=0o700, exist_ok=True)
-        write_atomic(os.path.join(under(host.state_dir), "bundle.json"), json.dumps(b), 0o600)
-    return actions
-
-
 def write_hosts(path: str, text: str) -> None:
     """/etc/hosts may be a bind mount (containers): write it in place when it cannot be
     replaced."""
@@ -937,14 +921,8 @@ def main() -> None:
                          previous=before.get("hash"), peers=0)
 
     b = module.params["bundle"]
-    if module.params["root"] and module.params["state"] == "present":
-        try:
-            check_bundle(b)
-            actions = write_under(host, b, module.params["root"], check_mode)
-        except (ApplyError, OSError) as exc:
-            module.fail_json(msg=str(exc))
-        module.exit_json(changed=bool(actions), actions=actions, drift=[], hash=b["hash"],
-                         previous=None, peers=len(re.findall(r"^\[Peer\]", b["wg_conf"], re.M)))
+    if module.params["root"]:
+        module.fail_json(msg="root is handled by the wgmesh_apply action on the controller")
     if module.params["state"] == "previous":
         target = module.params["previous_hash"]
         if target and target == before.get("hash"):  # this run did not change the host

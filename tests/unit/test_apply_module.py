@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -111,3 +112,42 @@ def test_strip_equals_wg_quick_strip(tmp_path):
         return [line.strip() for line in text.splitlines()
                 if line.strip() and not line.strip().startswith("#")]
     assert meaningful(apply.strip(conf)) == meaningful(theirs)
+
+
+def test_root_mode_writes_the_files_through_the_connection_once(tmp_path):
+    """wgmesh_apply root=DIR (an image, a chroot): the bundle's files under DIR with their
+    modes, the names merged into DIR/etc/hosts, no Python on the host; a second run writes
+    nothing."""
+    import sys
+
+    (tmp_path / "mesh").mkdir()
+    bundle = bundle_of(tmp_path / "mesh")
+    (tmp_path / "vars.json").write_text(json.dumps({"bundle": bundle}))
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/hosts").write_text("127.0.0.1 localhost\n")
+    play = tmp_path / "play.yml"
+    play.write_text(f"""
+- hosts: localhost
+  gather_facts: false
+  vars_files: [{tmp_path / 'vars.json'}]
+  tasks:
+    - wgmesh_apply:
+        bundle: "{{{{ bundle }}}}"
+        key_file: /nonexistent
+        root: {root}
+""")
+    env = dict(os.environ, ANSIBLE_CONFIG=str(HERE / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_ENABLED="host_list")
+    playbook = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,",
+                "-c", "local", str(play)]
+    first = subprocess.run(playbook, capture_output=True, text=True, env=env, cwd=HERE)
+    assert first.returncode == 0, first.stdout[-2000:]
+    assert "changed: [localhost]" in first.stdout
+    conf = root / "etc/wireguard/wg0.conf"
+    assert conf.read_text() == bundle["wg_conf"] and conf.stat().st_mode & 0o777 == 0o600
+    assert (root / "etc/wgmesh/nftables.nft").read_text() == bundle["nftables"]
+    hosts = (root / "etc/hosts").read_text()
+    assert hosts.startswith("127.0.0.1 localhost\n# BEGIN wgmesh wg0") and "\ta a.mesh" in hosts
+    second = subprocess.run(playbook, capture_output=True, text=True, env=env, cwd=HERE)
+    assert second.returncode == 0 and "ok: [localhost]" in second.stdout, second.stdout[-2000:]
