@@ -131,9 +131,11 @@ def parse_proto(value: Any) -> int | str:
     if grammar.matches(grammar.DIGITS, v):
         if len(v) > 1 and v.startswith("0"):
             return f'leading 0 not permitted in protocol number "{value}"'
+        if v == "0":  # Tailscale refuses it: 0 stands for "no protocol given"
+            return 'proto "0" is not a protocol; leave proto out for TCP, UDP and ICMP'
         if int(v) <= 255:
             return int(v)
-    return f'proto name "{value}" not known; use tcp, udp, icmp, ipv6-icmp, sctp, ... or 0-255'
+    return f'proto name "{value}" not known; use tcp, udp, icmp, ipv6-icmp, sctp, ... or 1-255'
 
 
 def split_hostport(text: str) -> tuple[str, str] | None:
@@ -503,15 +505,16 @@ class _Validator:
                             or grammar.matches(grammar.SSH_LOCALPART, u)):
                         self.err((*path, "users", j), f'user "{u}" is not valid',
                                  'name logins, or use "autogroup:nonroot"')
-            for j, s in enumerate(self._list(rule.get("src", []), (*path, "src"))):
-                self.selector(s, (*path, "src", j), "src")
+            srcs = [s for j, s in enumerate(self._list(rule.get("src", []), (*path, "src")))
+                    if self.selector(s, (*path, "src", j), "src")]
+            tagged = any(s.startswith("tag:") or s == "autogroup:tagged" for s in srcs)
             for j, d in enumerate(self._list(rule.get("dst", []), (*path, "dst"))):
                 dpath = (*path, "dst", j)
                 if d == "*" or (isinstance(d, str) and d in self.policy.hosts):
                     self.err(dpath, f'invalid dst "{d}"',
                              "ssh dst is a tag, a user, autogroup:self/member/tagged")
-                else:
-                    self.selector(d, dpath, "dst")
+                elif self.selector(d, dpath, "dst"):
+                    self._ssh_dst_kind(d, dpath, srcs, tagged)
             # Tailscale reads null as absent for these two.
             if rule.get("checkPeriod") is not None:
                 self._check_period(rule, path)
@@ -521,6 +524,23 @@ class _Validator:
                 if not isinstance(env, str) or not env:
                     self.err((*path, "acceptEnv", j), "acceptEnv values cannot be empty")
             self.policy.ssh.append(rule)
+
+    def _ssh_dst_kind(self, d: str, path: tuple, srcs: list[str], tagged: bool) -> None:
+        """What Tailscale lets SSH reach: tagged devices from anyone; user devices
+        (autogroup:self/member) only from users; one user's devices only from that user."""
+        if d.startswith("tag:") or d == "autogroup:tagged":
+            return
+        if d in ("autogroup:self", "autogroup:member"):
+            if tagged:
+                self.err(path, f'tagged sources cannot ssh to "{d}" (user devices)',
+                         "use users or groups as sources, or a tag as destination")
+            return
+        if d.startswith(("group:", "autogroup:")) or "@" not in d:
+            self.err(path, f'invalid dst "{d}"',
+                     "ssh dst is a tag, autogroup:self/member/tagged, or the source user")
+        elif srcs != [d]:
+            self.err(path, f'dst "{d}" is a user\'s devices: the src must be that same user '
+                     "and no one else", 'e.g. "src": ["' + d + '"], or use autogroup:self')
 
     def _check_period(self, rule: dict, path: tuple) -> None:
         period, ppath = rule["checkPeriod"], (*path, "checkPeriod")
