@@ -401,20 +401,21 @@ class _Validator:
                 continue
             self._fields(rule, path, {"src", "dst", "ip", "app", "via", "srcPosture"},
                          {"src", "dst"})
-            for key, why in (("app", "application capabilities need Tailscale's client"),
-                             ("via", "route steering by tag is not implemented yet"),
+            for key, why in (("via", "route steering by tag is not implemented yet"),
                              ("srcPosture", "device posture needs a coordination server")):
                 if key in rule:
                     self.err((*path, key), f'grants: "{key}" is not supported ({why})',
                              "see docs/policy.md")
+            # An application capability grants no network access by itself (as in
+            # Tailscale): checked for form, then it has no effect on peers or filters.
+            if "app" in rule:
+                self._app(rule["app"], (*path, "app"))
             ips = rule.get("ip")
-            if not ips:
-                if "app" not in rule:
-                    self.err(path, "ip and app can not both be empty",
-                             'add "ip": ["*"] or a list such as ["tcp:443"]')
-                continue
+            if not ips and not rule.get("app"):
+                self.err(path, "ip and app can not both be empty",
+                         'add "ip": ["*"] or a list such as ["tcp:443"]')
             specs = []
-            for j, spec in enumerate(self._list(ips, (*path, "ip"))):
+            for j, spec in enumerate(self._list(ips or [], (*path, "ip"))):
                 parsed = self._ip_spec(spec, (*path, "ip", j))
                 if parsed:
                     specs.append(parsed)
@@ -428,6 +429,21 @@ class _Validator:
             if specs:
                 self.policy.rules.append(Rule(f"grants[{i}]", self.doc.where(path)[0], src,
                                               tuple(dsts), tuple(specs)))
+
+    def _app(self, app: Any, path: tuple) -> None:
+        """{"<domain>/<capability>": [{...}, ...]}: names with a domain, lists of objects."""
+        if not isinstance(app, dict):
+            self.err(path, f"app is an object of capability names, not {type(app).__name__}",
+                     'e.g. "app": {"example.com/cap/dashboard": [{"role": "viewer"}]}')
+            return
+        for name, values in app.items():
+            where = (*path, name)
+            if not isinstance(name, str) or "/" not in name.strip("/"):
+                self.err(where, f'capability name "{name}" needs a domain and a path',
+                         'e.g. "example.com/cap/dashboard"')
+            if not isinstance(values, list) or not all(isinstance(v, dict) for v in values):
+                self.err(where, "a capability's value is a list of objects",
+                         'e.g. [{"role": "viewer"}]')
 
     def _ip_spec(self, spec: Any, path: tuple) -> ProtoPorts | None:
         if not isinstance(spec, str):

@@ -111,6 +111,18 @@ def test_grants_ip_forms(tmp_path):
     assert allowed(b, "a", "d", "udp", 8001) and not allowed(b, "a", "d", "tcp", 53)
 
 
+def test_an_app_grant_gives_no_network_access(tmp_path):
+    """As in Tailscale: an application capability alone opens nothing; beside ip, the ip
+    part works as usual."""
+    nodes = {"a": {"owner": "alice@example.com"}, "d": {"tags": ["tag:db"]}}
+    cap = {"example.com/cap/dashboard": [{"role": "viewer"}]}
+    b = make(tmp_path, nodes, pol(grants=[{"src": ["group:eng"], "dst": ["tag:db"], "app": cap}]))
+    assert not allowed(b, "a", "d", "tcp", 443) and peers(b, "a") == []
+    b = make(tmp_path, nodes, pol(grants=[
+        {"src": ["group:eng"], "dst": ["tag:db"], "ip": ["tcp:443"], "app": cap}]))
+    assert allowed(b, "a", "d", "tcp", 443) and not allowed(b, "a", "d", "tcp", 22)
+
+
 def test_connection_types_endpoints_and_keepalive(tmp_path):
     nodes = {
         "pub": {"tags": ["tag:db"], "endpoint": "192.0.2.11:51820", "relay": True},
