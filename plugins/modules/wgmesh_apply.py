@@ -858,9 +858,14 @@ def refuse_exit_over_ssh(run: Runner, b: dict, host: str) -> str | None:
     client = ssh_client(run)
     if client is None:
         return None
+    try:  # only a parsed address reaches the command line
+        addr = ipaddress.ip_address(client)
+    except ValueError as exc:
+        raise ApplyError(f"cannot tell this run's SSH client: {client[:60]!r} is not an "
+                         "address") from exc
+    client = str(addr)
     route = run("ip", "-o", "route", "get", client, "fibmatch", check=False)
     nets = [ipaddress.ip_network(n) for n in b["management_networks"]]
-    addr = ipaddress.ip_address(client)
     if route.startswith("default") and not any(addr in n for n in nets
                                                if n.version == addr.version):
         raise ApplyError(
