@@ -299,6 +299,7 @@ class Compiler:
 
     def _approvals(self):
         routes: dict[int, dict[int, list[tuple[int, int]]]] = {}
+        approved_of: dict[int, set] = {}
         exits: set[int] = set()
         for i, node in enumerate(self.nodes):
             approved = set(node.approved_routes)
@@ -312,6 +313,7 @@ class Compiler:
                     self._warnings.append(f"{node.name}: advertised route {route} is not "
                                          "approved and is not used")
             if approved:
+                approved_of[i] = approved
                 routes[i] = {f: merge_ranges(net_range(r) for r in approved if r.version == f)
                              for f in FAMILIES}
             if node.advertise_exit_node:
@@ -321,42 +323,30 @@ class Compiler:
                 else:
                     self._warnings.append(f"{node.name}: exit node is not approved and is not "
                                          "used")
-        seen: list[tuple[int, int, tuple[int, int]]] = []
-        self.backup_routes: dict[int, dict[int, list[tuple[int, int]]]] = {}
-        for i, fams in routes.items():
-            for f in FAMILIES:
-                for rng in fams[f]:
-                    for j, g, other in seen:
-                        if not (g == f and rng[0] <= other[1] and other[0] <= rng[1]):
-                            continue
-                        a, b = self.nodes[i], self.nodes[j]
-                        if a.failover_for == b.name or b.failover_for == a.name:
-                            # A declared failover pair: the backup filters and forwards like
-                            # the primary, but peers route through the primary only.
-                            backup = i if a.failover_for == b.name else j
-                            self.backup_routes.setdefault(backup, {4: [], 6: []})[f].append(
-                                rng if backup == i else other)
-                            continue
-                        self._mesh_error(self.names[i], "advertise_routes",
-                                         f"approved route overlaps one of {self.names[j]}",
-                                         "each prefix needs exactly one router, or declare a "
-                                         "failover pair with failover_for")
-                    seen.append((i, f, rng))
+        self._carried = self._carriers(approved_of)
         for node in self.nodes:
             if node.failover_for and node.failover_for not in self.mesh.nodes:
                 self._mesh_error(node.name, "failover_for", f'no node "{node.failover_for}"')
         return routes, exits
 
-    @functools.cached_property
-    def _client_routes(self) -> dict[int, dict[int, list[tuple[int, int]]]]:
-        """Routes peers send through each router: approved, less what a router only backs
-        up for its failover primary."""
-        none = {4: [], 6: []}
-        return {i: {f: subtract(fams[f], self.backup_routes.get(i, none)[f]) for f in FAMILIES}
-                for i, fams in self.routes.items()}
+    def _carriers(self, approved_of: dict[int, set]) -> dict[int, dict[int, list]]:
+        """Which router carries each address for its peers, as Tailscale decides: the longest
+        approved prefix wins; of routers approving the very same prefix, one is the primary
+        and the others stand by (a router with ``failover_for`` stands by, then name order).
+        The result is disjoint between routers, so every address has one next hop."""
+        prefixes = sorted(((-net.prefixlen, self.nodes[i].failover_for is not None,
+                            self.names[i], net.version, net_range(net), i)
+                           for i, nets in approved_of.items() for net in nets))
+        taken: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+        carried = {i: {4: [], 6: []} for i in approved_of}
+        for _len, _standby, _name, f, rng, i in prefixes:
+            carried[i][f] += subtract([rng], taken[f])
+            taken[f] = merge_ranges([*taken[f], rng])
+        return {i: {f: merge_ranges(v) for f, v in fams.items()} for i, fams in carried.items()}
 
     def client_routes(self) -> dict[int, dict[int, list[tuple[int, int]]]]:
-        return self._client_routes
+        """Routes peers send through each router (standbys and shadowed prefixes left out)."""
+        return self._carried
 
     def _user_masks(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -571,24 +561,19 @@ class Compiler:
             if sfams:
                 peers |= rd.any_dst
                 out_sig.append((k, sfams))
-                for r, fams in self.client_routes().items():
-                    for f in sfams:
-                        for lo, hi in fams[f]:
-                            if clip([(lo, hi)], rd.dst_cidr[f]):
-                                routes_wanted.setdefault(r, set()).add((f, lo, hi))
+                for f in sfams:
+                    self._want_routes(routes_wanted, h, f, rd.dst_cidr[f])
             # Subnet sources ("*" or CIDRs) arriving through a router.
-            if dfams:
-                for r, fams in self.client_routes().items():
-                    for f in dfams:
-                        for lo, hi in fams[f]:
-                            if clip([(lo, hi)], srcs[f]):
-                                routes_wanted.setdefault(r, set()).add((f, lo, hi))
+            for f in dfams:
+                self._want_routes(routes_wanted, h, f, srcs[f])
             # This host forwards for its approved routes and, as exit node, the internet.
             to_internet = is_exit and ("*" in rd.rule.dst or "autogroup:internet" in rd.rule.dst)
             for f in FAMILIES:
                 if my_routes and (dsts := clip(rd.dst_cidr[f], my_routes[f])):
                     peers |= rd.src_mask[f]
                     self._forward(fwd, rd, f, srcs[f], dsts)
+                    # Sources in another router's subnets arrive through that router.
+                    self._want_routes(routes_wanted, h, f, srcs[f])
                 if to_internet:
                     # Peers of an exit node are only the nodes that chose it (below).
                     self._forward(fwd, rd, f, srcs[f], self.internet[f])
@@ -597,6 +582,8 @@ class Compiler:
                     if lan_srcs:
                         peers |= rd.any_dst
                         self._forward(fwd, rd, f, lan_srcs, rd.dst_ranges[f])
+                        # Subnet to subnet: destinations behind another router.
+                        self._want_routes(routes_wanted, h, f, rd.dst_cidr[f])
         sets = {**self._direction_sets("in", tuple(in_sig)),
                 **self._direction_sets("out", tuple(out_sig)),
                 **{k: tuple(disjoint_grouped(v)) for k, v in fwd.items() if v}}
@@ -742,6 +729,16 @@ class Compiler:
         """Elements of the ``in`` sets (ranges are sources) or ``out`` sets (destinations)."""
         for f in families:
             _add_rule(boxes, f"{direction}{f}", (), ranges[f], rd)
+
+    def _want_routes(self, wanted: dict[int, set], h: int, f: int, ranges) -> None:
+        """Ask for every other router's routes of family ``f`` that meet ``ranges``."""
+        if not ranges:
+            return
+        for r, fams in self.client_routes().items():
+            if r != h:
+                for lo, hi in fams[f]:
+                    if clip([(lo, hi)], ranges):
+                        wanted.setdefault(r, set()).add((f, lo, hi))
 
     @staticmethod
     def _forward(boxes, rd: _RuleData, f: int, srcs, dsts) -> None:

@@ -1,5 +1,6 @@
 """Compiler semantics: identities, defaults, routes, exit nodes, connection types, output."""
 
+import ipaddress
 import json
 import subprocess
 import sys
@@ -261,24 +262,70 @@ def test_output_is_deterministic_and_holds_no_private_key(tmp_path):
     assert json.loads(plan)["hosts"]["n0"]["peers"][0]["public_key"]
 
 
-def test_failover_pair_and_route_snat(tmp_path):
+def test_routers_approving_one_prefix_are_a_primary_and_standbys(tmp_path):
     r1 = {**ROUTER, "advertise_routes": ["198.51.100.128/26"]}
     r2 = {**ROUTER, "endpoint": "192.0.2.14:51820", "advertise_routes": ["198.51.100.128/26"]}
     nodes = {"a": {"owner": "alice@example.com"}, "r1": r1, "r2": r2}
     policy = pol(autoApprovers={"routes": {"198.51.100.0/24": ["tag:router"]}},
                  acls=[{"action": "accept", "src": ["group:eng"], "dst": ["198.51.100.130:22"]}])
-    with pytest.raises(InputError, match="declare a failover pair with failover_for"):
-        make(tmp_path, nodes, policy)
-    nodes["r2"] = {**r2, "failover_for": "r1", "route_snat": False}
+    # Without failover_for the first router by name is the primary.
     b = make(tmp_path, nodes, policy)
     a_peers = {p.name: p for p in b.compiler.host("a").peers}
-    assert "198.51.100.128/26" in a_peers["r1"].allowed_ips  # the primary carries it
-    assert "r2" not in a_peers  # the backup is not used until it becomes the primary
-    # Both filter alike; only r1 source-NATs (r2's LAN routes back to the mesh itself).
+    assert "198.51.100.128/26" in a_peers["r1"].allowed_ips and "r2" not in a_peers
+    # failover_for names the primary explicitly: r1 now stands by for r2.
+    nodes["r1"] = {**r1, "failover_for": "r2", "route_snat": False}
+    b = make(tmp_path, nodes, policy)
+    a_peers = {p.name: p for p in b.compiler.host("a").peers}
+    assert "198.51.100.128/26" in a_peers["r2"].allowed_ips  # the primary carries it
+    assert "r1" not in a_peers  # the standby is not used until it becomes the primary
+    # Both filter alike; only r2 source-NATs (r1's LAN routes back to the mesh itself).
     for r in ("r1", "r2"):
         assert "198.51.100.130 . tcp . 22" in render.nftables(b.compiler.host(r), b.mesh.network)
-    assert b.compiler.host("r1").snat and not b.compiler.host("r2").snat
-    assert "masquerade" not in render.nftables(b.compiler.host("r2"), b.mesh.network)
+    assert b.compiler.host("r2").snat and not b.compiler.host("r1").snat
+    assert "masquerade" not in render.nftables(b.compiler.host("r1"), b.mesh.network)
+
+
+def test_nested_routes_from_two_routers_go_by_longest_prefix(tmp_path):
+    """r1 approves 10.0.0.0/8 and r2 10.33.0.0/16: peers send 10.33/16 to r2 and the rest of
+    10/8 to r1, with AllowedIPs that never overlap between peers."""
+    nodes = {"a": {"owner": "alice@example.com"},
+             "r1": {**ROUTER, "advertise_routes": ["10.0.0.0/8"]},
+             "r2": {**ROUTER, "endpoint": "192.0.2.14:51820",
+                    "advertise_routes": ["10.33.0.0/16"]}}
+    b = make(tmp_path, nodes, pol(autoApprovers={"routes": {"10.0.0.0/8": ["tag:router"]}},
+                                  acls=[{"action": "accept", "src": ["group:eng"],
+                                         "dst": ["10.0.0.0/8:22"]}]))
+    a_peers = {p.name: p for p in b.compiler.host("a").peers}
+    r1 = {ipaddress.ip_network(n) for n in a_peers["r1"].allowed_ips[2:]}
+    r2 = {ipaddress.ip_network(n) for n in a_peers["r2"].allowed_ips[2:]}
+    assert r2 == {ipaddress.ip_network("10.33.0.0/16")}
+    assert not any(x.overlaps(y) for x in r1 for y in r2)
+    covered = sum(n.num_addresses for n in r1 | r2)
+    assert covered == 2 ** 24 and all(n.subnet_of(ipaddress.ip_network("10.0.0.0/8"))
+                                      for n in r1)
+    assert allowed(b, "a", "10.33.1.1") and allowed(b, "a", "10.1.1.1")
+    # Only a /8 destination inside r2's prefix: r1 is not needed at all.
+    b = make(tmp_path, nodes, pol(autoApprovers={"routes": {"10.0.0.0/8": ["tag:router"]}},
+                                  acls=[{"action": "accept", "src": ["group:eng"],
+                                         "dst": ["10.33.4.0/24:22"]}]))
+    assert peers(b, "a") == ["r2"]
+
+
+def test_subnet_to_subnet_gets_peers_and_filters_on_both_routers(tmp_path):
+    nodes = {"r1": {**ROUTER, "advertise_routes": ["192.168.1.0/24"]},
+             "r2": {**ROUTER, "endpoint": "192.0.2.14:51820",
+                    "advertise_routes": ["172.16.0.0/24"]}}
+    b = make(tmp_path, nodes, pol(
+        autoApprovers={"routes": {"192.168.0.0/16": ["tag:router"],
+                                  "172.16.0.0/12": ["tag:router"]}},
+        acls=[{"action": "accept", "src": ["192.168.1.0/24"], "dst": ["172.16.0.0/24:443"]}]))
+    assert allowed(b, "192.168.1.5", "172.16.0.9", port=443)
+    r1, r2 = b.compiler.host("r1"), b.compiler.host("r2")
+    assert [(p.name, p.allowed_ips[2:]) for p in r1.peers] == [("r2", ["172.16.0.0/24"])]
+    assert [(p.name, p.allowed_ips[2:]) for p in r2.peers] == [("r1", ["192.168.1.0/24"])]
+    for host in (r1, r2):  # each router forwards exactly the rule, in its direction
+        assert "192.168.1.0/24 . 172.16.0.0/24 . tcp . 443" in render.nftables(
+            host, b.mesh.network)
 
 
 def test_policy_tests_with_device_less_users_and_ipv6_literals(tmp_path):

@@ -20,10 +20,15 @@ from wgmesh.policy import PROTOCOLS
 
 USERS = ["alice@example.com", "bob@example.com", "carol@example.com"]
 TAGS = ["tag:a", "tag:b"]
+SUBNETS = ["10.0.0.0/8", "10.33.0.0/16", "10.33.5.0/24", "192.168.1.0/24"]
 SRC = ["*", "alice@example.com", "bob@example.com", "group:g", "tag:a", "tag:b",
-       "autogroup:member", "autogroup:tagged", "100.64.0.0/30", "fd7a:115c:a1e0::/126"]
+       "autogroup:member", "autogroup:tagged", "100.64.0.0/30", "fd7a:115c:a1e0::/126",
+       *SUBNETS]
 DST = ["*", "alice@example.com", "group:g", "tag:a", "tag:b", "autogroup:member",
-       "autogroup:tagged", "100.64.0.2", "100.64.0.4/31"]
+       "autogroup:tagged", "100.64.0.2", "100.64.0.4/31", *SUBNETS]
+# Routes overlap on purpose: nested (10/8 and 10.33/16) and the same prefix twice.
+ROUTES = ["10.0.0.0/8", "10.33.0.0/16", "10.33.0.0/16", "192.168.1.0/24"]
+PROBES = ["10.1.2.3", "10.33.5.5", "10.33.200.1", "192.168.1.7"]
 PORTS = ["*", "22", "80-90", "22,443", "1000-2000"]
 
 
@@ -39,6 +44,9 @@ def node_specs(draw):
             spec["owner"] = owner
         if draw(st.integers(0, 3)):  # most nodes are public; a pair behind NAT never peers
             spec["endpoint"] = f"192.0.2.{i + 1}:51820"
+        if draw(st.booleans()):  # a subnet router
+            routes = draw(st.lists(st.sampled_from(ROUTES), min_size=1, max_size=2, unique=True))
+            spec["advertise_routes"] = spec["approved_routes"] = routes
         nodes[f"n{i}"] = spec
     return nodes
 
@@ -108,6 +116,40 @@ def nft_allows(sets, direction, family, peer_addr, proto, port):
     return lookup(sets[f"{direction}{family}"], (peer_addr, proto, port))
 
 
+def nft_forwards(sets, src, dst, proto, port):
+    if proto == 1:
+        return lookup(sets["ping_fwd4"], (src, dst))
+    return lookup(sets["fwd4"], (src, dst, proto, port))
+
+
+def carrier(nodes, addr):
+    """The router that carries an address, decided here from the specs: the longest approved
+    prefix, then the first router by name."""
+    best = None
+    for name in sorted(nodes):
+        for route in nodes[name].get("approved_routes", ()):
+            net = ipaddress.ip_network(route)
+            if addr in net and (best is None or net.prefixlen > best[0]):
+                best = (net.prefixlen, name)
+    return best and best[1]
+
+
+def next_hop(peers, addr):
+    """The peer WireGuard sends a packet for ``addr`` to (longest AllowedIPs prefix)."""
+    best = None
+    for p in peers:
+        for text in p.allowed_ips:
+            net = ipaddress.ip_network(text)
+            if addr.version == net.version and addr in net and (
+                    best is None or net.prefixlen > best[0]):
+                best = (net.prefixlen, p.name)
+    return best and best[1]
+
+
+def owns(nodes, name, addr):
+    return any(addr in ipaddress.ip_network(r) for r in nodes[name].get("approved_routes", ()))
+
+
 @settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(nodes=node_specs(), policy=policies())
@@ -133,6 +175,46 @@ def test_rendered_sets_agree_with_the_evaluator(nodes, policy):
                     reachable = "endpoint" in nodes[s] or "endpoint" in nodes[d]
                     if verdict:
                         assert (d in peer_names[s]) == (s in peer_names[d]) == reachable
+    # Routed traffic, node to subnet, subnet to node and subnet to subnet: the sending side's
+    # sets, the forwarding sets of every router on the path and WireGuard's next hops
+    # (longest AllowedIPs prefix) agree with the evaluator.
+    ends = [*(n for n in hosts), *(ipaddress.ip_address(a) for a in PROBES)]
+    for s in ends:
+        for d in ends:
+            if s == d or (isinstance(s, str) and isinstance(d, str)):
+                continue
+            s_addr = comp.endpoint_of(s, 4).addr if isinstance(s, str) else s
+            d_addr = comp.endpoint_of(d, 4).addr if isinstance(d, str) else d
+            # The routers on the path: the one carrying each subnet end. A router sending
+            # into a subnet it approves itself reaches it on its own LAN, off the mesh.
+            s_via = None if isinstance(s, str) else carrier(nodes, s)
+            d_via = None if isinstance(d, str) else carrier(nodes, d)
+            first = s if isinstance(s, str) else s_via
+            last = d if isinstance(d, str) else d_via
+            if first is None or last is None or first == last:
+                continue  # no router carries it: not on the mesh at all
+            if (isinstance(s, str) and owns(nodes, s, d_addr)) or (
+                    isinstance(d, str) and owns(nodes, d, s_addr)):
+                continue
+            for proto, port in ((6, 22), (6, 443), (17, 9), (1, None)):
+                verdict = ev.check(comp.endpoint_of(str(s_addr)),
+                                   comp.endpoint_of(str(d_addr)), proto, port).allow
+                seen = []
+                if isinstance(s, str):
+                    seen.append(nft_allows(sets[s], "out", 4, int(d_addr), proto, port))
+                else:
+                    seen.append(nft_forwards(sets[s_via], int(s_addr), int(d_addr), proto, port))
+                if isinstance(d, str):
+                    seen.append(nft_allows(sets[d], "in", 4, int(s_addr), proto, port))
+                else:
+                    seen.append(nft_forwards(sets[d_via], int(s_addr), int(d_addr), proto, port))
+                assert all(x == verdict for x in seen), (s, d, proto, port, seen, policy)
+                reachable = "endpoint" in nodes[first] or "endpoint" in nodes[last]
+                if verdict and reachable:
+                    out_first = hosts[first].peers
+                    out_last = hosts[last].peers
+                    assert next_hop(out_first, d_addr) == last, (s, d, policy)
+                    assert next_hop(out_last, s_addr) == first, (s, d, policy)
 
 
 _range = st.tuples(st.integers(0, 8), st.integers(0, 3)).map(lambda t: (t[0], t[0] + t[1]))
