@@ -157,6 +157,7 @@ class _RuleData:
     self_dst: bool
     port_boxes: list[tuple[tuple[int, int], tuple[int, int]]]  # (proto, proto), (lo, hi)
     other_protos: list[int]
+    via: int | None = None  # grants with via: the routers and exit nodes that may carry dst
     any_src: int = field(init=False)  # nodes named as source, either family
     any_dst: int = field(init=False)
     self_only: bool = field(init=False)  # autogroup:self is the rule's only destination
@@ -188,7 +189,7 @@ class Compiler:
         self.by_addr.update({(6, a): i for i, a in enumerate(self.addr[6])})
         self.all_mask = (1 << len(self.names)) - 1
         self.problems: list[Problem] = []
-        self._warnings: list[str] = []
+        self._warnings: list[str] = list(policy.warnings)
         self._warnings += key_age_warnings(mesh, alloc, self.names, today)
         self._mask_cache: dict[str, dict[int, int]] = {}
         self._range_cache: dict[int, tuple[list, list]] = {}
@@ -323,6 +324,7 @@ class Compiler:
                 else:
                     self._warnings.append(f"{node.name}: exit node is not approved and is not "
                                          "used")
+        self._approved_of = approved_of
         self._carried = self._carriers(approved_of)
         for node in self.nodes:
             if node.failover_for and node.failover_for not in self.mesh.nodes:
@@ -472,16 +474,22 @@ class Compiler:
                     port_boxes += [((proto, proto), p) for p in pp.ports]
                 elif proto not in ICMP:
                     other.append(proto)
+        via = None
+        if rule.via:
+            via = 0
+            for tag in rule.via:
+                via |= self._tag_masks.get(tag, 0)
         return _RuleData(rule, src_mask, dst_mask,
                          {f: merge_ranges(v) for f, v in src_ranges.items()},
                          {f: merge_ranges(v) for f, v in dst_ranges.items()},
                          {f: merge_ranges(v) for f, v in dst_cidr.items()},
-                         "autogroup:self" in rule.dst, port_boxes, sorted(set(other)))
+                         "autogroup:self" in rule.dst, port_boxes, sorted(set(other)), via)
 
-    def _internet_allowed(self, i: int) -> bool:
+    def _internet_allowed(self, i: int, exit_node: int) -> bool:
+        """A rule lets node i reach the internet, through this exit node (via allowing)."""
         bit = 1 << i
         return any(rd.any_src & bit and ("*" in rd.rule.dst or "autogroup:internet" in rd.rule.dst)
-                   for rd in self.rules)
+                   and (rd.via is None or rd.via >> exit_node & 1) for rd in self.rules)
 
     def _check_exit_use(self) -> None:
         for i, node in enumerate(self.nodes):
@@ -503,7 +511,7 @@ class Compiler:
                 self.exit_blocked.add(i)
                 self._warnings.append(f'{node.name}: exit node "{target}" is not approved; '
                                      "its internet traffic stays local")
-            elif not self._internet_allowed(i):
+            elif not self._internet_allowed(i, self.index[target]):
                 self.exit_blocked.add(i)
                 self._warnings.append(f"{node.name}: policy does not grant it "
                                      f'autogroup:internet, so it does not use exit node "{target}"')
@@ -532,6 +540,9 @@ class Compiler:
         out_sig: list[tuple] = []
         peers = 0
         routes_wanted: dict[int, set[tuple[int, int, int]]] = {}  # router -> (f, lo, hi)
+        # Grants with via: this host sends their destinations through the via routers only.
+        via_wanted: dict[int, set[tuple[int, int, int]]] = {}
+        via_taken: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
         my_routes = self.routes.get(h)
         is_exit = h in self.exits
         # Most rules do not name this host; routers and exit nodes forward for the rest too.
@@ -562,14 +573,16 @@ class Compiler:
                 peers |= rd.any_dst
                 out_sig.append((k, sfams))
                 for f in sfams:
-                    self._want_routes(routes_wanted, h, f, rd.dst_cidr[f])
+                    self._want_dst_routes(routes_wanted, via_wanted, via_taken, h, f, rd)
             # Subnet sources ("*" or CIDRs) arriving through a router.
             for f in dfams:
                 self._want_routes(routes_wanted, h, f, srcs[f])
             # This host forwards for its approved routes and, as exit node, the internet.
-            to_internet = is_exit and ("*" in rd.rule.dst or "autogroup:internet" in rd.rule.dst)
+            carries = rd.via is None or bool(rd.via & bit)  # not steered elsewhere by via
+            to_internet = carries and is_exit and ("*" in rd.rule.dst
+                                                   or "autogroup:internet" in rd.rule.dst)
             for f in FAMILIES:
-                if my_routes and (dsts := clip(rd.dst_cidr[f], my_routes[f])):
+                if carries and my_routes and (dsts := clip(rd.dst_cidr[f], my_routes[f])):
                     peers |= rd.src_mask[f]
                     self._forward(fwd, rd, f, srcs[f], dsts)
                     # Sources in another router's subnets arrive through that router.
@@ -583,7 +596,13 @@ class Compiler:
                         peers |= rd.any_dst
                         self._forward(fwd, rd, f, lan_srcs, rd.dst_ranges[f])
                         # Subnet to subnet: destinations behind another router.
-                        self._want_routes(routes_wanted, h, f, rd.dst_cidr[f])
+                        self._want_dst_routes(routes_wanted, via_wanted, via_taken, h, f, rd)
+        if via_wanted:
+            routes_wanted = {r: kept for r, rs in routes_wanted.items() if (kept := {
+                (f, lo2, hi2) for f, lo, hi in rs for lo2, hi2 in subtract([(lo, hi)],
+                                                                           via_taken[f])})}
+            for r, rs in via_wanted.items():
+                routes_wanted.setdefault(r, set()).update(rs)
         sets = {**self._direction_sets("in", tuple(in_sig)),
                 **self._direction_sets("out", tuple(out_sig)),
                 **{k: tuple(disjoint_grouped(v)) for k, v in fwd.items() if v}}
@@ -739,6 +758,24 @@ class Compiler:
                 for lo, hi in fams[f]:
                     if clip([(lo, hi)], ranges):
                         wanted.setdefault(r, set()).add((f, lo, hi))
+
+    def _want_dst_routes(self, wanted, via_wanted, via_taken, h: int, f: int,
+                         rd: _RuleData) -> None:
+        """Routes to a rule's destinations: through their carriers, or for a grant with via,
+        through the via routers only, for exactly the destinations (per viewer, as in
+        Tailscale: other sources keep the usual router)."""
+        if rd.via is None:
+            self._want_routes(wanted, h, f, rd.dst_cidr[f])
+            return
+        for r, fams in self._via_carriers(rd.via).items():
+            if r != h:
+                for part in clip(fams[f], rd.dst_cidr[f]):
+                    via_wanted.setdefault(r, set()).add((f, *part))
+                    via_taken[f] = merge_ranges([*via_taken[f], part])
+
+    @functools.cache  # noqa: B019 - one compiler per mesh; the cache dies with it
+    def _via_carriers(self, via: int) -> dict[int, dict[int, list]]:
+        return self._carriers({i: nets for i, nets in self._approved_of.items() if via >> i & 1})
 
     @staticmethod
     def _forward(boxes, rd: _RuleData, f: int, srcs, dsts) -> None:

@@ -55,6 +55,7 @@ class Rule:
     src: tuple[str, ...]
     dst: tuple[str, ...]
     ip: tuple[ProtoPorts, ...]
+    via: tuple[str, ...] = ()  # tags of the routers and exit nodes that may carry dst
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ class Policy:
     auto_exit: tuple[str, ...] = ()
     ssh: list[dict[str, Any]] = field(default_factory=list)
     tests: list[PolicyTest] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
     doc: hujson.Document | None = None
 
     def where(self, path: tuple) -> tuple[int, int]:
@@ -401,15 +403,17 @@ class _Validator:
                 continue
             self._fields(rule, path, {"src", "dst", "ip", "app", "via", "srcPosture"},
                          {"src", "dst"})
-            for key, why in (("via", "route steering by tag is not implemented yet"),
-                             ("srcPosture", "device posture needs a coordination server")):
-                if key in rule:
-                    self.err((*path, key), f'grants: "{key}" is not supported ({why})',
-                             "see docs/policy.md")
+            if "srcPosture" in rule:
+                self.err((*path, "srcPosture"), 'grants: "srcPosture" is not supported '
+                         "(device posture needs a coordination server)", "see docs/policy.md")
+            via = self._via(rule.get("via", []), (*path, "via"))
             # An application capability grants no network access by itself (as in
             # Tailscale): checked for form, then it has no effect on peers or filters.
             if "app" in rule:
                 self._app(rule["app"], (*path, "app"))
+                self.policy.warnings.append(
+                    f"{Path(self.doc.name).name}:{self.doc.where(path)[0]}: grants[{i}]: app "
+                    "capabilities are not enforced by wgmesh (they give no network access)")
             ips = rule.get("ip")
             if not ips and not rule.get("app"):
                 self.err(path, "ip and app can not both be empty",
@@ -428,7 +432,21 @@ class _Validator:
             self._check_self(src, dsts, path, grant=True)
             if specs:
                 self.policy.rules.append(Rule(f"grants[{i}]", self.doc.where(path)[0], src,
-                                              tuple(dsts), tuple(specs)))
+                                              tuple(dsts), tuple(specs), via))
+
+    def _via(self, value: Any, path: tuple) -> tuple[str, ...]:
+        """via: the tags of the routers and exit nodes that may carry the grant's dst."""
+        out = []
+        for j, tag in enumerate(self._list(value, path)):
+            if not isinstance(tag, str) or not tag.startswith("tag:"):
+                self.err((*path, j), f"via can only be a tag, not {tag!r}",
+                         'e.g. "via": ["tag:router-eu"]')
+            elif tag not in self.policy.tag_owners:
+                self.err((*path, j), f'via: tag not found: "{tag}"',
+                         f'declare it in tagOwners, e.g. "{tag}": ["group:admins"]')
+            else:
+                out.append(tag)
+        return tuple(out)
 
     def _app(self, app: Any, path: tuple) -> None:
         """{"<domain>/<capability>": [{...}, ...]}: names with a domain, lists of objects."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import ipaddress
 import json
+import re
 from pathlib import Path
 
 import yaml
@@ -61,3 +63,34 @@ def peers(b: Build, host: str) -> list[str]:
 
 def user(name: str) -> Endpoint:
     return Endpoint(None, user=name)
+
+
+SET_RE = re.compile(r"set (\w+) \{\n(?:.*\n)*?\s+flags interval\n(?:\s+elements = \{\n"
+                    r"((?:\s+.*,\n)*)\s+\}\n)?")
+
+
+def parse_sets(nft_text):
+    """Set name -> list of boxes, parsed back from the rendered ruleset."""
+    sets = {}
+    for m in SET_RE.finditer(nft_text):
+        elements = [e.strip().rstrip(",") for e in (m.group(2) or "").splitlines()]
+        sets[m.group(1)] = [tuple(parse_part(p) for p in e.split(" . ")) for e in elements]
+    return sets
+
+
+def parse_part(text):
+    if "/" in text:
+        net = ipaddress.ip_network(text)
+        return int(net.network_address), int(net.broadcast_address)
+    if text in PROTOCOLS:
+        return PROTOCOLS[text], PROTOCOLS[text]
+    lo, _, hi = text.rpartition("-") if ("." in text or ":" in text) else text.partition("-")
+    if "." in text or ":" in text:
+        if not lo:
+            lo = hi
+        return int(ipaddress.ip_address(lo)), int(ipaddress.ip_address(hi))
+    return int(lo), int(hi or lo)
+
+
+def lookup(boxes, point):
+    return any(all(lo <= v <= hi for (lo, hi), v in zip(b, point, strict=True)) for b in boxes)

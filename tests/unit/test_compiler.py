@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from meshkit import allowed, make, peers
+from meshkit import allowed, lookup, make, parse_sets, peers
 
 from wgmesh import render
 from wgmesh.errors import InputError
@@ -119,6 +119,8 @@ def test_an_app_grant_gives_no_network_access(tmp_path):
     cap = {"example.com/cap/dashboard": [{"role": "viewer"}]}
     b = make(tmp_path, nodes, pol(grants=[{"src": ["group:eng"], "dst": ["tag:db"], "app": cap}]))
     assert not allowed(b, "a", "d", "tcp", 443) and peers(b, "a") == []
+    assert b.compiler.warnings == ["policy.hujson:1: grants[0]: app capabilities are not "
+                                   "enforced by wgmesh (they give no network access)"]
     b = make(tmp_path, nodes, pol(grants=[
         {"src": ["group:eng"], "dst": ["tag:db"], "ip": ["tcp:443"], "app": cap}]))
     assert allowed(b, "a", "d", "tcp", 443) and not allowed(b, "a", "d", "tcp", 22)
@@ -326,6 +328,63 @@ def test_subnet_to_subnet_gets_peers_and_filters_on_both_routers(tmp_path):
     for host in (r1, r2):  # each router forwards exactly the rule, in its direction
         assert "192.168.1.0/24 . 172.16.0.0/24 . tcp . 443" in render.nftables(
             host, b.mesh.network)
+
+
+def test_a_grant_with_via_sends_its_destinations_through_the_via_routers_only(tmp_path):
+    """Per viewer, as in Tailscale: alice reaches 10.44.0.0/16 through the tag:eu router,
+    bob (no via) through the prefix's primary; each router forwards only its own viewers."""
+    tags = {**TAGS, "tag:eu": []}
+    nodes = {"a": {"owner": "alice@example.com"}, "b": {"owner": "bob@example.com"},
+             "r1": {**ROUTER, "advertise_routes": ["10.0.0.0/8"]},
+             "r2": {**ROUTER, "tags": ["tag:router", "tag:eu"], "endpoint": "192.0.2.14:51820",
+                    "advertise_routes": ["10.44.0.0/16"]},
+             "r3": {**ROUTER, "endpoint": "192.0.2.15:51820",
+                    "advertise_routes": ["10.44.0.0/16"]}}
+    policy = {**BASE, "tagOwners": tags,
+              "autoApprovers": {"routes": {"10.0.0.0/8": ["tag:router"]}},
+              "grants": [{"src": ["group:eng"], "dst": ["10.44.0.0/16", "10.1.0.0/16"],
+                          "ip": ["tcp:22"], "via": ["tag:eu"]},
+                         {"src": ["group:eng"], "dst": ["10.2.0.0/16"], "ip": ["tcp:22"]},
+                         {"src": ["bob@example.com"], "dst": ["10.44.0.0/16"],
+                          "ip": ["tcp:22"]}]}
+    b = make(tmp_path, nodes, policy)
+    a = {p.name: p.allowed_ips[2:] for p in b.compiler.host("a").peers}
+    # 10.1/16 has no tag:eu router: alice gets no route for it (no path, as in Tailscale);
+    # 10.2/16 (no via) goes through r1, which carries 10/8 less the /16 r3 is primary for.
+    assert set(a) == {"r1", "r2"} and a["r2"] == ["10.44.0.0/16"]
+    assert not any(ipaddress.ip_network(n).overlaps(ipaddress.ip_network("10.44.0.0/16"))
+                   for n in a["r1"])
+    bob = {p.name: p.allowed_ips[2:] for p in b.compiler.host("b").peers}
+    assert bob == {"r2": ["10.44.0.0/16"]}  # r2 sorts before r3: the prefix's primary
+    def forwards(router, src, dst):
+        sets = parse_sets(render.nftables(b.compiler.host(router), b.mesh.network))
+        return lookup(sets["fwd4"], (int(b.compiler.alloc[src].ipv4),
+                                     int(ipaddress.ip_address(dst)), 6, 22))
+
+    assert forwards("r2", "a", "10.44.1.1") and forwards("r2", "b", "10.44.1.1")
+    assert not forwards("r1", "a", "10.44.1.1") and not forwards("r3", "a", "10.44.1.1")
+    assert forwards("r3", "b", "10.44.1.1")  # a standby filters like its primary
+    assert not forwards("r1", "a", "10.1.1.1")  # steered away by via, and no tag:eu carries it
+    assert forwards("r1", "a", "10.2.1.1")
+
+
+def test_a_grant_with_via_chooses_the_exit_nodes_a_node_may_use(tmp_path):
+    tags = {**TAGS, "tag:eu": []}
+    exit_node = {"tags": ["tag:exit"], "endpoint": "192.0.2.14:51820",
+                 "advertise_exit_node": True, "approved_exit_node": True}
+    nodes = {"a": {"owner": "alice@example.com", "use_exit_node": "x"}, "x": exit_node,
+             "y": {**exit_node, "tags": ["tag:exit", "tag:eu"], "endpoint": "192.0.2.15:51820"}}
+    policy = {**BASE, "tagOwners": tags, "grants": [
+        {"src": ["group:eng"], "dst": ["autogroup:internet"], "ip": ["*"], "via": ["tag:eu"]}]}
+    b = make(tmp_path, nodes, policy)
+    assert 'does not grant it autogroup:internet, so it does not use exit node "x"' in (
+        "\n".join(b.compiler.warnings))
+    assert peers(b, "a") == [] and "fwd4" not in b.compiler.host("x").sets
+    nodes["a"]["use_exit_node"] = "y"
+    b = make(tmp_path, nodes, policy)
+    assert {p.name: "0.0.0.0/0" in p.allowed_ips for p in b.compiler.host("a").peers} == {
+        "y": True}
+    assert b.compiler.host("y").sets["fwd4"]
 
 
 def test_policy_tests_with_device_less_users_and_ipv6_literals(tmp_path):

@@ -6,17 +6,15 @@ The sets are read back from the rendered ruleset text and looked up the way nfta
 the renderer is trusted to agree with the evaluator by construction."""
 
 import ipaddress
-import re
 import tempfile
 from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from meshkit import make
+from meshkit import lookup, make, parse_sets
 
 from wgmesh import render
 from wgmesh.intervals import contains, disjoint, disjoint_grouped
-from wgmesh.policy import PROTOCOLS
 
 USERS = ["alice@example.com", "bob@example.com", "carol@example.com"]
 TAGS = ["tag:a", "tag:b"]
@@ -77,37 +75,6 @@ def policies(draw):
         acls.append(rule)
     policy["acls"] = acls
     return policy
-
-
-SET_RE = re.compile(r"set (\w+) \{\n(?:.*\n)*?\s+flags interval\n(?:\s+elements = \{\n"
-                    r"((?:\s+.*,\n)*)\s+\}\n)?")
-
-
-def parse_sets(nft_text):
-    """Set name -> list of boxes, parsed back from the rendered ruleset."""
-    sets = {}
-    for m in SET_RE.finditer(nft_text):
-        elements = [e.strip().rstrip(",") for e in (m.group(2) or "").splitlines()]
-        sets[m.group(1)] = [tuple(parse_part(p) for p in e.split(" . ")) for e in elements]
-    return sets
-
-
-def parse_part(text):
-    if "/" in text:
-        net = ipaddress.ip_network(text)
-        return int(net.network_address), int(net.broadcast_address)
-    if text in PROTOCOLS:
-        return PROTOCOLS[text], PROTOCOLS[text]
-    lo, _, hi = text.rpartition("-") if ("." in text or ":" in text) else text.partition("-")
-    if "." in text or ":" in text:
-        if not lo:
-            lo = hi
-        return int(ipaddress.ip_address(lo)), int(ipaddress.ip_address(hi))
-    return int(lo), int(hi or lo)
-
-
-def lookup(boxes, point):
-    return any(all(lo <= v <= hi for (lo, hi), v in zip(b, point, strict=True)) for b in boxes)
 
 
 def nft_allows(sets, direction, family, peer_addr, proto, port):
