@@ -30,7 +30,7 @@ from meshkit import fake_key  # noqa: E402
 from meshlab import MeshLab  # noqa: E402
 
 from wgmesh import render  # noqa: E402
-from wgmesh.build import build, pin_keys  # noqa: E402
+from wgmesh.build import build  # noqa: E402
 
 PLAY = """
 - hosts: web
@@ -82,9 +82,9 @@ def main() -> int:
                           "> /etc/wireguard/wg0.key; wg pubkey < /etc/wireguard/wg0.key"
                           ).stdout.strip()
             write_inputs(d / "inputs", args.peers)
-            b = build(d / "inputs", run_tests=False)
-            keys = {n: fake_key(n) for n in b.mesh.nodes if n != "hub"} | {"hub": key}
-            b = pin_keys(b, keys)
+            nodes = build(d / "inputs", run_tests=False).mesh.nodes
+            keys = {n: fake_key(n) for n in nodes if n != "hub"} | {"hub": key}
+            b = build(d / "inputs", run_tests=False, keys=keys)
             h = b.compiler.host("hub")
             bundle = render.bundle(h, b.mesh.network, key)
             elements = len(re.findall(r"\. tcp \.", bundle["nftables"]))

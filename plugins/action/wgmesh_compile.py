@@ -9,7 +9,7 @@ from ansible.plugins.action import ActionBase
 
 try:
     from wgmesh import render
-    from wgmesh.build import KeyMismatch, PolicyTestFailure, build, pin_keys, source_commit
+    from wgmesh.build import KeyMismatch, PolicyTestFailure, build, source_commit
     from wgmesh.compiler import fewer_gc_passes
     from wgmesh.errors import InputError
 except ImportError as exc:  # pragma: no cover - depends on the controller's environment
@@ -43,24 +43,17 @@ class ActionModule(ActionBase):
             keys[name] = reported.get("public_key") if isinstance(reported, dict) else None
         today = dt.datetime.now(dt.UTC).date()
         try:
-            b = build(mesh_path, args.get("policy") or None, today=today)
+            # One compile, with the reported keys pinned first.
+            b = build(mesh_path, args.get("policy") or None, today=today, keys=keys,
+                      rotate=rotate)
         except (InputError, PolicyTestFailure) as exc:
             what = ("the policy's tests fail" if isinstance(exc, PolicyTestFailure)
                     else "the mesh does not compile")
             raise AnsibleActionFail(f"{what} (no host was changed):\n" + "\n".join(
                 str(p) for p in exc.problems)) from exc
-
-        before = b.lock.text_before
-        for name in sorted(rotate):
-            if name in b.mesh.nodes and keys.get(name):
-                b.lock.unpin_key(name)
-        try:
-            b = pin_keys(b, keys, today)
-        except InputError as exc:
-            raise AnsibleActionFail("refusing to continue:\n" + "\n".join(
-                str(p) for p in exc.problems)) from exc
         except KeyMismatch as exc:
             raise AnsibleActionFail("refusing to continue:\n" + str(exc)) from exc
+        before = b.lock.text_before
         comp = b.compiler
         changed = b.lock.changed
         if changed and not self._task.check_mode:

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import os
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,10 +82,24 @@ def _policy_hint(inventory: str | Path) -> Path | None:
 
 
 def build(inventory: str | Path, policy: str | Path | None = None, *,
-          today: dt.date | None = None, run_tests: bool = True) -> Build:
+          today: dt.date | None = None, run_tests: bool = True,
+          keys: dict[str, str | None] | None = None, rotate: Iterable[str] = ()) -> Build:
+    """Load, allocate and compile the mesh once.
+
+    ``keys`` are the public keys hosts report (``wgmesh_compile``): pinned on first sight
+    before anything is compiled, after the keys of the hosts in ``rotate`` that report one
+    are forgotten. A reported key that is not a WireGuard public key is an input error naming
+    the host; one that differs from the pinned key raises KeyMismatch. Nothing is written.
+    """
     mesh, pol = load_inputs(inventory, policy)
     lock = Lock(mesh.lock_path)
     alloc = lock.allocate(mesh)
+    if keys:
+        for name in sorted(set(rotate)):
+            if name in mesh.nodes and keys.get(name):
+                lock.unpin_key(name)
+        _pin_reported(lock, mesh, keys, today)
+        alloc = lock.allocate(mesh)
     comp = Compiler(mesh, pol, alloc, today)
     result = Build(mesh, pol, lock, alloc, comp)
     if run_tests and pol.tests:
@@ -221,26 +236,20 @@ def policy_test_failures(b: Build) -> list[Problem]:
     return problems
 
 
-def pin_keys(b: Build, keys: dict[str, str | None], today: dt.date | None = None) -> Build:
-    """Pin the public keys hosts report (on first sight) and compile again with them.
-
-    A key that is not a WireGuard public key is an input error naming the host; a key that
-    differs from the pinned one raises KeyMismatch. The lockfile is not written here.
-    """
+def _pin_reported(lock: Lock, mesh: Mesh, keys: dict[str, str | None],
+                  today: dt.date | None) -> None:
     mismatched = []
     for host, key in sorted(keys.items()):
-        if host not in b.mesh.nodes or not key:  # no key yet (a bare host in check mode)
+        if host not in mesh.nodes or not key:  # no key yet (a bare host in check mode)
             continue
-        pinned = b.lock.pin_key(host, key, today)
+        pinned = lock.pin_key(host, key, today)
         if pinned is not None:
             mismatched.append(
-                f"{host}: presents public key {key}, but {b.lock.path} pins {pinned}. "
+                f"{host}: presents public key {key}, but {lock.path} pins {pinned}. "
                 "A host's key changes only by rotation; if this host was rebuilt on "
                 "purpose, remove its public_key line from the lockfile and run again.")
     if mismatched:
         raise KeyMismatch(mismatched)
-    alloc = b.lock.allocate(b.mesh)
-    return Build(b.mesh, b.policy, b.lock, alloc, Compiler(b.mesh, b.policy, alloc, today))
 
 
 class KeyMismatch(Exception):

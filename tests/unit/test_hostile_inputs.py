@@ -25,7 +25,7 @@ from meshkit import fake_key
 from wgstrict import parse
 
 from wgmesh import cli, hujson, limits
-from wgmesh.build import KeyMismatch, build, pin_keys
+from wgmesh.build import KeyMismatch, build
 from wgmesh.errors import InputError
 
 HERE = Path(__file__).resolve().parents[1]
@@ -154,9 +154,8 @@ def test_a_reported_key_is_pinned_only_when_it_is_a_key(key, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
     for name in ("mesh.yml", "policy.hujson"):
         shutil.copy(GOLDEN / name, tmp / name)
-    b = build(tmp, run_tests=False)
     try:
-        b = pin_keys(b, {"web1": key})
+        b = build(tmp, run_tests=False, keys={"web1": key})
     except InputError as exc:
         assert "is not a WireGuard public key" in str(exc) or "same public key" in str(exc)
         return
@@ -171,10 +170,9 @@ def test_a_reported_key_is_pinned_only_when_it_is_a_key(key, tmp_path_factory):
 def test_a_reported_key_that_is_another_nodes_key_is_refused(tmp_path):
     for name in ("mesh.yml", "policy.hujson"):
         shutil.copy(GOLDEN / name, tmp_path / name)
-    b = build(tmp_path, run_tests=False)
-    b = pin_keys(b, {"db1": fake_key("db1")})
+    build(tmp_path, run_tests=False, keys={"db1": fake_key("db1")}).lock.save()
     with pytest.raises(InputError, match="web1: has the same public key as node db1"):
-        pin_keys(b, {"web1": fake_key("db1")})
+        build(tmp_path, run_tests=False, keys={"web1": fake_key("db1")})
 
 
 def golden_copy(tmp: Path) -> Path:
