@@ -17,12 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wgmesh import grammar
-from wgmesh.compiler import Compiler, Endpoint, Evaluator
+from wgmesh.compiler import Compiler
 from wgmesh.errors import InputError, Problem, did_you_mean
+from wgmesh.evaluate import Endpoint, Evaluator
 from wgmesh.lock import Allocation, Lock
 from wgmesh.mesh import Mesh, load_mesh
 from wgmesh.mesh import resolve_path as resolve_mesh_path
 from wgmesh.policy import PROTOCOLS, Policy, PolicyTest, load_policy, split_hostport
+from wgmesh.selectors import Kind, Selector
 from wgmesh.yamlsource import YamlSource
 
 
@@ -147,26 +149,32 @@ def _remember_pass(digest: str) -> None:
         (_cache_dir() / digest).touch()
 
 
-def _endpoints(b: Build, selector: str) -> list[Endpoint]:
+def _endpoints(b: Build, sel: Selector) -> list[Endpoint]:
     """Every node a test selector names, or one identity standing for it when none does."""
     comp = b.compiler
-    if selector in comp.index:
-        return [comp.endpoint_of(selector)]
-    net = comp._prefix(selector)
-    if net is not None:
-        return [comp.endpoint_of(str(net.network_address))]
-    mask = comp.masks(selector)[4]
+    if sel.kind is Kind.PREFIX:
+        return [comp.endpoint_of(str(sel.net.network_address))]
+    mask = comp.masks(sel)[4]
     if mask:
         return [comp.endpoint_of(comp.names[i]) for i in range(len(comp.names)) if mask >> i & 1]
-    if selector.startswith("tag:"):
-        return [Endpoint(None, tags=frozenset({selector}))]
-    if selector.startswith("group:"):
-        return [Endpoint(None, user=u) for u in b.policy.groups.get(selector, ())]
-    if selector == "autogroup:tagged":
+    if sel.kind is Kind.TAG:
+        return [Endpoint(None, tags=frozenset({sel.name}))]
+    if sel.kind is Kind.GROUP:
+        return [Endpoint(None, user=u) for u in b.policy.groups.get(sel.name, ())]
+    if sel.kind is Kind.TAGGED:
         return [Endpoint(None, tags=frozenset({"tag:*"}))]
-    if selector in ("autogroup:member", "*"):
-        return []
-    return [Endpoint(None, user=selector)]
+    if sel.kind is Kind.USER:
+        return [Endpoint(None, user=sel.name)]
+    return []  # everyone, every member or a domain's users: no device to test
+
+
+def _test_destination(b: Build, host: str) -> list[Endpoint]:
+    """A test destination: a node name, a tag, a host alias or an address."""
+    if host in b.compiler.index:
+        return [b.compiler.endpoint_of(host)]
+    if host.startswith("tag:"):
+        return _endpoints(b, Selector(Kind.TAG, host, host))
+    return [b.compiler.endpoint_of(host)]
 
 
 def _run_test(b: Build, test: PolicyTest) -> list[str]:
@@ -178,7 +186,7 @@ def _run_test(b: Build, test: PolicyTest) -> list[str]:
         for dest in dests:
             host, port = split_hostport(dest)
             for one_src in srcs:
-                for dst in _endpoints(b, host):
+                for dst in _test_destination(b, host):
                     src = one_src
                     if src.addr is not None and dst.addr is not None and \
                             src.addr.version != dst.addr.version:

@@ -10,6 +10,7 @@ addresses with the same ports become one range, whatever rules they came from.
 from __future__ import annotations
 
 import functools
+import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from itertools import chain
@@ -120,3 +121,63 @@ def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
 def contains(boxes: Sequence[Box], point: Sequence[int]) -> bool:
     """Whether any box contains the point (how nftables looks an element up)."""
     return any(all(lo <= v <= hi for (lo, hi), v in zip(b, point, strict=True)) for b in boxes)
+
+
+# Address ranges -----------------------------------------------------------------------
+# Addresses are integers and a list of (lo, hi) ranges stands for a set of them: what
+# selectors, pools and routes resolve to.
+
+V4_MAX, V6_MAX = 2**32 - 1, 2**128 - 1
+FAMILIES = (4, 6)
+
+
+def _r(a: str, b: str) -> tuple[int, int]:
+    return int(ipaddress.ip_address(a)), int(ipaddress.ip_address(b))
+
+
+# Tailscale's autogroup:internet: everything but private, CGNAT and link-local IPv4, and
+# global unicast IPv6.
+INTERNET = {
+    4: [_r("0.0.0.0", "9.255.255.255"), _r("11.0.0.0", "100.63.255.255"),
+        _r("100.128.0.0", "169.253.255.255"), _r("169.255.0.0", "172.15.255.255"),
+        _r("172.32.0.0", "192.167.255.255"), _r("192.169.0.0", "255.255.255.255")],
+    6: [_r("2000::", "3fff:ffff:ffff:ffff:ffff:ffff:ffff:ffff")],
+}
+EVERYTHING = {4: [(0, V4_MAX)], 6: [(0, V6_MAX)]}
+
+
+def net_range(net) -> tuple[int, int]:
+    return int(net.network_address), int(net.broadcast_address)
+
+
+def in_ranges(value: int, ranges: Iterable[tuple[int, int]]) -> bool:
+    return any(lo <= value <= hi for lo, hi in ranges)
+
+
+def clip(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Intersection of two range lists."""
+    out = []
+    for lo1, hi1 in a:
+        for lo2, hi2 in b:
+            lo, hi = max(lo1, lo2), min(hi1, hi2)
+            if lo <= hi:
+                out.append((lo, hi))
+    return merge_ranges(out)
+
+
+def subtract(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Ranges of ``a`` not covered by ``b``."""
+    out = []
+    for lo, hi in a:
+        for blo, bhi in merge_ranges(b):
+            if bhi < lo or blo > hi:
+                continue
+            if blo > lo:
+                out.append((lo, blo - 1))
+            lo = bhi + 1
+            if lo > hi:
+                break
+        if lo <= hi:
+            out.append((lo, hi))
+    return out
+

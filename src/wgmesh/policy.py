@@ -15,6 +15,7 @@ from typing import Any
 
 from wgmesh import grammar, hujson, limits
 from wgmesh.errors import InputError, Problem, did_you_mean, read_text
+from wgmesh.selectors import ALL, AUTOGROUP_KINDS, Kind, Selector
 
 IPNet = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -30,11 +31,11 @@ ICMP = frozenset({1, 58})
 
 TOP_KEYS = {"groups", "hosts", "tagOwners", "acls", "grants", "autoApprovers", "ssh", "tests",
             "sshTests", "nodeAttrs", "randomizeClientPort"}
-AUTOGROUPS_SRC = {"autogroup:member", "autogroup:tagged"}
+AUTOGROUPS_SRC = {"autogroup:member", "autogroup:tagged", "autogroup:danger-all"}
 AUTOGROUPS_DST = {"autogroup:member", "autogroup:tagged", "autogroup:self", "autogroup:internet"}
 UNSUPPORTED_AUTOGROUPS = {"autogroup:admin", "autogroup:owner", "autogroup:it-admin",
                           "autogroup:network-admin", "autogroup:billing-admin",
-                          "autogroup:auditor", "autogroup:shared", "autogroup:danger-all",
+                          "autogroup:auditor", "autogroup:shared",
                           "autogroup:nonroot"}
 DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ns|us|µs|ms|s|m|h))+")
 DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
@@ -52,8 +53,8 @@ class Rule:
 
     origin: str  # "acls[2]", for "the rule that allowed it"
     line: int
-    src: tuple[str, ...]
-    dst: tuple[str, ...]
+    src: tuple[Selector, ...]
+    dst: tuple[Selector, ...]
     ip: tuple[ProtoPorts, ...]
     via: tuple[str, ...] = ()  # tags of the routers and exit nodes that may carry dst
 
@@ -62,7 +63,7 @@ class Rule:
 class PolicyTest:
     origin: str
     line: int
-    src: str
+    src: Selector
     proto: str | None
     accept: tuple[str, ...]
     deny: tuple[str, ...]
@@ -73,11 +74,11 @@ class Policy:
     path: Path
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     hosts: dict[str, IPNet] = field(default_factory=dict)
-    tag_owners: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    tag_owners: dict[str, tuple[Selector, ...]] = field(default_factory=dict)
     rules: list[Rule] = field(default_factory=list)
     allow_all: bool = False
-    auto_routes: list[tuple[IPNet, tuple[str, ...]]] = field(default_factory=list)
-    auto_exit: tuple[str, ...] = ()
+    auto_routes: list[tuple[IPNet, tuple[Selector, ...]]] = field(default_factory=list)
+    auto_exit: tuple[Selector, ...] = ()
     ssh: list[dict[str, Any]] = field(default_factory=list)
     tests: list[PolicyTest] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -180,7 +181,7 @@ class _Validator:
         if "acls" not in data and "grants" not in data:
             # Tailscale: a policy with neither rule list allows everything.
             self.policy.allow_all = True
-            self.policy.rules.append(Rule("(no acls or grants: allow all)", 0, ("*",), ("*",),
+            self.policy.rules.append(Rule("(no acls or grants: allow all)", 0, (ALL,), (ALL,),
                                           (ProtoPorts(DEFAULT_PROTOS),)))
         self.acls(data.get("acls", []))
         self.grants(data.get("grants", []))
@@ -261,46 +262,50 @@ class _Validator:
                     if o not in owners_raw:
                         self.err((*path, i), f'tag "{tag}" references undefined tag "{o}"',
                                  f'declare "{o}" in tagOwners')
-                    out.append(o)
+                    out.append(Selector(Kind.TAG, o, o))
                 elif o.startswith("group:"):
                     if o not in self.policy.groups:
                         self.err((*path, i), f'group not defined in policy: "{o}"',
                                  "declare it under groups")
-                    out.append(o)
-                elif o == "autogroup:member" or grammar.matches(grammar.USER, o):
-                    out.append(o)
+                    out.append(Selector(Kind.GROUP, o, o))
+                elif o == "autogroup:member":
+                    out.append(Selector(Kind.MEMBER, o))
+                elif grammar.matches(grammar.USER, o):
+                    out.append(Selector(Kind.USER, o, o))
                 else:
                     self.err((*path, i), f"tag owners are users, groups or tags, not {o!r}")
             self.policy.tag_owners[tag] = tuple(out)
 
-    def selector(self, sel: Any, path: tuple, side: str) -> str | None:
-        """Check one src/dst selector; returns it, or None after reporting why."""
+    def selector(self, sel: Any, path: tuple, side: str) -> Selector | None:
+        """Check one src/dst selector; returns its typed form, or None after reporting why."""
         if not isinstance(sel, str) or not sel:
             self.err(path, f"selectors are non-empty text, not {sel!r}")
             return None
         if sel == "*":
-            return sel
+            return ALL
         if sel.startswith("tag:"):
             if sel not in self.policy.tag_owners:
                 self.err(path, f'{side}="{sel}": tag not found: "{sel}"',
                          f'declare it in tagOwners, e.g. "{sel}": ["group:admins"]')
                 return None
-            return sel
+            return Selector(Kind.TAG, sel, sel)
         if sel.startswith("group:"):
             if sel not in self.policy.groups:
                 self.err(path, f'group not defined in policy: "{sel}"',
                          did_you_mean(sel, self.policy.groups))
                 return None
-            return sel
+            return Selector(Kind.GROUP, sel, sel)
         if sel.startswith("autogroup:"):
             allowed = AUTOGROUPS_SRC if side == "src" else AUTOGROUPS_DST
             if sel in allowed:
-                return sel
+                return Selector(AUTOGROUP_KINDS[sel], sel)
             if sel == "autogroup:self" and side == "src":
                 self.err(path, '"autogroup:self" not valid on the src side of a rule',
                          "use autogroup:self as a destination")
             elif sel == "autogroup:internet" and side == "src":
                 self.err(path, "autogroup:internet can only be used in ACL destinations")
+            elif sel == "autogroup:danger-all":
+                self.err(path, "cannot use autogroup:danger-all as a dst", 'use "*"')
             elif sel in UNSUPPORTED_AUTOGROUPS:
                 self.err(path, f'"{sel}" is not supported without a coordination server',
                          "see docs/policy.md; use groups instead")
@@ -308,13 +313,19 @@ class _Validator:
                 self.err(path, f'invalid autogroup: got "{sel}"',
                          "expected one of: " + ", ".join(sorted(AUTOGROUPS_DST)))
             return None
+        if sel.startswith("user:*@"):
+            domain = sel.removeprefix("user:*@")
+            if not grammar.matches(grammar.DOMAIN, domain):
+                self.err(path, f'"{sel}" is not a domain wildcard', 'e.g. "user:*@example.com"')
+                return None
+            return Selector(Kind.DOMAIN, sel, domain)
         if "@" in sel:
             if not grammar.matches(grammar.USER, sel):
                 self.err(path, f'"{sel}" is not a user', "write users as alice@example.com")
                 return None
-            return sel
+            return Selector(Kind.USER, sel, sel)
         if sel in self.policy.hosts:
-            return sel
+            return Selector(Kind.PREFIX, sel, net=self.policy.hosts[sel])
         net = grammar.ip_network(sel, strict=False)
         if net is None:
             self.err(path, f'{side} "{sel}" is not a user, group, tag, autogroup, host or IP',
@@ -325,9 +336,9 @@ class _Validator:
             self.err(path, f'dst "{sel}": to allow all IP addresses, use "*" or '
                      '"autogroup:internet"')
             return None
-        return str(net)
+        return Selector(Kind.PREFIX, str(net), net=net)
 
-    def _srcs(self, rule: dict, path: tuple) -> tuple[str, ...]:
+    def _srcs(self, rule: dict, path: tuple) -> tuple[Selector, ...]:
         out = []
         for i, s in enumerate(self._list(rule.get("src", []), (*path, "src"))):
             sel = self.selector(s, (*path, "src", i), "src")
@@ -335,12 +346,13 @@ class _Validator:
                 out.append(sel)
         return tuple(out)
 
-    def _check_self(self, src: tuple[str, ...], dsts: list[str], path: tuple, grant: bool):
-        if "autogroup:self" not in dsts:
+    def _check_self(self, src: tuple[Selector, ...], dsts: list[Selector], path: tuple,
+                    grant: bool):
+        if not any(d.kind is Kind.SELF for d in dsts):
             return
-        bad = [s for s in src if not (s.startswith("group:") or s == "autogroup:member"
-                                      or ("@" in s and not s.startswith("tag:"))
-                                      or (s == "*" and not grant))]
+        users = (Kind.GROUP, Kind.MEMBER, Kind.USER, Kind.DOMAIN)
+        bad = [str(s) for s in src if not (s.kind in users or (s.kind is Kind.ALL
+                                                               and not grant))]
         if bad:
             self.err((*path, "src"), "autogroup:self can only be used with users, groups, or "
                      "supported autogroups", f"remove {', '.join(bad)} from this rule's src")
@@ -364,7 +376,7 @@ class _Validator:
                     continue
                 protos = frozenset({p})
             src = self._srcs(rule, path)
-            by_ports: dict[tuple, list[str]] = {}
+            by_ports: dict[tuple, list[Selector]] = {}
             for j, d in enumerate(self._list(rule.get("dst", []), (*path, "dst"))):
                 dpath = (*path, "dst", j)
                 split = split_hostport(d) if isinstance(d, str) else None
@@ -488,7 +500,7 @@ class _Validator:
             return None
         return ProtoPorts(frozenset({proto}), ports)
 
-    def _approvers(self, values: Any, path: tuple) -> tuple[str, ...]:
+    def _approvers(self, values: Any, path: tuple) -> tuple[Selector, ...]:
         out = []
         for i, a in enumerate(self._list(values, path, "a list of approvers")):
             if isinstance(a, str) and (a.startswith(("tag:", "group:")) or a == "autogroup:member"
@@ -539,16 +551,16 @@ class _Validator:
                             or grammar.matches(grammar.SSH_LOCALPART, u)):
                         self.err((*path, "users", j), f'user "{u}" is not valid',
                                  'name logins, or use "autogroup:nonroot"')
-            srcs = [s for j, s in enumerate(self._list(rule.get("src", []), (*path, "src")))
-                    if self.selector(s, (*path, "src", j), "src")]
-            tagged = any(s.startswith("tag:") or s == "autogroup:tagged" for s in srcs)
+            srcs = [sel for j, s in enumerate(self._list(rule.get("src", []), (*path, "src")))
+                    if (sel := self.selector(s, (*path, "src", j), "src"))]
+            tagged = any(s.kind in (Kind.TAG, Kind.TAGGED) for s in srcs)
             for j, d in enumerate(self._list(rule.get("dst", []), (*path, "dst"))):
                 dpath = (*path, "dst", j)
                 if d == "*" or (isinstance(d, str) and d in self.policy.hosts):
                     self.err(dpath, f'invalid dst "{d}"',
                              "ssh dst is a tag, a user, autogroup:self/member/tagged")
-                elif self.selector(d, dpath, "dst"):
-                    self._ssh_dst_kind(d, dpath, srcs, tagged)
+                elif sel := self.selector(d, dpath, "dst"):
+                    self._ssh_dst_kind(sel, dpath, srcs, tagged)
             # Tailscale reads null as absent for these two.
             if rule.get("checkPeriod") is not None:
                 self._check_period(rule, path)
@@ -559,22 +571,23 @@ class _Validator:
                     self.err((*path, "acceptEnv", j), "acceptEnv values cannot be empty")
             self.policy.ssh.append(rule)
 
-    def _ssh_dst_kind(self, d: str, path: tuple, srcs: list[str], tagged: bool) -> None:
+    def _ssh_dst_kind(self, d: Selector, path: tuple, srcs: list[Selector],
+                      tagged: bool) -> None:
         """What Tailscale lets SSH reach: tagged devices from anyone; user devices
         (autogroup:self/member) only from users; one user's devices only from that user."""
-        if d.startswith("tag:") or d == "autogroup:tagged":
+        if d.kind in (Kind.TAG, Kind.TAGGED):
             return
-        if d in ("autogroup:self", "autogroup:member"):
+        if d.kind in (Kind.SELF, Kind.MEMBER):
             if tagged:
                 self.err(path, f'tagged sources cannot ssh to "{d}" (user devices)',
                          "use users or groups as sources, or a tag as destination")
             return
-        if d.startswith(("group:", "autogroup:")) or "@" not in d:
+        if d.kind is not Kind.USER:
             self.err(path, f'invalid dst "{d}"',
                      "ssh dst is a tag, autogroup:self/member/tagged, or the source user")
         elif srcs != [d]:
             self.err(path, f'dst "{d}" is a user\'s devices: the src must be that same user '
-                     "and no one else", 'e.g. "src": ["' + d + '"], or use autogroup:self')
+                     "and no one else", f'e.g. "src": ["{d}"], or use autogroup:self')
 
     def _check_period(self, rule: dict, path: tuple) -> None:
         period, ppath = rule["checkPeriod"], (*path, "checkPeriod")
@@ -603,7 +616,8 @@ class _Validator:
             if isinstance(src, list) or not isinstance(src, str):
                 self.err((*path, "src"), "a test's src is one selector (text)")
                 continue
-            if self.selector(src, (*path, "src"), "src") is None:
+            src = self.selector(src, (*path, "src"), "src")
+            if src is None:
                 continue
             proto = test.get("proto")
             if proto is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from wgmesh.build import Build, build
-from wgmesh.compiler import Endpoint
+from wgmesh.evaluate import Endpoint
 from wgmesh.policy import PROTOCOLS
 
 TODAY = dt.date(2026, 1, 1)

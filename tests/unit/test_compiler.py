@@ -387,6 +387,30 @@ def test_a_grant_with_via_chooses_the_exit_nodes_a_node_may_use(tmp_path):
     assert b.compiler.host("y").sets["fwd4"]
 
 
+def test_domain_wildcards_and_danger_all(tmp_path):
+    """user:*@domain names every user of that domain (untagged nodes only);
+    autogroup:danger-all, a source only, names any address, inside the mesh or not."""
+    nodes = {"a": {"owner": "alice@example.com"}, "o": {"owner": "oscar@other.org"},
+             "t": {"tags": ["tag:web"], "owner": "alice@example.com"},
+             "db": {"tags": ["tag:db"], "endpoint": "192.0.2.9:51820"},
+             "r": {**ROUTER, "advertise_routes": ["10.0.0.0/8"]}}
+    b = make(tmp_path, nodes, pol(
+        autoApprovers={"routes": {"10.0.0.0/8": ["tag:router"]}},
+        acls=[{"action": "accept", "src": ["user:*@example.com"], "dst": ["tag:db:5432"]},
+              {"action": "accept", "src": ["autogroup:danger-all"], "dst": ["tag:db:443"]}],
+        tests=[{"src": "user:*@example.com", "accept": ["tag:db:5432"]}]))
+    assert allowed(b, "a", "db", port=5432)
+    assert not allowed(b, "o", "db", port=5432) and not allowed(b, "t", "db", port=5432)
+    assert allowed(b, "o", "db", port=443) and allowed(b, "10.1.2.3", "db", port=443)
+    assert allowed(b, "192.0.2.77", "db", port=443)  # any address at all
+    db = b.compiler.host("db")
+    sets = parse_sets(render.nftables(db, b.mesh.network))
+    a, o = (int(b.compiler.alloc[n].ipv4) for n in ("a", "o"))
+    assert lookup(sets["in4"], (a, 6, 5432)) and not lookup(sets["in4"], (o, 6, 5432))
+    assert lookup(sets["in4"], (int(ipaddress.ip_address("192.0.2.77")), 6, 443))
+    assert "r" in {p.name for p in db.peers}  # routed sources arrive through the router
+
+
 def test_policy_tests_with_device_less_users_and_ipv6_literals(tmp_path):
     """A user with no device under a "*" source is an identity, not a crash; an IPv6 literal
     is tested against the source node's IPv6 address."""

@@ -16,14 +16,15 @@ from meshkit import lookup, make, parse_sets
 from wgmesh import render
 from wgmesh.intervals import contains, disjoint, disjoint_grouped
 
-USERS = ["alice@example.com", "bob@example.com", "carol@example.com"]
+USERS = ["alice@example.com", "bob@example.com", "carol@example.com", "dave@example.org"]
 TAGS = ["tag:a", "tag:b"]
 SUBNETS = ["10.0.0.0/8", "10.33.0.0/16", "10.33.5.0/24", "192.168.1.0/24"]
 SRC = ["*", "alice@example.com", "bob@example.com", "group:g", "tag:a", "tag:b",
        "autogroup:member", "autogroup:tagged", "100.64.0.0/30", "fd7a:115c:a1e0::/126",
-       *SUBNETS]
+       "user:*@example.com", "autogroup:danger-all", "office", *SUBNETS]
 DST = ["*", "alice@example.com", "group:g", "tag:a", "tag:b", "autogroup:member",
-       "autogroup:tagged", "100.64.0.2", "100.64.0.4/31", *SUBNETS]
+       "autogroup:tagged", "100.64.0.2", "100.64.0.4/31", "user:*@example.org", "one",
+       "office", "autogroup:internet", *SUBNETS]
 # Routes overlap on purpose: nested (10/8 and 10.33/16) and the same prefix twice.
 ROUTES = ["10.0.0.0/8", "10.33.0.0/16", "10.33.0.0/16", "192.168.1.0/24"]
 PROBES = ["10.1.2.3", "10.33.5.5", "10.33.200.1", "192.168.1.7"]
@@ -52,6 +53,7 @@ def node_specs(draw):
 @st.composite
 def policies(draw):
     policy = {"groups": {"group:g": draw(st.lists(st.sampled_from(USERS), unique=True))},
+              "hosts": {"one": "100.64.0.3", "office": "10.33.0.0/16"},
               "tagOwners": {t: ["autogroup:member"] for t in TAGS}}
     if draw(st.integers(0, 9)) == 0:
         return policy  # no acls at all: allow everything
@@ -61,7 +63,8 @@ def policies(draw):
                 "src": draw(st.lists(st.sampled_from(SRC), min_size=1, max_size=2))}
         if draw(st.integers(0, 4)) == 0:
             rule["src"] = draw(st.lists(st.sampled_from(
-                ["alice@example.com", "group:g", "autogroup:member"]), min_size=1, max_size=2))
+                ["alice@example.com", "group:g", "autogroup:member", "user:*@example.com"]),
+                min_size=1, max_size=2))
             rule["dst"] = ["autogroup:self:" + draw(st.sampled_from(PORTS))]
             # autogroup:self beside other destinations, at the same or other ports.
             rule["dst"] += [f"{d}:{draw(st.sampled_from(PORTS))}" for d in

@@ -1,0 +1,89 @@
+"""Decide single packets from identities, the way the policy reads.
+
+The evaluator does not look at the filter sets the compiler builds: it answers from the
+policy's rules and the nodes' owners, tags and addresses alone, so that tests can check the
+rendered sets against it (``wgmesh eval`` and the policy's ``tests`` use it too).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from wgmesh.intervals import in_ranges
+from wgmesh.policy import ICMP, PORT_PROTOS
+from wgmesh.selectors import IDENTITIES, Kind, Selector
+
+if TYPE_CHECKING:
+    from wgmesh.resolve import Resolution
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Who or what a packet comes from or goes to."""
+
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    node: str | None = None
+    user: str | None = None
+    tags: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allow: bool
+    rule: str | None = None
+    line: int = 0
+
+
+class Evaluator:
+    def __init__(self, res: Resolution):
+        self.res = res
+        self.groups = res.policy.groups
+
+    def src_matches(self, sel: Selector, ep: Endpoint) -> bool:
+        if sel.kind is Kind.DANGER_ALL:
+            return True
+        if sel.kind is Kind.ALL:
+            if ep.node is not None or ep.addr is None:
+                return True  # every node, and any identity (a user with no device yet)
+            f = ep.addr.version
+            return in_ranges(int(ep.addr), self.res.pools[f] + self.res.all_routes[f])
+        return self._identity_or_prefix(sel, ep)
+
+    def _identity_or_prefix(self, sel: Selector, ep: Endpoint) -> bool:
+        if sel.kind is Kind.PREFIX:
+            return ep.addr is not None and ep.addr.version == sel.net.version and \
+                ep.addr in sel.net
+        if ep.node is None and ep.user is None and not ep.tags:
+            return False  # an address outside the mesh has no identity
+        return sel.kind in IDENTITIES and sel.matches_identity(ep.user, ep.tags, self.groups)
+
+    def dst_matches(self, sel: Selector, ep: Endpoint, src: Endpoint) -> bool:
+        if sel.kind is Kind.ALL:
+            return True
+        if sel.kind is Kind.INTERNET:
+            return (ep.node is None and ep.addr is not None
+                    and in_ranges(int(ep.addr), self.res.internet[ep.addr.version]))
+        if sel.kind is Kind.SELF:
+            return (ep.node is not None and not ep.tags and not src.tags and src.user is not None
+                    and ep.user == src.user)
+        return self._identity_or_prefix(sel, ep)
+
+    def check(self, src: Endpoint, dst: Endpoint, proto: int, port: int | None) -> Verdict:
+        if (src.addr is not None and dst.addr is not None
+                and src.addr.version != dst.addr.version):
+            return Verdict(False)
+        for rd in self.res.rules:
+            r = rd.rule
+            if not any(self.src_matches(s, src) for s in r.src):
+                continue
+            if not any(self.dst_matches(d, dst, src) for d in r.dst):
+                continue
+            if proto in ICMP:
+                return Verdict(True, r.origin, r.line)  # echo follows any relation
+            for pp in r.ip:
+                if proto in pp.protos and (proto not in PORT_PROTOS or any(
+                        lo <= (port or 0) <= hi for lo, hi in pp.ports)):
+                    return Verdict(True, r.origin, r.line)
+        return Verdict(False)

@@ -1,0 +1,103 @@
+"""Per-host filter sets: the elements of the nftables sets a host's table looks packets up in.
+
+Each rule is resolved once (``RuleData``: node masks and address ranges per family, its
+ports and protocols); a host's sets are then the union of the rules that name it, made
+disjoint (nftables interval sets refuse overlapping elements). Hosts with the same role see
+the same rules the same way and share one computation (``FilterSets.direction``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from wgmesh.intervals import FAMILIES, Box, Grouped, disjoint_grouped
+from wgmesh.policy import Rule
+from wgmesh.selectors import Kind
+
+if TYPE_CHECKING:
+    from wgmesh.resolve import Resolution
+
+
+@dataclass
+class RuleData:
+    """One policy rule, resolved against the mesh."""
+
+    rule: Rule
+    src_mask: dict[int, int]  # family -> node mask (nodes whose address of that family matches)
+    dst_mask: dict[int, int]
+    src_ranges: dict[int, list[tuple[int, int]]]
+    dst_ranges: dict[int, list[tuple[int, int]]]  # everything the rule lets sources send to
+    dst_cidr: dict[int, list[tuple[int, int]]]  # prefixes a subnet router may carry
+    self_dst: bool
+    port_boxes: list[tuple[tuple[int, int], tuple[int, int]]]  # (proto, proto), (lo, hi)
+    other_protos: list[int]
+    via: int | None = None  # grants with via: the routers and exit nodes that may carry dst
+    to_internet: bool = False  # names "*" or autogroup:internet: what exit nodes carry
+    any_src: int = field(init=False)  # nodes named as source, either family
+    any_dst: int = field(init=False)
+    self_only: bool = field(init=False)  # autogroup:self is the rule's only destination
+
+    def __post_init__(self) -> None:
+        self.any_src = self.src_mask[4] | self.src_mask[6]
+        self.any_dst = self.dst_mask[4] | self.dst_mask[6]
+        self.self_only = all(d.kind is Kind.SELF for d in self.rule.dst)
+
+
+def add_rule(boxes: dict[str, Grouped], name: str, head: Box, addresses, rd: RuleData) -> None:
+    """Add what ``rd`` allows for ``addresses`` (the sets' first dimension) to the three sets
+    ``ping_<name>``, ``<name>`` (ports) and ``<name>p`` (other protocols), grouped by what
+    follows the addresses (``head``, then the ports or protocol): one rule's address list
+    serves all of its ports."""
+    if not addresses:
+        return
+    boxes[f"ping_{name}"][head].append(addresses)
+    ports = boxes[name]
+    for pp in rd.port_boxes:
+        ports[(*head, *pp)].append(addresses)
+    protos = boxes[f"{name}p"]
+    for p in rd.other_protos:
+        protos[(*head, (p, p))].append(addresses)
+
+
+def forward(boxes: dict[str, Grouped], rd: RuleData, f: int, srcs, dsts) -> None:
+    """Elements of the ``fwd`` sets (source, destination) of a router or exit node."""
+    for d in dsts:
+        add_rule(boxes, f"fwd{f}", (d,), srcs, rd)
+
+
+def new_boxes() -> dict[str, Grouped]:
+    return defaultdict(lambda: defaultdict(list))
+
+
+def disjoint_sets(boxes: dict[str, Grouped]) -> dict[str, tuple[Box, ...]]:
+    return {k: out for k, v in boxes.items() if (out := tuple(disjoint_grouped(v)))}
+
+
+class FilterSets:
+    """A host's inbound and outbound sets, computed once per distinct signature: the rules
+    that name the host as destination (``in``) or source (``out``), with the address
+    families, or for autogroup:self the nodes, they name it for."""
+
+    def __init__(self, res: Resolution):
+        self.res = res
+        self._cache: dict[str, dict[tuple, dict[str, tuple[Box, ...]]]] = {}
+
+    def direction(self, direction: str, signature: tuple) -> dict[str, tuple[Box, ...]]:
+        cache = self._cache.setdefault(direction, {})
+        if signature in cache:
+            return cache[signature]
+        boxes = new_boxes()
+        for k, *how in signature:
+            rd = self.res.rules[k]
+            if how[0] == "self":
+                v4, v6 = self.res.node_ranges(how[1])
+                ranges, families = {4: v4, 6: v6}, FAMILIES
+            else:
+                ranges = rd.src_ranges if direction == "in" else rd.dst_ranges
+                families = how[0]
+            for f in families:
+                add_rule(boxes, f"{direction}{f}", (), ranges[f], rd)
+        cache[signature] = disjoint_sets(boxes)
+        return cache[signature]

@@ -1,0 +1,403 @@
+"""What a mesh and its policy resolve to, before any host is compiled: identities (which
+nodes each selector names, as bitmasks over nodes, and their address ranges), approvals
+(routes, exit nodes, and which router carries each prefix), and each rule resolved once.
+
+Everything here is checked across mesh.yml and the policy (tags their owners may assign, one
+key per node, exit nodes that exist and are approved), and problems are collected, not
+raised: ``Compiler`` adds its own checks and raises them all at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import ipaddress
+from collections import defaultdict
+
+from wgmesh.errors import Problem
+from wgmesh.evaluate import Endpoint
+from wgmesh.filters import RuleData
+from wgmesh.intervals import (
+    EVERYTHING,
+    FAMILIES,
+    INTERNET,
+    bits,
+    merge_ranges,
+    net_range,
+    subtract,
+)
+from wgmesh.lock import Allocation
+from wgmesh.mesh import Mesh, Node
+from wgmesh.policy import ICMP, PORT_PROTOS, Policy, Rule
+from wgmesh.selectors import Kind, Selector
+
+# How long before network.key_max_age_days a key's age is announced.
+KEY_AGE_NOTICE_DAYS = 14
+
+
+class Resolution:
+    """Everything about one mesh that every host's output is derived from."""
+
+    def __init__(self, mesh: Mesh, policy: Policy, alloc: dict[str, Allocation],
+                 today: dt.date | None = None):
+        self.mesh = mesh
+        self.policy = policy
+        self.net = mesh.network
+        today = today or dt.date.today()
+        self.expired = sorted(n for n, node in mesh.nodes.items()
+                              if node.expires and node.expires < today)
+        self.names = sorted(n for n in mesh.nodes if n not in self.expired)
+        self.index = {n: i for i, n in enumerate(self.names)}
+        self.nodes = [mesh.nodes[n] for n in self.names]
+        self.alloc = alloc
+        self.addr = {4: [int(alloc[n].ipv4) for n in self.names],
+                     6: [int(alloc[n].ipv6) for n in self.names]}
+        self.by_addr = {(4, a): i for i, a in enumerate(self.addr[4])}
+        self.by_addr.update({(6, a): i for i, a in enumerate(self.addr[6])})
+        self.all_mask = (1 << len(self.names)) - 1
+        self.problems: list[Problem] = []
+        self._warnings: list[str] = list(policy.warnings)
+        self._warnings += key_age_warnings(mesh, alloc, self.names, today)
+        self._mask_cache: dict[Selector, dict[int, int]] = {}
+        self._range_cache: dict[int, tuple[list, list]] = {}
+        self._check_tags()
+        self._check_unique_keys()
+        self.routes, self.exits = self._approvals()
+        self.user_mask = self._user_masks()
+        self.exit_users: dict[str, int] = defaultdict(int)
+        for i, n in enumerate(self.nodes):
+            if n.use_exit_node:
+                self.exit_users[n.use_exit_node] |= 1 << i
+        self.pools = {4: [net_range(self.net.ipv4_pool)], 6: [net_range(self.net.ipv6_pool)]}
+        self.all_routes = {f: merge_ranges(r for rs in self.routes.values() for r in rs[f])
+                           for f in FAMILIES}
+        # autogroup:internet is what exit nodes carry: approved subnets go through routers.
+        self.internet = {f: subtract(INTERNET[f], self.all_routes[f]) for f in FAMILIES}
+        self.rules = [self._rule_data(r) for r in policy.rules]
+        self.exit_blocked: set[int] = set()
+        self._check_exit_use()
+        for i in self.exit_blocked:
+            self.exit_users[self.nodes[i].use_exit_node] &= ~(1 << i)
+
+    # Validation across mesh and policy ------------------------------------------------
+    def _mesh_error(self, node: str, key: str | None, message: str, fix: str = "") -> None:
+        line, col = self.mesh.where(node, key) if key else self.mesh.where(node)
+        self.problems.append(Problem(str(self.mesh.path), line, col,
+                                     f"nodes.{node}" + (f".{key}" if key else ""), message, fix))
+
+    def _check_unique_keys(self) -> None:
+        """One key, one node: WireGuard routes by key, so a second node with the same key
+        would silently take over the first one's traffic."""
+        seen: dict[str, str] = {}
+        for name in sorted(self.mesh.nodes):
+            key = self.alloc[name].public_key
+            if key is None:
+                continue
+            if key in seen:
+                self._mesh_error(name, "public_key" if not self.mesh.nodes[name].managed
+                                 else None, f"has the same public key as node {seen[key]}",
+                                 "every device needs its own key; if one was copied, make a "
+                                 "new key on it and pin that")
+            else:
+                seen[key] = name
+
+    def _owner_may_assign(self, node: Node, tag: str) -> bool:
+        """Whether the node's owner (or a tag it has) owns ``tag``. The node is tagged, so
+        user owners are matched against its owner as if it were not."""
+        return any(o.name in node.tags if o.kind is Kind.TAG
+                   else o.matches_identity(node.owner, frozenset(), self.policy.groups)
+                   for o in self.policy.tag_owners.get(tag, ()))
+
+    def _check_tags(self) -> None:
+        for name in self.names:
+            node = self.mesh.nodes[name]
+            for tag in node.tags:
+                if tag not in self.policy.tag_owners:
+                    self._mesh_error(name, "tags", f'tag not found: "{tag}"',
+                                     f'declare "{tag}" in the policy\'s tagOwners')
+                elif node.owner and not self._owner_may_assign(node, tag):
+                    self._mesh_error(
+                        name, "tags", f'{node.owner} may not assign "{tag}"',
+                        f'add the owner (or a group of theirs) to tagOwners["{tag}"], or '
+                        "remove owner: to declare an owner-less server")
+
+    def _approvals(self):
+        routes: dict[int, dict[int, list[tuple[int, int]]]] = {}
+        approved_of: dict[int, set] = {}
+        exits: set[int] = set()
+        groups = self.policy.groups
+        for i, node in enumerate(self.nodes):
+            approved = set(node.approved_routes)
+            for route in node.advertise_routes:
+                for prefix, approvers in self.policy.auto_routes:
+                    if (route.version == prefix.version and route.subnet_of(prefix)
+                            and any(a.matches_identity(node.owner, node.tags, groups)
+                                    for a in approvers)):
+                        approved.add(route)
+            for route in node.advertise_routes:
+                if route not in approved:
+                    self._warnings.append(f"{node.name}: advertised route {route} is not "
+                                         "approved and is not used")
+            if approved:
+                approved_of[i] = approved
+                routes[i] = {f: merge_ranges(net_range(r) for r in approved if r.version == f)
+                             for f in FAMILIES}
+            if node.advertise_exit_node:
+                if node.approved_exit_node or any(a.matches_identity(node.owner, node.tags,
+                                                                     groups)
+                                                  for a in self.policy.auto_exit):
+                    exits.add(i)
+                else:
+                    self._warnings.append(f"{node.name}: exit node is not approved and is not "
+                                         "used")
+        self._approved_of = approved_of
+        self._carried = self._carriers(approved_of)
+        for node in self.nodes:
+            if node.failover_for and node.failover_for not in self.mesh.nodes:
+                self._mesh_error(node.name, "failover_for", f'no node "{node.failover_for}"')
+        return routes, exits
+
+    def _carriers(self, approved_of: dict[int, set]) -> dict[int, dict[int, list]]:
+        """Which router carries each address for its peers, as Tailscale decides: the longest
+        approved prefix wins; of routers approving the very same prefix, one is the primary
+        and the others stand by (a router with ``failover_for`` stands by, then name order).
+        The result is disjoint between routers, so every address has one next hop."""
+        prefixes = sorted(((-net.prefixlen, self.nodes[i].failover_for is not None,
+                            self.names[i], net.version, net_range(net), i)
+                           for i, nets in approved_of.items() for net in nets))
+        taken: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+        carried = {i: {4: [], 6: []} for i in approved_of}
+        for _len, _standby, _name, f, rng, i in prefixes:
+            carried[i][f] += subtract([rng], taken[f])
+            taken[f] = merge_ranges([*taken[f], rng])
+        return {i: {f: merge_ranges(v) for f, v in fams.items()} for i, fams in carried.items()}
+
+    def client_routes(self) -> dict[int, dict[int, list[tuple[int, int]]]]:
+        """Routes peers send through each router (standbys and shadowed prefixes left out)."""
+        return self._carried
+
+    @functools.cache  # noqa: B019 - one resolution per mesh; the cache dies with it
+    def via_carriers(self, via: int) -> dict[int, dict[int, list]]:
+        """Carriers among the routers of a via mask only (a grant's via tags)."""
+        return self._carriers({i: nets for i, nets in self._approved_of.items() if via >> i & 1})
+
+    def _user_masks(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for i, node in enumerate(self.nodes):
+            if node.owner and not node.tagged:
+                out[node.owner] = out.get(node.owner, 0) | (1 << i)
+        return out
+
+    # Selector resolution -------------------------------------------------------------
+    def _identity_mask(self, sel: Selector) -> int:
+        """Nodes an identity selector names, from indexes built once (a selector costs a few
+        lookups, not a pass over every node)."""
+        k = sel.kind
+        if k in (Kind.ALL, Kind.DANGER_ALL):
+            return self.all_mask
+        if k is Kind.TAG:
+            return self._tag_masks.get(sel.name, 0)
+        if k is Kind.TAGGED:
+            return self._tagged_mask
+        if k is Kind.MEMBER:
+            return self._member_mask
+        if k is Kind.DOMAIN:
+            return self._domain_masks.get(sel.name, 0)
+        if k is Kind.GROUP:
+            mask = 0
+            for user in self.policy.groups.get(sel.name, ()):
+                mask |= self.user_mask.get(user, 0)
+            return mask
+        return self.user_mask.get(sel.name, 0)
+
+    @functools.cached_property
+    def _tag_masks(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for i, node in enumerate(self.nodes):
+            for tag in node.tags:
+                out[tag] |= 1 << i
+        return dict(out)
+
+    @functools.cached_property
+    def _tagged_mask(self) -> int:
+        return sum(1 << i for i, node in enumerate(self.nodes) if node.tagged)
+
+    @functools.cached_property
+    def _member_mask(self) -> int:
+        mask = 0
+        for m in self.user_mask.values():
+            mask |= m
+        return mask
+
+    @functools.cached_property
+    def _domain_masks(self) -> dict[str, int]:
+        out: dict[str, int] = defaultdict(int)
+        for user, m in self.user_mask.items():
+            out[user.rpartition("@")[2]] |= m
+        return dict(out)
+
+    def masks(self, sel: Selector) -> dict[int, int]:
+        """Nodes a selector names, per address family it names them in."""
+        if sel not in self._mask_cache:
+            if sel.kind in (Kind.INTERNET, Kind.SELF):
+                m = {4: 0, 6: 0}
+            elif sel.kind is Kind.PREFIX:
+                lo, hi = net_range(sel.net)
+                f = sel.net.version
+                m = {4: 0, 6: 0}
+                for i, a in enumerate(self.addr[f]):
+                    if lo <= a <= hi:
+                        m[f] |= 1 << i
+            else:
+                mask = self._identity_mask(sel)
+                m = {4: mask, 6: mask}
+            self._mask_cache[sel] = m
+        return self._mask_cache[sel]
+
+    def node_ranges(self, mask: int) -> tuple[list, list]:
+        """Address ranges (v4, v6) of the nodes in a mask, adjacent addresses joined."""
+        if mask not in self._range_cache:
+            a4, a6 = self.addr[4], self.addr[6]
+            members = bits(mask)
+            self._range_cache[mask] = (merge_ranges((a4[i], a4[i]) for i in members),
+                                       merge_ranges((a6[i], a6[i]) for i in members))
+        return self._range_cache[mask]
+
+    def _rule_data(self, rule: Rule) -> RuleData:
+        src_mask = {4: 0, 6: 0}
+        dst_mask = {4: 0, 6: 0}
+        src_ranges: dict[int, list] = {4: [], 6: []}
+        dst_ranges: dict[int, list] = {4: [], 6: []}
+        dst_cidr: dict[int, list] = {4: [], 6: []}
+        for sel in rule.src:
+            m = self.masks(sel)
+            for f in FAMILIES:
+                src_mask[f] |= m[f]
+            if sel.kind is Kind.ALL:
+                for f in FAMILIES:
+                    src_ranges[f] += self.pools[f] + self.all_routes[f]
+            elif sel.kind is Kind.DANGER_ALL:
+                for f in FAMILIES:
+                    src_ranges[f] += EVERYTHING[f]
+            elif sel.kind is Kind.PREFIX:
+                src_ranges[sel.net.version].append(net_range(sel.net))
+            else:
+                v4, v6 = self.node_ranges(m[4])
+                src_ranges[4] += v4
+                src_ranges[6] += v6
+        for sel in rule.dst:
+            m = self.masks(sel)
+            for f in FAMILIES:
+                dst_mask[f] |= m[f]
+            if sel.kind is Kind.ALL:
+                for f in FAMILIES:
+                    dst_ranges[f] += EVERYTHING[f]
+                    dst_cidr[f] += EVERYTHING[f]
+            elif sel.kind is Kind.INTERNET:
+                for f in FAMILIES:
+                    dst_ranges[f] += self.internet[f]
+            elif sel.kind is Kind.PREFIX:
+                dst_ranges[sel.net.version].append(net_range(sel.net))
+                dst_cidr[sel.net.version].append(net_range(sel.net))
+            elif sel.kind is not Kind.SELF:
+                v4, v6 = self.node_ranges(m[4])
+                dst_ranges[4] += v4
+                dst_ranges[6] += v6
+        port_boxes, other = [], []
+        for pp in rule.ip:
+            for proto in sorted(pp.protos):
+                if proto in PORT_PROTOS:
+                    port_boxes += [((proto, proto), p) for p in pp.ports]
+                elif proto not in ICMP:
+                    other.append(proto)
+        via = None
+        if rule.via:
+            via = 0
+            for tag in rule.via:
+                via |= self._tag_masks.get(tag, 0)
+        kinds = {d.kind for d in rule.dst}
+        return RuleData(rule, src_mask, dst_mask,
+                        {f: merge_ranges(v) for f, v in src_ranges.items()},
+                        {f: merge_ranges(v) for f, v in dst_ranges.items()},
+                        {f: merge_ranges(v) for f, v in dst_cidr.items()},
+                        Kind.SELF in kinds, port_boxes, sorted(set(other)), via,
+                        to_internet=bool(kinds & {Kind.ALL, Kind.INTERNET}))
+
+    def _internet_allowed(self, i: int, exit_node: int) -> bool:
+        """A rule lets node i reach the internet, through this exit node (via allowing)."""
+        bit = 1 << i
+        return any(rd.any_src & bit and rd.to_internet
+                   and (rd.via is None or rd.via >> exit_node & 1) for rd in self.rules)
+
+    def _check_exit_use(self) -> None:
+        for i, node in enumerate(self.nodes):
+            target = node.use_exit_node
+            if target is None:
+                continue
+            if target not in self.mesh.nodes:
+                self._mesh_error(node.name, "use_exit_node", f'no node "{target}"')
+            elif target not in self.index:
+                self._mesh_error(node.name, "use_exit_node", f'exit node "{target}" has expired')
+            elif not self.mesh.nodes[target].advertise_exit_node:
+                self._mesh_error(node.name, "use_exit_node",
+                                 f'"{target}" does not offer itself as exit node',
+                                 f"set advertise_exit_node: true on {target}")
+            # Approval and the internet grant come from the policy, which must always be
+            # able to take access away (a deny-all policy in an incident must apply): losing
+            # either stops the node using the exit node, with a warning, not a failed run.
+            elif self.index[target] not in self.exits:
+                self.exit_blocked.add(i)
+                self._warnings.append(f'{node.name}: exit node "{target}" is not approved; '
+                                     "its internet traffic stays local")
+            elif not self._internet_allowed(i, self.index[target]):
+                self.exit_blocked.add(i)
+                self._warnings.append(f"{node.name}: policy does not grant it "
+                                     f'autogroup:internet, so it does not use exit node "{target}"')
+
+    @functools.cached_property
+    def _rules_naming(self) -> dict[int, list[int]]:
+        """Node -> the rules that name it as source or destination (autogroup:self names
+        everyone), in policy order."""
+        out: dict[int, list[int]] = defaultdict(list)
+        everyone = range(len(self.nodes))
+        for k, rd in enumerate(self.rules):
+            for i in everyone if rd.self_dst else bits(rd.any_src | rd.any_dst):
+                out[i].append(k)
+        return out
+
+
+    def endpoint_of(self, text: str, family: int | None = None) -> Endpoint:
+        """A node name or an IP address, as the evaluator sees it."""
+        if text in self.index:
+            node = self.nodes[self.index[text]]
+            addr = self.alloc[text].ipv6 if family == 6 else self.alloc[text].ipv4
+            return Endpoint(addr, node.name, node.owner, frozenset(node.tags))
+        if text in self.policy.hosts:
+            text = str(self.policy.hosts[text].network_address)
+        addr = ipaddress.ip_address(text)
+        i = self.by_addr.get((addr.version, int(addr)))
+        if i is not None:
+            node = self.nodes[i]
+            return Endpoint(addr, node.name, node.owner, frozenset(node.tags))
+        return Endpoint(addr)
+
+
+def key_age_warnings(mesh: Mesh, alloc: dict[str, Allocation], names: list[str],
+                     today: dt.date) -> list[str]:
+    """Keys past network.key_max_age_days, and keys that reach it within two weeks."""
+    limit = mesh.network.key_max_age_days
+    out = []
+    for name in names if limit else ():
+        since = alloc[name].key_date
+        if since is None or not mesh.nodes[name].managed:
+            continue
+        age = (today - since).days
+        fix = f"rotate it: ansible-playbook playbooks/rotate.yml -l {name}"
+        if age >= limit:
+            out.append(f"{name}: its key is {age} days old, past network.key_max_age_days "
+                       f"({limit}); {fix}")
+        elif age >= limit - KEY_AGE_NOTICE_DAYS:
+            due = since + dt.timedelta(days=limit)
+            out.append(f"{name}: its key reaches network.key_max_age_days ({limit}) on {due}; "
+                       f"{fix}")
+    return out
