@@ -175,7 +175,7 @@ class Compiler(Resolution):
                     self._want_routes(routes_wanted, h, f, srcs[f])
                 if to_internet:
                     # Peers of an exit node are only the nodes that chose it (below).
-                    forward(fwd, rd, f, srcs[f], self.internet[f])
+                    forward(fwd, rd, f, srcs[f], clip(rd.dst_ranges[f], self.internet[f]))
                 if my_routes:
                     lan_srcs = clip(srcs[f], my_routes[f])
                     if lan_srcs:

@@ -52,9 +52,9 @@ class Evaluator:
         return self._identity_or_prefix(sel, ep)
 
     def _identity_or_prefix(self, sel: Selector, ep: Endpoint) -> bool:
-        if sel.kind is Kind.PREFIX:
-            return ep.addr is not None and ep.addr.version == sel.net.version and \
-                ep.addr in sel.net
+        if sel.kind in (Kind.PREFIX, Kind.IPSET):
+            return ep.addr is not None and in_ranges(
+                int(ep.addr), self.res.addresses(sel)[ep.addr.version])
         if ep.node is None and ep.user is None and not ep.tags:
             return False  # an address outside the mesh has no identity
         return sel.kind in IDENTITIES and sel.matches_identity(ep.user, ep.tags, self.groups)

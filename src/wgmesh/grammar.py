@@ -29,6 +29,7 @@ USER = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-
 TAG = re.compile(r"tag:[A-Za-z][A-Za-z0-9-]{0,62}", re.ASCII)
 GROUP = re.compile(r"group:[A-Za-z0-9][A-Za-z0-9._-]{0,62}", re.ASCII)
 HOST_ALIAS = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", re.ASCII)
+IPSET = re.compile(r"ipset:[A-Za-z0-9][A-Za-z0-9._-]{0,62}", re.ASCII)
 LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 DOMAIN = re.compile(rf"(?:{LABEL}\.)*{LABEL}", re.ASCII)
 # Host names in endpoints and ansible_host: DNS names, either case.

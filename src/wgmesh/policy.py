@@ -29,14 +29,13 @@ PORT_PROTOS = frozenset({6, 17, 132})
 ALL_PORTS = ((0, 65535),)
 ICMP = frozenset({1, 58})
 
-TOP_KEYS = {"groups", "hosts", "tagOwners", "acls", "grants", "autoApprovers", "ssh", "tests",
-            "sshTests", "nodeAttrs", "randomizeClientPort"}
+TOP_KEYS = {"groups", "hosts", "ipsets", "tagOwners", "acls", "grants", "autoApprovers", "ssh",
+            "tests", "sshTests", "nodeAttrs", "randomizeClientPort"}
 AUTOGROUPS_SRC = {"autogroup:member", "autogroup:tagged", "autogroup:danger-all"}
 AUTOGROUPS_DST = {"autogroup:member", "autogroup:tagged", "autogroup:self", "autogroup:internet"}
 UNSUPPORTED_AUTOGROUPS = {"autogroup:admin", "autogroup:owner", "autogroup:it-admin",
                           "autogroup:network-admin", "autogroup:billing-admin",
-                          "autogroup:auditor", "autogroup:shared",
-                          "autogroup:nonroot"}
+                          "autogroup:auditor", "autogroup:shared"}
 DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ns|us|µs|ms|s|m|h))+")
 DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
 
@@ -74,6 +73,8 @@ class Policy:
     path: Path
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     hosts: dict[str, IPNet] = field(default_factory=dict)
+    # ipset name -> operations in order: (add?, a PREFIX, INTERNET or IPSET selector)
+    ipsets: dict[str, tuple[tuple[bool, Selector], ...]] = field(default_factory=dict)
     tag_owners: dict[str, tuple[Selector, ...]] = field(default_factory=dict)
     rules: list[Rule] = field(default_factory=list)
     allow_all: bool = False
@@ -171,12 +172,22 @@ class _Validator:
         for key in data:
             if key not in TOP_KEYS:
                 self.err((key,), f'unknown field "{key}"', did_you_mean(key, TOP_KEYS))
-        for key in ("sshTests", "nodeAttrs", "randomizeClientPort"):
+        for key in ("sshTests", "nodeAttrs"):
             if key in data:
                 self.err((key,), f'"{key}" is not supported by wgmesh',
                          "remove it; see docs/policy.md for what a static mesh supports")
+        if "randomizeClientPort" in data:
+            if not isinstance(data["randomizeClientPort"], bool):
+                self.err(("randomizeClientPort",), "randomizeClientPort is true or false")
+            elif data["randomizeClientPort"]:
+                # Peers' endpoints are rendered with each node's port, so ports are fixed.
+                self.policy.warnings.append(
+                    "randomizeClientPort has no effect: listen ports come from mesh.yml "
+                    "(network.listen_port, a node's listen_port), since peers are configured "
+                    "with them")
         self.groups(data.get("groups", {}))
         self.hosts(data.get("hosts", {}))
+        self.ipsets(data.get("ipsets", {}))
         self.tag_owners(data.get("tagOwners", {}))
         if "acls" not in data and "grants" not in data:
             # Tailscale: a policy with neither rule list allows everything.
@@ -243,6 +254,68 @@ class _Validator:
                 self.err(path, f'hostname contains invalid IP address: "{addr}"',
                          "give an IP address or a CIDR prefix without host bits")
 
+    def ipsets(self, value: Any) -> None:
+        """Named address sets: "add <target>" / "remove <target>" in order, where a target
+        is an address, a prefix, a host alias, autogroup:internet or another IP set (no
+        cycles); plain targets only in a set that only adds."""
+        raw = self._object(value, ("ipsets",))
+        for name in raw:
+            if not grammar.matches(grammar.IPSET, name):
+                self.err(("ipsets", name), f'IP set name "{name}" must start with "ipset:"',
+                         'e.g. "ipset:office"')
+        for name in raw:
+            if name in self.policy.ipsets or not grammar.matches(grammar.IPSET, name):
+                continue
+            self._ipset(name, raw, ())
+
+    def _ipset(self, name: str, raw: dict, stack: tuple) -> None:
+        path = ("ipsets", name)
+        if name in stack or len(stack) >= limits.MAX_DEPTH:
+            self.err(path, f"IP set {name} refers to itself through "
+                     + " -> ".join((*stack, name)) if name in stack else
+                     f"IP sets nest deeper than {limits.MAX_DEPTH} levels",
+                     "remove the circular reference" if name in stack else "")
+            self.policy.ipsets[name] = ()
+            return
+        items = self._list(raw[name], path, "a list of operations")
+        removes = any(isinstance(i, str) and i.startswith("remove ") for i in items)
+        ops = []
+        for j, item in enumerate(items):
+            where = (*path, j)
+            if not isinstance(item, str):
+                self.err(where, f"IP set operations are text, not {item!r}")
+                continue
+            verb, _, target = item.partition(" ")
+            if verb not in ("add", "remove"):
+                verb, target = "add", item
+                if removes:
+                    self.err(where, f'"{item}": write "add {item}"',
+                             "an IP set that removes needs add or remove before every target")
+                    continue
+            target = target.strip()
+            sel = None
+            if target == "autogroup:internet":
+                sel = Selector(Kind.INTERNET, target)
+            elif target.startswith("ipset:"):
+                if target not in raw:
+                    self.err(where, f'IP set "{target}" is not defined',
+                             did_you_mean(target, raw))
+                    continue
+                if target not in self.policy.ipsets or target in stack:
+                    self._ipset(target, raw, (*stack, name))
+                sel = Selector(Kind.IPSET, target, target)
+            elif target in self.policy.hosts:
+                sel = Selector(Kind.PREFIX, target, net=self.policy.hosts[target])
+            elif (net := grammar.ip_network(target, strict=False)) is not None:
+                sel = Selector(Kind.PREFIX, str(net), net=net)
+            else:
+                self.err(where, f'"{target}" is not an address, prefix, host, '
+                         "autogroup:internet or IP set",
+                         "IP sets hold addresses only: no users, groups or tags")
+                continue
+            ops.append((verb == "add", sel))
+        self.policy.ipsets[name] = tuple(ops)
+
     def tag_owners(self, value: Any) -> None:
         owners_raw = self._object(value, ("tagOwners",))
         for tag in owners_raw:
@@ -306,6 +379,9 @@ class _Validator:
                 self.err(path, "autogroup:internet can only be used in ACL destinations")
             elif sel == "autogroup:danger-all":
                 self.err(path, "cannot use autogroup:danger-all as a dst", 'use "*"')
+            elif sel == "autogroup:nonroot":
+                self.err(path, "autogroup:nonroot is only valid in ssh users",
+                         "it names logins other than root, not devices")
             elif sel in UNSUPPORTED_AUTOGROUPS:
                 self.err(path, f'"{sel}" is not supported without a coordination server',
                          "see docs/policy.md; use groups instead")
@@ -326,6 +402,12 @@ class _Validator:
             return Selector(Kind.USER, sel, sel)
         if sel in self.policy.hosts:
             return Selector(Kind.PREFIX, sel, net=self.policy.hosts[sel])
+        if sel.startswith("ipset:"):
+            if sel not in self.policy.ipsets:
+                self.err(path, f'IP set "{sel}" is not defined',
+                         did_you_mean(sel, self.policy.ipsets))
+                return None
+            return Selector(Kind.IPSET, sel, sel)
         net = grammar.ip_network(sel, strict=False)
         if net is None:
             self.err(path, f'{side} "{sel}" is not a user, group, tag, autogroup, host or IP',

@@ -22,6 +22,7 @@ from wgmesh.intervals import (
     FAMILIES,
     INTERNET,
     bits,
+    clip,
     merge_ranges,
     net_range,
     subtract,
@@ -236,18 +237,37 @@ class Resolution:
             out[user.rpartition("@")[2]] |= m
         return dict(out)
 
+    def addresses(self, sel: Selector) -> dict[int, list[tuple[int, int]]]:
+        """Address ranges per family of an address selector (prefix, IP set, internet)."""
+        if sel.kind is Kind.PREFIX:
+            return {f: [net_range(sel.net)] if sel.net.version == f else [] for f in FAMILIES}
+        if sel.kind is Kind.INTERNET:
+            return self.internet
+        return self._ipset(sel.name)
+
+    @functools.cache  # noqa: B019 - one resolution per mesh; the cache dies with it
+    def _ipset(self, name: str) -> dict[int, list[tuple[int, int]]]:
+        """An IP set's ranges: its operations applied in order (references resolved)."""
+        out: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
+        for add, target in self.policy.ipsets.get(name, ()):
+            ranges = self.addresses(target)
+            for f in FAMILIES:
+                out[f] = merge_ranges([*out[f], *ranges[f]]) if add else \
+                    subtract(out[f], ranges[f])
+        return out
+
     def masks(self, sel: Selector) -> dict[int, int]:
         """Nodes a selector names, per address family it names them in."""
         if sel not in self._mask_cache:
             if sel.kind in (Kind.INTERNET, Kind.SELF):
                 m = {4: 0, 6: 0}
-            elif sel.kind is Kind.PREFIX:
-                lo, hi = net_range(sel.net)
-                f = sel.net.version
+            elif sel.kind in (Kind.PREFIX, Kind.IPSET):
                 m = {4: 0, 6: 0}
-                for i, a in enumerate(self.addr[f]):
-                    if lo <= a <= hi:
-                        m[f] |= 1 << i
+                for f, ranges in self.addresses(sel).items():
+                    for lo, hi in ranges:
+                        for i, a in enumerate(self.addr[f]):
+                            if lo <= a <= hi:
+                                m[f] |= 1 << i
             else:
                 mask = self._identity_mask(sel)
                 m = {4: mask, 6: mask}
@@ -279,12 +299,14 @@ class Resolution:
             elif sel.kind is Kind.DANGER_ALL:
                 for f in FAMILIES:
                     src_ranges[f] += EVERYTHING[f]
-            elif sel.kind is Kind.PREFIX:
-                src_ranges[sel.net.version].append(net_range(sel.net))
+            elif sel.kind in (Kind.PREFIX, Kind.IPSET):
+                for f, ranges in self.addresses(sel).items():
+                    src_ranges[f] += ranges
             else:
                 v4, v6 = self.node_ranges(m[4])
                 src_ranges[4] += v4
                 src_ranges[6] += v6
+        kinds = {d.kind for d in rule.dst}
         for sel in rule.dst:
             m = self.masks(sel)
             for f in FAMILIES:
@@ -296,9 +318,13 @@ class Resolution:
             elif sel.kind is Kind.INTERNET:
                 for f in FAMILIES:
                     dst_ranges[f] += self.internet[f]
-            elif sel.kind is Kind.PREFIX:
-                dst_ranges[sel.net.version].append(net_range(sel.net))
-                dst_cidr[sel.net.version].append(net_range(sel.net))
+            elif sel.kind in (Kind.PREFIX, Kind.IPSET):
+                for f, ranges in self.addresses(sel).items():
+                    dst_ranges[f] += ranges
+                    dst_cidr[f] += ranges
+                    # An IP set holding internet addresses is carried by exit nodes too.
+                    if sel.kind is Kind.IPSET and clip(ranges, self.internet[f]):
+                        kinds.add(Kind.INTERNET)
             elif sel.kind is not Kind.SELF:
                 v4, v6 = self.node_ranges(m[4])
                 dst_ranges[4] += v4
@@ -315,7 +341,6 @@ class Resolution:
             via = 0
             for tag in rule.via:
                 via |= self._tag_masks.get(tag, 0)
-        kinds = {d.kind for d in rule.dst}
         return RuleData(rule, src_mask, dst_mask,
                         {f: merge_ranges(v) for f, v in src_ranges.items()},
                         {f: merge_ranges(v) for f, v in dst_ranges.items()},

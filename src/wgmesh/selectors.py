@@ -26,6 +26,7 @@ class Kind(enum.Enum):
     INTERNET = "autogroup:internet"  # dst only: what exit nodes carry
     DANGER_ALL = "autogroup:danger-all"  # src only: any address at all
     PREFIX = "prefix"  # an address, a prefix or a host alias
+    IPSET = "ipset"  # a named address set (policy ipsets)
 
 
 IDENTITIES = frozenset({Kind.USER, Kind.DOMAIN, Kind.GROUP, Kind.TAG, Kind.MEMBER,

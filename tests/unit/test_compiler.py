@@ -411,6 +411,35 @@ def test_domain_wildcards_and_danger_all(tmp_path):
     assert "r" in {p.name for p in db.peers}  # routed sources arrive through the router
 
 
+def test_ip_sets_add_and_remove_in_order(tmp_path):
+    nodes = {"a": {"owner": "alice@example.com"}, "b": {"owner": "bob@example.com"},
+             "r": {**ROUTER, "advertise_routes": ["10.0.0.0/8"]},
+             "x": {"tags": ["tag:exit"], "endpoint": "192.0.2.14:51820",
+                   "advertise_exit_node": True, "approved_exit_node": True}}
+    nodes["a"]["use_exit_node"] = "x"
+    b = make(tmp_path, nodes, pol(
+        hosts={"lab": "10.9.0.0/16"},
+        ipsets={"ipset:corp": ["add 10.0.0.0/8", "remove lab", "add ipset:people"],
+                "ipset:people": ["100.64.0.2"],
+                "ipset:web": ["add autogroup:internet", "remove 192.0.2.0/24"]},
+        autoApprovers={"routes": {"10.0.0.0/8": ["tag:router"]}},
+        acls=[{"action": "accept", "src": ["group:eng"], "dst": ["ipset:corp:22"]},
+              {"action": "accept", "src": ["group:eng"], "dst": ["ipset:web:443"]}]))
+    assert str(b.compiler.alloc["b"].ipv4) == "100.64.0.2"
+    assert allowed(b, "a", "10.1.1.1") and not allowed(b, "a", "10.9.1.1")
+    assert allowed(b, "a", "b")  # the set holds b's address
+    assert allowed(b, "a", "198.51.100.7", port=443)
+    assert not allowed(b, "a", "192.0.2.7", port=443)  # removed from the internet part
+    # The exit node forwards the set's internet part only; the router its routed part.
+    x = parse_sets(render.nftables(b.compiler.host("x"), b.mesh.network))
+    a = int(b.compiler.alloc["a"].ipv4)
+    assert lookup(x["fwd4"], (a, int(ipaddress.ip_address("198.51.100.7")), 6, 443))
+    assert not lookup(x["fwd4"], (a, int(ipaddress.ip_address("192.0.2.7")), 6, 443))
+    r = parse_sets(render.nftables(b.compiler.host("r"), b.mesh.network))
+    assert lookup(r["fwd4"], (a, int(ipaddress.ip_address("10.1.1.1")), 6, 22))
+    assert not lookup(r["fwd4"], (a, int(ipaddress.ip_address("10.9.1.1")), 6, 22))
+
+
 def test_policy_tests_with_device_less_users_and_ipv6_literals(tmp_path):
     """A user with no device under a "*" source is an identity, not a crash; an IPv6 literal
     is tested against the source node's IPv6 address."""

@@ -21,10 +21,10 @@ TAGS = ["tag:a", "tag:b"]
 SUBNETS = ["10.0.0.0/8", "10.33.0.0/16", "10.33.5.0/24", "192.168.1.0/24"]
 SRC = ["*", "alice@example.com", "bob@example.com", "group:g", "tag:a", "tag:b",
        "autogroup:member", "autogroup:tagged", "100.64.0.0/30", "fd7a:115c:a1e0::/126",
-       "user:*@example.com", "autogroup:danger-all", "office", *SUBNETS]
+       "user:*@example.com", "autogroup:danger-all", "office", "ipset:s", *SUBNETS]
 DST = ["*", "alice@example.com", "group:g", "tag:a", "tag:b", "autogroup:member",
        "autogroup:tagged", "100.64.0.2", "100.64.0.4/31", "user:*@example.org", "one",
-       "office", "autogroup:internet", *SUBNETS]
+       "office", "autogroup:internet", "ipset:s", *SUBNETS]
 # Routes overlap on purpose: nested (10/8 and 10.33/16) and the same prefix twice.
 ROUTES = ["10.0.0.0/8", "10.33.0.0/16", "10.33.0.0/16", "192.168.1.0/24"]
 PROBES = ["10.1.2.3", "10.33.5.5", "10.33.200.1", "192.168.1.7"]
@@ -54,6 +54,9 @@ def node_specs(draw):
 def policies(draw):
     policy = {"groups": {"group:g": draw(st.lists(st.sampled_from(USERS), unique=True))},
               "hosts": {"one": "100.64.0.3", "office": "10.33.0.0/16"},
+              # An IP set: a route less a part of it, one mesh address, a nested set.
+              "ipsets": {"ipset:s": ["add 10.0.0.0/8", "remove 10.33.5.0/24", "add ipset:t"],
+                         "ipset:t": ["100.64.0.2", "192.168.1.0/25"]},
               "tagOwners": {t: ["autogroup:member"] for t in TAGS}}
     if draw(st.integers(0, 9)) == 0:
         return policy  # no acls at all: allow everything
