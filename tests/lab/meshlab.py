@@ -61,9 +61,12 @@ print(json.dumps(out))
 class MeshLab(LabSession):
     """The default lab under another name, with its mesh inventory beside its topology."""
 
-    def __init__(self, tmp: Path, name: str):
-        copy_topology(tmp, REPO / "inventories/lab/topology.yml", name)
-        mesh = (REPO / "inventories/lab/mesh.yml").read_text()
+    def __init__(self, tmp: Path, name: str,
+                 topology: Path = REPO / "inventories/lab/topology.yml",
+                 mesh: str | None = None):
+        copy_topology(tmp, topology, name)
+        if mesh is None:
+            mesh = (REPO / "inventories/lab/mesh.yml").read_text()
         mesh = mesh.replace("../../policies/", f"{REPO}/policies/")
         mesh = mesh.replace("/run/wgmesh-lab/wgl/", f"/run/wgmesh-lab/{name}/")
         (tmp / "mesh.yml").write_text(mesh)
