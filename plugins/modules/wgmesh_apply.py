@@ -17,8 +17,9 @@ description:
     MTU, routes, exit-node routing), the names block, forwarding - and says which in words.
     Nothing differs - nothing is done and C(changed) is false. Check mode reports the same
     differences and changes nothing.
-  - Changes are made live - interfaces with C(wg syncconf), C(wg set) and C(ip), the table
-    by one C(nft -f) transaction - so tunnels between unchanged peers keep flowing.
+  - Changes are made live - interfaces with C(wg set) for the peers that differ (a peer the
+    change leaves alone is not written, so its flows lose nothing) and C(ip), the table by
+    one C(nft -f) transaction - so tunnels between unchanged peers keep flowing.
   - All or nothing - the new table is checked with C(nft -c) before anything is changed; if
     any later step fails, the host is returned to the last bundle that applied cleanly (kept
     under I(state_dir)), or with none to its state before wgmesh, and the task fails with
@@ -27,8 +28,7 @@ description:
     notice later edits) in I(state_dir)/state.json.
   - Refuses a bundle that routes the default route through an exit node when this run's SSH
     client is reached through the default route and is not in the management networks.
-  - The private key never leaves the key file; C(wg syncconf) is given a 0600 temporary file
-    built on the host and removed at once.
+  - The private key never leaves the key file (C(wg set private-key) reads it there).
 options:
   bundle:
     description: The host's bundle (C(wgmesh_compile)'s C(hosts[<host>].bundle)).
@@ -148,6 +148,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -237,17 +238,6 @@ def running_peers(dump: str) -> tuple[int, dict[str, dict]]:
         out[f[0]] = {"allowed": allowed, "keepalive": 0 if f[7] == "off" else int(f[7]),
                      "endpoint": None if f[2] == "(none)" else f[2]}
     return port, out
-
-
-# Keys of a wg-quick file that wg(8) does not know (what `wg-quick strip` removes).
-WG_QUICK_ONLY = re.compile(r"(?im)^\s*(Address|DNS|MTU|Table|PreUp|PostUp|PreDown|PostDown|"
-                           r"SaveConfig)\s*=.*\n?")
-
-
-def strip(conf_text: str) -> str:
-    """The file as wg(8) reads it. `wg-quick strip` does the same in bash, a line at a
-    time (half a second for a thousand peers)."""
-    return WG_QUICK_ONLY.sub("", conf_text)
 
 
 def outside(allowed: set[str], nets: list) -> list[str]:
@@ -429,7 +419,7 @@ def sync_interface(run: Runner, iface: str, conf_text: str, key_file: str, servi
             run("systemctl", "enable", "--now", f"wg-quick@{iface}")
             start_handshakes(run, iface, want)
             return actions
-        up_without_peers(run, iface, conf_text)  # the peers follow in one syncconf
+        up_without_peers(run, iface, conf_text)  # the peers follow with wg set
     elif service == "systemd" and run.rc("systemctl", "is-enabled", "--quiet",
                                        f"wg-quick@{iface}") != 0:
         actions.append(f"enable wg-quick@{iface}")
@@ -464,24 +454,8 @@ def sync_interface(run: Runner, iface: str, conf_text: str, key_file: str, servi
             words.append(f"listen port {port} -> {want_port}")
         actions.append(f"{iface} peers: {', '.join(words)}")
         if not check_mode:
-            stripped = strip(conf_text)
-            with open(key_file) as fh:
-                key_line = f"PrivateKey = {fh.read().strip()}"
-            # syncconf sets everything the config names and clears the rest: keep the
-            # firewall mark that exit-node routing relies on (it is not in the file).
-            fwmark = run("wg", "show", iface, "fwmark").strip()
-            if fwmark not in ("", "off"):
-                key_line += f"\nFwMark = {fwmark}"
-            merged = re.sub(r"(?im)^\[Interface\]\s*$", "[Interface]\n" + key_line,
-                            stripped, count=1)
-            fd, tmp = tempfile.mkstemp(prefix=f".{iface}-sync.", dir="/run")
-            try:
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(merged)
-                del merged, key_line
-                run("wg", "syncconf", iface, tmp)
-            finally:
-                os.unlink(tmp)
+            set_peers(run, iface, want, have, added, removed, updated,
+                      want_port if want_port and want_port != port else None)
 
     # Addresses, MTU and routes for allowed IPs outside the interface's own prefixes.
     want_addrs = {str(ipaddress.ip_interface(a.strip())) for v in
@@ -513,10 +487,41 @@ def sync_interface(run: Runner, iface: str, conf_text: str, key_file: str, servi
     return actions
 
 
+# Peers per `wg set` call: each is a handful of arguments, and the kernel limits a command
+# line to a few MiB.
+PEERS_PER_SET = 200
+
+
+def set_peers(run: Runner, iface: str, want: dict[str, dict], have: dict[str, dict],
+              added: list[str], removed: list[str], updated: list[str],
+              port: int | None) -> None:
+    """Change only the peers that differ, and only what differs of them, with `wg set`.
+    A peer the change leaves alone is not written at all: wireguard-go replaces a peer's
+    allowed IPs by removing them first, so rewriting an unchanged peer (as `wg syncconf`
+    does with every peer) can drop a packet of a flow the change does not touch."""
+    groups: list[list[str]] = [["peer", k, "remove"] for k in removed]
+    for k in [*added, *updated]:
+        w, h = want[k], have.get(k)
+        one = ["peer", k]
+        if w["endpoint"] and (h is None or endpoint_differs(w["endpoint"], h["endpoint"])):
+            one += ["endpoint", w["endpoint"]]
+        if h is None or w["keepalive"] != h["keepalive"]:
+            one += ["persistent-keepalive", str(w["keepalive"]) if w["keepalive"] else "off"]
+        if h is None or not same_networks(w["allowed"], h["allowed"]):
+            one += ["allowed-ips", ",".join(sorted(w["allowed"]))]
+        groups.append(one)
+    head = ["listen-port", str(port)] if port else []
+    for i in range(0, max(len(groups), 1), PEERS_PER_SET):
+        batch = [a for g in groups[i:i + PEERS_PER_SET] for a in g]
+        if batch or head:
+            run("wg", "set", iface, *head, *batch)
+        head = []
+
+
 def up_without_peers(run: Runner, iface: str, conf_text: str) -> None:
     """wg-quick up from the [Interface] section alone. With peers, wg-quick adds each
     allowed IP's route with its own `ip` calls (seconds for a thousand peers); the caller
-    then adds the peers in one syncconf, and the routes the mesh prefix does not cover."""
+    then adds the peers with `wg set`, and the routes the mesh prefix does not cover."""
     head = conf_text.split("\n[Peer]", 1)[0] + "\n"
     os.makedirs("/run/wgmesh", mode=0o700, exist_ok=True)
     path = f"/run/wgmesh/{iface}.conf"  # wg-quick takes the interface name from the file's
@@ -895,6 +900,9 @@ def check_bundle(b: dict) -> None:
 
 def main() -> None:
     started = time.monotonic()
+    # A connection cut mid-apply must not cut the transaction half-way: the apply (or its
+    # rollback) finishes on the host whatever happens to the session it was started from.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     module = AnsibleModule(
         argument_spec={
             "bundle": {"type": "dict"},

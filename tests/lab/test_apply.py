@@ -118,8 +118,9 @@ def test_rotation_gives_every_peer_the_new_key_and_drops_no_other_flow(mesh):
 
 
 WG_FAILS_ONCE = """#!/bin/sh
-# Injected fault: the first `wg syncconf` fails, as a refused configuration would.
-if [ "$1" = syncconf ] && [ ! -e /run/wg-failed-once ]; then
+# Injected fault: the first `wg set` that writes peers fails, as a refused configuration
+# would.
+if [ "$1" = set ] && [ ! -e /run/wg-failed-once ] && echo " $* " | grep -q " allowed-ips "; then
   touch /run/wg-failed-once; echo "injected failure" >&2; exit 1
 fi
 exec /run/wg.real "$@"
@@ -127,7 +128,7 @@ exec /run/wg.real "$@"
 
 
 def test_a_failed_apply_returns_the_host_to_its_last_good_bundle(mesh, tmp_path):
-    """home1 gets a new peer and new set elements; its `wg syncconf` fails after the new
+    """home1 gets a new peer and new set elements; its `wg set` of peers fails after the new
     table has loaded. The host must end exactly as before the run, the task must name the
     cause, and the next run must apply the new bundle."""
     new = policy_with(mesh, tmp_path, '"src": ["group:ops"], "dst": ["tag:db:22"]',
@@ -225,6 +226,39 @@ def test_expired_and_removed_nodes_leave_their_hosts_clean(mesh):
     back = mesh.playbook("-e", '{"wgmesh_rotate": ["pub3"]}')
     assert back.returncode == 0, back.stdout[-3000:]
     assert mesh.playbook(play="playbooks/status.yml").returncode == 0
+
+
+def test_a_join_and_a_leave_in_one_run_drop_no_packet_of_other_flows(mesh):
+    """cafe1 joins from a bare host while pub3 (the subnet router) leaves, in one run;
+    pub1 -> pub2 (neither changes access) keeps every packet, and both changes take effect."""
+    mesh_file = mesh.inventory / "mesh.yml"
+    original = mesh_file.read_text()
+    without = {n: re.sub(rf"\n  {n}:\n(?:    .*\n)+", "\n", original, count=1)
+               for n in ("cafe1", "pub3")}
+    pub1, pub2 = mesh.mesh_address("pub1"), mesh.mesh_address("pub2")
+    pub3 = mesh.mesh_address("pub3")
+    no_wg0 = ("pub3", "sh", "-c", "ip link show wg0 2>&1; true")
+    try:
+        mesh_file.write_text(without["cafe1"])  # cafe1 leaves first: a bare host after
+        assert mesh.playbook().returncode == 0
+        assert "does not exist" in mesh.run("cafe1", *no_wg0[1:]).stdout
+        mesh_file.write_text(without["pub3"])
+        pings = mesh.start("pub1", ["ping", "-i", "0.01", "-w", "25", pub2])
+        time.sleep(1)
+        run = mesh.playbook()
+        out, _ = pings.communicate(timeout=40)
+        assert run.returncode == 0, run.stdout[-3000:]
+        replies, lost = ping_losses(out)
+        assert replies > 500 and not lost, (replies, lost)
+        # carol (ops) reaches tag:db again; pub3 is gone from its peers' tables.
+        assert mesh.run("cafe1", "ping", "-c1", "-w", "12", pub2, timeout=20).returncode == 0
+        assert pub3 not in mesh.run("pub1", "wg", "show", "wg0", "allowed-ips").stdout
+        assert "does not exist" in mesh.run(*no_wg0).stdout
+    finally:
+        mesh_file.write_text(original)
+    back = mesh.playbook()
+    assert back.returncode == 0, back.stdout[-3000:]
+    assert mesh.run("home1", "ping", "-c1", "-w", "12", pub1, timeout=20).returncode == 0
 
 
 def test_a_failed_canary_returns_its_batch_and_stops_the_run(mesh, tmp_path):

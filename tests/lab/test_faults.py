@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -100,6 +101,12 @@ def test_a_controller_killed_mid_run_converges_on_the_next_run(mesh, tmp_path):
     time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
+    # Ansible's workers run in sessions of their own and outlive the killed controller:
+    # end them too (found by this test's own policy path on their command line).
+    workers = subprocess.run(["pgrep", "-f", str(new)], capture_output=True, text=True)
+    for pid in map(int, workers.stdout.split()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     again = mesh.playbook("-e", f"wgmesh_policy_file={new}")
     assert again.returncode == 0, again.stdout[-3000:]
     assert {n: running(mesh, n) for n in want} == want
@@ -107,3 +114,89 @@ def test_a_controller_killed_mid_run_converges_on_the_next_run(mesh, tmp_path):
     assert status.returncode == 2
     assert mesh.playbook().returncode == 0
     assert mesh.wgmesh("status").returncode == 0
+
+
+NFT_FAILS_ON_LOAD = """#!/bin/sh
+# Injected fault: the check passes (nft -c), the first load of a ruleset file is refused, as
+# a kernel that lacks a feature the new table uses, or runs out of memory, would refuse it.
+if [ "$1" = -f ] && [ "$2" != - ] && [ ! -e /run/nft-failed-once ]; then
+  touch /run/nft-failed-once; echo "injected: ruleset refused by the kernel" >&2; exit 1
+fi
+exec /run/nft.real "$@"
+"""
+
+SSH_CUT = """#!/bin/sh
+# Injected fault: when the run first writes peers (`wg set ... allowed-ips`), every SSH
+# session on this host is cut (the connection Ansible's task runs through: the session and
+# its privileged monitor, which both hold the socket), then the command goes on.
+if [ "$1" = set ] && [ ! -e /run/ssh-cut-once ] && echo " $* " | grep -q " allowed-ips "; then
+  touch /run/ssh-cut-once
+  pkill -KILL -f '^sshd: root' || true
+  sleep 0.5
+fi
+exec /run/wg.real "$@"
+"""
+
+
+def wrap(mesh, node: str, tool: str, script: str) -> str:
+    """Put ``script`` in front of ``tool`` on a host (bind mount); returns the tool's path."""
+    path = mesh.run(node, "sh", "-c", f"command -v {tool}").stdout.strip()
+    mesh.run(node, "cp", path, f"/run/{tool}.real")
+    mesh.run(node, "sh", "-c", f"cat > /run/{tool}-wrap && chmod 755 /run/{tool}-wrap",
+             stdin=script)
+    mesh.run(node, "mount", "--bind", f"/run/{tool}-wrap", path)
+    return path
+
+
+def unwrap(mesh, node: str, tool: str, path: str) -> None:
+    mesh.run(node, "umount", path)
+    mesh.run(node, "rm", "-f", f"/run/{tool}.real", f"/run/{tool}-wrap", "/run/ssh-cut-once",
+             "/run/nft-failed-once")
+
+
+def test_a_ruleset_the_kernel_refuses_leaves_the_host_on_its_last_good_bundle(mesh, tmp_path):
+    new = policy_with(mesh, tmp_path, *CHANGE)
+    before = snapshot(mesh, "home1")
+    path = wrap(mesh, "home1", "nft", NFT_FAILS_ON_LOAD)
+    try:
+        run = mesh.playbook("-e", f"wgmesh_policy_file={new}")
+    finally:
+        unwrap(mesh, "home1", "nft", path)
+    assert run.returncode != 0
+    out = " ".join(run.stdout.split())
+    assert "injected: ruleset refused by the kernel" in out, out[-3000:]
+    assert recap(run.stdout)["home1"]["failed"] == 1
+    assert snapshot(mesh, "home1") == before
+    again = mesh.playbook("-e", f"wgmesh_policy_file={new}")
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert running(mesh, "home1") == intended(mesh, new)["home1"]
+    assert mesh.playbook().returncode == 0
+
+
+def test_an_ssh_connection_cut_mid_apply_leaves_a_whole_bundle(mesh, tmp_path):
+    """The connection drops while home1 applies: the apply finishes on the host (it is
+    one transaction that does not depend on the connection), the run names the host, and
+    the host runs either bundle whole, never a mix; the next run converges."""
+    new = policy_with(mesh, tmp_path, *CHANGE)
+    before = snapshot(mesh, "home1")
+    path = wrap(mesh, "home1", "wg", SSH_CUT)
+    try:
+        run = mesh.playbook("-e", f"wgmesh_policy_file={new}")
+    finally:
+        unwrap(mesh, "home1", "wg", path)
+    assert run.returncode != 0
+    counts = recap(run.stdout)["home1"]
+    assert counts["unreachable"] + counts["failed"] == 1, counts
+    # Whole: either the old bundle, or the new one with files, table, peers and record
+    # agreeing (a check-mode apply of the new bundle then finds nothing to change).
+    after = snapshot(mesh, "home1")
+    if after != before:
+        assert after["hash"] == intended(mesh, new)["home1"]
+        check = mesh.playbook("--check", "-l", "home1,localhost",
+                              "-e", f"wgmesh_policy_file={new}")
+        assert check.returncode == 0 and recap(check.stdout)["home1"]["changed"] == 0, \
+            check.stdout[-3000:]
+    again = mesh.playbook("-e", f"wgmesh_policy_file={new}")
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert running(mesh, "home1") == intended(mesh, new)["home1"]
+    assert mesh.playbook().returncode == 0
