@@ -1,10 +1,11 @@
 """Packets lost on flows a run does not touch, and how soon the flows it changes change.
 
-    .venv/bin/python benchmarks/zero_drop.py [--scenarios policy,rotation,join-leave]
+    .venv/bin/python benchmarks/zero_drop.py [--scenarios none,policy,rotation,join-leave]
 
 On a lab of its own (wgzd), after site.yml, pub1 (tag:web) keeps two flows to pub2
 (tag:db) whose access never changes: a ping every 10 ms and a TCP stream (iperf3 at
 50 Mbit/s, reported every 100 ms). Meanwhile one run of site.yml applies:
+  none        nothing (no run: the reference for the same window);
   policy      a policy change: alice -> bob:8080 removed, carol -> tag:web:443 added;
   rotation    a key rotation of a third host (home2, -e wgmesh_rotate=[home2]);
   join-leave  cafe1 joins (it left in a run before) while pub3, the subnet router, leaves
@@ -33,6 +34,20 @@ from meshlab import MeshLab, ping_losses  # noqa: E402
 
 SECONDS = 45
 LEGACY = "198.51.100.130"  # the office machine behind the subnet router pub3
+LISTEN = """
+import socket, sys, threading
+def serve(port):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((sys.argv[1], port)); s.listen(64)
+    while True:
+        s.accept()[0].close()
+for p in sys.argv[2:]:
+    threading.Thread(target=serve, args=(int(p),), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+# The changed flows' ports on their destinations (pub2's 5432 is the iperf3 server's).
+LISTEN_PORTS = {"pub1": ["443"], "pub2": ["22"], "home2": ["8080"]}
 PROBER = """
 import socket, sys, time
 host, port, until = sys.argv[1], int(sys.argv[2]), time.time() + float(sys.argv[3])
@@ -70,6 +85,8 @@ class Scenario:
     def prepare(self, name: str) -> tuple[list[str], list[tuple[str, str, int, bool]]]:
         """Arguments of the measured run, and the flows it changes: (src, dst, port, new)."""
         lab = self.lab
+        if name == "none":
+            return None, []
         if name == "policy":
             text = (REPO / "policies/lab.hujson").read_text()
             text = text.replace(
@@ -106,7 +123,10 @@ def measure(lab: MeshLab, scenario: Scenario, name: str) -> dict:
     # Addresses before the run: a leaving host's address is gone from the plan after it.
     targets = {dst: LEGACY if dst == "legacy" else scenario.address(dst)
                for _, dst, _, _ in changed}
-    listeners = lab.start_listeners({n: scenario.address(n) for n in ("pub1", "pub2", "home2")})
+    listeners = []
+    for node, ports in LISTEN_PORTS.items():
+        listeners.append(lab.spawn(node, LISTEN, scenario.address(node), *ports))
+        assert listeners[-1].stdout.readline().strip() == "ready"
     iperf_srv = lab.start("pub2", ["iperf3", "-s", "-1", "-B", pub2, "-p", "5432"])
     time.sleep(0.5)
     ping = lab.start("pub1", ["ping", "-i", "0.01", "-w", str(SECONDS), pub2])
@@ -117,9 +137,12 @@ def measure(lab: MeshLab, scenario: Scenario, name: str) -> dict:
     try:
         time.sleep(2)
         start = time.time()
-        run = lab.playbook(*args)
+        if args is None:
+            time.sleep(6)
+        else:
+            run = lab.playbook(*args)
+            assert run.returncode == 0, run.stdout[-3000:]
         wall = time.time() - start
-        assert run.returncode == 0, run.stdout[-3000:]
         ping_out, _ = ping.communicate(timeout=SECONDS + 20)
         stream_out, _ = stream.communicate(timeout=SECONDS + 20)
         probe_out = [p.communicate(timeout=SECONDS + 20)[0] for p in probers]
@@ -128,6 +151,8 @@ def measure(lab: MeshLab, scenario: Scenario, name: str) -> dict:
             lab.stop(p)
     replies, lost = ping_losses(ping_out)
     report = json.loads(stream_out)
+    if "error" in report:
+        raise SystemExit(f"iperf3: {report['error']}")
     intervals = [i["sum"]["bytes"] for i in report["intervals"]]
     return {
         "wall": wall, "pings": replies + len(lost), "lost": len(lost),
@@ -141,7 +166,7 @@ def measure(lab: MeshLab, scenario: Scenario, name: str) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenarios", default="policy,rotation,join-leave")
+    parser.add_argument("--scenarios", default="none,policy,rotation,join-leave")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -156,7 +181,8 @@ def main() -> int:
             scenario = Scenario(lab, tmp)
             for name in args.scenarios.split(","):
                 r = measure(lab, scenario, name)
-                scenario.restore()
+                if name != "none":
+                    scenario.restore()
                 lab.settle()
                 print(f"{name}: run {r['wall']:.1f} s; untouched pub1 -> pub2: "
                       f"{r['lost']} of {r['pings']} pings lost, {r['empty_intervals']} of "
