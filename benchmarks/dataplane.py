@@ -26,14 +26,13 @@ import re
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "lab"))
 
-from meshlab import MeshLab  # noqa: E402
+from meshlab import MeshLab, fresh_lab  # noqa: E402
 
 RULESET = "/etc/wgmesh/nftables.nft"
 LEGACY = "198.51.100.130"
@@ -99,16 +98,8 @@ def main() -> int:
     args = parser.parse_args()
     if not shutil.which("iperf3"):
         raise SystemExit("iperf3 is missing: ./dev.sh install (or apt-get install iperf3)")
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        (tmp / "inv").mkdir()
-        lab = MeshLab(tmp / "inv", "wgdp")
-        lab.lab.down()
-        lab.lab.up()
-        try:
-            return measure(lab, tmp, args)
-        finally:
-            lab.lab.down()
+    with fresh_lab("wgdp") as (lab, folder):
+        return measure(lab, folder, args)
 
 
 def measure(lab: MeshLab, tmp: Path, args) -> int:

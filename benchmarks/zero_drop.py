@@ -22,7 +22,6 @@ import argparse
 import json
 import re
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "lab"))
 
 from conftest import PY  # noqa: E402
-from meshlab import MeshLab, ping_losses  # noqa: E402
+from meshlab import MeshLab, fresh_lab, ping_losses  # noqa: E402
 
 SECONDS = 45
 LEGACY = "198.51.100.130"  # the office machine behind the subnet router pub3
@@ -168,31 +167,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", default="none,policy,rotation,join-leave")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        (tmp / "inv").mkdir()
-        lab = MeshLab(tmp / "inv", "wgzd")
-        lab.lab.down()
-        lab.lab.up()
-        try:
-            run = lab.playbook()
-            assert run.returncode == 0, run.stdout[-3000:]
+    with fresh_lab("wgzd") as (lab, folder):
+        run = lab.playbook()
+        assert run.returncode == 0, run.stdout[-3000:]
+        lab.settle()
+        scenario = Scenario(lab, folder)
+        for name in args.scenarios.split(","):
+            r = measure(lab, scenario, name)
+            if name != "none":
+                scenario.restore()
             lab.settle()
-            scenario = Scenario(lab, tmp)
-            for name in args.scenarios.split(","):
-                r = measure(lab, scenario, name)
-                if name != "none":
-                    scenario.restore()
-                lab.settle()
-                print(f"{name}: run {r['wall']:.1f} s; untouched pub1 -> pub2: "
-                      f"{r['lost']} of {r['pings']} pings lost, {r['empty_intervals']} of "
-                      f"{r['intervals']} 100-ms TCP intervals without data, "
-                      f"{r['retransmits']} retransmissions", flush=True)
-                for what, t in r["changed"]:
-                    print(f"    {what}: " + (f"{t:.1f} s after the run started" if t is not None
-                                             else "never within the window"), flush=True)
-        finally:
-            lab.lab.down()
+            print(f"{name}: run {r['wall']:.1f} s; untouched pub1 -> pub2: "
+                  f"{r['lost']} of {r['pings']} pings lost, {r['empty_intervals']} of "
+                  f"{r['intervals']} 100-ms TCP intervals without data, "
+                  f"{r['retransmits']} retransmissions", flush=True)
+            for what, t in r["changed"]:
+                print(f"    {what}: " + (f"{t:.1f} s after the run started" if t is not None
+                                         else "never within the window"), flush=True)
     return 0
 
 

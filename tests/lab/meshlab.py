@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -154,6 +156,23 @@ def built_mesh(tmp_path_factory, folder: str, name: str):
     lab.lab.down()
 
 
+@contextlib.contextmanager
+def fresh_lab(name: str):
+    """The default lab under its own name, up, in a temporary folder (its inventory in
+    ``<folder>/inv``; the rest of the folder is free for policies); taken down afterwards.
+    For benchmarks: tests use ``built_mesh``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "inv").mkdir()
+        lab = MeshLab(folder / "inv", name)
+        lab.lab.down()
+        lab.lab.up()
+        try:
+            yield lab, folder
+        finally:
+            lab.lab.down()
+
+
 def recap(output: str) -> dict[str, dict[str, int]]:
     """PLAY RECAP lines -> host -> {ok, changed, failed, ...}."""
     out = {}
@@ -162,7 +181,7 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     return out
 
 
-__all__ = ["MeshLab", "built_mesh", "recap", "sys"]
+__all__ = ["MeshLab", "built_mesh", "fresh_lab", "recap", "sys"]
 
 
 def ping_losses(output: str) -> tuple[int, list[int]]:
