@@ -316,7 +316,7 @@ class Compiler(Resolution):
         """Ask for every other router's routes of family ``f`` that meet ``ranges``."""
         if not ranges:
             return
-        for r, fams in self.client_routes().items():
+        for r, fams in self.carried.items():
             if r != h:
                 for lo, hi in fams[f]:
                     if clip([(lo, hi)], ranges):
@@ -340,9 +340,9 @@ class Compiler(Resolution):
         me, other = self.nodes[h], self.nodes[p]
         name = other.name
         allowed = list(self._host_routes(name))
-        for _f, lo, hi in sorted(routes):
-            for net in ipaddress.summarize_address_range(ipaddress.ip_address(lo),
-                                                         ipaddress.ip_address(hi)):
+        for f, lo, hi in sorted(routes):
+            cls = ipaddress.IPv4Address if f == 4 else ipaddress.IPv6Address
+            for net in ipaddress.summarize_address_range(cls(lo), cls(hi)):
                 allowed.append(str(net))
         if is_exit:
             allowed += ["0.0.0.0/0", "::/0"]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from wgmesh.intervals import in_ranges
 from wgmesh.policy import ICMP, PORT_PROTOS
-from wgmesh.selectors import IDENTITIES, Kind, Selector
+from wgmesh.selectors import Kind, Selector
 
 if TYPE_CHECKING:
     from wgmesh.resolve import Resolution
@@ -57,7 +57,7 @@ class Evaluator:
                 int(ep.addr), self.res.addresses(sel)[ep.addr.version])
         if ep.node is None and ep.user is None and not ep.tags:
             return False  # an address outside the mesh has no identity
-        return sel.kind in IDENTITIES and sel.matches_identity(ep.user, ep.tags, self.groups)
+        return sel.matches_identity(ep.user, ep.tags, self.groups)
 
     def dst_matches(self, sel: Selector, ep: Endpoint, src: Endpoint) -> bool:
         if sel.kind is Kind.ALL:

@@ -180,4 +180,3 @@ def subtract(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[i
         if lo <= hi:
             out.append((lo, hi))
     return out
-

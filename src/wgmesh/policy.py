@@ -270,11 +270,12 @@ class _Validator:
 
     def _ipset(self, name: str, raw: dict, stack: tuple) -> None:
         path = ("ipsets", name)
-        if name in stack or len(stack) >= limits.MAX_DEPTH:
+        if name in stack:
             self.err(path, f"IP set {name} refers to itself through "
-                     + " -> ".join((*stack, name)) if name in stack else
-                     f"IP sets nest deeper than {limits.MAX_DEPTH} levels",
-                     "remove the circular reference" if name in stack else "")
+                     + " -> ".join((*stack, name)), "remove the circular reference")
+        elif len(stack) >= limits.MAX_DEPTH:
+            self.err(path, f"IP sets nest deeper than {limits.MAX_DEPTH} levels")
+        if name in stack or len(stack) >= limits.MAX_DEPTH:
             self.policy.ipsets[name] = ()
             return
         items = self._list(raw[name], path, "a list of operations")
@@ -292,8 +293,6 @@ class _Validator:
                     self.err(where, f'"{item}": write "add {item}"',
                              "an IP set that removes needs add or remove before every target")
                     continue
-            target = target.strip()
-            sel = None
             if target == "autogroup:internet":
                 sel = Selector(Kind.INTERNET, target)
             elif target.startswith("ipset:"):

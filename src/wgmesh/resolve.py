@@ -63,7 +63,12 @@ class Resolution:
         self._range_cache: dict[int, tuple[list, list]] = {}
         self._check_tags()
         self._check_unique_keys()
-        self.routes, self.exits = self._approvals()
+        self.approved, self.exits = self._approvals()
+        # Router -> family -> approved ranges (what it forwards for), and what it carries for
+        # its peers (the longest prefix wins, one primary per prefix).
+        self.routes = {i: {f: merge_ranges(net_range(r) for r in nets if r.version == f)
+                           for f in FAMILIES} for i, nets in self.approved.items()}
+        self.carried = self._carriers(self.approved)
         self.user_mask = self._user_masks()
         self.exit_users: dict[str, int] = defaultdict(int)
         for i, n in enumerate(self.nodes):
@@ -122,8 +127,8 @@ class Resolution:
                         f'add the owner (or a group of theirs) to tagOwners["{tag}"], or '
                         "remove owner: to declare an owner-less server")
 
-    def _approvals(self):
-        routes: dict[int, dict[int, list[tuple[int, int]]]] = {}
+    def _approvals(self) -> tuple[dict[int, set], set[int]]:
+        """Router -> its approved prefixes, and the approved exit nodes."""
         approved_of: dict[int, set] = {}
         exits: set[int] = set()
         groups = self.policy.groups
@@ -141,8 +146,6 @@ class Resolution:
                                          "approved and is not used")
             if approved:
                 approved_of[i] = approved
-                routes[i] = {f: merge_ranges(net_range(r) for r in approved if r.version == f)
-                             for f in FAMILIES}
             if node.advertise_exit_node:
                 if node.approved_exit_node or any(a.matches_identity(node.owner, node.tags,
                                                                      groups)
@@ -151,12 +154,10 @@ class Resolution:
                 else:
                     self._warnings.append(f"{node.name}: exit node is not approved and is not "
                                          "used")
-        self._approved_of = approved_of
-        self._carried = self._carriers(approved_of)
         for node in self.nodes:
             if node.failover_for and node.failover_for not in self.mesh.nodes:
                 self._mesh_error(node.name, "failover_for", f'no node "{node.failover_for}"')
-        return routes, exits
+        return approved_of, exits
 
     def _carriers(self, approved_of: dict[int, set]) -> dict[int, dict[int, list]]:
         """Which router carries each address for its peers, as Tailscale decides: the longest
@@ -173,14 +174,10 @@ class Resolution:
             taken[f] = merge_ranges([*taken[f], rng])
         return {i: {f: merge_ranges(v) for f, v in fams.items()} for i, fams in carried.items()}
 
-    def client_routes(self) -> dict[int, dict[int, list[tuple[int, int]]]]:
-        """Routes peers send through each router (standbys and shadowed prefixes left out)."""
-        return self._carried
-
     @functools.cache  # noqa: B019 - one resolution per mesh; the cache dies with it
     def via_carriers(self, via: int) -> dict[int, dict[int, list]]:
         """Carriers among the routers of a via mask only (a grant's via tags)."""
-        return self._carriers({i: nets for i, nets in self._approved_of.items() if via >> i & 1})
+        return self._carriers({i: nets for i, nets in self.approved.items() if via >> i & 1})
 
     def _user_masks(self) -> dict[str, int]:
         out: dict[str, int] = {}

@@ -29,10 +29,6 @@ class Kind(enum.Enum):
     IPSET = "ipset"  # a named address set (policy ipsets)
 
 
-IDENTITIES = frozenset({Kind.USER, Kind.DOMAIN, Kind.GROUP, Kind.TAG, Kind.MEMBER,
-                        Kind.TAGGED})
-
-
 @dataclass(frozen=True)
 class Selector:
     kind: Kind
@@ -46,7 +42,8 @@ class Selector:
     def matches_identity(self, user: str | None, tags: frozenset[str],
                          groups: dict[str, tuple[str, ...]]) -> bool:
         """Whether a node (or a user with no device) with this owner and these tags is
-        named, for the identity kinds. Tags override ownership, as in Tailscale."""
+        named; False for kinds that name no identity. Tags override ownership, as in
+        Tailscale."""
         k = self.kind
         if k is Kind.TAG:
             return self.name in tags

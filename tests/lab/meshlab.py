@@ -157,6 +157,24 @@ def built_mesh(tmp_path_factory, folder: str, name: str):
 
 
 @contextlib.contextmanager
+def wrapped(mesh, node: str, tool: str, script: str):
+    """``script`` in front of ``tool`` on a host while the block runs (a bind mount over the
+    tool; the real one is /run/<tool>.real, and a script that acts once marks it with
+    /run/<tool>-once). Injects faults without touching the machine's own files."""
+    path = mesh.run(node, "sh", "-c", f"command -v {tool}").stdout.strip()
+    mesh.run(node, "cp", path, f"/run/{tool}.real")
+    mesh.run(node, "sh", "-c", f"cat > /run/{tool}-wrap && chmod 755 /run/{tool}-wrap",
+             stdin=script)
+    mesh.run(node, "mount", "--bind", f"/run/{tool}-wrap", path)
+    try:
+        yield
+    finally:
+        mesh.run(node, "umount", path)
+        mesh.run(node, "rm", "-f", f"/run/{tool}.real", f"/run/{tool}-wrap",
+                 f"/run/{tool}-once")
+
+
+@contextlib.contextmanager
 def fresh_lab(name: str):
     """The default lab under its own name, up, in a temporary folder (its inventory in
     ``<folder>/inv``; the rest of the folder is free for policies); taken down afterwards.
@@ -181,7 +199,7 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     return out
 
 
-__all__ = ["MeshLab", "built_mesh", "fresh_lab", "recap", "sys"]
+__all__ = ["MeshLab", "built_mesh", "fresh_lab", "recap", "sys", "wrapped"]
 
 
 def ping_losses(output: str) -> tuple[int, list[int]]:

@@ -8,7 +8,7 @@ import re
 import time
 
 import pytest
-from meshlab import built_mesh, lockfile, ping_losses, policy_with, recap, snapshot
+from meshlab import built_mesh, lockfile, ping_losses, policy_with, recap, snapshot, wrapped
 
 pytestmark = pytest.mark.lab
 
@@ -120,8 +120,8 @@ def test_rotation_gives_every_peer_the_new_key_and_drops_no_other_flow(mesh):
 WG_FAILS_ONCE = """#!/bin/sh
 # Injected fault: the first `wg set` that writes peers fails, as a refused configuration
 # would.
-if [ "$1" = set ] && [ ! -e /run/wg-failed-once ] && echo " $* " | grep -q " allowed-ips "; then
-  touch /run/wg-failed-once; echo "injected failure" >&2; exit 1
+if [ "$1" = set ] && [ ! -e /run/wg-once ] && echo " $* " | grep -q " allowed-ips "; then
+  touch /run/wg-once; echo "injected failure" >&2; exit 1
 fi
 exec /run/wg.real "$@"
 """
@@ -134,16 +134,8 @@ def test_a_failed_apply_returns_the_host_to_its_last_good_bundle(mesh, tmp_path)
     new = policy_with(mesh, tmp_path, '"src": ["group:ops"], "dst": ["tag:db:22"]',
                       '"src": ["group:ops", "alice@example.com"], "dst": ["tag:db:22"]')
     before = snapshot(mesh, "home1")
-    wg = mesh.run("home1", "sh", "-c", "command -v wg").stdout.strip()
-    mesh.run("home1", "cp", wg, "/run/wg.real")
-    mesh.run("home1", "sh", "-c", "cat > /run/wg-fails && chmod 755 /run/wg-fails",
-             stdin=WG_FAILS_ONCE)
-    mesh.run("home1", "mount", "--bind", "/run/wg-fails", wg)
-    try:
+    with wrapped(mesh, "home1", "wg", WG_FAILS_ONCE):
         run = mesh.playbook("-e", f"wgmesh_policy_file={new}")
-    finally:
-        mesh.run("home1", "umount", wg)
-        mesh.run("home1", "rm", "-f", "/run/wg-failed-once", "/run/wg.real", "/run/wg-fails")
     assert run.returncode != 0
     out = " ".join(run.stdout.split())
     assert "injected failure" in out and "returned to the last good bundle" in out, out[-3000:]

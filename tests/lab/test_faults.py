@@ -11,7 +11,7 @@ import time
 
 import pytest
 from conftest import BIN, REPO, ansible_env
-from meshlab import built_mesh, policy_with, recap, snapshot
+from meshlab import built_mesh, policy_with, recap, snapshot, wrapped
 
 from wgmesh import render
 from wgmesh.build import build
@@ -125,8 +125,8 @@ def test_a_controller_killed_mid_run_converges_on_the_next_run(mesh, tmp_path):
 NFT_FAILS_ON_LOAD = """#!/bin/sh
 # Injected fault: the check passes (nft -c), the first load of a ruleset file is refused, as
 # a kernel that lacks a feature the new table uses, or runs out of memory, would refuse it.
-if [ "$1" = -f ] && [ "$2" != - ] && [ ! -e /run/nft-failed-once ]; then
-  touch /run/nft-failed-once; echo "injected: ruleset refused by the kernel" >&2; exit 1
+if [ "$1" = -f ] && [ "$2" != - ] && [ ! -e /run/nft-once ]; then
+  touch /run/nft-once; echo "injected: ruleset refused by the kernel" >&2; exit 1
 fi
 exec /run/nft.real "$@"
 """
@@ -135,8 +135,8 @@ SSH_CUT = """#!/bin/sh
 # Injected fault: when the run first writes peers (`wg set ... allowed-ips`), every SSH
 # session on this host is cut (the connection Ansible's task runs through: the session and
 # its privileged monitor, which both hold the socket), then the command goes on.
-if [ "$1" = set ] && [ ! -e /run/ssh-cut-once ] && echo " $* " | grep -q " allowed-ips "; then
-  touch /run/ssh-cut-once
+if [ "$1" = set ] && [ ! -e /run/wg-once ] && echo " $* " | grep -q " allowed-ips "; then
+  touch /run/wg-once
   pkill -KILL -f '^sshd: root' || true
   sleep 0.5
 fi
@@ -144,30 +144,11 @@ exec /run/wg.real "$@"
 """
 
 
-def wrap(mesh, node: str, tool: str, script: str) -> str:
-    """Put ``script`` in front of ``tool`` on a host (bind mount); returns the tool's path."""
-    path = mesh.run(node, "sh", "-c", f"command -v {tool}").stdout.strip()
-    mesh.run(node, "cp", path, f"/run/{tool}.real")
-    mesh.run(node, "sh", "-c", f"cat > /run/{tool}-wrap && chmod 755 /run/{tool}-wrap",
-             stdin=script)
-    mesh.run(node, "mount", "--bind", f"/run/{tool}-wrap", path)
-    return path
-
-
-def unwrap(mesh, node: str, tool: str, path: str) -> None:
-    mesh.run(node, "umount", path)
-    mesh.run(node, "rm", "-f", f"/run/{tool}.real", f"/run/{tool}-wrap", "/run/ssh-cut-once",
-             "/run/nft-failed-once")
-
-
 def test_a_ruleset_the_kernel_refuses_leaves_the_host_on_its_last_good_bundle(mesh, tmp_path):
     new = policy_with(mesh, tmp_path, *CHANGE)
     before = snapshot(mesh, "home1")
-    path = wrap(mesh, "home1", "nft", NFT_FAILS_ON_LOAD)
-    try:
+    with wrapped(mesh, "home1", "nft", NFT_FAILS_ON_LOAD):
         run = mesh.playbook("-e", f"wgmesh_policy_file={new}")
-    finally:
-        unwrap(mesh, "home1", "nft", path)
     back_then_applied(mesh, run, before, new, "injected: ruleset refused by the kernel")
 
 
@@ -177,11 +158,8 @@ def test_an_ssh_connection_cut_mid_apply_leaves_a_whole_bundle(mesh, tmp_path):
     the host runs either bundle whole, never a mix; the next run converges."""
     new = policy_with(mesh, tmp_path, *CHANGE)
     before = snapshot(mesh, "home1")
-    path = wrap(mesh, "home1", "wg", SSH_CUT)
-    try:
+    with wrapped(mesh, "home1", "wg", SSH_CUT):
         run = mesh.playbook("-e", f"wgmesh_policy_file={new}")
-    finally:
-        unwrap(mesh, "home1", "wg", path)
     assert run.returncode != 0
     counts = recap(run.stdout)["home1"]
     assert counts["unreachable"] + counts["failed"] == 1, counts
