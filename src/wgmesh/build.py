@@ -278,6 +278,29 @@ def parse_query_endpoint(b: Build, text: str) -> Endpoint:
     return comp.endpoint_of(text)
 
 
+def query_endpoints(b: Build, text: str) -> list[Endpoint]:
+    """What an eval query names: one node, host alias or address, or every device of a
+    user, group or tag (an identity with no device stands for itself)."""
+    if text in b.compiler.index or text in b.policy.hosts or grammar.ip_address(text):
+        return [parse_query_endpoint(b, text)]
+    if text.startswith("tag:"):
+        if text not in b.policy.tag_owners:
+            raise ValueError(f'tag "{text}" is not in the policy\'s tagOwners')
+        sel = Selector(Kind.TAG, text, text)
+    elif text.startswith("group:"):
+        if text not in b.policy.groups:
+            raise ValueError(f'group "{text}" is not in the policy\'s groups')
+        sel = Selector(Kind.GROUP, text, text)
+    elif grammar.matches(grammar.USER, text):
+        sel = Selector(Kind.USER, text, text)
+    else:
+        raise ValueError(f'"{text}" is not a node, user, group, tag, host alias or IP address')
+    found = _endpoints(b, sel)
+    if not found:
+        raise ValueError(f'"{text}" names no device and no user')
+    return found
+
+
 def source_commit(b: Build) -> str | None:
     """The git commit the inputs come from, with "+changes" when any of them differs from it;
     None outside a git work tree (or without git)."""

@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from wgmesh import render
-from wgmesh.build import PolicyTestFailure, build, parse_query_endpoint, policy_test_failures
+from wgmesh import grammar, render
+from wgmesh.build import (
+    PolicyTestFailure,
+    build,
+    policy_test_failures,
+    query_endpoints,
+    source_commit,
+)
 from wgmesh.compiler import fewer_gc_passes
 from wgmesh.errors import InputError, LabError, escape
 from wgmesh.policy import PROTOCOLS
@@ -69,9 +77,44 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --all: write DIR/<host>/{wg.conf,nftables.nft,hosts} and plan.json")
     p.add_argument("--json", action="store_true", help="the JSON document instead of files")
     p.set_defaults(func=cmd_render)
+    p = sub.add_parser("plan", help="what a change means, in names: BASE (a git ref or a "
+                       "directory) against the working tree; exit 0 no change, 3 changed, "
+                       "4 access widened")
+    _mesh_args(p)
+    p.add_argument("--base", required=True, metavar="REF|DIR",
+                   help="the state to compare with: a git ref (origin/main, HEAD~1) or a "
+                   "directory holding the same project (or the inventory itself)")
+    p.add_argument("--json", action="store_true", help="JSON instead of Markdown")
+    p.add_argument("--out", metavar="FILE", type=Path, help="write the plan here too")
+    p.set_defaults(func=cmd_plan)
     p = sub.add_parser("eval", help="decide JSON-line queries read from stdin")
     _mesh_args(p)
     p.set_defaults(func=cmd_eval)
+
+    device = sub.add_parser("device", help="devices wgmesh does not manage (phones...): "
+                            "enrol one, export its configuration")
+    dev_sub = device.add_subparsers(required=True, metavar="ACTION")
+    p = dev_sub.add_parser("add", help="make a key pair in memory, add the device to mesh.yml "
+                           "and the lockfile, print its configuration and QR code once")
+    _mesh_args(p)
+    p.add_argument("name")
+    p.add_argument("--owner", metavar="USER", help="the user the device belongs to")
+    p.add_argument("--tag", action="append", default=[], metavar="TAG", dest="tags",
+                   help="a tag for the device (repeatable)")
+    _export_args(p)
+    p.add_argument("--key-out", metavar="FILE", type=Path,
+                   help="also write the private key to FILE (mode 0600); otherwise it is "
+                   "shown once and kept nowhere")
+    p.set_defaults(func=cmd_device_add)
+    p = dev_sub.add_parser("config", help="the device's configuration as it is now (after a "
+                           "policy change); with its key file, ready to import")
+    _mesh_args(p)
+    p.add_argument("name")
+    p.add_argument("--key-file", metavar="FILE", type=Path,
+                   help="the private key (from --key-out); without it the configuration has "
+                   "no PrivateKey line and no QR code")
+    _export_args(p)
+    p.set_defaults(func=cmd_device_config)
 
     p = sub.add_parser("status", help="does every host run what the inputs say (runs "
                        "playbooks/status.yml; exit code 2 on drift)")
@@ -96,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("command", nargs=argparse.REMAINDER, help="command (default: a shell)")
     p.set_defaults(func=cmd_lab_exec)
     return parser
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-qr", action="store_true", help="no QR code in the terminal")
+    p.add_argument("--qr-png", metavar="FILE", type=Path, help="the QR code as PNG (mode 0600)")
+    p.add_argument("--qr-svg", metavar="FILE", type=Path, help="the QR code as SVG (mode 0600)")
 
 
 def _mesh_args(p: argparse.ArgumentParser) -> None:
@@ -168,6 +217,17 @@ def cmd_render(args) -> int:
         names = [args.host]
     else:
         names = [n for n in comp.names if b.mesh.nodes[n].managed]
+    if args.host and not b.mesh.nodes[args.host].managed and not args.json and not args.out:
+        from wgmesh import device
+
+        text, left_out = device.client_config(comp.host(args.host), net, None)
+        print(f"### {args.host}: configuration for its WireGuard app (managed: false; "
+              "`wgmesh device config` exports it)")
+        print(text)
+        for line in left_out:
+            print(f"# not reachable from this device: {line}")
+        _warn(b)
+        return 0
     with fewer_gc_passes():
         hosts = map(comp.host, names)
         if args.json:
@@ -211,6 +271,71 @@ def _write_host_files(out: Path, net):
     return write
 
 
+def cmd_device_add(args) -> int:
+    from wgmesh import device
+
+    before = _build(args, run_tests=False)  # the mesh is sound before it is touched
+    original = before.mesh.path.read_bytes()
+    private, public = device.new_key_pair()
+    path = device.add_to_mesh(args.inventory, args.name, args.owner, args.tags, public)
+    try:
+        b = _build(args, run_tests=False)
+    except InputError:
+        # The device does not fit the mesh (a tag its owner may not assign...): undo.
+        device.write_atomic(path, original, mode=None)
+        raise
+    b.lock.save()
+    b.lock.allocated = []  # pinned now
+    if args.key_out:
+        device.write_atomic(args.key_out, private + "\n")
+    print(f"{args.name} added to {path} (managed: false, public key {public}); "
+          f"address pinned in {b.lock.path}. Commit both.", file=sys.stderr)
+    return _export(args, b, private)
+
+
+def cmd_device_config(args) -> int:
+    from wgmesh import device
+
+    b = _build(args, run_tests=False)
+    node = b.mesh.nodes.get(args.name)
+    if node is None or node.managed:
+        print(f"error: {args.name} is not a device (managed: false) in {b.mesh.path}",
+              file=sys.stderr)
+        return 2
+    private = device.read_private_key(args.key_file) if args.key_file else None
+    if private and device.public_of(private) != b.alloc[args.name].public_key:
+        print(f"error: {args.key_file} is not {args.name}'s key (its public key differs from "
+              "the one in mesh.yml)", file=sys.stderr)
+        return 2
+    return _export(args, b, private)
+
+
+def _export(args, b, private: str | None) -> int:
+    from wgmesh import device
+
+    if args.name in b.compiler.expired:
+        print(f"error: {args.name} has expired and has no peers", file=sys.stderr)
+        return 1
+    text, left_out = device.client_config(b.compiler.host(args.name), b.mesh.network, private)
+    print(text)
+    for line in left_out:
+        print(f"# not reachable from this device: {line}")
+    code = device.qr(text) if private else None
+    if code is not None and not args.no_qr:
+        code.terminal(out=sys.stdout, compact=True)
+    for path, kind in ((args.qr_png, "png"), (args.qr_svg, "svg")):
+        if path is None:
+            continue
+        if code is None:
+            print("error: no QR code without the private key (--key-file)", file=sys.stderr)
+            return 2
+        buf = io.BytesIO()
+        code.save(buf, kind=kind, scale=6)
+        device.write_atomic(path, buf.getvalue())
+    _warn(b)
+    return 0
+
+
 def cmd_status(args) -> int:
     """The status play, from the project folder (the one with ansible.cfg and playbooks/,
     found upward from here): its report, and its exit code for CI and monitoring."""
@@ -229,7 +354,35 @@ def cmd_status(args) -> int:
     return subprocess.run(argv, cwd=project, check=False).returncode
 
 
+def cmd_plan(args) -> int:
+    from wgmesh import plan
+
+    today = args.today or dt.datetime.now(dt.UTC).date()
+    head = build(args.inventory, args.policy, today=today, run_tests=False)
+    inventory = Path(args.inventory).resolve()
+    with tempfile.TemporaryDirectory(prefix="wgmesh-plan-") as tmp:
+        base_dir = Path(args.base)
+        if base_dir.is_dir():
+            rel = Path(args.inventory)
+            base_inv = base_dir / rel if not rel.is_absolute() and (base_dir / rel).exists() \
+                else base_dir
+        else:
+            top = plan.export_ref(args.base, inventory if inventory.is_dir()
+                                  else inventory.parent, Path(tmp))
+            base_inv = Path(tmp) / inventory.relative_to(top)
+        base = build(base_inv, today=today, run_tests=False)
+        result = plan.compare(base, head, args.base, source_commit(head) or "working tree")
+    text = (json.dumps(plan.to_json(result), indent=1) + "\n" if args.json
+            else plan.to_markdown(result))
+    sys.stdout.write(text)
+    if args.out:
+        args.out.write_text(text)
+    return result.exit_code
+
+
 def cmd_eval(args) -> int:
+    """One JSON line per query. A user, group or tag stands for each of its devices: the
+    answer's "allow" holds when every pair is allowed, and "pairs" lists each one."""
     b = _build(args)
     ev = b.evaluator
     bad = 0
@@ -238,32 +391,50 @@ def cmd_eval(args) -> int:
             continue
         try:
             q = json.loads(line)
-            src = parse_query_endpoint(b, str(q["src"]))
-            dst = parse_query_endpoint(b, str(q["dst"]))
-            if src.addr.version != dst.addr.version:
-                # A node name means its address of the other side's family.
-                if q["src"] in b.compiler.index:
-                    src = b.compiler.endpoint_of(q["src"], dst.addr.version)
-                elif q["dst"] in b.compiler.index:
-                    dst = b.compiler.endpoint_of(q["dst"], src.addr.version)
-                else:
-                    raise ValueError("src and dst are addresses of different families")
+            srcs = query_endpoints(b, str(q["src"]))
+            dsts = query_endpoints(b, str(q["dst"]))
             proto_name = str(q.get("proto", "tcp")).lower()
-            proto = PROTOCOLS[proto_name]
-            if proto == 1 and src.addr.version == 6:
-                proto = 58
             port = q.get("port")
-            if proto in (6, 17, 132) and not isinstance(port, int):
-                raise ValueError(f"{proto_name} needs a port number")
-            verdict = ev.check(src, dst, proto, port)
-            out = {**q, "allow": verdict.allow, "rule": verdict.rule}
-            if verdict.rule:
-                out["line"] = verdict.line
+            # A name (node, user, group, tag) may stand for either address family; an
+            # address given as such may not.
+            named = tuple(str(q[k]) not in b.policy.hosts and not grammar.ip_address(str(q[k]))
+                          for k in ("src", "dst"))
+            pairs = [_decide(b, ev, s, d, named, proto_name, port) for s in srcs for d in dsts]
+            if len(pairs) == 1:
+                out = {**q, **{k: v for k, v in pairs[0].items() if k not in ("src", "dst")}}
+            else:
+                out = {**q, "allow": all(p["allow"] for p in pairs), "pairs": pairs}
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             bad += 1
             out = {"error": f"line {lineno}: {exc}", "input": line.strip()}
         print(json.dumps(out), flush=True)
     return 2 if bad else 0
+
+
+def _decide(b, ev, src, dst, named: tuple[bool, bool], proto_name: str, port) -> dict:
+    """One pair's verdict; a node named stands for its address of the other side's family."""
+    if src.addr is not None and dst.addr is not None and src.addr.version != dst.addr.version:
+        if src.node and named[0]:
+            src = b.compiler.endpoint_of(src.node, dst.addr.version)
+        elif dst.node and named[1]:
+            dst = b.compiler.endpoint_of(dst.node, src.addr.version)
+        else:
+            raise ValueError("src and dst are addresses of different families")
+    proto = PROTOCOLS[proto_name]
+    addr = src.addr if src.addr is not None else dst.addr
+    if proto == 1 and addr is not None and addr.version == 6:
+        proto = 58
+    if proto in (6, 17, 132) and not isinstance(port, int):
+        raise ValueError(f"{proto_name} needs a port number")
+    verdict = ev.check(src, dst, proto, port)
+    out = {"src": _who(src), "dst": _who(dst), "allow": verdict.allow, "rule": verdict.rule}
+    if verdict.rule:
+        out["line"] = verdict.line
+    return out
+
+
+def _who(ep) -> str:
+    return ep.node or ep.user or ",".join(sorted(ep.tags)) or str(ep.addr)
 
 
 def _topology_arg(p: argparse.ArgumentParser) -> None:

@@ -81,6 +81,7 @@ class HostOutput:
     hop: Hop | None = None
     snat: bool = False  # masquerade what leaves the mesh (exit nodes; routers by default)
     uses_exit_node: str | None = None  # the exit node this host sends its internet traffic to
+    unreachable: tuple[str, ...] = ()  # nodes policy relates it to that it can never reach
 
 
 class Compiler(Resolution):
@@ -115,8 +116,9 @@ class Compiler(Resolution):
                                  f"{128 - self.net.relay_pool.prefixlen} bits")
             seen[addr] = name
 
-    def host(self, name: str) -> HostOutput:
-        """Everything one host needs; costs O(rules x nodes), not O(nodes^2)."""
+    def host(self, name: str, filters: bool = True) -> HostOutput:
+        """Everything one host needs; costs O(rules x nodes), not O(nodes^2). Without
+        ``filters`` its sets are left empty (peers and paths only, as `wgmesh plan` needs)."""
         h = self.index[name]
         bit = 1 << h
         node = self.nodes[h]
@@ -191,7 +193,7 @@ class Compiler(Resolution):
                 routes_wanted.setdefault(r, set()).update(rs)
         sets = {**self.filter_sets.direction("in", tuple(in_sig)),
                 **self.filter_sets.direction("out", tuple(out_sig)),
-                **disjoint_sets(fwd)}
+                **disjoint_sets(fwd)} if filters else {}
         sets = dict(sorted(sets.items()))
         elements = sum(map(len, sets.values()))
         if elements > limits.MAX_HOST_ELEMENTS:
@@ -215,6 +217,7 @@ class Compiler(Resolution):
         situation = (node.site, node.lan_address is not None, node.endpoint is not None,
                      name if node.relay else None)
         out_peers = []
+        unreachable: list[str] = []
         for p in bits(peers):
             routes = tuple(sorted(routes_wanted[p])) if p in routes_wanted else ()
             key = (p, routes, p == exit_idx, situation)
@@ -223,6 +226,7 @@ class Compiler(Resolution):
                 peer = self._peer_cache[key] = self._make_peer(h, p, routes, p == exit_idx)
             if peer.connection == "none":
                 self._unreachable(name, peer.name)
+                unreachable.append(peer.name)
                 continue
             out_peers.append(peer)
         visible = [name, *(p.name for p in out_peers)]
@@ -239,7 +243,8 @@ class Compiler(Resolution):
                           node.listen_port or self.net.listen_port, out_peers, sets, routes,
                           is_exit, bool(routes) or is_exit or bool(clients), names, mtu, hop,
                           snat=is_exit or (bool(routes) and node.route_snat),
-                          uses_exit_node=node.use_exit_node if exit_idx is not None else None)
+                          uses_exit_node=node.use_exit_node if exit_idx is not None else None,
+                          unreachable=tuple(unreachable))
 
     def _unreachable(self, a: str, b: str) -> None:
         """A pair policy relates that can never connect gets no peer entry (warned once)."""
@@ -263,7 +268,8 @@ class Compiler(Resolution):
         more = self._dead_count - len(self._dead_first)
         return [*self._warnings,
                 f"{self._dead_count} pair(s) may talk by policy but can never connect (both "
-                f"behind NAT, no relay can carry them), so they get no peer entry: {shown}"
+                f"behind NAT, no relay can carry them; a device wgmesh does not manage cannot "
+                f"use one), so they get no peer entry: {shown}"
                 + (f" and {more} more" if more else "") + " (add a node with relay: true and "
                 "a public endpoint, give one of each pair an endpoint, or put both on one "
                 "site with a lan_address)"]
@@ -382,7 +388,8 @@ class Compiler(Resolution):
         if me.endpoint:
             return "direct", None, None  # the other side dials in and keeps the path open
         relays = [n for n in self.relays if n.name not in (me.name, other.name)]
-        if relays:
+        # A relayed pair runs the hop tunnel at both ends: a WireGuard app cannot.
+        if relays and me.managed and other.managed:
             pair_sites = {me.site, other.site} - {None}
             relays.sort(key=lambda n: (n.site not in pair_sites, n.name))
             return "relay", None, relays[0].name

@@ -156,3 +156,34 @@ def test_status_outside_a_project_says_so(tmp_path):
                          text=True, cwd=tmp_path)
     assert out.returncode == 2
     assert "no wgmesh project (ansible.cfg and playbooks/status.yml) here or above" in out.stderr
+
+
+def test_eval_takes_users_groups_and_tags(tmp_path):
+    """A user, group or tag stands for each of its devices: "allow" holds only when every
+    pair is allowed; a user with no device is judged as the identity itself."""
+    import shutil
+
+    for name in ("mesh.yml", "policy.hujson"):
+        shutil.copy(REPO / "tests/data/golden-mesh" / name, tmp_path / name)
+    queries = "\n".join([
+        '{"src": "group:eng", "dst": "tag:web", "port": 443}',
+        '{"src": "group:eng", "dst": "db1", "port": 22}',
+        '{"src": "carol@example.com", "dst": "tag:db", "port": 22}',
+        '{"src": "dave@example.com", "dst": "web1", "port": 443}',
+        '{"src": "tag:web", "dst": "tag:db", "port": 5432}',
+        '{"src": "group:nobody", "dst": "db1", "port": 22}',
+    ])
+    out = subprocess.run([WGMESH, "eval", "-i", str(tmp_path), "--today", "2026-01-01"],
+                         input=queries, capture_output=True, text=True)
+    lines = [json.loads(x) for x in out.stdout.splitlines()]
+    eng_web = lines[0]
+    assert eng_web["allow"] is True
+    assert [(p["src"], p["dst"], p["rule"]) for p in eng_web["pairs"]] == [
+        ("alice-desktop", "web1", "acls[0]"), ("alice-laptop", "web1", "acls[0]"),
+        ("bob-laptop", "web1", "acls[0]")]
+    assert lines[1]["allow"] is False and not any(p["allow"] for p in lines[1]["pairs"])
+    assert lines[2]["allow"] is True and lines[2]["rule"] == "acls[2]"  # one device: no pairs
+    assert lines[3]["allow"] is False and "pairs" not in lines[3]
+    assert lines[4]["allow"] is True and lines[4]["rule"] == "acls[1]"
+    assert lines[5]["error"] == 'line 6: group "group:nobody" is not in the policy\'s groups'
+    assert out.returncode == 2

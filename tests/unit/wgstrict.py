@@ -19,6 +19,8 @@ HOOKS = [
     re.compile(rf"ip -[46] rule del to {NET} lookup main priority 1000 \|\| true"),
 ]
 INTERFACE_KEYS = {"Address", "ListenPort", "MTU", "PostUp", "PreDown"}
+# A device's configuration (WireGuard apps): its key inline, no hook, no listening port.
+DEVICE_KEYS = {"PrivateKey", "Address", "MTU"}
 PEER_KEYS = {"PublicKey", "AllowedIPs", "Endpoint", "PersistentKeepalive"}
 REPEATABLE = {"PostUp", "PreDown"}
 
@@ -27,8 +29,9 @@ class Invalid(AssertionError):
     pass
 
 
-def parse(text: str) -> dict:
-    """{"interface": {key: [values]}, "peers": [{key: [values]}]}, or Invalid."""
+def parse(text: str, device: bool = False) -> dict:
+    """{"interface": {key: [values]}, "peers": [{key: [values]}]}, or Invalid. ``device``:
+    the configuration of a device wgmesh does not manage."""
     if not re.fullmatch(r"[\x20-\x7e\n]*", text):
         raise Invalid("a character other than printable ASCII and newlines")
     sections: list[tuple[str, dict]] = []
@@ -43,7 +46,8 @@ def parse(text: str) -> dict:
             raise Invalid(f"line {n}: {line!r}")
         kind, values = sections[-1]
         key, value = m.groups()
-        allowed = INTERFACE_KEYS if kind == "[Interface]" else PEER_KEYS
+        allowed = (DEVICE_KEYS if device else INTERFACE_KEYS) if kind == "[Interface]" \
+            else PEER_KEYS
         if key not in allowed:
             raise Invalid(f"line {n}: {key} in {kind}")
         if key in values and key not in REPEATABLE:
@@ -60,7 +64,7 @@ def _check(key: str, value: str, n: int) -> None:
     if key in ("PostUp", "PreDown"):
         if not any(h.fullmatch(value) for h in HOOKS):
             raise Invalid(f"line {n}: a hook wgmesh does not write: {value!r}")
-    elif key == "PublicKey":
+    elif key in ("PublicKey", "PrivateKey"):
         if not KEY.fullmatch(value) or len(base64.b64decode(value)) != 32:
             raise Invalid(f"line {n}: not a public key: {value!r}")
     elif key == "AllowedIPs":

@@ -1,0 +1,353 @@
+"""What a change to the mesh definition or the policy does, in names.
+
+``wgmesh plan`` compiles two states of the inputs (a git ref or a directory, and the working
+tree) and compares what they mean rather than the files: which sources (users, tags, nodes
+without an owner, subnets) gain or lose which destinations and ports, which peers each host
+gains or loses, which routes and exit nodes change, which nodes join, leave or expire, and
+which policy tests change outcome. The access comparison is read from the resolved rules
+(the same ones the filters and ``wgmesh eval`` are made from), grouped by identity, so its
+cost grows with rules x identities, not with pairs of nodes.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wgmesh.build import Build, policy_test_failures
+from wgmesh.compiler import fewer_gc_passes
+from wgmesh.errors import InputError, Problem
+from wgmesh.intervals import bits, merge_ranges, subtract
+from wgmesh.policy import ICMP, PROTO_NAMES
+from wgmesh.selectors import Kind
+
+# Exit codes of `wgmesh plan` (documented in docs/gitops.md).
+NO_CHANGE = 0
+CHANGED = 3  # something changes, and no source gains access
+WIDENED = 4  # some source gains access (or a route or exit node is added): ask for review
+
+Ports = dict[str, list[tuple[int, int]]]  # protocol name -> port ranges (0-65535: all)
+
+
+# The two states ---------------------------------------------------------------------
+def export_ref(ref: str, repo: Path, into: Path) -> Path:
+    """The tree of a git commit, written under ``into``; returns the repository's top in it.
+    Nothing in the work tree or the index is touched."""
+    top = subprocess.run(["git", "-C", str(repo), "rev-parse", "--show-toplevel"],
+                         capture_output=True, text=True, check=False)
+    if top.returncode != 0:
+        raise InputError([Problem(str(repo), 0, 0, "", "not in a git work tree: "
+                                  + top.stderr.strip(),
+                                  "pass a directory as the base instead of a ref")])
+    archive = subprocess.run(["git", "-C", top.stdout.strip(), "archive", "--format=tar", ref],
+                             capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise InputError([Problem(str(repo), 0, 0, "", f'git ref "{ref}": '
+                                  + archive.stderr.decode(errors="replace").strip(),
+                                  "name a branch, tag or commit (e.g. origin/main)")])
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(into, filter="data")
+    return Path(top.stdout.strip())
+
+
+# Access in names ----------------------------------------------------------------------
+def _principal(b: Build, i: int) -> str:
+    """Who a node acts as in the policy: its tags when tagged, else its owner, else itself."""
+    node = b.compiler.nodes[i]
+    if node.tags:
+        return ",".join(sorted(node.tags))
+    return node.owner or f"node:{node.name}"
+
+
+def _outside_pools(b: Build, ranges: dict[int, list]) -> bool:
+    return any(subtract(ranges[f], b.compiler.pools[f]) for f in (4, 6))
+
+
+def access(b: Build) -> dict[str, dict[str, Ports]]:
+    """Source -> destination -> protocol -> port ranges, for every rule of the policy.
+    Sources are identities (see ``_principal``) and subnet selectors; destinations are node
+    names and the policy's words for addresses outside the mesh (prefixes, host aliases, IP
+    sets, autogroup:internet, "*")."""
+    comp = b.compiler
+    out: dict[str, dict[str, Ports]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    principals: dict[int, dict[str, int]] = {}  # source mask -> principal -> its nodes
+
+    def by_principal(mask: int) -> dict[str, int]:
+        if mask not in principals:
+            got: dict[str, int] = defaultdict(int)
+            for i in bits(mask):
+                got[_principal(b, i)] |= 1 << i
+            principals[mask] = dict(got)
+        return principals[mask]
+
+    for rd in comp.rules:
+        ports: list[tuple[str, int, int]] = []
+        for (p, _p), (lo, hi) in rd.port_boxes:
+            ports.append((PROTO_NAMES.get(p, str(p)), lo, hi))
+        for p in rd.other_protos:
+            ports.append(("icmp" if p in ICMP else PROTO_NAMES.get(p, f"proto {p}"), 0, 65535))
+        srcs = dict(by_principal(rd.any_src))
+        for sel in rd.rule.src:
+            if sel.kind is Kind.DANGER_ALL:
+                srcs[sel.text] = 0
+            elif sel.kind is Kind.ALL and any(comp.all_routes[f] for f in (4, 6)):
+                srcs["* (routed subnets)"] = 0
+            elif sel.kind in (Kind.PREFIX, Kind.IPSET) and _outside_pools(
+                    b, comp.addresses(sel)):
+                srcs[sel.text] = 0
+        dsts = [comp.names[i] for i in bits(rd.any_dst)]
+        for sel in rd.rule.dst:
+            if sel.kind is Kind.ALL:
+                dsts.append("*")
+            elif sel.kind is Kind.INTERNET or (sel.kind in (Kind.PREFIX, Kind.IPSET)
+                                               and _outside_pools(b, comp.addresses(sel))):
+                dsts.append(sel.text)
+        for src, mask in srcs.items():
+            mine = list(dsts)
+            if rd.self_dst and mask:
+                user = comp.nodes[next(iter(bits(mask)))].owner
+                if user and not comp.nodes[next(iter(bits(mask)))].tags:
+                    mine += [comp.names[i] for i in bits(comp.user_mask.get(user, 0))]
+            row = out[src]
+            for dst in mine:
+                cell = row[dst]
+                for proto, lo, hi in ports:
+                    cell[proto].append((lo, hi))
+    return {s: {d: {p: merge_ranges(r) for p, r in cell.items()} for d, cell in row.items()}
+            for s, row in out.items()}
+
+
+def _port_text(proto: str, ranges: list[tuple[int, int]]) -> str:
+    if ranges == [(0, 65535)]:
+        return proto if proto in ("icmp",) or proto.startswith("proto ") else f"{proto} *"
+    return proto + " " + ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
+
+
+def _ports_minus(a: Ports, b: Ports) -> Ports:
+    out = {}
+    for proto, ranges in a.items():
+        left = subtract(ranges, b.get(proto, []))
+        if left:
+            out[proto] = left
+    return out
+
+
+@dataclass
+class Change:
+    """One source's gain or loss, destinations with the same ports grouped."""
+
+    source: str
+    kind: str  # gains | loses
+    destinations: list[str]
+    ports: list[str]
+
+
+def access_changes(old: dict[str, dict[str, Ports]],
+                   new: dict[str, dict[str, Ports]]) -> list[Change]:
+    out: list[Change] = []
+    for src in sorted(set(old) | set(new)):
+        for kind, a, b in (("gains", new.get(src, {}), old.get(src, {})),
+                           ("loses", old.get(src, {}), new.get(src, {}))):
+            grouped: dict[tuple[str, ...], list[str]] = defaultdict(list)
+            for dst in sorted(a):
+                if a[dst] == b.get(dst):
+                    continue
+                diff = _ports_minus(a[dst], b.get(dst, {}))
+                if diff:
+                    grouped[tuple(_port_text(p, diff[p]) for p in sorted(diff))].append(dst)
+            for ports, dsts in sorted(grouped.items(), key=lambda kv: kv[1]):
+                out.append(Change(src, kind, dsts, list(ports)))
+    return out
+
+
+# Everything else ------------------------------------------------------------------------
+@dataclass
+class Plan:
+    base: str
+    head: str
+    joined: list[str] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)  # expire in head (were live in base)
+    access: list[Change] = field(default_factory=list)
+    peers: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # host -> gains/loses
+    routes: list[dict] = field(default_factory=list)
+    exit_nodes: list[dict] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)  # nodes whose public key changes
+    tests: list[dict] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def widened(self) -> bool:
+        return (any(c.kind == "gains" for c in self.access)
+                or any(r["change"] == "added" for r in self.routes + self.exit_nodes))
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.joined or self.left or self.expired or self.access or self.peers
+                    or self.routes or self.exit_nodes or self.keys or self.tests)
+
+    @property
+    def exit_code(self) -> int:
+        return WIDENED if self.widened else CHANGED if self.changed else NO_CHANGE
+
+
+def _test_outcomes(b: Build) -> dict[str, str]:
+    """Policy test -> "pass" or its failure messages (in the policy's order)."""
+    failed: dict[str, list[str]] = defaultdict(list)
+    for p in policy_test_failures(b):
+        failed[p.path].append(p.message)
+    return {t.origin: "; ".join(failed[t.origin]) if failed.get(t.origin) else "pass"
+            for t in b.policy.tests}
+
+
+def _routes(b: Build) -> dict[tuple[str, str], str]:
+    """(router, prefix) -> "primary" or "standby" for every approved route."""
+    comp = b.compiler
+    out = {}
+    for i, nets in comp.approved.items():
+        for net in nets:
+            lo, hi = int(net.network_address), int(net.broadcast_address)
+            carried = comp.carried.get(i, {}).get(net.version, [])
+            role = "primary" if any(a <= lo and hi <= z for a, z in carried) else (
+                "partly primary" if any(a <= hi and lo <= z for a, z in carried) else "standby")
+            out[(comp.names[i], str(net))] = role
+    return out
+
+
+def compare(old: Build, new: Build, base: str, head: str) -> Plan:
+    plan = Plan(base, head)
+    o, n = old.compiler, new.compiler
+    plan.joined = sorted(set(new.mesh.nodes) - set(old.mesh.nodes))
+    plan.left = sorted(set(old.mesh.nodes) - set(new.mesh.nodes))
+    plan.expired = sorted(set(n.expired) - set(o.expired) - set(plan.joined))
+    plan.access = access_changes(access(old), access(new))
+    # Every node, devices Ansible does not manage too (their exported configuration changes).
+    with fewer_gc_passes():
+        old_hosts = {h: o.host(h, filters=False) for h in o.names}
+        new_hosts = {h: n.host(h, filters=False) for h in n.names}
+    for host in sorted(set(old_hosts) | set(new_hosts)):
+        before = {p.name for p in old_hosts[host].peers} if host in old_hosts else set()
+        after = {p.name for p in new_hosts[host].peers} if host in new_hosts else set()
+        if host not in old_hosts or host not in new_hosts:
+            continue  # a node that joins or leaves: listed as such
+        if before != after:
+            plan.peers[host] = {"gains": sorted(after - before), "loses": sorted(before - after)}
+    r_old, r_new = _routes(old), _routes(new)
+    for key in sorted(set(r_old) | set(r_new)):
+        router, prefix = key
+        if key not in r_old:
+            plan.routes.append({"router": router, "prefix": prefix, "change": "added",
+                                "role": r_new[key]})
+        elif key not in r_new:
+            plan.routes.append({"router": router, "prefix": prefix, "change": "removed",
+                                "role": r_old[key]})
+        elif r_old[key] != r_new[key]:
+            plan.routes.append({"router": router, "prefix": prefix, "change": "role",
+                                "role": f"{r_old[key]} -> {r_new[key]}"})
+    e_old = {o.names[i] for i in o.exits}
+    e_new = {n.names[i] for i in n.exits}
+    plan.exit_nodes = ([{"node": x, "change": "added"} for x in sorted(e_new - e_old)]
+                       + [{"node": x, "change": "removed"} for x in sorted(e_old - e_new)])
+    for name in sorted(set(o.names) & set(n.names)):
+        if (old.alloc[name].public_key and new.alloc[name].public_key
+                and old.alloc[name].public_key != new.alloc[name].public_key):
+            plan.keys.append(name)
+        uo, un = o.nodes[o.index[name]].use_exit_node, n.nodes[n.index[name]].use_exit_node
+        if uo != un:
+            plan.exit_nodes.append({"node": name, "change": "uses",
+                                    "from": uo, "to": un})
+    t_old, t_new = _test_outcomes(old), _test_outcomes(new)
+    for t in sorted(set(t_old) | set(t_new), key=_origin_order):
+        if t_old.get(t) != t_new.get(t):
+            plan.tests.append({"test": t, "before": t_old.get(t, "absent"),
+                               "after": t_new.get(t, "absent")})
+    plan.warnings = [w for w in n.warnings if w not in set(o.warnings)]
+    return plan
+
+
+def _origin_order(origin: str) -> tuple:
+    head, _, rest = origin.partition("[")
+    return (head, int(rest.rstrip("]")) if rest.rstrip("]").isdigit() else 0)
+
+
+# Output ---------------------------------------------------------------------------------
+def to_json(plan: Plan) -> dict:
+    return {
+        "base": plan.base, "head": plan.head, "exit_code": plan.exit_code,
+        "widened": plan.widened, "changed": plan.changed,
+        "nodes": {"joined": plan.joined, "left": plan.left, "expired": plan.expired,
+                  "key_changed": plan.keys},
+        "access": [{"source": c.source, "change": c.kind, "destinations": c.destinations,
+                    "ports": c.ports} for c in plan.access],
+        "peers": plan.peers, "routes": plan.routes, "exit_nodes": plan.exit_nodes,
+        "tests": plan.tests, "warnings": plan.warnings,
+    }
+
+
+def _md(text: str) -> str:
+    """Names are grammar-checked, but a table cell must not break on a pipe or backtick."""
+    return text.replace("|", "\\|").replace("`", "'")
+
+
+def to_markdown(plan: Plan, limit: int = 200) -> str:
+    lines = [f"### wgmesh plan: `{_md(plan.base)}` -> `{_md(plan.head)}`", ""]
+    if not plan.changed:
+        lines.append("No change: every host keeps its peers, routes and filters.")
+        return "\n".join(lines) + "\n"
+    gains = sum(c.kind == "gains" for c in plan.access)
+    loses = len(plan.access) - gains
+    verdict = ("**Access widens**: a second review is advised." if plan.widened
+               else "Access does not widen.")
+    lines += [f"{verdict} {gains} grant(s) gained, {loses} lost; "
+              f"{len(plan.peers)} host(s) change peers.", ""]
+    if plan.joined or plan.left or plan.expired or plan.keys:
+        lines.append("#### Nodes")
+        for label, names in (("join", plan.joined), ("leave", plan.left),
+                             ("expire", plan.expired), ("change key", plan.keys)):
+            if names:
+                lines.append(f"- {label}: {', '.join(_md(n) for n in names)}")
+        lines.append("")
+    if plan.access:
+        lines += ["#### Access", "", "| source | | destinations | ports |", "|---|---|---|---|"]
+        for c in plan.access[:limit]:
+            sign = "gains" if c.kind == "gains" else "loses"
+            lines.append(f"| {_md(c.source)} | {sign} | {_md(', '.join(c.destinations))} | "
+                         f"{_md('; '.join(c.ports))} |")
+        if len(plan.access) > limit:
+            lines.append(f"| ... | | {len(plan.access) - limit} more in the JSON plan | |")
+        lines.append("")
+    if plan.routes or plan.exit_nodes:
+        lines.append("#### Routes and exit nodes")
+        for r in plan.routes:
+            lines.append(f"- {_md(r['prefix'])} via {_md(r['router'])}: {r['change']} "
+                         f"({r['role']})")
+        for e in plan.exit_nodes:
+            if e["change"] == "uses":
+                lines.append(f"- {_md(e['node'])} sends internet traffic through "
+                             f"{_md(e['to'] or 'no exit node')} (was {_md(e['from'] or 'none')})")
+            else:
+                lines.append(f"- exit node {_md(e['node'])}: {e['change']}")
+        lines.append("")
+    if plan.peers:
+        lines += ["#### Peers", "", "| host | gains | loses |", "|---|---|---|"]
+        for host, d in list(plan.peers.items())[:limit]:
+            lines.append(f"| {_md(host)} | {_md(', '.join(d['gains']))} | "
+                         f"{_md(', '.join(d['loses']))} |")
+        if len(plan.peers) > limit:
+            lines.append(f"| ... {len(plan.peers) - limit} more in the JSON plan | | |")
+        lines.append("")
+    if plan.tests:
+        lines.append("#### Policy tests")
+        for t in plan.tests:
+            lines.append(f"- {t['test']}: {_md(t['before'])} -> {_md(t['after'])}")
+        lines.append("")
+    if plan.warnings:
+        lines.append("#### New warnings")
+        lines += [f"- {_md(w)}" for w in plan.warnings]
+        lines.append("")
+    return "\n".join(lines)
+

@@ -1,0 +1,133 @@
+"""`wgmesh device`: enrol a device wgmesh does not manage and export what its app imports."""
+
+import base64
+import json
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import wgstrict
+import yaml
+from nacl.public import PrivateKey
+
+REPO = Path(__file__).resolve().parents[2]
+WGMESH = str(Path(sys.executable).parent / "wgmesh")
+KEYS = {"web1": "Q0VCv1s6m1Jd9u8Tn6j4rQ1y6n3fM2b0o0hC3Qx3v2M=",
+        "db1": "mS7m3x5W1kq7n4s0aBzL8Yw2sQ1hC9rT4uV6yX0zA2c="}
+
+
+def wg(*args: str, inv: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([WGMESH, *args, "-i", str(inv), "--today", "2026-01-01"],
+                          capture_output=True, text=True, input=stdin)
+
+
+@pytest.fixture
+def inv(tmp_path):
+    """The example mesh, its servers' keys pinned (as a site.yml run would have)."""
+    shutil.copy(REPO / "inventories/example/mesh.yml", tmp_path / "mesh.yml")
+    shutil.copy(REPO / "policies/article.hujson", tmp_path / "article.hujson")
+    text = (tmp_path / "mesh.yml").read_text().replace("../../policies/", "")
+    (tmp_path / "mesh.yml").write_text(text)
+    assert wg("lock", inv=tmp_path).returncode == 0
+    lock = yaml.safe_load((tmp_path / "mesh.lock.yml").read_text())
+    for node, key in KEYS.items():
+        lock["nodes"][node]["public_key"] = key
+    (tmp_path / "mesh.lock.yml").write_text(yaml.safe_dump(lock))
+    return tmp_path
+
+
+def config_part(stdout: str) -> str:
+    """The configuration printed before the notes and the QR code."""
+    return stdout.split("\n\n# not reachable", 1)[0].split("\n█", 1)[0].rstrip("\n") + "\n"
+
+
+def test_add_pins_only_the_public_key_and_prints_the_config_once(inv, tmp_path):
+    before = (inv / "mesh.yml").read_text()
+    key_file, png, svg = tmp_path / "dana.key", tmp_path / "dana.png", tmp_path / "dana.svg"
+    out = wg("device", "add", "dana-tablet", "--owner", "carol@example.com", "--key-out",
+             str(key_file), "--qr-png", str(png), "--qr-svg", str(svg), inv=inv)
+    assert out.returncode == 0, out.stderr
+    private = key_file.read_text().strip()
+    public = base64.b64encode(bytes(PrivateKey(base64.b64decode(private)).public_key)).decode()
+    # mesh.yml: the same file (comments and all) with the device appended; no private key.
+    after = (inv / "mesh.yml").read_text()
+    assert after.startswith(before)
+    assert after[len(before):] == ("  dana-tablet:\n    owner: carol@example.com\n"
+                                   f"    managed: false\n    public_key: {public}\n")
+    assert private not in after and private not in (inv / "mesh.lock.yml").read_text()
+    assert "dana-tablet" in yaml.safe_load((inv / "mesh.lock.yml").read_text())["nodes"]
+    for secret in (key_file, png, svg):
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600, secret
+    assert png.read_bytes().startswith(b"\x89PNG") and b"<svg" in svg.read_bytes()
+    assert "█" in out.stdout  # the QR code in the terminal
+
+    conf = wgstrict.parse(config_part(out.stdout), device=True)
+    assert conf["interface"]["PrivateKey"] == [private]
+    assert "PostUp" not in config_part(out.stdout) and "table inet" not in out.stdout
+    peers = {p["PublicKey"][0]: p for p in conf["peers"]}
+    # carol is on call: prod-db on 5432 and 22; she is no engineer, so not prod-web.
+    assert set(peers) == {KEYS["db1"]}
+    plan = json.loads(wg("render", "--all", "--json", inv=inv).stdout)
+    db1 = plan["hosts"]["db1"]["addresses"]
+    assert peers[KEYS["db1"]]["AllowedIPs"] == [f"{db1[0]}/32, {db1[1]}/128"]
+    assert peers[KEYS["db1"]]["Endpoint"] == ["192.0.2.12:51820"]
+    assert "its peers filter" in out.stdout
+    # db1 learns the device (its filter admits it on 5432 and 22 only).
+    db1_peers = {p["name"] for p in plan["hosts"]["db1"]["peers"]}
+    assert "dana-tablet" in db1_peers
+
+    # Later exports: with the key file, the same configuration; without it, no key, no QR.
+    again = wg("device", "config", "dana-tablet", "--key-file", str(key_file), "--no-qr",
+               inv=inv)
+    assert again.returncode == 0 and config_part(again.stdout) == config_part(out.stdout)
+    keyless = wg("device", "config", "dana-tablet", inv=inv)
+    assert keyless.returncode == 0 and "PrivateKey =" not in keyless.stdout
+    assert "█" not in keyless.stdout
+    shown = wg("render", "--host", "dana-tablet", inv=inv)
+    assert shown.returncode == 0 and "PostUp" not in shown.stdout
+    assert config_part(keyless.stdout) in shown.stdout
+
+
+def test_refusals_leave_mesh_yml_as_it_was(inv, tmp_path):
+    before = (inv / "mesh.yml").read_text()
+    taken = wg("device", "add", "carol-phone", "--owner", "carol@example.com", inv=inv)
+    assert taken.returncode == 2 and "nodes.carol-phone: already exists" in taken.stderr
+    # carol may not assign tag:prod-db: the mesh is checked with the device, then undone.
+    tagged = wg("device", "add", "dana-tablet", "--owner", "carol@example.com", "--tag",
+                "tag:prod-db", inv=inv)
+    assert tagged.returncode == 2 and 'may not assign "tag:prod-db"' in tagged.stderr
+    bad = wg("device", "add", "Dana Tablet", "--owner", "carol@example.com", inv=inv)
+    assert bad.returncode == 2 and "is not a node name" in bad.stderr
+    assert (inv / "mesh.yml").read_text() == before
+    other = tmp_path / "other.key"
+    other.write_text(base64.b64encode(bytes(PrivateKey.generate())).decode() + "\n")
+    wrong = wg("device", "config", "carol-phone", "--key-file", str(other), inv=inv)
+    assert wrong.returncode == 2 and "is not carol-phone's key" in wrong.stderr
+    managed = wg("device", "config", "db1", inv=inv)
+    assert managed.returncode == 2 and "is not a device" in managed.stderr
+
+
+def test_peers_behind_nat_are_named_not_relayed(tmp_path):
+    """A device cannot run the relay hop: a pair of it and a node behind NAT has no path,
+    so neither side gets a peer entry, and the export names such nodes."""
+    from wgmesh import device
+    from wgmesh.build import build
+
+    shutil.copytree(REPO / "tests/data/golden-mesh", tmp_path / "m")
+    with (tmp_path / "m/mesh.yml").open("a") as f:  # carol's laptop, behind NAT too
+        f.write("  carol-laptop:\n    ansible_host: 198.51.100.9\n"
+                "    owner: carol@example.com\n")
+    b = build(tmp_path / "m", run_tests=False)
+    phone = b.compiler.host("carol-phone")
+    assert all(p.connection != "relay" for p in phone.peers)
+    assert phone.unreachable == ("carol-laptop",)  # autogroup:self relates them
+    text, left_out = device.client_config(phone, b.mesh.network, None)
+    for name in phone.unreachable:
+        assert f"{name}: both sides are behind NAT" in "\n".join(left_out)
+        assert f"# {name} " not in text
+        assert "carol-phone" not in {p.name for p in b.compiler.host(name).peers}
+    assert any("a device wgmesh does not manage cannot use one" in w
+               for w in b.compiler.warnings)

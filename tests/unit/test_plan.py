@@ -1,0 +1,130 @@
+"""`wgmesh plan`: what a change means, in names, with the exit code a pipeline gates on."""
+
+import datetime as dt
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from wgmesh import plan
+from wgmesh.build import build
+
+WGMESH = str(Path(sys.executable).parent / "wgmesh")
+GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden-mesh"
+DAY = dt.date(2026, 1, 1)
+
+
+@pytest.fixture
+def two(tmp_path):
+    """A base and a head copy of the golden mesh; tests edit the head."""
+    base, head = tmp_path / "base", tmp_path / "head"
+    shutil.copytree(GOLDEN, base)
+    shutil.copytree(GOLDEN, head)
+    return base, head
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+
+
+def compare(base: Path, head: Path) -> plan.Plan:
+    return plan.compare(build(base, today=DAY, run_tests=False),
+                        build(head, today=DAY, run_tests=False), "base", "head")
+
+
+def test_same_inputs_plan_nothing(two):
+    p = compare(*two)
+    assert not p.changed and p.exit_code == plan.NO_CHANGE
+    assert "No change" in plan.to_markdown(p)
+
+
+def test_a_new_rule_is_a_gain_in_names_and_widens(two):
+    base, head = two
+    edit(head / "policy.hujson", '"acls": [',
+         '"acls": [\n    {"action": "accept", "src": ["carol@example.com"], "proto": "tcp", '
+         '"dst": ["tag:web:5432,6000-6010"]},')
+    p = compare(base, head)
+    assert [(c.source, c.kind, c.destinations, c.ports) for c in p.access] == [
+        ("carol@example.com", "gains", ["web1"], ["tcp 5432,6000-6010"])]
+    assert p.peers == {"carol-phone": {"gains": ["web1"], "loses": []},
+                       "web1": {"gains": ["carol-phone"], "loses": []}}
+    assert p.widened and p.exit_code == plan.WIDENED
+    md = plan.to_markdown(p)
+    assert "| carol@example.com | gains | web1 | tcp 5432,6000-6010 |" in md
+    assert "**Access widens**" in md
+
+
+def test_a_removed_rule_is_a_loss_per_user_and_fails_a_test(two):
+    """group:eng's grant to legacy goes: alice and bob each lose it (carol keeps tcp 22 from
+    her own rule), the routers' clients change, and the test that expected it now fails."""
+    base, head = two
+    edit(head / "policy.hujson",
+         '{"src": ["group:eng"], "dst": ["legacy"], "ip": ["tcp:22", "udp:161"]},', "")
+    p = compare(base, head)
+    got = {(c.source, c.kind, tuple(c.destinations), tuple(c.ports)) for c in p.access}
+    assert got == {("alice@example.com", "loses", ("legacy",), ("tcp 22", "udp 161")),
+                   ("bob@example.com", "loses", ("legacy",), ("tcp 22", "udp 161"))}
+    assert not p.widened and p.exit_code == plan.CHANGED
+    assert p.tests == [{"test": "tests[0]", "before": "pass",
+                        "after": "test failed: bob-laptop -> 198.51.100.130:22 is denied, "
+                                 "expected accept"}]
+    assert "bob-laptop" in p.peers["office-gw"]["loses"]
+
+
+def test_nodes_routes_and_exit_nodes_in_names(two):
+    base, head = two
+    edit(head / "mesh.yml", "    use_exit_node: exit1\n", "")
+    edit(head / "mesh.yml", "    advertise_exit_node: true\n", "")
+    edit(head / "policy.hujson", '"198.51.100.128/25": ["tag:router"]',
+         '"198.51.100.128/25": ["tag:router"], "203.0.113.0/24": ["tag:router"]')
+    with (head / "mesh.yml").open("a") as f:
+        f.write("  dave-laptop:\n    ansible_host: 203.0.113.50\n"
+                "    owner: bob@example.com\n")
+    p = compare(base, head)
+    assert p.joined == ["dave-laptop"] and p.left == []
+    assert {"node": "exit1", "change": "removed"} in p.exit_nodes
+    assert {"node": "alice-laptop", "change": "uses", "from": "exit1", "to": None} \
+        in p.exit_nodes
+    assert p.routes == [{"router": "office-gw", "prefix": "203.0.113.0/24", "change": "added",
+                         "role": "primary"}]
+    # bob's new laptop gains what bob's identity reaches, and bob's other device reaches it.
+    gains = {c.source: c.destinations for c in p.access if c.kind == "gains"}
+    assert "dave-laptop" in gains["bob@example.com"]
+    assert p.exit_code == plan.WIDENED
+    doc = plan.to_json(p)
+    assert doc["nodes"]["joined"] == ["dave-laptop"] and doc["exit_code"] == 4
+    json.dumps(doc)  # serializable as is
+
+
+def test_cli_against_a_git_ref_and_a_directory(two, tmp_path):
+    """The base may be a git ref (read with git archive; the work tree is not touched) or a
+    directory; exit codes: 0 nothing, 3 changed, 4 widened."""
+    _, head = two
+    repo = tmp_path / "repo"
+    shutil.copytree(GOLDEN, repo / "inv")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "base"], check=True)
+    args = [WGMESH, "plan", "-i", "inv", "--today", "2026-01-01"]
+    out = subprocess.run([*args, "--base", "HEAD"], cwd=repo, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    edit(repo / "inv/policy.hujson", '"dst": ["tag:db:22", "legacy:22"]', '"dst": ["tag:db:22"]')
+    out = subprocess.run([*args, "--base", "HEAD", "--json"], cwd=repo, capture_output=True,
+                         text=True)
+    assert out.returncode == 3, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["access"] == [{"source": "carol@example.com", "change": "loses",
+                              "destinations": ["legacy"], "ports": ["tcp 22", "udp 22"]}]
+    assert doc["head"].endswith("+changes")
+    out = subprocess.run([*args, "--base", str(head)], cwd=repo, capture_output=True, text=True)
+    assert out.returncode == 3
+    assert "| carol@example.com | loses | legacy | tcp 22; udp 22 |" in out.stdout
+    bad = subprocess.run([*args, "--base", "no-such-ref"], cwd=repo, capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and 'git ref "no-such-ref"' in bad.stderr
