@@ -87,6 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON instead of Markdown")
     p.add_argument("--out", metavar="FILE", type=Path, help="write the plan here too")
     p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("graph", help="a picture of the mesh and of who may reach what: a "
+                       "self-contained HTML page, or SVG or Graphviz dot")
+    _mesh_args(p)
+    p.add_argument("--format", choices=("html", "svg", "dot"), default="html")
+    p.add_argument("--out", metavar="FILE", type=Path, help="write here instead of stdout")
+    p.set_defaults(func=cmd_graph)
     p = sub.add_parser("eval", help="decide JSON-line queries read from stdin")
     _mesh_args(p)
     p.set_defaults(func=cmd_eval)
@@ -378,6 +384,24 @@ def cmd_plan(args) -> int:
     if args.out:
         args.out.write_text(text)
     return result.exit_code
+
+
+def cmd_graph(args) -> int:
+    from wgmesh import graph
+
+    b = _build(args, run_tests=False)
+    if args.format == "html":
+        text = graph.page(b)
+    else:
+        g = graph.collect(b)
+        text = graph.svg(g) if args.format == "svg" else graph.dot(g)
+    if args.out:
+        args.out.write_text(text)
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    _warn(b)
+    return 0
 
 
 def cmd_eval(args) -> int:

@@ -1,0 +1,261 @@
+"""Pictures of a mesh: who is connected how, and who may reach what.
+
+``wgmesh graph`` draws from the compiled mesh, so the picture is what the hosts run: nodes
+grouped by site (nodes with no site: "internet" when they have an endpoint, "behind NAT"
+otherwise), each pair that has a peer entry drawn by its connection type (LAN, direct,
+relay, with the relay named), relays, subnet routers with their approved routes, exit nodes
+and who uses them. The HTML page adds the policy's view: which sources (users with their
+groups, tags, subnets) may reach which destinations (tags, users' devices, addresses) on which
+ports. Everything is inline (no script, font or style from the network); the SVG elements
+carry ``data-`` attributes naming what they draw.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from wgmesh.build import Build
+from wgmesh.compiler import fewer_gc_passes
+from wgmesh.intervals import merge_ranges
+from wgmesh.plan import _port_text, _principal, _routes, access
+
+COLORS = {"lan": "#2e7d32", "direct": "#1565c0", "relay": "#ef6c00"}
+NODE_W, NODE_H, GAP, PAD, HEAD = 190, 54, 16, 18, 30
+
+
+@dataclass
+class GNode:
+    name: str
+    group: str
+    label: str  # owner or tags
+    roles: list[str]
+    x: float = 0
+    y: float = 0
+
+
+@dataclass
+class Graph:
+    nodes: dict[str, GNode]
+    groups: dict[str, list[str]]  # group -> node names, in order
+    pairs: dict[tuple[str, str], tuple[str, str | None]]  # (a, b) -> connection, relay
+    exits: dict[str, list[str]] = field(default_factory=dict)  # exit node -> users
+
+
+def collect(b: Build) -> Graph:
+    comp = b.compiler
+    routes = defaultdict(list)
+    for (router, prefix), role in sorted(_routes(b).items()):
+        routes[router].append(prefix + ("" if role == "primary" else f" ({role})"))
+    exits = {comp.names[i] for i in comp.exits}
+    users = defaultdict(list)
+    nodes: dict[str, GNode] = {}
+    groups: dict[str, list[str]] = defaultdict(list)
+    for name, node in zip(comp.names, comp.nodes, strict=True):
+        group = node.site or ("internet" if node.endpoint else "behind NAT")
+        roles = []
+        if node.relay:
+            roles.append("relay")
+        if name in routes:
+            roles.append("router " + ", ".join(routes[name]))
+        if name in exits:
+            roles.append("exit node")
+        if not node.managed:
+            roles.append("device")
+        if node.use_exit_node:
+            users[node.use_exit_node].append(name)
+        label = ", ".join(node.tags) if node.tags else (node.owner or "no owner")
+        nodes[name] = GNode(name, group, label, roles)
+        groups[group].append(name)
+    pairs: dict[tuple[str, str], tuple[str, str | None]] = {}
+    with fewer_gc_passes():
+        for name in comp.names:
+            for p in comp.host(name, filters=False).peers:
+                key = (min(name, p.name), max(name, p.name))
+                if key not in pairs or (pairs[key][0] == "direct" and p.connection != "direct"):
+                    pairs[key] = (p.connection, p.relay)
+    order = sorted(groups, key=lambda g: (g in ("internet", "behind NAT"), g))
+    return Graph(nodes, {g: groups[g] for g in order}, pairs,
+                 {e: sorted(users.get(e, [])) for e in sorted(exits)})
+
+
+def _layout(g: Graph) -> tuple[float, float, float, dict[str, tuple[float, float]]]:
+    """Nodes on a ring, each site's nodes side by side with an empty slot between sites, so
+    that every pair is a chord through the middle and no line crosses a node. Returns the
+    drawing's size, the ring's radius and each group's (first, last) angle."""
+    slots = len(g.nodes) + len(g.groups)
+    # Neighbours on the ring are one chord apart: at least a box's width plus a gap.
+    radius = max(230.0, (NODE_W + GAP) / (2 * math.sin(math.pi / max(slots, 3))))
+    margin = NODE_W / 2 + PAD + 40
+    cx = cy = radius + margin
+    spans = {}
+    slot = 0
+    for group, members in g.groups.items():
+        first = None
+        for name in members:
+            angle = -math.pi / 2 + 2 * math.pi * slot / slots
+            first = angle if first is None else first
+            n = g.nodes[name]
+            n.x = cx + radius * math.cos(angle) - NODE_W / 2
+            n.y = cy + radius * math.sin(angle) - NODE_H / 2
+            slot += 1
+        spans[group] = (first, -math.pi / 2 + 2 * math.pi * (slot - 1) / slots)
+        slot += 1  # the gap between sites
+    return 2 * cx, 2 * cy + 40, radius, spans
+
+
+def _esc(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def svg(g: Graph) -> str:
+    width, height, radius, spans = _layout(g)
+    cx, cy = width / 2, (height - 40) / 2
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" '
+           f'width="{width:.0f}" height="{height:.0f}" font-family="sans-serif" '
+           'font-size="12" data-wgmesh="mesh">']
+    # Each site: a band outside the ring along its nodes, and its name beyond it.
+    band = radius + NODE_H / 2 + 14
+    for group, (a0, a1) in spans.items():
+        a0, a1 = a0 - 0.12, a1 + 0.12
+        large = 1 if a1 - a0 > math.pi else 0
+        x0, y0 = cx + band * math.cos(a0), cy + band * math.sin(a0)
+        x1, y1 = cx + band * math.cos(a1), cy + band * math.sin(a1)
+        mid = (a0 + a1) / 2
+        lx, ly = cx + (band + 22) * math.cos(mid), cy + (band + 22) * math.sin(mid)
+        anchor = "start" if math.cos(mid) > 0.3 else "end" if math.cos(mid) < -0.3 \
+            else "middle"
+        out.append(f'<g data-group="{_esc(group)}"><path d="M{x0:.1f},{y0:.1f} A{band:.1f},'
+                   f'{band:.1f} 0 {large} 1 {x1:.1f},{y1:.1f}" fill="none" stroke="#bdbdbd" '
+                   f'stroke-width="8" stroke-linecap="round"/><text x="{lx:.1f}" '
+                   f'y="{ly + 4:.1f}" text-anchor="{anchor}" font-weight="bold" '
+                   f'fill="#616161">{_esc(group)}</text></g>')
+
+    def center(name: str) -> tuple[float, float]:
+        n = g.nodes[name]
+        return n.x + NODE_W / 2, n.y + NODE_H / 2
+
+    for (a, b), (how, relay) in sorted(g.pairs.items()):
+        (x1, y1), (x2, y2) = center(a), center(b)
+        # A chord bent towards the middle of the ring: pairs of one site bend less.
+        kx, ky = (x1 + x2) / 2 * 0.45 + cx * 0.55, (y1 + y2) / 2 * 0.45 + cy * 0.55
+        dash = ' stroke-dasharray="6 4"' if how == "relay" else ""
+        title = f"{a} - {b}: {how}" + (f" via {relay}" if relay else "")
+        out.append(f'<path d="M{x1:.1f},{y1:.1f} Q{kx:.1f},{ky:.1f} {x2:.1f},{y2:.1f}" '
+                   f'fill="none" stroke="{COLORS.get(how, "#000")}" stroke-width="1.8" '
+                   f'opacity="0.8"{dash} data-pair="{_esc(a)} {_esc(b)}" '
+                   f'data-connection="{how}"'
+                   + (f' data-relay="{_esc(relay)}"' if relay else "")
+                   + f"><title>{_esc(title)}</title></path>")
+    for name, n in g.nodes.items():
+        fill = "#fff3e0" if "relay" in n.roles else "#e3f2fd" if any(
+            r.startswith("router") or r == "exit node" for r in n.roles) else "#ffffff"
+        roles = "; ".join(n.roles)
+        out.append(f'<g data-node="{_esc(name)}" data-roles="{_esc(roles)}">'
+                   f'<rect x="{n.x:.1f}" y="{n.y:.1f}" width="{NODE_W}" height="{NODE_H}" '
+                   f'rx="6" fill="{fill}" stroke="#424242"/>'
+                   f'<text x="{n.x + 8:.1f}" y="{n.y + 17:.1f}" font-weight="bold">'
+                   f'{_esc(name)}</text>'
+                   f'<text x="{n.x + 8:.1f}" y="{n.y + 32:.1f}" fill="#555">{_esc(n.label)}'
+                   f'</text><text x="{n.x + 8:.1f}" y="{n.y + 47:.1f}" fill="#b71c1c" '
+                   f'font-size="11">{_esc(_short(roles))}</text><title>{_esc(name)}: '
+                   f'{_esc(n.label)}{"; " + _esc(roles) if roles else ""}</title></g>')
+    y = height - 24
+    x = PAD
+    for how, color in COLORS.items():
+        dash = ' stroke-dasharray="6 4"' if how == "relay" else ""
+        out.append(f'<g data-legend="{how}"><line x1="{x}" y1="{y}" x2="{x + 30}" y2="{y}" '
+                   f'stroke="{color}" stroke-width="2"{dash}/><text x="{x + 36}" y="{y + 4}">'
+                   f"{how}</text></g>")
+        x += 100
+    for exit_node, users in g.exits.items():
+        out.append(f'<text x="{x}" y="{y + 4}" data-exit="{_esc(exit_node)}">exit node '
+                   f'{_esc(exit_node)}: used by {_esc(", ".join(users) or "nobody")}</text>')
+        x += 260
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def _short(text: str, limit: int = 30) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def dot(g: Graph) -> str:
+    """Graphviz: clusters per site, edges styled by connection type."""
+    out = ["graph wgmesh {", '  graph [rankdir=LR, fontname="sans-serif"];',
+           '  node [shape=box, style="rounded", fontname="sans-serif"];']
+    for i, (group, members) in enumerate(g.groups.items()):
+        out.append(f'  subgraph cluster_{i} {{ label="{group}";')
+        for name in members:
+            n = g.nodes[name]
+            extra = "\\n" + "\\n".join(n.roles) if n.roles else ""
+            out.append(f'    "{name}" [label="{name}\\n{n.label}{extra}"];')
+        out.append("  }")
+    for (a, b), (how, relay) in sorted(g.pairs.items()):
+        style = "dashed" if how == "relay" else "solid"
+        label = f"relay {relay}" if relay else how
+        out.append(f'  "{a}" -- "{b}" [color="{COLORS.get(how, "black")}", style={style}, '
+                   f'label="{label}"];')
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+def policy_matrix(b: Build) -> tuple[list[str], list[str], dict[tuple[str, str], str]]:
+    """Rows (sources), columns (destinations by tag, owner or address) and the ports in
+    each cell, from the same resolved rules as the filters."""
+    comp = b.compiler
+    as_principal = {name: _principal(b, i) for i, name in enumerate(comp.names)}
+    cells: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for src, row in access(b).items():
+        for dst, ports in row.items():
+            col = as_principal.get(dst, dst)
+            for proto, ranges in ports.items():
+                cells[(src, col)][proto] += ranges
+    text = {k: "; ".join(_port_text(p, merge_ranges(r)) for p, r in sorted(v.items()))
+            for k, v in cells.items()}
+    rows = sorted({s for s, _ in text}, key=lambda s: (s.startswith("tag:"), s))
+    cols = sorted({d for _, d in text}, key=lambda d: (not d.startswith("tag:"), d))
+    return rows, cols, text
+
+
+def page(b: Build) -> str:
+    g = collect(b)
+    rows, cols, cells = policy_matrix(b)
+    groups_of = defaultdict(list)
+    for group, members in sorted(b.policy.groups.items()):
+        for user in members:
+            groups_of[user].append(group)
+    head = "".join(f"<th data-col=\"{_esc(c)}\">{_esc(c)}</th>" for c in cols)
+    body = []
+    for r in rows:
+        label = r + (f" ({', '.join(groups_of[r])})" if groups_of.get(r) else "")
+        tds = "".join(f'<td data-cell="{_esc(r)} -> {_esc(c)}">{_esc(cells.get((r, c), ""))}'
+                      "</td>" for c in cols)
+        body.append(f'<tr><th data-row="{_esc(r)}">{_esc(label)}</th>{tds}</tr>')
+    title = f"wgmesh: {b.mesh.path}"
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 24px; color: #212121; }}
+table {{ border-collapse: collapse; margin-top: 8px; }}
+th, td {{ border: 1px solid #bdbdbd; padding: 4px 8px; font-size: 13px; text-align: left; }}
+thead th {{ background: #eeeeee; }}
+td:empty {{ background: #fafafa; }}
+</style></head>
+<body>
+<h1>{_esc(title)}</h1>
+<h2>Mesh</h2>
+<p>{len(g.nodes)} nodes, {len(g.pairs)} peer pairs. Hover a node or a line for details.</p>
+{svg(g)}
+<h2>Who may reach what</h2>
+<p>Sources (users with their groups, tags, subnets) and the destinations they may open
+connections to, with ports; pings follow any of these. Read from the same rules as the
+filters.</p>
+<table data-wgmesh="policy"><thead><tr><th>source \\ destination</th>{head}</tr></thead>
+<tbody>
+{chr(10).join(body)}
+</tbody></table>
+</body></html>
+"""
