@@ -29,6 +29,11 @@ description:
   - Refuses a bundle that routes the default route through an exit node when this run's SSH
     client is reached through the default route and is not in the management networks.
   - The private key never leaves the key file (C(wg set private-key) reads it there).
+  - On a host the policy's ssh rules name as destination, writes the sshd drop-in that lets
+    each mesh source log in only as the users the rules name (connections to the host's mesh
+    addresses only), checks it with C(sshd -t) and that sshd reads it (C(sshd -T)), then
+    reloads sshd (SIGHUP to the pid in I(sshd_pidfile)); a drop-in sshd refuses is taken
+    back with the rest of the bundle.
 options:
   bundle:
     description: The host's bundle (C(wgmesh_compile)'s C(hosts[<host>].bundle)).
@@ -72,6 +77,20 @@ options:
     description: Where the host keeps what it runs and the last good bundle.
     type: path
     default: /var/lib/wgmesh
+  sshd_config:
+    description: sshd's main configuration, which must include I(sshd_dropin) (Debian's
+      includes C(/etc/ssh/sshd_config.d/*.conf)).
+    type: path
+    default: /etc/ssh/sshd_config
+  sshd_dropin:
+    description: The file the bundle's sshd rules are written to (removed when the bundle
+      has none).
+    type: path
+    default: /etc/ssh/sshd_config.d/wgmesh.conf
+  sshd_pidfile:
+    description: The running sshd's pid file; it gets SIGHUP to read a changed drop-in.
+    type: path
+    default: /run/sshd.pid
   root:
     description:
       - Write the bundle's files (and the names block, and the bundle as the record of what
@@ -691,12 +710,55 @@ FORWARDING = {"/proc/sys/net/ipv4/ip_forward": "1",
               "/proc/sys/net/ipv6/conf/all/forwarding": "1"}
 
 
-def bundle_files(b: dict, ruleset: str) -> list[tuple[str, str | None, int]]:
+SSHD_DROPIN = "/etc/ssh/sshd_config.d/wgmesh.conf"
+
+
+def bundle_files(b: dict, ruleset: str, sshd_dropin: str = SSHD_DROPIN
+                 ) -> list[tuple[str, str | None, int]]:
     """(path, content or None for absent, mode) of every file a bundle makes."""
     return [(f"/etc/wireguard/{b['interface']}.conf", b["wg_conf"], 0o600),
             (f"/etc/wireguard/{b['hop_interface']}.conf", b["hop_conf"], 0o600),
             (ruleset, b["nftables"], 0o644),
-            (SYSCTL_PATH, b["sysctl"], 0o644)]
+            (SYSCTL_PATH, b["sysctl"], 0o644),
+            (sshd_dropin, b.get("sshd"), 0o644)]
+
+
+def sshd_binary() -> str | None:
+    return shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/sbin/sshd")
+                                         if os.path.exists(p)), None)
+
+
+def check_sshd(config: str, dropin_text: str, dropin: str) -> None:
+    """sshd accepts its configuration with the drop-in, and reads the drop-in: a connection
+    to the host's mesh address gets the drop-in's AllowUsers or DenyUsers."""
+    sshd = sshd_binary()
+    if sshd is None:
+        raise ApplyError("the policy's ssh rules name this host, but sshd is not installed")
+    done = subprocess.run([sshd, "-t", "-f", config], capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0:
+        raise ApplyError(f"sshd refuses its configuration with {dropin}: "
+                         f"{(done.stderr + done.stdout).strip()[:300]}")
+    found = re.search(r"^Match LocalAddress ([0-9.]+),", dropin_text, re.M)
+    if found is None:
+        raise ApplyError(f"the bundle's sshd rules for {dropin} have no mesh address")
+    done = subprocess.run([sshd, "-T", "-f", config, "-C",
+                           f"user=wgmesh-check,host=wgmesh-check,addr=192.0.2.1,"
+                           f"laddr={found.group(1)}"], capture_output=True, text=True,
+                          check=False)
+    if done.returncode != 0 or not re.search(r"^(allowusers|denyusers) ", done.stdout, re.M):
+        raise ApplyError(f"sshd does not read {dropin}: add 'Include "
+                         f"{os.path.dirname(dropin)}/*.conf' at the top of {config}")
+
+
+def reload_sshd(pidfile: str) -> str:
+    """SIGHUP to the running sshd (it re-reads its configuration; open sessions stay)."""
+    try:
+        pid = int((read(pidfile) or "").strip())
+        os.kill(pid, signal.SIGHUP)
+    except (ValueError, ProcessLookupError):
+        return f"sshd is not running ({pidfile}): it reads the drop-in when it starts"
+    return "reload sshd"
 
 
 class Host:
@@ -706,6 +768,8 @@ class Host:
         p = module.params
         self.module, self.run = module, Runner(module)
         self.key_file, self.ruleset = p["key_file"], p["ruleset_path"]
+        self.sshd_config, self.sshd_dropin = p["sshd_config"], p["sshd_dropin"]
+        self.sshd_pidfile = p["sshd_pidfile"]
         self.hosts_file, self.state_dir = p["hosts_file"], p["state_dir"]
         service = p["service"]
         if service == "auto":
@@ -715,7 +779,7 @@ class Host:
         self.diff_after: list[str] = []
 
     def files(self, b: dict) -> list[tuple[str, str | None, int]]:
-        return bundle_files(b, self.ruleset)
+        return bundle_files(b, self.ruleset, self.sshd_dropin)
 
     def state(self) -> dict:
         text = read(os.path.join(self.state_dir, "state.json"))
@@ -742,14 +806,20 @@ class Host:
         """Compare the host with bundle ``b`` and repair every difference."""
         run, actions = self.run, []
         state = self.state()
+        sshd_changed = False
         for path, text, mode in self.files(b):
             old = read(path)
             if old != text:
                 actions.append(f"{'write' if text is not None else 'remove'} {path}")
                 self.diff_before.append(f"--- {path}\n{old or ''}")
                 self.diff_after.append(f"+++ {path}\n{text or ''}")
+                sshd_changed |= path == self.sshd_dropin
                 if not check_mode:
                     write_atomic(path, text, mode)
+        if sshd_changed and not check_mode:
+            if b.get("sshd"):
+                check_sshd(self.sshd_config, b["sshd"], self.sshd_dropin)
+            actions.append(reload_sshd(self.sshd_pidfile))
         live = live_table(run)
         if state.get("hash") == b["hash"] and isinstance(state.get("table"), str):
             drift = table_drift(state["table"], live)
@@ -801,6 +871,11 @@ class Host:
             if not check_mode:
                 run("nft", "delete", "table", *TABLE)
         forwarded = os.path.exists(SYSCTL_PATH)
+        if os.path.exists(self.sshd_dropin):
+            actions.append(f"remove {self.sshd_dropin}")
+            if not check_mode:
+                os.unlink(self.sshd_dropin)
+                actions.append(reload_sshd(self.sshd_pidfile))
         for path in (f"/etc/wireguard/{interface}.conf", f"/etc/wireguard/{hop_interface}.conf",
                      self.ruleset, SYSCTL_PATH, *([] if keep_key else [self.key_file]),
                      *(os.path.join(self.state_dir, f)
@@ -891,6 +966,8 @@ def check_bundle(b: dict) -> None:
     for key in ("wg_conf", "nftables", "hosts_block"):
         if not isinstance(b.get(key), str):
             raise ApplyError(f"the bundle has no {key}")
+    if b.get("sshd") is not None and not isinstance(b["sshd"], str):
+        raise ApplyError("the bundle's sshd rules are not text")
     # The bundle's hash covers its content: a bundle changed on the way is refused.
     body = {k: v for k, v in b.items() if k not in ("hash", "commit")}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
@@ -915,6 +992,9 @@ def main() -> None:
             "ruleset_path": {"type": "path", "default": "/etc/wgmesh/nftables.nft"},
             "hosts_file": {"type": "path", "default": "/etc/hosts"},
             "state_dir": {"type": "path", "default": "/var/lib/wgmesh"},
+            "sshd_config": {"type": "path", "default": "/etc/ssh/sshd_config"},
+            "sshd_dropin": {"type": "path", "default": SSHD_DROPIN},
+            "sshd_pidfile": {"type": "path", "default": "/run/sshd.pid"},
             "root": {"type": "path"},
         },
         required_if=[("state", "present", ["bundle"])],

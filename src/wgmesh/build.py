@@ -23,7 +23,7 @@ from wgmesh.evaluate import Endpoint, Evaluator
 from wgmesh.lock import Allocation, Lock
 from wgmesh.mesh import Mesh, load_mesh
 from wgmesh.mesh import resolve_path as resolve_mesh_path
-from wgmesh.policy import PROTOCOLS, Policy, PolicyTest, load_policy, split_hostport
+from wgmesh.policy import PROTOCOLS, Policy, PolicyTest, SshTest, load_policy, split_hostport
 from wgmesh.selectors import Kind, Selector
 from wgmesh.yamlsource import YamlSource
 
@@ -104,7 +104,7 @@ def build(inventory: str | Path, policy: str | Path | None = None, *,
         alloc = lock.allocate(mesh)
     comp = Compiler(mesh, pol, alloc, today)
     result = Build(mesh, pol, lock, alloc, comp)
-    if run_tests and pol.tests:
+    if run_tests and (pol.tests or pol.ssh_tests):
         digest = _input_digest(mesh, pol, lock, today or dt.date.today())
         if not _passed_before(digest):
             failures = policy_test_failures(result)
@@ -202,6 +202,7 @@ def _run_test(b: Build, test: PolicyTest) -> list[str]:
                         failed.append(f"{who} -> {to}:{port} is "
                                       f"{'denied' if expect else 'allowed'}"
                                       + (f" (by {verdict.rule})" if verdict.rule else "")
+                                      + (f" ({verdict.note})" if verdict.note else "")
                                       + f", expected {'accept' if expect else 'deny'}")
     return failed
 
@@ -215,6 +216,15 @@ def _unknown_destinations(b: Build) -> list[Problem]:
     """Test destinations that name no node, host alias or address: a deny test against a
     misspelt name would otherwise pass without testing anything."""
     problems = []
+    for test in b.policy.ssh_tests:
+        for j, dst in enumerate(test.dst):
+            if (dst.startswith(("tag:", "autogroup:")) or "@" in dst or dst in b.mesh.nodes):
+                continue
+            origin = f"{test.origin}.dst[{j}]"
+            line, col = _test_position(b, origin)
+            problems.append(Problem(str(b.policy.path), line, col, origin,
+                                    f'ssh test destination "{dst}": no node "{dst}"',
+                                    did_you_mean(dst, b.mesh.nodes)))
     for test in b.policy.tests:
         for key, dests in (("accept", test.accept), ("deny", test.deny)):
             for j, dest in enumerate(dests):
@@ -236,12 +246,53 @@ def policy_test_failures(b: Build) -> list[Problem]:
     if unknown:
         raise InputError(unknown)
     problems = []
-    for test in b.policy.tests:
-        for message in _run_test(b, test):
+    for test in [*b.policy.tests, *b.policy.ssh_tests]:
+        run = _run_test if isinstance(test, PolicyTest) else _run_ssh_test
+        for message in run(b, test):
             line, col = _test_position(b, test.origin)
             problems.append(Problem(str(b.policy.path), line, col, test.origin,
                                     f"test failed: {message}"))
     return problems
+
+
+def _ssh_test_destinations(b: Build, dst: str, src: Endpoint) -> list[Endpoint]:
+    comp = b.compiler
+    if dst in comp.index:
+        return [comp.endpoint_of(dst)]
+    if dst == "autogroup:self":
+        mine = comp.user_mask.get(src.user or "", 0) if not src.tags else 0
+        return [comp.endpoint_of(comp.names[i]) for i in range(len(comp.names)) if mine >> i & 1]
+    if dst.startswith("tag:"):
+        sel = Selector(Kind.TAG, dst, dst)
+    elif dst in ("autogroup:member", "autogroup:tagged"):
+        sel = Selector(Kind.MEMBER if dst.endswith("member") else Kind.TAGGED, dst)
+    else:
+        sel = Selector(Kind.USER, dst, dst)
+    mask = comp.masks(sel)[4]
+    return [comp.endpoint_of(comp.names[i]) for i in range(len(comp.names)) if mask >> i & 1]
+
+
+def _run_ssh_test(b: Build, test: SshTest) -> list[str]:
+    """Every login of accept (deny) must be allowed (refused) from every device of src to
+    every node of dst, by the ssh rules alone (as Tailscale's sshTests; the network rule for
+    port 22 is the `tests` section's business)."""
+    ev = b.evaluator
+    failed = []
+    for src in _endpoints(b, test.src):
+        for dst_text in test.dst:
+            for dst in _ssh_test_destinations(b, dst_text, src):
+                if dst.node is not None and dst.node == src.node:
+                    continue
+                logins, nonroot = ev.ssh_logins(src, dst)
+                who = src.node or src.user or ",".join(sorted(src.tags))
+                for expect, users in ((True, test.accept), (False, test.deny)):
+                    for user in users:
+                        allowed = user in logins or (nonroot and user != "root")
+                        if allowed != expect:
+                            failed.append(f"{who} {'cannot' if expect else 'can'} log in to "
+                                          f"{dst.node} as {user}, expected "
+                                          f"{'accept' if expect else 'deny'}")
+    return failed
 
 
 def _pin_reported(lock: Lock, mesh: Mesh, keys: dict[str, str | None],

@@ -188,7 +188,8 @@ def cmd_check(args) -> int:
         print(f"error: {b.lock.path} is out of date (run: wgmesh lock)", file=sys.stderr)
         return 1
     print(f"ok: {len(b.compiler.names)} nodes, {len(b.policy.rules)} rules, "
-          f"{len(b.policy.tests)} policy tests passed")
+          f"{len(b.policy.tests)} policy tests passed"
+          + (f", {len(b.policy.ssh_tests)} ssh tests passed" if b.policy.ssh_tests else ""))
     return 0
 
 
@@ -196,12 +197,13 @@ def cmd_test(args) -> int:
     b = _build(args, run_tests=False)
     failures = policy_test_failures(b)
     failed = {p.path for p in failures}
-    for t in b.policy.tests:
+    tests = [*b.policy.tests, *b.policy.ssh_tests]
+    for t in tests:
         print(f"{'FAIL' if t.origin in failed else 'ok  '} {t.origin} (line {t.line}) "
               f"src {t.src}")
     for p in failures:
         print(f"error: {p}", file=sys.stderr)
-    print(f"{len(b.policy.tests) - len(failed)} passed, {len(failed)} failed")
+    print(f"{len(tests) - len(failed)} passed, {len(failed)} failed")
     return 1 if failures else 0
 
 
@@ -454,6 +456,8 @@ def _decide(b, ev, src, dst, named: tuple[bool, bool], proto_name: str, port) ->
     out = {"src": _who(src), "dst": _who(dst), "allow": verdict.allow, "rule": verdict.rule}
     if verdict.rule:
         out["line"] = verdict.line
+    if verdict.note:
+        out["note"] = verdict.note
     return out
 
 

@@ -20,9 +20,25 @@ from dataclasses import dataclass, field
 
 from wgmesh import limits
 from wgmesh.errors import InputError, Problem
-from wgmesh.filters import FilterSets, RuleData, disjoint_sets, forward, new_boxes
+from wgmesh.filters import (
+    FilterSets,
+    RuleData,
+    disjoint_sets,
+    forward,
+    new_boxes,
+    restrict_port,
+)
 from wgmesh.grammar import endpoint as parse_endpoint
-from wgmesh.intervals import FAMILIES, Box, bits, clip, in_ranges, merge_ranges, subtract
+from wgmesh.intervals import (
+    EVERYTHING,
+    FAMILIES,
+    Box,
+    bits,
+    clip,
+    in_ranges,
+    merge_ranges,
+    subtract,
+)
 from wgmesh.lock import Allocation
 from wgmesh.mesh import Mesh, Node
 from wgmesh.policy import Policy
@@ -82,6 +98,8 @@ class HostOutput:
     snat: bool = False  # masquerade what leaves the mesh (exit nodes; routers by default)
     uses_exit_node: str | None = None  # the exit node this host sends its internet traffic to
     unreachable: tuple[str, ...] = ()  # nodes policy relates it to that it can never reach
+    # SSH-managed: who may log in over the mesh, as (node, IPv4, IPv6, logins, any non-root)
+    ssh: list[tuple[str, str, str, tuple[str, ...], bool]] | None = None
 
 
 class Compiler(Resolution):
@@ -194,7 +212,14 @@ class Compiler(Resolution):
         sets = {**self.filter_sets.direction("in", tuple(in_sig)),
                 **self.filter_sets.direction("out", tuple(out_sig)),
                 **disjoint_sets(fwd)} if filters else {}
-        sets = dict(sorted(sets.items()))
+        ssh = None
+        if self.policy.ssh and filters:
+            self._restrict_ssh(h, sets)
+        if self.ssh_hosts & bit and node.managed:
+            ssh = [(self.names[s], str(self.alloc[self.names[s]].ipv4),
+                    str(self.alloc[self.names[s]].ipv6), *self.ssh_logins(h, s))
+                   for s in bits(self.ssh_sources(h))]
+        sets = dict(sorted((k, v) for k, v in sets.items() if v))
         elements = sum(map(len, sets.values()))
         if elements > limits.MAX_HOST_ELEMENTS:
             raise InputError([Problem(
@@ -244,7 +269,25 @@ class Compiler(Resolution):
                           is_exit, bool(routes) or is_exit or bool(clients), names, mtu, hop,
                           snat=is_exit or (bool(routes) and node.route_snat),
                           uses_exit_node=node.use_exit_node if exit_idx is not None else None,
-                          unreachable=tuple(unreachable))
+                          unreachable=tuple(unreachable), ssh=ssh)
+
+    def _restrict_ssh(self, h: int, sets: dict) -> None:
+        """SSH over the mesh needs a network rule and an ssh rule, at both ends: on an
+        SSH-managed host, port 22 admits only the sources ssh rules name; on every host,
+        port 22 of SSH-managed hosts that do not let it in is taken out of what it sends."""
+        bit, port = 1 << h, self.SSH_PORT
+        if self.ssh_hosts & bit:
+            allowed = self.node_ranges(self.ssh_sources(h))
+            for f in FAMILIES:
+                if sets.get(f"in{f}"):
+                    sets[f"in{f}"] = restrict_port(sets[f"in{f}"], 6, port, allowed[f == 6])
+        closed = self.ssh_hosts & ~self.ssh_targets(h) & ~bit
+        if closed:
+            ranges = self.node_ranges(closed)
+            for f in FAMILIES:
+                if sets.get(f"out{f}"):
+                    sets[f"out{f}"] = restrict_port(sets[f"out{f}"], 6, port,
+                                                    subtract(EVERYTHING[f], ranges[f == 6]))
 
     def _unreachable(self, a: str, b: str) -> None:
         """A pair policy relates that can never connect gets no peer entry (warned once)."""

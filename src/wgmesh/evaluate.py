@@ -34,6 +34,7 @@ class Verdict:
     allow: bool
     rule: str | None = None
     line: int = 0
+    note: str = ""  # why a packet a network rule allows is refused anyway
 
 
 class Evaluator:
@@ -71,6 +72,55 @@ class Evaluator:
         return self._identity_or_prefix(sel, ep)
 
     def check(self, src: Endpoint, dst: Endpoint, proto: int, port: int | None) -> Verdict:
+        verdict = self._network(src, dst, proto, port)
+        if (verdict.allow and proto == 6 and port == self.res.SSH_PORT
+                and dst.node is not None
+                and self.res.ssh_hosts >> self.res.index[dst.node] & 1
+                and self.ssh_rule(src, dst) is None):
+            return Verdict(False, note=f"{verdict.rule} allows it, but {dst.node} is "
+                           "SSH-managed: port 22 needs an ssh rule too")
+        return verdict
+
+    def ssh_rule(self, src: Endpoint, dst: Endpoint) -> str | None:
+        """The first ssh rule that lets node ``src`` log in to node ``dst``, read from the
+        selectors (not the compiler's masks)."""
+        if src.node is None or dst.node is None or src.node == dst.node:
+            return None
+        for r in self.res.policy.ssh:
+            if any(self.src_matches(s, src) for s in r.src) and any(
+                    self._ssh_dst(d, dst, src) for d in r.dst):
+                return r.origin
+        return None
+
+    def ssh_logins(self, src: Endpoint, dst: Endpoint) -> tuple[set[str], bool]:
+        """The logins src may use on dst, and whether every non-root one is allowed, read
+        from the rules' selectors; for a node or an identity with no device."""
+        logins: set[str] = set()
+        nonroot = False
+        for r in self.res.policy.ssh:
+            if not (any(self.src_matches(s, src) for s in r.src)
+                    and any(self._ssh_dst(d, dst, src) for d in r.dst)):
+                continue
+            for user in r.users:
+                if user == "autogroup:nonroot":
+                    nonroot = True
+                elif user.startswith("localpart:*@"):
+                    local, _, domain = (src.user or "").partition("@")
+                    if not src.tags and domain == user.removeprefix("localpart:*@"):
+                        logins.add(local)
+                else:
+                    logins.add(user)
+        return logins, nonroot
+
+    def _ssh_dst(self, sel: Selector, dst: Endpoint, src: Endpoint) -> bool:
+        if sel.kind is Kind.SELF:
+            return (not dst.tags and not src.tags and src.user is not None
+                    and dst.user == src.user)
+        if sel.kind is Kind.USER:
+            return not dst.tags and dst.user == sel.name
+        return sel.matches_identity(dst.user, dst.tags, self.groups)
+
+    def _network(self, src: Endpoint, dst: Endpoint, proto: int, port: int | None) -> Verdict:
         if (src.addr is not None and dst.addr is not None
                 and src.addr.version != dst.addr.version):
             return Verdict(False)

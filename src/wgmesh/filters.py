@@ -12,7 +12,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from wgmesh.intervals import FAMILIES, Box, Grouped, disjoint_grouped
+from wgmesh.intervals import FAMILIES, Box, Grouped, clip, disjoint, disjoint_grouped
 from wgmesh.policy import Rule
 from wgmesh.selectors import Kind
 
@@ -65,6 +65,27 @@ def forward(boxes: dict[str, Grouped], rd: RuleData, f: int, srcs, dsts) -> None
     """Elements of the ``fwd`` sets (source, destination) of a router or exit node."""
     for d in dsts:
         add_rule(boxes, f"fwd{f}", (d,), srcs, rd)
+
+
+def restrict_port(boxes: tuple[Box, ...], proto: int, port: int,
+                  allowed: list[tuple[int, int]]) -> tuple[Box, ...]:
+    """Boxes (address, protocol, port) in which ``proto``/``port`` keeps only the addresses
+    in ``allowed``; every other protocol and port is left as it was."""
+    out: list[Box] = []
+    for addr, protos, ports in boxes:
+        if not (protos[0] <= proto <= protos[1] and ports[0] <= port <= ports[1]):
+            out.append((addr, protos, ports))
+            continue
+        if protos[0] < proto:
+            out.append((addr, (protos[0], proto - 1), ports))
+        if proto < protos[1]:
+            out.append((addr, (proto + 1, protos[1]), ports))
+        if ports[0] < port:
+            out.append((addr, (proto, proto), (ports[0], port - 1)))
+        if port < ports[1]:
+            out.append((addr, (proto, proto), (port + 1, ports[1])))
+        out += [(r, (proto, proto), (port, port)) for r in clip([addr], allowed)]
+    return tuple(disjoint(out))
 
 
 def new_boxes() -> dict[str, Grouped]:

@@ -201,7 +201,7 @@ def _test_outcomes(b: Build) -> dict[str, str]:
     for p in policy_test_failures(b):
         failed[p.path].append(p.message)
     return {t.origin: "; ".join(failed[t.origin]) if failed.get(t.origin) else "pass"
-            for t in b.policy.tests}
+            for t in [*b.policy.tests, *b.policy.ssh_tests]}
 
 
 def _routes(b: Build) -> dict[tuple[str, str], str]:

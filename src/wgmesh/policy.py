@@ -59,6 +59,30 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class SshRule:
+    """One ssh rule: who (src) may log in to which nodes (dst) as which local users."""
+
+    origin: str  # "ssh[0]"
+    line: int
+    src: tuple[Selector, ...]
+    dst: tuple[Selector, ...]
+    users: tuple[str, ...]  # logins, "autogroup:nonroot", "localpart:*@domain"
+
+
+@dataclass(frozen=True)
+class SshTest:
+    """An sshTests entry: src may (accept) or may not (deny) log in as these users on every
+    node of dst."""
+
+    origin: str  # "sshTests[0]"
+    line: int
+    src: Selector
+    dst: tuple[str, ...]  # node names, tags, users, autogroup:self/member/tagged
+    accept: tuple[str, ...]
+    deny: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class PolicyTest:
     origin: str
     line: int
@@ -80,8 +104,9 @@ class Policy:
     allow_all: bool = False
     auto_routes: list[tuple[IPNet, tuple[Selector, ...]]] = field(default_factory=list)
     auto_exit: tuple[Selector, ...] = ()
-    ssh: list[dict[str, Any]] = field(default_factory=list)
+    ssh: list[SshRule] = field(default_factory=list)
     tests: list[PolicyTest] = field(default_factory=list)
+    ssh_tests: list[SshTest] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     doc: hujson.Document | None = None
 
@@ -172,7 +197,7 @@ class _Validator:
         for key in data:
             if key not in TOP_KEYS:
                 self.err((key,), f'unknown field "{key}"', did_you_mean(key, TOP_KEYS))
-        for key in ("sshTests", "nodeAttrs"):
+        for key in ("nodeAttrs",):
             if key in data:
                 self.err((key,), f'"{key}" is not supported by wgmesh',
                          "remove it; see docs/policy.md for what a static mesh supports")
@@ -199,6 +224,7 @@ class _Validator:
         self.auto_approvers(data.get("autoApprovers", {}))
         self.ssh(data.get("ssh", []))
         self.tests(data.get("tests", []))
+        self.ssh_tests(data.get("sshTests", []))
         if self.problems:
             raise InputError(self.problems)
         return self.policy
@@ -609,8 +635,9 @@ class _Validator:
                                                                        "exitNode"))
 
     def ssh(self, value: Any) -> None:
-        """Validated now, compiled by a later version (see docs/policy.md)."""
+        """The ssh rules, as Tailscale validates them; "check" needs a coordination server."""
         for i, rule in enumerate(self._list(value, ("ssh",))):
+            errors = len(self.problems)
             path = ("ssh", i)
             if not isinstance(rule, dict):
                 self.err(path, "an ssh rule is an object")
@@ -623,6 +650,10 @@ class _Validator:
             elif not isinstance(action, str) or action.strip() not in ("accept", "check"):
                 self.err((*path, "action"), f'"{action}" is not a valid action',
                          'use "accept" or "check"')
+            elif action.strip() == "check":
+                self.err((*path, "action"), 'action "check" makes the user sign in again '
+                         "through a coordination server, and wgmesh has none",
+                         'use "accept": sshd still asks for the user\'s own key')
             users = rule.get("users")
             if not users:
                 self.err(path, "users must be specified", 'e.g. "users": ["root", "ubuntu"]')
@@ -635,6 +666,7 @@ class _Validator:
             srcs = [sel for j, s in enumerate(self._list(rule.get("src", []), (*path, "src")))
                     if (sel := self.selector(s, (*path, "src", j), "src"))]
             tagged = any(s.kind in (Kind.TAG, Kind.TAGGED) for s in srcs)
+            dsts = []
             for j, d in enumerate(self._list(rule.get("dst", []), (*path, "dst"))):
                 dpath = (*path, "dst", j)
                 if d == "*" or (isinstance(d, str) and d in self.policy.hosts):
@@ -642,6 +674,7 @@ class _Validator:
                              "ssh dst is a tag, a user, autogroup:self/member/tagged")
                 elif sel := self.selector(d, dpath, "dst"):
                     self._ssh_dst_kind(sel, dpath, srcs, tagged)
+                    dsts.append(sel)
             # Tailscale reads null as absent for these two.
             if rule.get("checkPeriod") is not None:
                 self._check_period(rule, path)
@@ -650,7 +683,9 @@ class _Validator:
                                                (*path, "acceptEnv"))):
                 if not isinstance(env, str) or not env:
                     self.err((*path, "acceptEnv", j), "acceptEnv values cannot be empty")
-            self.policy.ssh.append(rule)
+            if len(self.problems) == errors:
+                self.policy.ssh.append(SshRule(f"ssh[{i}]", self.doc.where(path)[0],
+                                               tuple(srcs), tuple(dsts), tuple(users)))
 
     def _ssh_dst_kind(self, d: Selector, path: tuple, srcs: list[Selector],
                       tagged: bool) -> None:
@@ -685,6 +720,53 @@ class _Validator:
                        for n, _, u in re.findall(r"([0-9]+(\.[0-9]+)?)(ns|us|µs|ms|s|m|h)", period))
             if secs > 168 * 3600:
                 self.err(ppath, f'checkPeriod "{period}" is above the max (168h)')
+
+    def ssh_tests(self, value: Any) -> None:
+        """sshTests: which users a source may log in as on destinations (Tailscale's form;
+        "check" lists need check rules, which wgmesh refuses)."""
+        for i, test in enumerate(self._list(value, ("sshTests",))):
+            path = ("sshTests", i)
+            if not isinstance(test, dict):
+                self.err(path, "an ssh test is an object with src, dst and accept and/or deny")
+                continue
+            self._fields(test, path, {"src", "dst", "accept", "check", "deny"}, {"src", "dst"})
+            src = test.get("src")
+            if not isinstance(src, str):
+                self.err((*path, "src"), "an ssh test's src is one selector (text)")
+                continue
+            sel = self.selector(src, (*path, "src"), "src")
+            dsts = []
+            for j, d in enumerate(self._list(test.get("dst", []), (*path, "dst"))):
+                dpath = (*path, "dst", j)
+                if not isinstance(d, str) or not d:
+                    self.err(dpath, f"ssh test dst {d!r} is not a node or selector")
+                elif d.startswith("tag:") and ":" in d[4:]:
+                    self.err(dpath, f'SSH tests dst contains unknown tag "{d}"',
+                             "name a tag without a port")
+                elif d in ("autogroup:self", "autogroup:member", "autogroup:tagged") or \
+                        grammar.matches(grammar.NODE_NAME, d) or (
+                        d.startswith("tag:") and self.selector(d, dpath, "dst")) or \
+                        grammar.matches(grammar.USER, d):
+                    dsts.append(d)
+                elif not d.startswith("tag:"):
+                    self.err(dpath, f'ssh test dst "{d}": disallowed element',
+                             "a node name, a tag, a user or autogroup:self/member/tagged")
+            if test.get("check"):
+                self.err((*path, "check"), "check users need a check rule, and wgmesh has no "
+                         'action "check"', "test them under accept")
+            lists = {}
+            for key in ("accept", "deny"):
+                users = list(self._list(test.get(key, []), (*path, key)))
+                for j, u in enumerate(users):
+                    if not isinstance(u, str) or not grammar.matches(grammar.LOGIN, u):
+                        self.err((*path, key, j), f'user "{u}" is not valid', "name a login")
+                lists[key] = tuple(u for u in users if isinstance(u, str))
+            if not lists["accept"] and not lists["deny"] and not test.get("check"):
+                self.err(path, "an ssh test needs accept or deny")
+            if sel is not None:
+                self.policy.ssh_tests.append(SshTest(
+                    f"sshTests[{i}]", self.doc.where(path)[0], sel, tuple(dsts),
+                    lists["accept"], lists["deny"]))
 
     def tests(self, value: Any) -> None:
         for i, test in enumerate(self._list(value, ("tests",))):

@@ -468,6 +468,41 @@ SYSCTL_FORWARDING = ("# wgmesh: this host forwards for a subnet route or as exit
                      "net.ipv4.ip_forward = 1\nnet.ipv6.conf.all.forwarding = 1\n")
 
 
+def sshd_dropin(host: HostOutput) -> str | None:
+    """The sshd configuration of an SSH-managed host: over the mesh (connections to its mesh
+    addresses), each source node may log in only as the users the ssh rules name. Other
+    connections, the management path among them, do not match and are not affected."""
+    if host.ssh is None:
+        return None
+    clean(host.name, str(host.ipv4), str(host.ipv6))
+    me = f"{host.ipv4},{host.ipv6}"
+    allow, deny = [], []
+    for name, v4, v6, logins, nonroot in host.ssh:
+        clean(name, v4, v6)
+        for login in logins:
+            if not grammar.matches(grammar.LOGIN, login):
+                raise RenderError(f"refusing to render the login {login!r}")
+        for addr in (v4, v6):
+            if nonroot:
+                allow.append(f"*@{addr}")
+                if "root" not in logins:
+                    deny.append(f"root@{addr}")
+            else:
+                allow += [f"{user}@{addr}" for user in logins]
+    lines = [f"# wgmesh: who may log in to {host.name} over the mesh, as whom (the policy's "
+             "ssh rules).",
+             "# Generated; holds no secret. Only connections to this host's mesh addresses "
+             "match:",
+             "# every other connection (the management path) is not affected.",
+             f"Match LocalAddress {me}"]
+    if allow:
+        lines.append(f"    AllowUsers {' '.join(allow)}")
+    if deny or not allow:
+        lines.append(f"    DenyUsers {' '.join(deny) if allow else '*'}")
+    lines.append("Match all")
+    return "\n".join(lines) + "\n"
+
+
 def bundle(host: HostOutput, net: Network, public_key: str | None,
            commit: str | None = None) -> dict[str, Any]:
     if public_key:
@@ -483,6 +518,7 @@ def bundle(host: HostOutput, net: Network, public_key: str | None,
         "nftables": nftables(host, net),
         "hosts_block": hosts_block(host),
         "sysctl": SYSCTL_FORWARDING if host.forwarding else None,
+        "sshd": sshd_dropin(host),
         "uses_exit_node": host.uses_exit_node,
         "management_networks": ([str(n) for n in net.management_networks]
                                 if host.uses_exit_node else []),

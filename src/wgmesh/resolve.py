@@ -14,6 +14,7 @@ import functools
 import ipaddress
 from collections import defaultdict
 
+from wgmesh import grammar
 from wgmesh.errors import Problem
 from wgmesh.evaluate import Endpoint
 from wgmesh.filters import RuleData
@@ -375,6 +376,90 @@ class Resolution:
                 self.exit_blocked.add(i)
                 self._warnings.append(f"{node.name}: policy does not grant it "
                                      f'autogroup:internet, so it does not use exit node "{target}"')
+
+    # SSH -----------------------------------------------------------------------------
+    # A node named as destination by an ssh rule is SSH-managed: over the mesh, TCP port 22
+    # reaches it only from sources an ssh rule lets in (and a network rule allows), and its
+    # sshd lets each source log in only as the users the rules name.
+    SSH_PORT = 22
+
+    @functools.cached_property
+    def _ssh(self) -> list[tuple[int, int, bool]]:
+        """Each ssh rule as (source mask, destination mask, autogroup:self among dst)."""
+        out = []
+        for r in self.policy.ssh:
+            src = 0
+            for sel in r.src:
+                m = self.masks(sel)
+                src |= m[4] | m[6]
+            dst, self_dst = 0, False
+            for sel in r.dst:
+                if sel.kind is Kind.SELF:
+                    self_dst = True
+                elif sel.kind is Kind.USER:
+                    dst |= self.user_mask.get(sel.name, 0)
+                else:
+                    dst |= self._identity_mask(sel)
+            out.append((src, dst, self_dst))
+        return out
+
+    def _self_targets(self, src: int) -> int:
+        """autogroup:self for these sources: the untagged nodes of the users among them."""
+        return sum(m for m in self.user_mask.values() if m & src)  # disjoint per user
+
+    @functools.cached_property
+    def ssh_hosts(self) -> int:
+        """The SSH-managed nodes (devices Ansible does not manage run no sshd of ours)."""
+        mask = 0
+        for src, dst, self_dst in self._ssh:
+            mask |= dst | (self._self_targets(src) if self_dst else 0)
+        return mask & ~sum(1 << i for i, n in enumerate(self.nodes) if not n.managed)
+
+    def ssh_sources(self, h: int) -> int:
+        """Nodes an ssh rule lets log in to node h."""
+        bit, out = 1 << h, 0
+        node = self.nodes[h]
+        mine = self.user_mask.get(node.owner, 0) if node.owner and not node.tagged else 0
+        for src, dst, self_dst in self._ssh:
+            if dst & bit:
+                out |= src
+            if self_dst and mine & bit:
+                out |= src & mine
+        return out & ~bit
+
+    def ssh_targets(self, s: int) -> int:
+        """SSH-managed nodes that let node s log in."""
+        bit, out = 1 << s, 0
+        node = self.nodes[s]
+        mine = self.user_mask.get(node.owner, 0) if node.owner and not node.tagged else 0
+        for src, dst, self_dst in self._ssh:
+            if src & bit:
+                out |= dst | (mine if self_dst else 0)
+        return out & self.ssh_hosts & ~bit
+
+    def ssh_logins(self, h: int, s: int) -> tuple[tuple[str, ...], bool]:
+        """The logins node s may use on node h, and whether any non-root login is allowed
+        (autogroup:nonroot): the union over the rules that let s in."""
+        hb, sb = 1 << h, 1 << s
+        node, src_node = self.nodes[h], self.nodes[s]
+        mine = self.user_mask.get(node.owner, 0) if node.owner and not node.tagged else 0
+        logins: set[str] = set()
+        nonroot = False
+        for rule, (src, dst, self_dst) in zip(self.policy.ssh, self._ssh, strict=True):
+            if not (src & sb and (dst & hb or (self_dst and mine & hb and mine & sb))):
+                continue
+            for user in rule.users:
+                if user == "autogroup:nonroot":
+                    nonroot = True
+                elif user.startswith("localpart:*@"):
+                    owner = src_node.owner if not src_node.tagged else None
+                    local, _, domain = (owner or "").partition("@")
+                    if owner and domain == user.removeprefix("localpart:*@") \
+                            and grammar.matches(grammar.LOGIN, local):
+                        logins.add(local)
+                else:
+                    logins.add(user)
+        return tuple(sorted(logins)), nonroot
 
     @functools.cached_property
     def _rules_naming(self) -> dict[int, list[int]]:

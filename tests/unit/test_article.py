@@ -76,4 +76,10 @@ def test_q4_carol_ssh_to_prod_web_needs_a_network_rule_and_an_ssh_rule(tmp_path,
     assert allowed(b, "carol-laptop", "web1", port=22)
     assert not allowed(b, "carol-laptop", "web1", port=443)
     assert "web1" in peers(b, "carol-laptop")
-    assert len(b.policy.ssh) == 2
+    assert len(b.policy.ssh) == 3
+    # The network rule alone does not open port 22 of an SSH-managed host.
+    network_only = changed.replace('    {"action": "accept", "src": ["carol@example.com"], '
+                                   '"dst": ["tag:prod-web"], "users": ["ubuntu"]},', "")
+    (tmp_path / "n").mkdir()
+    assert not allowed(make(tmp_path / "n", NODES, network_only), "carol-laptop", "web1",
+                       port=22)
