@@ -29,6 +29,11 @@ description:
   - Refuses a bundle that routes the default route through an exit node when this run's SSH
     client is reached through the default route and is not in the management networks.
   - The private key never leaves the key file (C(wg set private-key) reads it there).
+  - Split DNS (C(network.split_dns) in mesh.yml) - per-link DNS on the mesh interface
+    where systemd-resolved runs, else a dnsmasq of its own on 127.0.0.153 that answers the
+    split domains from their nameservers and everything else from the resolvers
+    C(/etc/resolv.conf) named before (kept in C(/etc/wgmesh)); C(/etc/resolv.conf) is restored
+    when the bundle has no split DNS any more.
   - On a host the policy's ssh rules name as destination, writes the sshd drop-in that lets
     each mesh source log in only as the users the rules name (connections to the host's mesh
     addresses only), checks it with C(sshd -t) and that sshd reads it (C(sshd -T)), then
@@ -751,6 +756,143 @@ def check_sshd(config: str, dropin_text: str, dropin: str) -> None:
                          f"{os.path.dirname(dropin)}/*.conf' at the top of {config}")
 
 
+# Split DNS without systemd-resolved: a dnsmasq of our own on a loopback address answers the
+# split domains from their nameservers and everything else from the resolvers the host had.
+DNSMASQ_ADDRESS = "127.0.0.153"
+DNSMASQ_CONF = "/etc/wgmesh/dnsmasq.conf"
+DNSMASQ_PID = "/run/wgmesh-dnsmasq.pid"
+# The resolvers /etc/resolv.conf named before (dnsmasq drops root, so not in state_dir).
+UPSTREAM = "/etc/wgmesh/upstream-resolv.conf"
+RESOLV_CONF = "/etc/resolv.conf"
+DOMAIN_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}"
+                       r"[a-z0-9])?)*")
+
+
+def check_dns(dns: dict) -> None:
+    for domain, servers in dns.items():
+        if not DOMAIN_RE.fullmatch(domain) or not isinstance(servers, list) or not servers:
+            raise ApplyError(f"the bundle's split DNS entry {domain!r} is not a domain with "
+                             "nameservers")
+        for server in servers:
+            ipaddress.ip_address(server)
+
+
+def resolved_runs() -> bool:
+    return os.path.isdir("/run/systemd/resolve") and shutil.which("resolvectl") is not None
+
+
+def sync_resolved(run: Runner, iface: str, dns: dict | None, check_mode: bool) -> list[str]:
+    """Per-link DNS on the mesh interface: its nameservers and ~domains (routing only)."""
+    want_servers = sorted({s for servers in (dns or {}).values() for s in servers})
+    want_domains = sorted(f"~{d}" for d in (dns or {}))
+    have_servers = sorted(run("resolvectl", "dns", iface, check=False).split(":", 1)[-1]
+                          .split())
+    have_domains = sorted(run("resolvectl", "domain", iface, check=False).split(":", 1)[-1]
+                          .split())
+    if (want_servers, want_domains) == (have_servers, have_domains):
+        return []
+    if not check_mode:
+        if dns:
+            run("resolvectl", "dns", iface, *want_servers)
+            run("resolvectl", "domain", iface, *want_domains)
+        else:
+            run("resolvectl", "revert", iface)
+    return [f"per-link DNS on {iface}: {' '.join(want_domains) or 'none'}"]
+
+
+def dnsmasq_conf(dns: dict, upstream: str) -> str:
+    lines = ["# wgmesh: split DNS. Generated; holds no secret.",
+             f"listen-address={DNSMASQ_ADDRESS}", "bind-interfaces", "port=53",
+             f"pid-file={DNSMASQ_PID}", f"resolv-file={upstream}", "no-poll", "cache-size=1000"]
+    for domain in sorted(dns):
+        lines += [f"server=/{domain}/{server}" for server in dns[domain]]
+    return "\n".join(lines) + "\n"
+
+
+def our_resolv_conf(original: str) -> str:
+    """Our resolver first; the host's search and options lines kept."""
+    kept = [line for line in original.splitlines()
+            if line.split()[:1] and line.split()[0] in ("search", "domain", "options")]
+    return "\n".join(["# wgmesh: split DNS through a local resolver; the resolvers this "
+                      "file named before are in", "# its upstream list. `wgmesh` restores "
+                      "this file when split DNS goes away.", f"nameserver {DNSMASQ_ADDRESS}",
+                      *kept]) + "\n"
+
+
+def dnsmasq_pid() -> int | None:
+    try:
+        pid = int((read(DNSMASQ_PID) or "").strip())
+    except ValueError:
+        return None
+    return pid if "dnsmasq" in (read(f"/proc/{pid}/comm") or "") else None
+
+
+def stop_dnsmasq() -> None:
+    pid = dnsmasq_pid()
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            if not os.path.exists(f"/proc/{pid}"):
+                break
+            time.sleep(0.05)
+
+
+def sync_dnsmasq(run: Runner, dns: dict | None, check_mode: bool) -> list[str]:
+    upstream = UPSTREAM
+    actions = []
+    if not dns:
+        if dnsmasq_pid() is not None or os.path.exists(DNSMASQ_CONF):
+            actions.append("stop the split-DNS resolver")
+            if not check_mode:
+                stop_dnsmasq()
+                write_atomic(DNSMASQ_CONF, None, 0o644)
+        original = read(upstream)
+        if original is not None:
+            actions.append(f"restore {RESOLV_CONF}")
+            if not check_mode:
+                write_resolv(original)
+                os.unlink(upstream)
+        return actions
+    if shutil.which("dnsmasq") is None:
+        raise ApplyError("split DNS needs dnsmasq where systemd-resolved does not run: install "
+                         "dnsmasq-base (wgmesh_manage_packages does)")
+    current = read(RESOLV_CONF) or ""
+    original = read(upstream)
+    if original is None or (current != our_resolv_conf(original)
+                            and not current.startswith("# wgmesh: split DNS")):
+        original = current  # first time, or something (a DHCP client) rewrote it since
+        actions.append(f"keep the host's resolvers from {RESOLV_CONF} as upstream")
+        if not check_mode:
+            write_atomic(upstream, original, 0o644)
+    conf = dnsmasq_conf(dns, upstream)
+    restart = dnsmasq_pid() is None
+    if read(DNSMASQ_CONF) != conf:
+        actions.append(f"write {DNSMASQ_CONF}")
+        restart = True
+        if not check_mode:
+            write_atomic(DNSMASQ_CONF, conf, 0o644)
+    if restart or actions:
+        actions.append("start the split-DNS resolver (dnsmasq)")
+        if not check_mode:
+            stop_dnsmasq()
+            run("dnsmasq", f"--conf-file={DNSMASQ_CONF}")
+    if current != our_resolv_conf(original):
+        actions.append(f"point {RESOLV_CONF} at the split-DNS resolver")
+        if not check_mode:
+            write_resolv(our_resolv_conf(original))
+    return actions
+
+
+def write_resolv(text: str) -> None:
+    """resolv.conf may be a bind mount (containers): written in place when it cannot be
+    replaced."""
+    try:
+        write_atomic(RESOLV_CONF, text, 0o644)
+    except OSError:
+        with open(RESOLV_CONF, "w") as fh:
+            fh.write(text)
+
+
 def reload_sshd(pidfile: str) -> str:
     """SIGHUP to the running sshd (it re-reads its configuration; open sessions stay)."""
     try:
@@ -857,6 +999,10 @@ class Host:
             self.diff_after.append(f"+++ {self.hosts_file}\n{new}")
             if not check_mode:
                 write_hosts(self.hosts_file, new)
+        if resolved_runs():
+            actions += sync_resolved(run, wg, b.get("dns"), check_mode)
+        else:
+            actions += sync_dnsmasq(run, b.get("dns"), check_mode)
         return actions
 
     def leave(self, interface: str, hop_interface: str, check_mode: bool,
@@ -871,6 +1017,8 @@ class Host:
             if not check_mode:
                 run("nft", "delete", "table", *TABLE)
         forwarded = os.path.exists(SYSCTL_PATH)
+        if not resolved_runs():  # (resolved forgets a link's DNS when the link goes)
+            actions += sync_dnsmasq(run, None, check_mode)
         if os.path.exists(self.sshd_dropin):
             actions.append(f"remove {self.sshd_dropin}")
             if not check_mode:
@@ -968,6 +1116,13 @@ def check_bundle(b: dict) -> None:
             raise ApplyError(f"the bundle has no {key}")
     if b.get("sshd") is not None and not isinstance(b["sshd"], str):
         raise ApplyError("the bundle's sshd rules are not text")
+    if b.get("dns") is not None:
+        if not isinstance(b["dns"], dict):
+            raise ApplyError("the bundle's split DNS is not a mapping")
+        try:
+            check_dns(b["dns"])
+        except ValueError as exc:
+            raise ApplyError(f"the bundle's split DNS has a bad nameserver: {exc}") from exc
     # The bundle's hash covers its content: a bundle changed on the way is refused.
     body = {k: v for k, v in b.items() if k not in ("hash", "commit")}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from wgmesh import limits
 from wgmesh.errors import InputError, Problem
+from wgmesh.evaluate import Evaluator
 from wgmesh.filters import (
     FilterSets,
     RuleData,
@@ -100,6 +101,7 @@ class HostOutput:
     unreachable: tuple[str, ...] = ()  # nodes policy relates it to that it can never reach
     # SSH-managed: who may log in over the mesh, as (node, IPv4, IPv6, logins, any non-root)
     ssh: list[tuple[str, str, str, tuple[str, ...], bool]] | None = None
+    dns: dict[str, list[str]] | None = None  # split domain -> nameservers it may reach
 
 
 class Compiler(Resolution):
@@ -118,8 +120,45 @@ class Compiler(Resolution):
         self._dead_bits = bytearray()
         self._dead_count = 0
         self._dead_first: list[tuple[str, str]] = []
+        self._dns_unreached: list[str] = []
+        if self.net.split_dns:
+            self._check_split_dns()
         if self.problems:
             raise InputError(self.problems)
+
+    def split_dns(self, h: int) -> dict[str, list[str]] | None:
+        """The split domains node h resolves through the mesh: those whose nameservers the
+        policy lets it reach on UDP port 53 (the ones it may reach, in mesh.yml's order)."""
+        if not self.net.split_dns:
+            return None
+        ev = Evaluator(self)
+        me = {f: self.endpoint_of(self.names[h], f) for f in FAMILIES}
+        out = {}
+        for domain, servers in self.net.split_dns:
+            ok = [str(a) for a in servers
+                  if ev.check(me[a.version], self.endpoint_of(str(a)), 17, 53).allow]
+            if ok:
+                out[domain] = ok
+        return out or None
+
+    def _check_split_dns(self) -> None:
+        """A split domain no node may reach is a mistake, reported at compile; nodes that
+        may not reach one are named in a warning (they keep resolving it as before)."""
+        reached: set[str] = set()
+        for h, name in enumerate(self.names):
+            got = self.split_dns(h) or {}
+            reached |= set(got)
+            if self.nodes[h].managed:
+                self._dns_unreached += [f"{name} ({d})" for d, _ in self.net.split_dns
+                                        if d not in got]
+        for domain, servers in self.net.split_dns:
+            if domain not in reached:
+                line, col = self.mesh.where_network("split_dns", domain)
+                self.problems.append(Problem(
+                    str(self.mesh.path), line, col, f"network.split_dns.{domain}",
+                    f"no node may reach its nameservers ({', '.join(map(str, servers))}) on "
+                    "UDP port 53", f'allow it in the policy, e.g. {{"action": "accept", '
+                    f'"src": ["group:..."], "dst": ["{servers[0]}:53"]}}'))
 
     def _check_hop_addresses(self) -> None:
         """Hop addresses are derived from mesh IPv6 addresses; two nodes must not share one,
@@ -269,7 +308,8 @@ class Compiler(Resolution):
                           is_exit, bool(routes) or is_exit or bool(clients), names, mtu, hop,
                           snat=is_exit or (bool(routes) and node.route_snat),
                           uses_exit_node=node.use_exit_node if exit_idx is not None else None,
-                          unreachable=tuple(unreachable), ssh=ssh)
+                          unreachable=tuple(unreachable), ssh=ssh,
+                          dns=self.split_dns(h) if node.managed else None)
 
     def _restrict_ssh(self, h: int, sets: dict) -> None:
         """SSH over the mesh needs a network rule and an ssh rule, at both ends: on an
@@ -305,11 +345,16 @@ class Compiler(Resolution):
     @property
     def warnings(self) -> list[str]:
         """Warnings so far; compiling hosts adds the pairs that can never connect."""
+        dns = ([f"split DNS: {len(self._dns_unreached)} node(s) may not reach the "
+                f"nameservers of a split domain (UDP 53) and keep resolving it as before: "
+                + ", ".join(self._dns_unreached[:10])
+                + (" and more" if len(self._dns_unreached) > 10 else "")]
+               if self._dns_unreached else [])
         if not self._dead_count:
-            return list(self._warnings)
+            return list(self._warnings) + dns
         shown = ", ".join(f"{a} and {b}" for a, b in self._dead_first)
         more = self._dead_count - len(self._dead_first)
-        return [*self._warnings,
+        return [*self._warnings, *dns,
                 f"{self._dead_count} pair(s) may talk by policy but can never connect (both "
                 f"behind NAT, no relay can carry them; a device wgmesh does not manage cannot "
                 f"use one), so they get no peer entry: {shown}"

@@ -39,6 +39,10 @@ NETWORK_DEFAULTS: dict[str, Any] = {
     "management_networks": [],
     # Keys older than this many days are reported, with a notice two weeks before (0: never).
     "key_max_age_days": 0,
+    # Split DNS: domain -> the nameservers that answer it (say, one behind a subnet router).
+    # Hosts the policy lets reach them (UDP 53) resolve the domain through them and keep
+    # their own resolver for everything else.
+    "split_dns": {},
 }
 
 NODE_KEYS = {
@@ -62,6 +66,7 @@ class Network:
     relay_pool: ipaddress.IPv6Network
     management_networks: tuple[IPNet, ...] = ()
     key_max_age_days: int = 0
+    split_dns: tuple[tuple[str, tuple[IPAddr, ...]], ...] = ()
 
     @property
     def hop_interface(self) -> str:
@@ -120,6 +125,15 @@ class Mesh:
         if key is None:
             return YamlSource.position(nodes, node)
         return YamlSource.position(nodes[node], key)
+
+    def where_network(self, key: str, sub: str | None = None) -> tuple[int, int]:
+        """Position of network.<key> (or network.<key>.<sub>) in mesh.yml."""
+        if not isinstance(self.source.data, CommentedMap):
+            self.source = YamlSource(self.path)
+        network = self.source.data.get("network")
+        if sub is None:
+            return YamlSource.position(network, key)
+        return YamlSource.position(network[key], sub)
 
 
 def resolve_path(path: str | Path) -> Path:
@@ -199,6 +213,7 @@ def _network(src: YamlSource, root: Any) -> Network:
                   f"{out['relay_pool']} overlaps ipv6_pool {out['ipv6_pool']}",
                   "use a /64 (or larger) outside ipv6_pool, e.g. fd7a:115c:a1e1::/64")
     out["management_networks"] = _management_networks(src, values, at, out)
+    out["split_dns"] = _split_dns(src, values, at, node)
     if not grammar.matches(grammar.DOMAIN, values["domain"]):
         src.error(*at("domain"), "network.domain", f"{type_name(values['domain'])} is not a "
                   "DNS domain", "use lower-case labels separated by dots, e.g. mesh.internal")
@@ -209,6 +224,45 @@ def _network(src: YamlSource, root: Any) -> Network:
                   f"use up to {longest} letters, digits, '_', '.', '-' (the kernel allows "
                   f"{grammar.IFNAME_MAX} and wgmesh adds {grammar.HOP_SUFFIX} for relays)")
     return Network(**{k: out[k] for k in NETWORK_DEFAULTS})
+
+
+def _split_dns(src: YamlSource, values: dict, at, node: Any
+               ) -> tuple[tuple[str, tuple[IPAddr, ...]], ...]:
+    domains = values["split_dns"]
+    if not isinstance(domains, dict):
+        src.error(*at("split_dns"), "network.split_dns", f"must be a mapping of domain to "
+                  f"nameservers, not {type_name(domains)}",
+                  "e.g. split_dns: {corp.example: [198.51.100.53]}")
+        return ()
+    out = []
+    for domain, servers in domains.items():
+        where = (domains, domain)
+        path = f"network.split_dns.{domain}"
+        if not grammar.matches(grammar.DOMAIN, domain):
+            src.error(*where, "network.split_dns", f"{type_name(domain)} is not a DNS domain",
+                      "use lower-case labels separated by dots, e.g. corp.example")
+            continue
+        mesh_domain = values["domain"]
+        if domain == mesh_domain or domain.endswith("." + mesh_domain) \
+                or mesh_domain.endswith("." + domain):
+            src.error(*where, path, f"overlaps the mesh's own domain {mesh_domain}",
+                      "mesh names come from the mesh; split another domain")
+            continue
+        if not isinstance(servers, list) or not 1 <= len(servers) <= 3:
+            src.error(*where, path, "must be a list of one to three nameserver addresses",
+                      "e.g. [198.51.100.53]")
+            continue
+        addrs = []
+        for i, server in enumerate(servers):
+            addr = grammar.ip_address(server)
+            if addr is None or addr.is_loopback or addr.is_unspecified or addr.is_multicast:
+                src.error(servers, i, f"{path}[{i}]", f"{type_name(server)} is not a "
+                          "nameserver address", "an IPv4 or IPv6 address, e.g. 198.51.100.53")
+            else:
+                addrs.append(addr)
+        if len(addrs) == len(servers):
+            out.append((domain, tuple(addrs)))
+    return tuple(sorted(out))
 
 
 def _pool(src: YamlSource, where, key: str, value: Any, fam: int, sizes: tuple[int, int]):

@@ -503,6 +503,14 @@ def sshd_dropin(host: HostOutput) -> str | None:
     return "\n".join(lines) + "\n"
 
 
+def _split_dns(host: HostOutput) -> dict[str, list[str]] | None:
+    if not host.dns:
+        return None
+    for domain, servers in host.dns.items():
+        clean(domain, *servers)
+    return host.dns
+
+
 def bundle(host: HostOutput, net: Network, public_key: str | None,
            commit: str | None = None) -> dict[str, Any]:
     if public_key:
@@ -519,6 +527,7 @@ def bundle(host: HostOutput, net: Network, public_key: str | None,
         "hosts_block": hosts_block(host),
         "sysctl": SYSCTL_FORWARDING if host.forwarding else None,
         "sshd": sshd_dropin(host),
+        "dns": _split_dns(host),
         "uses_exit_node": host.uses_exit_node,
         "management_networks": ([str(n) for n in net.management_networks]
                                 if host.uses_exit_node else []),

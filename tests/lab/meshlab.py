@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import yaml
 from conftest import BIN, PY, REPO, LabSession, ansible_env, copy_topology
 
 TCP_PORTS = (22, 80, 443, 5432, 8080)
@@ -74,7 +75,7 @@ class MeshLab(LabSession):
         (tmp / "mesh.yml").write_text(mesh)
         super().__init__(tmp / "topology.yml")
         self.inventory = tmp
-        self.mesh_nodes = re.findall(r"^  (\w+):$", mesh, re.M)
+        self.mesh_nodes = list(yaml.safe_load(mesh)["nodes"])
 
     def playbook(self, *args: str, play: str | Path = "site.yml",
                  timeout: float = 600) -> subprocess.CompletedProcess:

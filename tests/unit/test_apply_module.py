@@ -166,3 +166,31 @@ def test_root_mode_writes_the_files_through_the_connection_once(tmp_path):
     assert hosts.startswith("127.0.0.1 localhost\n# BEGIN wgmesh wg0") and "\ta a.mesh" in hosts
     second = subprocess.run(playbook, capture_output=True, text=True, env=env, cwd=HERE)
     assert second.returncode == 0 and "ok: [localhost]" in second.stdout, second.stdout[-2000:]
+
+
+def test_split_dns_reaches_the_bundle_of_hosts_that_may_reach_the_nameserver(tmp_path):
+    nodes = {**NODES, "ns": {"endpoint": "192.0.2.12:51820", "tags": ["tag:dns"]}}
+    policy = {"tagOwners": {"tag:dns": []},
+              "acls": [{"action": "accept", "src": ["alice@example.com"],
+                        "dst": ["tag:dns:53"]}]}
+    b = make(tmp_path, nodes, policy, network={"split_dns": {"corp.example": ["100.64.0.3"]}})
+    assert b.alloc["ns"].ipv4.compressed == "100.64.0.3"
+    bundles = {n: render.bundle(b.compiler.host(n), b.mesh.network, None) for n in nodes}
+    assert bundles["a"]["dns"] == {"corp.example": ["100.64.0.3"]}
+    assert bundles["b"]["dns"] is None  # bob may not reach it: left as it was, and warned
+    assert any("b (corp.example)" in w for w in b.compiler.warnings)
+    apply.check_bundle(bundles["a"])
+    bad = dict(bundles["a"], dns={"corp.example\nserver=/x/1.2.3.4": ["100.64.0.3"]})
+    with pytest.raises(apply.ApplyError):
+        apply.check_dns(bad["dns"])
+
+
+def test_the_local_resolver_keeps_the_hosts_search_and_upstream():
+    original = "# from DHCP\nnameserver 192.0.2.53\nsearch example.net\noptions edns0\n"
+    ours = apply.our_resolv_conf(original)
+    assert "nameserver 127.0.0.153\n" in ours and "nameserver 192.0.2.53" not in ours
+    assert "search example.net\n" in ours and "options edns0\n" in ours
+    conf = apply.dnsmasq_conf({"corp.example": ["198.51.100.53", "198.51.100.54"]},
+                              apply.UPSTREAM)
+    assert "server=/corp.example/198.51.100.53\nserver=/corp.example/198.51.100.54\n" in conf
+    assert f"resolv-file={apply.UPSTREAM}\n" in conf and "listen-address=127.0.0.153\n" in conf
