@@ -179,6 +179,7 @@ class Plan:
     keys: list[str] = field(default_factory=list)  # nodes whose public key changes
     tests: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    groups: dict[str, list[str]] = field(default_factory=dict)  # user -> groups (either state)
 
     @property
     def widened(self) -> bool:
@@ -266,6 +267,13 @@ def compare(old: Build, new: Build, base: str, head: str) -> Plan:
             plan.tests.append({"test": t, "before": t_old.get(t, "absent"),
                                "after": t_new.get(t, "absent")})
     plan.warnings = [w for w in n.warnings if w not in set(o.warnings)]
+    groups: dict[str, set[str]] = defaultdict(set)
+    for pol in (old.policy, new.policy):
+        for group, users in pol.groups.items():
+            for user in users:
+                groups[user].add(group)
+    plan.groups = {u: sorted(g) for u, g in sorted(groups.items())
+                   if any(c.source == u for c in plan.access)}
     return plan
 
 
@@ -284,7 +292,7 @@ def to_json(plan: Plan) -> dict:
         "access": [{"source": c.source, "change": c.kind, "destinations": c.destinations,
                     "ports": c.ports} for c in plan.access],
         "peers": plan.peers, "routes": plan.routes, "exit_nodes": plan.exit_nodes,
-        "tests": plan.tests, "warnings": plan.warnings,
+        "tests": plan.tests, "warnings": plan.warnings, "groups": plan.groups,
     }
 
 
@@ -315,7 +323,9 @@ def to_markdown(plan: Plan, limit: int = 200) -> str:
         lines += ["#### Access", "", "| source | | destinations | ports |", "|---|---|---|---|"]
         for c in plan.access[:limit]:
             sign = "gains" if c.kind == "gains" else "loses"
-            lines.append(f"| {_md(c.source)} | {sign} | {_md(', '.join(c.destinations))} | "
+            who = c.source + (f" ({', '.join(plan.groups[c.source])})"
+                              if plan.groups.get(c.source) else "")
+            lines.append(f"| {_md(who)} | {sign} | {_md(', '.join(c.destinations))} | "
                          f"{_md('; '.join(c.ports))} |")
         if len(plan.access) > limit:
             lines.append(f"| ... | | {len(plan.access) - limit} more in the JSON plan | |")

@@ -194,3 +194,35 @@ def test_the_local_resolver_keeps_the_hosts_search_and_upstream():
                               apply.UPSTREAM)
     assert "server=/corp.example/198.51.100.53\nserver=/corp.example/198.51.100.54\n" in conf
     assert f"resolv-file={apply.UPSTREAM}\n" in conf and "listen-address=127.0.0.153\n" in conf
+
+
+class FakeResolvectl:
+    """resolvectl as the module calls it: `dns`/`domain` read or set a link's settings."""
+
+    def __init__(self):
+        self.link = {"dns": [], "domain": []}
+        self.calls = []
+
+    def __call__(self, *argv, check=True):
+        self.calls.append(argv)
+        _, what, iface, *values = argv
+        if what == "revert":
+            self.link = {"dns": [], "domain": []}
+            return ""
+        if values:
+            self.link[what] = list(values)
+        return f"Link 7 ({iface}): {' '.join(self.link[what])}"
+
+
+def test_per_link_dns_with_systemd_resolved():
+    run = FakeResolvectl()
+    dns = {"corp.example": ["198.51.100.53"], "lab.example": ["198.51.100.54"]}
+    assert apply.sync_resolved(run, "wg0", dns, check_mode=True) \
+        == ["per-link DNS on wg0: ~corp.example ~lab.example"]
+    assert run.link == {"dns": [], "domain": []}  # check mode sets nothing
+    apply.sync_resolved(run, "wg0", dns, check_mode=False)
+    assert run.link == {"dns": ["198.51.100.53", "198.51.100.54"],
+                        "domain": ["~corp.example", "~lab.example"]}
+    assert apply.sync_resolved(run, "wg0", dns, check_mode=False) == []  # nothing differs
+    apply.sync_resolved(run, "wg0", None, check_mode=False)
+    assert run.calls[-1] == ("resolvectl", "revert", "wg0") and run.link["domain"] == []

@@ -55,7 +55,7 @@ def test_a_new_rule_is_a_gain_in_names_and_widens(two):
                        "web1": {"gains": ["carol-phone"], "loses": []}}
     assert p.widened and p.exit_code == plan.WIDENED
     md = plan.to_markdown(p)
-    assert "| carol@example.com | gains | web1 | tcp 5432,6000-6010 |" in md
+    assert "| carol@example.com (group:ops) | gains | web1 | tcp 5432,6000-6010 |" in md
     assert "**Access widens**" in md
 
 
@@ -124,7 +124,7 @@ def test_cli_against_a_git_ref_and_a_directory(two, tmp_path):
     assert doc["head"].endswith("+changes")
     out = subprocess.run([*args, "--base", str(head)], cwd=repo, capture_output=True, text=True)
     assert out.returncode == 3
-    assert "| carol@example.com | loses | legacy | tcp 22; udp 22 |" in out.stdout
+    assert "| carol@example.com (group:ops) | loses | legacy | tcp 22; udp 22 |" in out.stdout
     bad = subprocess.run([*args, "--base", "no-such-ref"], cwd=repo, capture_output=True,
                          text=True)
     assert bad.returncode == 2 and 'git ref "no-such-ref"' in bad.stderr
