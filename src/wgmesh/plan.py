@@ -117,8 +117,51 @@ def access(b: Build) -> dict[str, dict[str, Ports]]:
                 cell = row[dst]
                 for proto, lo, hi in ports:
                     cell[proto].append((lo, hi))
-    return {s: {d: {p: merge_ranges(r) for p, r in cell.items()} for d, cell in row.items()}
-            for s, row in out.items()}
+    result = {s: {d: {p: merge_ranges(r) for p, r in cell.items()} for d, cell in row.items()}
+              for s, row in out.items()}
+    if comp.ssh_hosts:
+        _ssh_port(b, result, principals)
+    return result
+
+
+def _ssh_port(b: Build, result: dict, principals: dict[int, dict[str, int]]) -> None:
+    """Port 22 of an SSH-managed node needs an ssh rule too (as the filters and eval)."""
+    comp = b.compiler
+    mask_of: dict[str, int] = defaultdict(int)
+    for by in principals.values():
+        for principal, mask in by.items():
+            mask_of[principal] |= mask
+    sources: dict[int, int] = {}
+    for src, row in result.items():
+        for dst, cell in row.items():
+            h = comp.index.get(dst)
+            if h is None or not comp.ssh_hosts >> h & 1 or "tcp" not in cell:
+                continue
+            if h not in sources:
+                sources[h] = comp.ssh_sources(h)
+            if not mask_of.get(src, 0) & sources[h]:
+                cell["tcp"] = subtract(cell["tcp"], [(comp.SSH_PORT, comp.SSH_PORT)])
+                if not cell["tcp"]:
+                    del cell["tcp"]
+    for row in result.values():
+        for dst in [d for d, cell in row.items() if not cell]:
+            del row[dst]
+
+
+def ssh_logins(b: Build) -> dict[str, dict[str, Ports]]:
+    """Source -> SSH-managed node -> {"ssh": logins}, in the shape of ``access`` (a login is
+    a "port" whose name is the login) so the same comparison states gains and losses."""
+    comp = b.compiler
+    out: dict[str, dict[str, dict[str, set]]] = defaultdict(lambda: defaultdict(
+        lambda: defaultdict(set)))
+    for h in bits(comp.ssh_hosts):
+        for s in bits(comp.ssh_sources(h)):
+            logins, nonroot = comp.ssh_logins(h, s)
+            cell = out[_principal(b, s)][comp.names[h]]["ssh"]
+            cell.update(logins)
+            if nonroot:
+                cell.add("any user but root")
+    return {p: {d: {"ssh": sorted(c["ssh"])} for d, c in row.items()} for p, row in out.items()}
 
 
 def _port_text(proto: str, ranges: list[tuple[int, int]]) -> str:
@@ -161,6 +204,21 @@ def access_changes(old: dict[str, dict[str, Ports]],
                     grouped[tuple(_port_text(p, diff[p]) for p in sorted(diff))].append(dst)
             for ports, dsts in sorted(grouped.items(), key=lambda kv: kv[1]):
                 out.append(Change(src, kind, dsts, list(ports)))
+    return out
+
+
+def login_changes(old: dict, new: dict) -> list[Change]:
+    out = []
+    for src in sorted(set(old) | set(new)):
+        for kind, a, b in (("gains", new.get(src, {}), old.get(src, {})),
+                           ("loses", old.get(src, {}), new.get(src, {}))):
+            grouped: dict[tuple[str, ...], list[str]] = defaultdict(list)
+            for dst in sorted(a):
+                diff = sorted(set(a[dst]["ssh"]) - set(b.get(dst, {}).get("ssh", ())))
+                if diff:
+                    grouped[tuple(f"ssh as {u}" for u in diff)].append(dst)
+            for logins, dsts in sorted(grouped.items(), key=lambda kv: kv[1]):
+                out.append(Change(src, kind, dsts, list(logins)))
     return out
 
 
@@ -225,7 +283,8 @@ def compare(old: Build, new: Build, base: str, head: str) -> Plan:
     plan.joined = sorted(set(new.mesh.nodes) - set(old.mesh.nodes))
     plan.left = sorted(set(old.mesh.nodes) - set(new.mesh.nodes))
     plan.expired = sorted(set(n.expired) - set(o.expired) - set(plan.joined))
-    plan.access = access_changes(access(old), access(new))
+    plan.access = access_changes(access(old), access(new)) + login_changes(
+        ssh_logins(old), ssh_logins(new))
     # Every node, devices Ansible does not manage too (their exported configuration changes).
     with fewer_gc_passes():
         old_hosts = {h: o.host(h, filters=False) for h in o.names}

@@ -125,3 +125,21 @@ def test_ssh_tests_hold_or_fail_with_the_login_named(tmp_path):
     with pytest.raises(InputError) as refused:
         make(tmp_path / "c", NODES, check)
     assert "check users need a check rule" in str(refused.value)
+
+
+def test_plan_states_port_22_and_logins_as_the_filters_do(tmp_path):
+    from wgmesh import plan
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "head").mkdir()
+    base = make(tmp_path / "base", NODES, POLICY)
+    narrowed = POLICY.replace('    {"action": "accept", "src": ["bob@example.org"], '
+                              '"dst": ["tag:web"], "users": ["root"]},\n', "")
+    head = make(tmp_path / "head", NODES, narrowed)
+    access = plan.access(base)
+    assert access["tag:ci"]["web1"]["tcp"] == [(0, 21), (23, 65535)]  # no ssh rule: no 22
+    assert access["tag:ci"]["db1"]["tcp"] == [(0, 65535)]
+    p = plan.compare(base, head, "base", "head")
+    assert [(c.source, c.kind, c.destinations, c.ports) for c in p.access] == [
+        ("bob@example.org", "loses", ["web1"], ["ssh as root"])]
+    assert not p.widened and p.exit_code == plan.CHANGED
