@@ -68,7 +68,7 @@ def test_render_all_check_locked_and_lock(tmp_path):
     out = subprocess.run([WGMESH, "check", "--locked", "-i", str(inv)], capture_output=True,
                          text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout == "ok: 5 nodes, 3 rules, 5 policy tests passed\n"
+    assert out.stdout == "ok: 5 nodes, 3 rules, 5 policy tests passed, 3 ssh tests passed\n"
     dest = tmp_path / "out"
     out = subprocess.run([WGMESH, "render", "-i", str(inv), "--all", "--out", str(dest)],
                          capture_output=True, text=True)
@@ -87,7 +87,7 @@ def test_failing_policy_test_exits_1(tmp_path):
                                            '"deny": ["tag:prod-db:5432"]'))
     out = subprocess.run([WGMESH, "test", "-i", str(inv)], capture_output=True, text=True)
     assert out.returncode == 1
-    assert "FAIL tests[2]" in out.stdout and "4 passed, 1 failed" in out.stdout
+    assert "FAIL tests[2]" in out.stdout and "7 passed, 1 failed" in out.stdout
     assert "web1 -> db1:5432 is allowed (by acls[2]), expected deny" in out.stderr
 
 
