@@ -11,6 +11,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -121,6 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "no PrivateKey line and no QR code")
     _export_args(p)
     p.set_defaults(func=cmd_device_config)
+
+    p = sub.add_parser("kit", help="build the offline kit: project, wheels, Debian packages, "
+                       "install.sh, manifest and checksums (see docs/air-gap.md)")
+    p.add_argument("--out", required=True, type=Path, metavar="DIR")
+    p.add_argument("--python", default=f"{sys.version_info[0]}.{sys.version_info[1]}",
+                   metavar="X.Y[,X.Y]", help="Pythons the wheels are for (default: this one)")
+    p.add_argument("--no-debs", action="store_true", help="leave the Debian packages out")
+    p.set_defaults(func=cmd_kit)
 
     p = sub.add_parser("status", help="does every host run what the inputs say (runs "
                        "playbooks/status.yml; exit code 2 on drift)")
@@ -341,6 +350,22 @@ def _export(args, b, private: str | None) -> int:
         code.save(buf, kind=kind, scale=6)
         device.write_atomic(path, buf.getvalue())
     _warn(b)
+    return 0
+
+
+def cmd_kit(args) -> int:
+    from wgmesh import kit
+
+    pythons = [v.strip() for v in args.python.split(",") if v.strip()]
+    for v in pythons:
+        if not re.fullmatch(r"3\.1[1-3]", v):
+            print(f"error: --python {v}: wgmesh runs on Python 3.11 to 3.13", file=sys.stderr)
+            return 2
+    manifest = kit.build(args.out, pythons, debs=not args.no_debs)
+    print(f"kit in {args.out}: wgmesh {manifest['wgmesh_commit'][:12]}, "
+          f"{sum(1 for f in manifest['files'] if f.startswith('wheels/'))} wheels for Python "
+          f"{', '.join(pythons)}, {len(manifest['debian_packages'])} Debian packages; "
+          f"install with: sh {args.out}/install.sh")
     return 0
 
 

@@ -1,0 +1,153 @@
+"""The offline kit: everything a site without network needs to run wgmesh, in one folder.
+
+    wgmesh kit --out DIR [--python 3.11,3.12] [--no-debs]
+
+DIR gets the project at one commit (``project.tar``: site.yml, roles, plugins, playbooks,
+inventories, policies), wheels of wgmesh and every package it runs with (for each Python
+asked for), the Debian packages the hosts and the controller install with everything they
+depend on, ``install.sh`` (no network needed: checks the sums, installs the packages, makes a
+venv from the wheels, unpacks the project), ``manifest.json`` (what is in it, from which
+commit, for which Pythons) and ``SHA256SUMS`` (``sha256sum -c SHA256SUMS``).
+Building the kit needs the package registries (pip and apt, as set up on this machine);
+using it needs nothing but the folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+from wgmesh.errors import LabError
+
+# What the hosts install (wgmesh_key names missing tools; the role installs them) and what
+# the controller needs besides Python packages.
+HOST_PACKAGES = ("wireguard-tools", "wireguard-go", "nftables", "dnsmasq-base", "iproute2")
+CONTROLLER_PACKAGES = ("python3", "python3-venv", "openssh-client")
+
+INSTALL = """#!/bin/sh
+# Install wgmesh from this kit with no network: check the sums, install the Debian packages
+# (as root, when the kit has them), make a venv from the wheels, unpack the project.
+#   sh install.sh [--python-only] [TARGET]   (TARGET: ./wgmesh; its venv is TARGET/.venv)
+set -eu
+DEBS=yes
+if [ "${1:-}" = "--python-only" ]; then DEBS=no; shift; fi
+KIT=$(cd "$(dirname "$0")" && pwd)
+TARGET=${1:-$PWD/wgmesh}
+(cd "$KIT" && sha256sum -c --quiet SHA256SUMS)
+if [ "$DEBS" = yes ] && [ -d "$KIT/debs" ] && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -qq --no-download "$KIT"/debs/*.deb
+fi
+mkdir -p "$TARGET"
+tar -xf "$KIT/project.tar" -C "$TARGET"
+python3 -m venv "$TARGET/.venv"
+"$TARGET/.venv/bin/pip" install -q --no-index --find-links "$KIT/wheels" wgmesh
+echo "wgmesh installed in $TARGET (commands in $TARGET/.venv/bin)"
+"""
+
+
+def _run(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    out = subprocess.run(argv, capture_output=True, text=True, **kw)
+    if out.returncode != 0:
+        raise LabError(f"{' '.join(argv[:4])} ...: {(out.stderr or out.stdout).strip()[-600:]}")
+    return out
+
+
+def project_root() -> Path:
+    """The project this wgmesh runs from (its git work tree)."""
+    here = Path(__file__).resolve().parent
+    top = _run(["git", "-C", str(here), "rev-parse", "--show-toplevel"]).stdout.strip()
+    return Path(top)
+
+
+def runtime_requirements(root: Path) -> list[str]:
+    """wgmesh's pinned dependencies (pyproject.toml), not the test tools."""
+    with open(root / "pyproject.toml", "rb") as fh:
+        return list(tomllib.load(fh)["project"]["dependencies"])
+
+
+def _installed() -> set[str]:
+    out = _run(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Status}\n"])
+    return {line.split()[0] for line in out.stdout.splitlines() if line.endswith(" installed")}
+
+
+def _depends(packages: list[str]) -> dict[str, list[list[str]]]:
+    """Each package's dependencies as groups of alternatives (a virtual package stands for
+    its providers), from apt's cache on this machine, in one call."""
+    out = _run(["apt-cache", "depends", "--no-recommends", "--no-suggests", "--no-conflicts",
+                "--no-breaks", "--no-replaces", "--no-enhances", *packages])
+    found: dict[str, list[list[str]]] = {}
+    groups: list[list[str]] = []
+    open_group = False
+    for line in out.stdout.splitlines():
+        if not line.startswith(" "):  # the next package's block
+            groups, open_group = found.setdefault(line.strip(), []), False
+        elif line.startswith("    "):  # a provider of the dependency just read
+            if groups and groups[-1] and groups[-1][-1].startswith("<"):
+                groups[-1].append(line.strip())
+        else:
+            kind, _, name = line.strip().partition(": ")
+            if kind.lstrip("|") not in ("Depends", "PreDepends"):
+                continue
+            if open_group:
+                groups[-1].append(name)
+            else:
+                groups.append([name])
+            open_group = kind.startswith("|")
+    return {p: [[n for n in g if not n.startswith("<")] for g in gs] for p, gs in found.items()}
+
+
+def deb_closure(packages: tuple[str, ...]) -> list[str]:
+    """The packages and everything they depend on (no recommends), choosing among
+    alternatives and providers the one this machine has installed, else the first."""
+    installed = _installed()
+    want: set[str] = set()
+    level = sorted(set(packages))
+    while level:
+        want.update(level)
+        nxt = set()
+        for groups in _depends(level).values():
+            for group in groups:
+                if group and not any(n in want or n in nxt for n in group):
+                    nxt.add(next((n for n in group if n in installed), group[0]))
+        level = sorted(nxt - want)
+    return sorted(want)
+
+
+def build(out: Path, pythons: list[str], debs: bool = True) -> dict:
+    root = project_root()
+    out.mkdir(parents=True, exist_ok=True)
+    commit = _run(["git", "-C", str(root), "rev-parse", "HEAD"]).stdout.strip()
+    _run(["git", "-C", str(root), "archive", "--format=tar", "-o", str(out / "project.tar"),
+          commit])
+    wheels = out / "wheels"
+    wheels.mkdir(exist_ok=True)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    _run([*pip, "wheel", "-q", "--no-deps", "-w", str(wheels), str(root)])
+    reqs = runtime_requirements(root)
+    for version in pythons:
+        _run([*pip, "download", "-q", "-d", str(wheels), "--only-binary=:all:",
+              "--python-version", version, "-c", str(root / "constraints.txt"), *reqs])
+    packages = []
+    if debs:
+        (out / "debs").mkdir(exist_ok=True)
+        packages = deb_closure(HOST_PACKAGES + CONTROLLER_PACKAGES)
+        _run(["apt-get", "download", "-qq", *packages], cwd=out / "debs")
+    (out / "install.sh").write_text(INSTALL)
+    (out / "install.sh").chmod(0o755)
+    files = sorted(p for p in out.rglob("*") if p.is_file()
+                   and p.name not in ("SHA256SUMS", "manifest.json"))
+    sums = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+    manifest = {"wgmesh_commit": commit,
+                "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "pythons": pythons, "requirements": reqs, "debian_packages": packages,
+                "host_packages": list(HOST_PACKAGES),
+                "controller_packages": list(CONTROLLER_PACKAGES), "files": sums}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    sums["manifest.json"] = hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
+    (out / "SHA256SUMS").write_text("".join(f"{h}  {p}\n" for p, h in sorted(sums.items())))
+    return manifest
