@@ -785,10 +785,8 @@ def sync_resolved(run: Runner, iface: str, dns: dict | None, check_mode: bool) -
     """Per-link DNS on the mesh interface: its nameservers and ~domains (routing only)."""
     want_servers = sorted({s for servers in (dns or {}).values() for s in servers})
     want_domains = sorted(f"~{d}" for d in (dns or {}))
-    have_servers = sorted(run("resolvectl", "dns", iface, check=False).split(":", 1)[-1]
-                          .split())
-    have_domains = sorted(run("resolvectl", "domain", iface, check=False).split(":", 1)[-1]
-                          .split())
+    have_servers = _link_setting(run("resolvectl", "dns", iface, check=False))
+    have_domains = _link_setting(run("resolvectl", "domain", iface, check=False))
     if (want_servers, want_domains) == (have_servers, have_domains):
         return []
     if not check_mode:
@@ -798,6 +796,15 @@ def sync_resolved(run: Runner, iface: str, dns: dict | None, check_mode: bool) -
         else:
             run("resolvectl", "revert", iface)
     return [f"per-link DNS on {iface}: {' '.join(want_domains) or 'none'}"]
+
+
+def _link_setting(text: str) -> list[str]:
+    """The values of `resolvectl dns|domain IFACE` ("Link 7 (wg0): a b"); none when it
+    printed something else (no such link yet, resolved not answering)."""
+    for line in text.splitlines():
+        if line.startswith("Link ") and ":" in line:
+            return sorted(line.split(":", 1)[1].split())
+    return []
 
 
 def dnsmasq_conf(dns: dict, upstream: str) -> str:
@@ -850,7 +857,7 @@ def sync_dnsmasq(run: Runner, dns: dict | None, check_mode: bool) -> list[str]:
         if original is not None:
             actions.append(f"restore {RESOLV_CONF}")
             if not check_mode:
-                write_resolv(original)
+                write_system_file(RESOLV_CONF, original)
                 os.unlink(upstream)
         return actions
     if shutil.which("dnsmasq") is None:
@@ -879,18 +886,8 @@ def sync_dnsmasq(run: Runner, dns: dict | None, check_mode: bool) -> list[str]:
     if current != our_resolv_conf(original):
         actions.append(f"point {RESOLV_CONF} at the split-DNS resolver")
         if not check_mode:
-            write_resolv(our_resolv_conf(original))
+            write_system_file(RESOLV_CONF, our_resolv_conf(original))
     return actions
-
-
-def write_resolv(text: str) -> None:
-    """resolv.conf may be a bind mount (containers): written in place when it cannot be
-    replaced."""
-    try:
-        write_atomic(RESOLV_CONF, text, 0o644)
-    except OSError:
-        with open(RESOLV_CONF, "w") as fh:
-            fh.write(text)
 
 
 def reload_sshd(pidfile: str) -> str:
@@ -998,7 +995,7 @@ class Host:
             self.diff_before.append(f"--- {self.hosts_file}\n{text}")
             self.diff_after.append(f"+++ {self.hosts_file}\n{new}")
             if not check_mode:
-                write_hosts(self.hosts_file, new)
+                write_system_file(self.hosts_file, new)
         if resolved_runs():
             actions += sync_resolved(run, wg, b.get("dns"), check_mode)
         else:
@@ -1046,13 +1043,13 @@ class Host:
         if new != text:
             actions.append(f"remove the mesh names from {self.hosts_file}")
             if not check_mode:
-                write_hosts(self.hosts_file, new)
+                write_system_file(self.hosts_file, new)
         return actions
 
 
-def write_hosts(path: str, text: str) -> None:
-    """/etc/hosts may be a bind mount (containers): write it in place when it cannot be
-    replaced."""
+def write_system_file(path: str, text: str) -> None:
+    """/etc/hosts and /etc/resolv.conf may be bind mounts (containers): written in place
+    when they cannot be replaced."""
     try:
         write_atomic(path, text, 0o644)
     except OSError:

@@ -415,11 +415,15 @@ class Resolution:
             mask |= dst | (self._self_targets(src) if self_dst else 0)
         return mask & ~sum(1 << i for i, n in enumerate(self.nodes) if not n.managed)
 
+    def _own_devices(self, i: int) -> int:
+        """The untagged nodes of node i's owner (what autogroup:self means for it)."""
+        node = self.nodes[i]
+        return self.user_mask.get(node.owner, 0) if node.owner and not node.tagged else 0
+
     def ssh_sources(self, h: int) -> int:
         """Nodes an ssh rule lets log in to node h."""
         bit, out = 1 << h, 0
-        node = self.nodes[h]
-        mine = self.user_mask.get(node.owner, 0) if node.owner and not node.tagged else 0
+        mine = self._own_devices(h)
         for src, dst, self_dst in self._ssh:
             if dst & bit:
                 out |= src
@@ -430,8 +434,7 @@ class Resolution:
     def ssh_targets(self, s: int) -> int:
         """SSH-managed nodes that let node s log in."""
         bit, out = 1 << s, 0
-        node = self.nodes[s]
-        mine = self.user_mask.get(node.owner, 0) if node.owner and not node.tagged else 0
+        mine = self._own_devices(s)
         for src, dst, self_dst in self._ssh:
             if src & bit:
                 out |= dst | (mine if self_dst else 0)
@@ -441,8 +444,8 @@ class Resolution:
         """The logins node s may use on node h, and whether any non-root login is allowed
         (autogroup:nonroot): the union over the rules that let s in."""
         hb, sb = 1 << h, 1 << s
-        node, src_node = self.nodes[h], self.nodes[s]
-        mine = self.user_mask.get(node.owner, 0) if node.owner and not node.tagged else 0
+        src_node = self.nodes[s]
+        mine = self._own_devices(h)
         logins: set[str] = set()
         nonroot = False
         for rule, (src, dst, self_dst) in zip(self.policy.ssh, self._ssh, strict=True):

@@ -62,11 +62,8 @@ def widen(work: Path) -> None:
                     "commit", "-qam", "carol gets the web tier's 8443"], check=True)
 
 
-def test_github_check_and_plan_steps(repo, tmp_path):
-    check, plan = github_steps(("Check", "Plan"))
-    # A lockfile out of date fails the pull request.
-    out = run(check, repo)
-    assert out.returncode == 1 and "mesh.lock.yml" in out.stderr
+def lock_and_push(repo: Path) -> None:
+    """Pin the addresses, commit the lockfile and make it the target branch's state."""
     subprocess.run([f"{BIN}/wgmesh", "lock", "-i", "inventories/prod"], cwd=repo, check=True,
                    capture_output=True)
     git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@e.com"]
@@ -74,6 +71,14 @@ def test_github_check_and_plan_steps(repo, tmp_path):
     subprocess.run([*git, "commit", "-qm", "lock"], check=True)
     subprocess.run([*git, "push", "-q", "origin", "HEAD:main"], check=True)
     subprocess.run([*git, "fetch", "-q", "origin"], check=True)
+
+
+def test_github_check_and_plan_steps(repo, tmp_path):
+    check, plan = github_steps(("Check", "Plan"))
+    # A lockfile out of date fails the pull request.
+    out = run(check, repo)
+    assert out.returncode == 1 and "mesh.lock.yml" in out.stderr
+    lock_and_push(repo)
     widen(repo)
     output = tmp_path / "github_output"
     for script in (check, plan):
@@ -86,12 +91,7 @@ def test_github_check_and_plan_steps(repo, tmp_path):
 
 
 def test_gitlab_plan_job(repo):
-    subprocess.run([f"{BIN}/wgmesh", "lock", "-i", "inventories/prod"], cwd=repo, check=True,
-                   capture_output=True)
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@e.com"]
-    subprocess.run([*git, "add", "."], check=True)
-    subprocess.run([*git, "commit", "-qm", "lock"], check=True)
-    subprocess.run([*git, "push", "-q", "origin", "HEAD:main"], check=True)
+    lock_and_push(repo)
     env = {"CI_MERGE_REQUEST_TARGET_BRANCH_NAME": "main", "WGMESH_NOTE_TOKEN": ""}
     script = "\n".join(gitlab_script())
     out = run(script, repo, **env)
