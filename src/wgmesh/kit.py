@@ -19,6 +19,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -127,7 +128,10 @@ def build(out: Path, pythons: list[str], debs: bool = True) -> dict:
     wheels = out / "wheels"
     wheels.mkdir(exist_ok=True)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
-    _run([*pip, "wheel", "-q", "--no-deps", "-w", str(wheels), str(root)])
+    # The wheel is built from the commit (not the work tree, which it would also litter).
+    with tempfile.TemporaryDirectory() as tmp:
+        _run(["tar", "-xf", str(out / "project.tar"), "-C", tmp])
+        _run([*pip, "wheel", "-q", "--no-deps", "-w", str(wheels), tmp])
     reqs = runtime_requirements(root)
     for version in pythons:
         _run([*pip, "download", "-q", "-d", str(wheels), "--only-binary=:all:",

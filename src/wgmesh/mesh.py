@@ -158,9 +158,10 @@ def _load_mesh(path: Path, src: YamlSource) -> Mesh:
                        required={"nodes"})
     if root is None:
         src.check()
-    if "plugin" in root and root["plugin"] != "wgmesh":
+    if "plugin" in root and root["plugin"] not in ("wgmesh", "wgmesh.mesh.wgmesh"):
         src.error(root, "plugin", "plugin",
-                  f'plugin must be "wgmesh", not {type_name(root["plugin"])}')
+                  f'plugin must be "wgmesh" (or, from the collection, "wgmesh.mesh.wgmesh"), '
+                  f'not {type_name(root["plugin"])}')
     policy_path = None
     if "policy" in root:
         if isinstance(root["policy"], str) and grammar.printable(root["policy"]) \

@@ -110,7 +110,7 @@ def load_topology(path: str | Path) -> Topology:
     if "name" in root and not LAB_NAME.fullmatch(name):
         src.error(root, "name", "name", f'lab name "{name}" is not valid',
                   "use 1-8 lower-case letters and digits, starting with a letter")
-    if "plugin" in root and root["plugin"] != "wgmesh_lab":
+    if "plugin" in root and root["plugin"] not in ("wgmesh_lab", "wgmesh.mesh.wgmesh_lab"):
         src.error(root, "plugin", "plugin", f'plugin must be "wgmesh_lab", not "{root["plugin"]}"')
 
     segments = _segments(src, root)
