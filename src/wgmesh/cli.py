@@ -27,7 +27,7 @@ from wgmesh.build import (
     source_commit,
 )
 from wgmesh.compiler import fewer_gc_passes
-from wgmesh.errors import InputError, LabError, escape
+from wgmesh.errors import InputError, LabError, escape, write_atomic
 from wgmesh.policy import PROTOCOLS
 
 DEFAULT_LAB = "inventories/lab"
@@ -299,12 +299,12 @@ def cmd_device_add(args) -> int:
         b = _build(args, run_tests=False)
     except InputError:
         # The device does not fit the mesh (a tag its owner may not assign...): undo.
-        device.write_atomic(path, original, mode=None)
+        write_atomic(path, original, mode=None)
         raise
     b.lock.save()
     b.lock.allocated = []  # pinned now
     if args.key_out:
-        device.write_atomic(args.key_out, private + "\n")
+        write_atomic(args.key_out, private + "\n", 0o600)
     print(f"{args.name} added to {path} (managed: false, public key {public}); "
           f"address pinned in {b.lock.path}. Commit both.", file=sys.stderr)
     return _export(args, b, private)
@@ -348,7 +348,7 @@ def _export(args, b, private: str | None) -> int:
             return 2
         buf = io.BytesIO()
         code.save(buf, kind=kind, scale=6)
-        device.write_atomic(path, buf.getvalue())
+        write_atomic(path, buf.getvalue(), 0o600)
     _warn(b)
     return 0
 

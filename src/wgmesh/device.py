@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import tempfile
 from pathlib import Path
 
 from nacl.public import PrivateKey
@@ -21,7 +19,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from wgmesh import grammar
 from wgmesh.compiler import HostOutput
-from wgmesh.errors import InputError, Problem
+from wgmesh.errors import InputError, Problem, write_atomic
 from wgmesh.mesh import Network
 from wgmesh.mesh import resolve_path as resolve_mesh_path
 from wgmesh.render import _peer_block, clean, clean_key
@@ -86,23 +84,6 @@ def add_to_mesh(inventory: str | Path, name: str, owner: str | None, tags: list[
     yaml.dump(data, out)
     write_atomic(path, out.getvalue(), mode=None)  # mesh.yml keeps its mode
     return path
-
-
-def write_atomic(path: Path, data: str | bytes, mode: int | None = 0o600) -> None:
-    """Write beside the file and rename over it; ``mode`` for new secrets (created with it,
-    never readable by others even for a moment)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-        if mode is None and path.exists():
-            os.chmod(tmp, path.stat().st_mode & 0o777)
-        elif mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def client_config(host: HostOutput, net: Network, private_key: str | None

@@ -11,9 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import ipaddress
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +19,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
 from wgmesh import grammar
-from wgmesh.errors import InputError, Problem
+from wgmesh.errors import InputError, Problem, write_atomic
 from wgmesh.mesh import Mesh, usable_in
 from wgmesh.yamlsource import YamlSource, join, type_name
 
@@ -164,17 +162,7 @@ class Lock:
             _sync(rt, self.data)
             self.data = rt
         text = self.dump()
-        fd, tmp = tempfile.mkstemp(prefix=".mesh.lock.", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.path, text, 0o644)
         self.text_before, self.dirty = text, False
         return True
 
