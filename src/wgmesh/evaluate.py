@@ -86,30 +86,23 @@ class Evaluator:
         selectors (not the compiler's masks)."""
         if src.node is None or dst.node is None or src.node == dst.node:
             return None
-        for r in self.res.policy.ssh:
-            if any(self.src_matches(s, src) for s in r.src) and any(
-                    self._ssh_dst(d, dst, src) for d in r.dst):
-                return r.origin
-        return None
+        return next((r.origin for r in self._ssh_rules(src, dst)), None)
+
+    def _ssh_rules(self, src: Endpoint, dst: Endpoint):
+        """The ssh rules that name src as source and dst as destination, in policy order."""
+        return (r for r in self.res.policy.ssh
+                if any(self.src_matches(s, src) for s in r.src)
+                and any(self._ssh_dst(d, dst, src) for d in r.dst))
 
     def ssh_logins(self, src: Endpoint, dst: Endpoint) -> tuple[set[str], bool]:
         """The logins src may use on dst, and whether every non-root one is allowed, read
         from the rules' selectors; for a node or an identity with no device."""
         logins: set[str] = set()
         nonroot = False
-        for r in self.res.policy.ssh:
-            if not (any(self.src_matches(s, src) for s in r.src)
-                    and any(self._ssh_dst(d, dst, src) for d in r.dst)):
-                continue
-            for user in r.users:
-                if user == "autogroup:nonroot":
-                    nonroot = True
-                elif user.startswith("localpart:*@"):
-                    local, _, domain = (src.user or "").partition("@")
-                    if not src.tags and domain == user.removeprefix("localpart:*@"):
-                        logins.add(local)
-                else:
-                    logins.add(user)
+        for r in self._ssh_rules(src, dst):
+            named, any_but_root = r.logins(src.user, bool(src.tags))
+            logins |= named
+            nonroot |= any_but_root
         return logins, nonroot
 
     def _ssh_dst(self, sel: Selector, dst: Endpoint, src: Endpoint) -> bool:

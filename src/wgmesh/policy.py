@@ -68,6 +68,25 @@ class SshRule:
     dst: tuple[Selector, ...]
     users: tuple[str, ...]  # logins, "autogroup:nonroot", "localpart:*@domain"
 
+    def logins(self, owner: str | None, tagged: bool) -> tuple[set[str], bool]:
+        """What ``users`` lets a source with this owner (and tags or not) log in as: the
+        logins named, and whether every non-root login is allowed (autogroup:nonroot).
+        localpart:*@domain gives the owner's local part when the owner is of that domain
+        (and the local part is a valid login)."""
+        logins: set[str] = set()
+        nonroot = False
+        for user in self.users:
+            if user == "autogroup:nonroot":
+                nonroot = True
+            elif user.startswith("localpart:*@"):
+                local, _, domain = (owner or "").partition("@")
+                if owner and not tagged and domain == user.removeprefix("localpart:*@") \
+                        and grammar.matches(grammar.LOGIN, local):
+                    logins.add(local)
+            else:
+                logins.add(user)
+        return logins, nonroot
+
 
 @dataclass(frozen=True)
 class SshTest:

@@ -14,7 +14,6 @@ import functools
 import ipaddress
 from collections import defaultdict
 
-from wgmesh import grammar
 from wgmesh.errors import Problem
 from wgmesh.evaluate import Endpoint
 from wgmesh.filters import RuleData
@@ -449,19 +448,10 @@ class Resolution:
         logins: set[str] = set()
         nonroot = False
         for rule, (src, dst, self_dst) in zip(self.policy.ssh, self._ssh, strict=True):
-            if not (src & sb and (dst & hb or (self_dst and mine & hb and mine & sb))):
-                continue
-            for user in rule.users:
-                if user == "autogroup:nonroot":
-                    nonroot = True
-                elif user.startswith("localpart:*@"):
-                    owner = src_node.owner if not src_node.tagged else None
-                    local, _, domain = (owner or "").partition("@")
-                    if owner and domain == user.removeprefix("localpart:*@") \
-                            and grammar.matches(grammar.LOGIN, local):
-                        logins.add(local)
-                else:
-                    logins.add(user)
+            if src & sb and (dst & hb or (self_dst and mine & hb and mine & sb)):
+                named, any_but_root = rule.logins(src_node.owner, src_node.tagged)
+                logins |= named
+                nonroot |= any_but_root
         return tuple(sorted(logins)), nonroot
 
     @functools.cached_property
