@@ -121,17 +121,16 @@ class Compiler(Resolution):
         self._dead_count = 0
         self._dead_first: list[tuple[str, str]] = []
         self._dns_unreached: list[str] = []
+        # Node -> the split domains it resolves through the mesh (computed once, here).
+        self.dns: dict[int, dict[str, list[str]]] = {}
         if self.net.split_dns:
             self._check_split_dns()
         if self.problems:
             raise InputError(self.problems)
 
-    def split_dns(self, h: int) -> dict[str, list[str]] | None:
+    def _split_dns(self, h: int, ev: Evaluator) -> dict[str, list[str]]:
         """The split domains node h resolves through the mesh: those whose nameservers the
         policy lets it reach on UDP port 53 (the ones it may reach, in mesh.yml's order)."""
-        if not self.net.split_dns:
-            return None
-        ev = Evaluator(self)
         me = {f: self.endpoint_of(self.names[h], f) for f in FAMILIES}
         out = {}
         for domain, servers in self.net.split_dns:
@@ -139,14 +138,16 @@ class Compiler(Resolution):
                   if ev.check(me[a.version], self.endpoint_of(str(a)), 17, 53).allow]
             if ok:
                 out[domain] = ok
-        return out or None
+        return out
 
     def _check_split_dns(self) -> None:
-        """A split domain no node may reach is a mistake, reported at compile; nodes that
-        may not reach one are named in a warning (they keep resolving it as before)."""
+        """Each node's split domains; a split domain no node may reach is a mistake,
+        reported at compile; nodes that may not reach one are named in a warning (they keep
+        resolving it as before)."""
         reached: set[str] = set()
+        ev = Evaluator(self)
         for h, name in enumerate(self.names):
-            got = self.split_dns(h) or {}
+            got = self.dns[h] = self._split_dns(h, ev)
             reached |= set(got)
             if self.nodes[h].managed:
                 self._dns_unreached += [f"{name} ({d})" for d, _ in self.net.split_dns
@@ -309,7 +310,7 @@ class Compiler(Resolution):
                           snat=is_exit or (bool(routes) and node.route_snat),
                           uses_exit_node=node.use_exit_node if exit_idx is not None else None,
                           unreachable=tuple(unreachable), ssh=ssh,
-                          dns=self.split_dns(h) if node.managed else None)
+                          dns=(self.dns.get(h) or None) if node.managed else None)
 
     def _restrict_ssh(self, h: int, sets: dict) -> None:
         """SSH over the mesh needs a network rule and an ssh rule, at both ends: on an

@@ -116,24 +116,22 @@ class Mesh:
     # Beside mesh.yml unless mesh.yml says otherwise (the lab keeps its own in lab state).
     lock_path: Path = field(default=Path("mesh.lock.yml"))
 
-    def where(self, node: str, key: str | None = None) -> tuple[int, int]:
-        """Position of a node (or one of its keys) in mesh.yml, for errors (read again with
-        positions the first time an error needs one)."""
+    def _positioned(self, section: str):
+        """A top-level section of mesh.yml as read with positions (read again with them the
+        first time an error needs one)."""
         if not isinstance(self.source.data, CommentedMap):
             self.source = YamlSource(self.path)
-        nodes = self.source.data.get("nodes")
-        if key is None:
-            return YamlSource.position(nodes, node)
-        return YamlSource.position(nodes[node], key)
+        return self.source.data.get(section)
 
-    def where_network(self, key: str, sub: str | None = None) -> tuple[int, int]:
-        """Position of network.<key> (or network.<key>.<sub>) in mesh.yml."""
-        if not isinstance(self.source.data, CommentedMap):
-            self.source = YamlSource(self.path)
-        network = self.source.data.get("network")
-        if sub is None:
-            return YamlSource.position(network, key)
-        return YamlSource.position(network[key], sub)
+    def where(self, node: str, key: str | None = None) -> tuple[int, int]:
+        """Position of a node (or one of its keys) in mesh.yml, for errors."""
+        nodes = self._positioned("nodes")
+        return YamlSource.position(nodes, node) if key is None else \
+            YamlSource.position(nodes[node], key)
+
+    def where_network(self, key: str, sub: str) -> tuple[int, int]:
+        """Position of network.<key>.<sub> in mesh.yml."""
+        return YamlSource.position(self._positioned("network")[key], sub)
 
 
 def resolve_path(path: str | Path) -> Path:
