@@ -774,6 +774,10 @@ def check_dns(dns: dict) -> None:
             raise ApplyError(f"the bundle's split DNS entry {domain!r} is not a domain with "
                              "nameservers")
         for server in servers:
+            # Whole-string: an address with a scope id (or anything else) never reaches
+            # dnsmasq's configuration.
+            if not isinstance(server, str) or not re.fullmatch(r"[0-9A-Fa-f:.]{2,45}", server):
+                raise ApplyError(f"the bundle's nameserver {server!r} is not an address")
             ipaddress.ip_address(server)
 
 
@@ -894,9 +898,12 @@ def reload_sshd(pidfile: str) -> str:
     """SIGHUP to the running sshd (it re-reads its configuration; open sessions stay)."""
     try:
         pid = int((read(pidfile) or "").strip())
-        os.kill(pid, signal.SIGHUP)
-    except (ValueError, ProcessLookupError):
+    except ValueError:
+        pid = 0
+    # A stale pid file may name another process by now: only an sshd gets the signal.
+    if pid <= 1 or not (read(f"/proc/{pid}/comm") or "").startswith("sshd"):
         return f"sshd is not running ({pidfile}): it reads the drop-in when it starts"
+    os.kill(pid, signal.SIGHUP)
     return "reload sshd"
 
 
