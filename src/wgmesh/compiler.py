@@ -329,6 +329,13 @@ class Compiler(Resolution):
                 if sets.get(f"out{f}"):
                     sets[f"out{f}"] = restrict_port(sets[f"out{f}"], 6, port,
                                                     subtract(EVERYTHING[f], ranges[f == 6]))
+        # A router or exit node forwards only what comes from outside the mesh, and no ssh
+        # rule names such a source: it forwards nothing to port 22 of SSH-managed nodes.
+        managed = self.node_ranges(self.ssh_hosts)
+        for f in FAMILIES:
+            if sets.get(f"fwd{f}"):
+                sets[f"fwd{f}"] = restrict_port(sets[f"fwd{f}"], 6, port,
+                                                subtract(EVERYTHING[f], managed[f == 6]), dim=1)
 
     def _unreachable(self, a: str, b: str) -> None:
         """A pair policy relates that can never connect gets no peer entry (warned once)."""

@@ -68,23 +68,26 @@ def forward(boxes: dict[str, Grouped], rd: RuleData, f: int, srcs, dsts) -> None
 
 
 def restrict_port(boxes: tuple[Box, ...], proto: int, port: int,
-                  allowed: list[tuple[int, int]]) -> tuple[Box, ...]:
-    """Boxes (address, protocol, port) in which ``proto``/``port`` keeps only the addresses
-    in ``allowed``; every other protocol and port is left as it was."""
+                  allowed: list[tuple[int, int]], dim: int = 0) -> tuple[Box, ...]:
+    """Boxes (addresses..., protocol, port) in which ``proto``/``port`` keeps only the
+    address ranges of dimension ``dim`` that lie in ``allowed``; every other protocol and
+    port is left as it was."""
     out: list[Box] = []
-    for addr, protos, ports in boxes:
+    for box in boxes:
+        *addrs, protos, ports = box
         if not (protos[0] <= proto <= protos[1] and ports[0] <= port <= ports[1]):
-            out.append((addr, protos, ports))
+            out.append(box)
             continue
         if protos[0] < proto:
-            out.append((addr, (protos[0], proto - 1), ports))
+            out.append((*addrs, (protos[0], proto - 1), ports))
         if proto < protos[1]:
-            out.append((addr, (proto + 1, protos[1]), ports))
+            out.append((*addrs, (proto + 1, protos[1]), ports))
         if ports[0] < port:
-            out.append((addr, (proto, proto), (ports[0], port - 1)))
+            out.append((*addrs, (proto, proto), (ports[0], port - 1)))
         if port < ports[1]:
-            out.append((addr, (proto, proto), (port + 1, ports[1])))
-        out += [(r, (proto, proto), (port, port)) for r in clip([addr], allowed)]
+            out.append((*addrs, (proto, proto), (port + 1, ports[1])))
+        for r in clip([addrs[dim]], allowed):
+            out.append((*addrs[:dim], r, *addrs[dim + 1:], (proto, proto), (port, port)))
     return tuple(disjoint(out))
 
 

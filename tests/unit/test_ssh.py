@@ -143,3 +143,26 @@ def test_plan_states_port_22_and_logins_as_the_filters_do(tmp_path):
     assert [(c.source, c.kind, c.destinations, c.ports) for c in p.access] == [
         ("bob@example.org", "loses", ["web1"], ["ssh as root"])]
     assert not p.widened and p.exit_code == plan.CHANGED
+
+
+def test_a_router_forwards_no_subnet_source_to_port_22_of_an_ssh_managed_node(tmp_path):
+    """eval refuses a subnet source port 22 of an SSH-managed node (no ssh rule names an
+    address outside the mesh); the router's forwarding set agrees, other ports still pass."""
+    nodes = {"gw": {"tags": ["tag:router"], "endpoint": "192.0.2.1:51820",
+                    "advertise_routes": ["192.168.1.0/24"]},
+             "web1": {"tags": ["tag:web"], "endpoint": "192.0.2.2:51820"},
+             "alice": {"owner": "alice@example.com"}}
+    policy = """{"tagOwners": {"tag:router": [], "tag:web": []},
+      "autoApprovers": {"routes": {"192.168.1.0/24": ["tag:router"]}},
+      "acls": [{"action": "accept", "src": ["192.168.1.0/24", "alice@example.com"],
+                "dst": ["tag:web:*"]}],
+      "ssh": [{"action": "accept", "src": ["alice@example.com"], "dst": ["tag:web"],
+               "users": ["root"]}]}"""
+    b = make(tmp_path, nodes, policy)
+    comp = b.compiler
+    lan, web = comp.endpoint_of("192.168.1.7"), comp.endpoint_of("web1", 4)
+    fwd = parse_sets(render.nftables(comp.host("gw"), b.mesh.network))["fwd4"]
+    for port in (22, 80):
+        want = b.evaluator.check(lan, web, 6, port).allow
+        assert want is (port == 80)
+        assert lookup(fwd, (int(lan.addr), int(web.addr), 6, port)) is want
