@@ -107,10 +107,8 @@ def access(b: Build) -> dict[str, dict[str, Ports]]:
                 dsts.append(sel.text)
         for src, mask in srcs.items():
             mine = list(dsts)
-            if rd.self_dst and mask:
-                user = comp.nodes[next(iter(bits(mask)))].owner
-                if user and not comp.nodes[next(iter(bits(mask)))].tags:
-                    mine += [comp.names[i] for i in bits(comp.user_mask.get(user, 0))]
+            if rd.self_dst and mask:  # a principal's nodes share one owner: any one will do
+                mine += [comp.names[i] for i in bits(comp.own_devices(bits(mask)[0]))]
             row = out[src]
             for dst in mine:
                 cell = row[dst]

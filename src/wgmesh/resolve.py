@@ -414,7 +414,7 @@ class Resolution:
             mask |= dst | (self._self_targets(src) if self_dst else 0)
         return mask & ~sum(1 << i for i, n in enumerate(self.nodes) if not n.managed)
 
-    def _own_devices(self, i: int) -> int:
+    def own_devices(self, i: int) -> int:
         """The untagged nodes of node i's owner (what autogroup:self means for it)."""
         node = self.nodes[i]
         return self.user_mask.get(node.owner, 0) if node.owner and not node.tagged else 0
@@ -422,7 +422,7 @@ class Resolution:
     def ssh_sources(self, h: int) -> int:
         """Nodes an ssh rule lets log in to node h."""
         bit, out = 1 << h, 0
-        mine = self._own_devices(h)
+        mine = self.own_devices(h)
         for src, dst, self_dst in self._ssh:
             if dst & bit:
                 out |= src
@@ -433,7 +433,7 @@ class Resolution:
     def ssh_targets(self, s: int) -> int:
         """SSH-managed nodes that let node s log in."""
         bit, out = 1 << s, 0
-        mine = self._own_devices(s)
+        mine = self.own_devices(s)
         for src, dst, self_dst in self._ssh:
             if src & bit:
                 out |= dst | (mine if self_dst else 0)
@@ -444,7 +444,7 @@ class Resolution:
         (autogroup:nonroot): the union over the rules that let s in."""
         hb, sb = 1 << h, 1 << s
         src_node = self.nodes[s]
-        mine = self._own_devices(h)
+        mine = self.own_devices(h)
         logins: set[str] = set()
         nonroot = False
         for rule, (src, dst, self_dst) in zip(self.policy.ssh, self._ssh, strict=True):
