@@ -8,7 +8,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
 try:
-    from wgmesh import render
+    from wgmesh import render, signing
     from wgmesh.build import KeyMismatch, PolicyTestFailure, build, source_commit
     from wgmesh.compiler import fewer_gc_passes
     from wgmesh.errors import InputError
@@ -22,7 +22,7 @@ class ActionModule(ActionBase):
     """See plugins/modules/wgmesh_compile.py for the documentation."""
 
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("mesh", "policy", "hosts", "rotate", "warn_days", "warn"))
+    _VALID_ARGS = frozenset(("mesh", "policy", "hosts", "rotate", "warn_days", "warn", "pull"))
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
@@ -41,11 +41,10 @@ class ActionModule(ActionBase):
         for name in hosts:
             reported = hostvars.get(name, {}).get("__wgmesh_key") or {}
             keys[name] = reported.get("public_key") if isinstance(reported, dict) else None
-        today = dt.datetime.now(dt.UTC).date()
         try:
-            # One compile, with the reported keys pinned first.
-            b = build(mesh_path, args.get("policy") or None, today=today, keys=keys,
-                      rotate=rotate)
+            # One compile, with the reported keys pinned first (as of today, or of the
+            # manifest's date in a signed mesh).
+            b = build(mesh_path, args.get("policy") or None, keys=keys, rotate=rotate)
         except (InputError, PolicyTestFailure) as exc:
             what = ("the policy's tests fail" if isinstance(exc, PolicyTestFailure)
                     else "the mesh does not compile")
@@ -53,6 +52,10 @@ class ActionModule(ActionBase):
                 str(p) for p in exc.problems)) from exc
         except KeyMismatch as exc:
             raise AnsibleActionFail("refusing to continue:\n" + str(exc)) from exc
+        today = b.today
+        refusal = self._refusal(b, keys, rotate, bool(args.get("pull")))
+        if refusal:
+            raise AnsibleActionFail(refusal + " (no host was changed)")
         before = b.lock.text_before
         comp = b.compiler
         changed = b.lock.changed
@@ -110,6 +113,9 @@ class ActionModule(ActionBase):
             pinned=sorted(n for n, a in b.alloc.items() if a.public_key),
             rotated=sorted(rotate & set(keys)),
         )
+        if b.mesh.signing is not None:
+            result.update(manifest=b.manifest, trust=signing.trust_of(b),
+                          serial=b.manifest["manifest"]["serial"])
         warnings += self._left_out(task_vars or {}, b, keys)
         if warnings:
             result["warnings"] = warnings
@@ -117,6 +123,35 @@ class ActionModule(ActionBase):
             result["diff"] = {"before_header": str(b.lock.path), "after_header": str(b.lock.path),
                               "before": before, "after": b.lock.dump()}
         return result
+
+    @staticmethod
+    def _refusal(b, keys: dict, rotate: set, pull: bool) -> str | None:
+        """Why a signed mesh, or a pull run, may not go on with these inputs."""
+        new = sorted(n for n in keys if b.lock.pinned_now(n))
+        if new and (pull or b.mesh.signing is not None):
+            return (f"{', '.join(new)} reported a key the lockfile does not pin: enrol it "
+                    "first (`wgmesh enrol NODE PUBLIC_KEY`, commit the lockfile" +
+                    (", sign a new manifest)" if b.mesh.signing else ")"))
+        if pull and b.lock.changed:
+            return (f"{b.lock.path} is not up to date with mesh.yml: a host in pull mode "
+                    "never writes it (`wgmesh lock` and commit)")
+        if b.mesh.signing is None:
+            return None
+        if rotate:
+            return ("a signed mesh changes a key only by a signed lockfile: enrol the new "
+                    "key and sign a new manifest (playbooks/rotate.yml is for unsigned meshes)")
+        path = b.mesh.signing.manifest_path
+        if b.manifest is None:
+            return (f"mesh.yml has a signing section but there is no {path}: `wgmesh "
+                    "manifest create`, then the admins `wgmesh manifest sign`")
+        if b.lock.changed:
+            return (f"{b.lock.path} is not up to date with mesh.yml (new nodes need "
+                    "addresses): `wgmesh lock`, commit, and sign a new manifest")
+        stale = signing.check_inputs(b, b.manifest)
+        if stale:
+            return (f"{path} does not state these inputs: " + "; ".join(stale) +
+                    ". Make a new manifest and have it signed")
+        return None
 
     @staticmethod
     def _left_out(task_vars: dict, b, keys: dict) -> list[str]:

@@ -96,6 +96,29 @@ options:
     description: The running sshd's pid file; it gets SIGHUP to read a changed drop-in.
     type: path
     default: /run/sshd.pid
+  manifest:
+    description:
+      - The signed manifest the bundle comes from (C(wgmesh manifest create) and C(sign);
+        C(wgmesh_compile) returns it when mesh.yml has a C(signing) section).
+      - A host with a I(trust_file) runs a bundle only when the manifest has at least the
+        threshold of valid signatures of the admins it trusts, no signature of any other
+        key, a serial no lower than the one it runs (the same serial only for the same
+        manifest), and lists the bundle's SHA-256 under the host's name. Anything else is
+        refused before the host is touched, with the reason.
+      - A manifest stating other admins or another threshold becomes the host's trust once
+        it is accepted.
+    type: dict
+  trust:
+    description:
+      - Enrolment - the admins (name to ed25519 public key) and C(threshold) to install as
+        I(trust_file) when the host has none. A host that has one keeps it; only a manifest
+        its admins signed changes it.
+    type: dict
+  trust_file:
+    description: Where the host keeps the admins it trusts, their threshold, and the serial
+      and digest of the manifest it runs (kept when the host leaves the mesh).
+    type: path
+    default: /etc/wgmesh/trust.json
   root:
     description:
       - Write the bundle's files (and the names block, and the bundle as the record of what
@@ -126,6 +149,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+serial:
+  description: The serial of the signed manifest the host runs (with a trust file).
+  returned: when the host has a trust file
+  type: int
 actions:
   description: Every difference found, in words, and what was (in check mode, would be) done.
   returned: always
@@ -1108,6 +1135,81 @@ def refuse_exit_over_ssh(run: Runner, b: dict, host: str) -> str | None:
     return client
 
 
+TRUST_FILE = "/etc/wgmesh/trust.json"
+
+
+def canonical(value) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def verify_manifest(signed: dict, trust: dict, b: dict) -> dict:
+    """The rules of wgmesh.signing.verify (tests/unit/test_signing.py holds both to the same
+    verdicts), plus: the manifest lists this bundle. Returns the trust state to record."""
+    try:
+        from nacl.exceptions import BadSignatureError
+        from nacl.signing import VerifyKey
+    except ImportError as exc:
+        raise ApplyError("checking signed manifests needs PyNaCl on the host (Debian: "
+                         "python3-nacl; wgmesh_manage_packages installs it)") from exc
+    if not isinstance(signed, dict) or set(signed) != {"manifest", "signatures"}:
+        raise ApplyError("refused: a signed manifest has exactly the keys manifest and "
+                         "signatures")
+    body, sigs = signed["manifest"], signed["signatures"]
+    if not isinstance(body, dict) or body.get("format") != 1 or not isinstance(sigs, dict):
+        raise ApplyError("refused: the manifest's format is not 1")
+    serial = body.get("serial")
+    if isinstance(serial, bool) or not isinstance(serial, int) or serial < 1:
+        raise ApplyError("refused: the manifest's serial is not a whole number from 1")
+    admins = trust["admins"]
+    unknown = sorted(set(sigs) - set(admins))
+    if unknown:
+        raise ApplyError(f"refused: the manifest is signed by {', '.join(unknown)}, not an "
+                         "admin this host trusts")
+    message = canonical(body)
+    valid, bad = [], []
+    for name in sorted(sigs):
+        try:
+            VerifyKey(base64.b64decode(admins[name])).verify(message,
+                                                             base64.b64decode(sigs[name]))
+            valid.append(name)
+        except (BadSignatureError, ValueError, TypeError):
+            bad.append(name)
+    if len(valid) < trust["threshold"]:
+        why = f"; not valid for this manifest: {', '.join(bad)}" if bad else ""
+        raise ApplyError(f"refused: the manifest has {len(valid)} valid signature(s) "
+                         f"({', '.join(valid) or 'none'}), {trust['threshold']} needed{why}")
+    digest = hashlib.sha256(message).hexdigest()
+    if serial < trust.get("serial", 0):
+        raise ApplyError(f"refused: manifest serial {serial} is lower than serial "
+                         f"{trust['serial']} this host runs (an older manifest is not taken "
+                         "again)")
+    if serial == trust.get("serial") and digest != trust.get("digest"):
+        raise ApplyError(f"refused: manifest serial {serial} was already used by another "
+                         "manifest")
+    body_text = canonical({k: v for k, v in b.items() if k not in ("hash", "commit")})
+    listed = (body.get("bundles") or {}).get(b["name"]) if isinstance(body.get("bundles"),
+                                                                     dict) else None
+    if listed != hashlib.sha256(body_text).hexdigest():
+        raise ApplyError(f"refused: the manifest (serial {serial}) does not list this bundle "
+                         f"for {b['name']}: it was not compiled from the signed inputs")
+    new = body.get("trust")
+    if not (isinstance(new, dict) and isinstance(new.get("admins"), dict)
+            and isinstance(new.get("threshold"), int) and new["admins"]
+            and 1 <= new["threshold"] <= len(new["admins"])):
+        raise ApplyError("refused: the manifest states no valid admins and threshold")
+    return {"admins": new["admins"], "threshold": new["threshold"], "serial": serial,
+            "digest": digest}
+
+
+def check_trust(trust) -> dict:
+    if not (isinstance(trust, dict) and isinstance(trust.get("admins"), dict)
+            and trust["admins"] and isinstance(trust.get("threshold"), int)
+            and 1 <= trust["threshold"] <= len(trust["admins"])
+            and all(KEY_TEXT.fullmatch(str(k)) for k in trust["admins"].values())):
+        raise ApplyError("the trust (admins and threshold) is not valid")
+    return trust
+
+
 def check_bundle(b: dict) -> None:
     if b.get("format") != 1:
         raise ApplyError(f"bundle format {b.get('format')!r} is not 1: update wgmesh on the "
@@ -1155,6 +1257,9 @@ def main() -> None:
             "sshd_dropin": {"type": "path", "default": SSHD_DROPIN},
             "sshd_pidfile": {"type": "path", "default": "/run/sshd.pid"},
             "root": {"type": "path"},
+            "manifest": {"type": "dict"},
+            "trust": {"type": "dict"},
+            "trust_file": {"type": "path", "default": TRUST_FILE},
         },
         required_if=[("state", "present", ["bundle"])],
         supports_check_mode=True,
@@ -1162,6 +1267,14 @@ def main() -> None:
     host = Host(module)
     check_mode = module.check_mode
     before = host.state()
+    trust_file = module.params["trust_file"]
+    try:
+        on_disk = json.loads(read(trust_file) or "null")
+    except ValueError:
+        module.fail_json(msg=f"{trust_file} is not JSON: the host's trust is damaged")
+    if on_disk is not None and module.params["state"] == "previous":
+        module.fail_json(msg=f"refused: this host takes only signed manifests ({trust_file}), "
+                         "and going back to the bundle before is going back to an older one")
     if module.params["state"] == "absent":
         last = host.last_good() or {}
         try:
@@ -1197,8 +1310,20 @@ def main() -> None:
         b = json.loads(text)
     result = {"previous": before.get("hash"), "hash": b.get("hash"),
               "applied": {k: before.get(k) for k in ("hash", "commit", "applied")}}
+    accepted = None
     try:
         check_bundle(b)
+        trust = on_disk
+        if trust is None and module.params["trust"] is not None:  # enrolment
+            trust = dict(check_trust(module.params["trust"]), serial=0, digest=None)
+        if trust is not None:
+            if module.params["manifest"] is None:
+                raise ApplyError(f"refused: this host takes only bundles of a signed manifest "
+                                 f"(it has {trust_file}); mesh.yml has no signing section")
+            accepted = verify_manifest(module.params["manifest"], check_trust(trust), b)
+            result["serial"] = accepted["serial"]
+        elif module.params["manifest"] is not None:
+            raise ApplyError("a manifest came but the host trusts no admins: pass trust")
         if b["uses_exit_node"]:
             result["ssh_client"] = refuse_exit_over_ssh(host.run, b, b["name"])
         if b["public_key"] and os.path.exists(host.key_file):
@@ -1244,6 +1369,15 @@ def main() -> None:
                          changed=True, **result)
     # The host was recorded as running this bundle: every difference found is drift.
     drift = actions if before.get("hash") == b["hash"] else []
+    if accepted is not None and accepted != on_disk:
+        actions.append(f"accept manifest serial {accepted['serial']}" + (
+            "" if on_disk is None or (on_disk.get("admins"), on_disk.get("threshold")) ==
+            (accepted["admins"], accepted["threshold"]) else
+            f" and its admins ({', '.join(sorted(accepted['admins']))}, threshold "
+            f"{accepted['threshold']})"))
+        if not check_mode:
+            os.makedirs(os.path.dirname(trust_file), mode=0o755, exist_ok=True)
+            write_atomic(trust_file, json.dumps(accepted, sort_keys=True), 0o644)
     diff = {"before": "\n".join(host.diff_before), "after": "\n".join(host.diff_after)}
     if actions:  # what differs, in words, with the files' diff
         diff["prepared"] = "".join(f"{'drift' if drift else 'change'}: {a}\n" for a in actions)

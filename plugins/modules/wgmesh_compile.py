@@ -44,6 +44,13 @@ options:
       old keys); the role gives them only when C(playbooks/check.yml) did not (C(--limit)).
     type: bool
     default: true
+  pull:
+    description:
+      - A host compiling its own bundle (C(playbooks/pull.yml)) - the lockfile is never
+        written, and a key it does not pin (a host not enrolled) or a lockfile behind
+        mesh.yml is refused.
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -92,4 +99,21 @@ interface:
   description: The mesh interface name.
   returned: success
   type: str
+manifest:
+  description:
+    - With a C(signing) section in mesh.yml, the signed manifest (what each host checks
+      its bundle against). The run is refused before any host is touched when the manifest
+      is missing or states other inputs, when a host reports a key the lockfile does not
+      pin, or when the lockfile is behind mesh.yml; the mesh is compiled as of the
+      manifest's date.
+  returned: when mesh.yml has a signing section
+  type: dict
+trust:
+  description: The admins and threshold mesh.yml states (installed on a host that has none).
+  returned: when mesh.yml has a signing section
+  type: dict
+serial:
+  description: The manifest's serial.
+  returned: when mesh.yml has a signing section
+  type: int
 """

@@ -58,6 +58,10 @@ missing_tools:
   type: list
   elements: str
   sample: [wg, wg-quick, wireguard-go]
+has_nacl:
+  description: Whether PyNaCl, which checks signed manifests, is importable on the host.
+  returned: always
+  type: bool
 """
 
 import base64
@@ -124,6 +128,15 @@ def public_of(private: str) -> str:
     return base64.b64encode(crypto_scalarmult_base(raw)).decode()
 
 
+def has_nacl() -> bool:
+    """PyNaCl, which checks signed manifests (wgmesh_apply), is importable."""
+    try:
+        import nacl.signing  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def missing_tools() -> list[str]:
     missing = [t for t in ("wg", "wg-quick", "nft") if not shutil.which(t)]
     if not os.path.isdir("/sys/module/wireguard") and subprocess.run(
@@ -145,7 +158,8 @@ def main() -> None:
     except OSError:  # no modprobe
         missing = [t for t in ("wg", "wg-quick", "nft") if not shutil.which(t)]
     if make and module.check_mode:
-        module.exit_json(changed=True, created=True, public_key=None, missing_tools=missing)
+        module.exit_json(changed=True, created=True, public_key=None, missing_tools=missing,
+                         has_nacl=has_nacl())
     try:
         if make:
             directory = os.path.dirname(path) or "."
@@ -174,7 +188,8 @@ def main() -> None:
     if mode & 0o077:
         module.fail_json(msg=f"{path} is readable by others (mode {mode:o}); "
                          "fix it with chmod 600 (the key may have leaked)")
-    module.exit_json(changed=make, created=make, public_key=public, missing_tools=missing)
+    module.exit_json(changed=make, created=make, public_key=public, missing_tools=missing,
+                     has_nacl=has_nacl())
 
 
 if __name__ == "__main__":

@@ -43,6 +43,9 @@ class Build:
     lock: Lock
     alloc: dict[str, Allocation]
     compiler: Compiler
+    today: dt.date | None = None
+    # The signed manifest (mesh.yml with a signing section, once one was made).
+    manifest: dict | None = None
 
     @property
     def evaluator(self) -> Evaluator:
@@ -94,6 +97,16 @@ def build(inventory: str | Path, policy: str | Path | None = None, *,
     the host; one that differs from the pinned key raises KeyMismatch. Nothing is written.
     """
     mesh, pol = load_inputs(inventory, policy)
+    manifest = None
+    if mesh.signing is not None and mesh.signing.manifest_path.exists():
+        from wgmesh import signing
+
+        manifest = signing.load(mesh.signing.manifest_path)
+    if today is None:
+        # A signed mesh is compiled as of its manifest's date, so that every host runs
+        # what the admins signed: expiry takes effect with the next manifest.
+        today = (signing.as_of(manifest) if manifest is not None
+                 else dt.datetime.now(dt.UTC).date())
     lock = Lock(mesh.lock_path)
     alloc = lock.allocate(mesh)
     if keys:
@@ -103,9 +116,9 @@ def build(inventory: str | Path, policy: str | Path | None = None, *,
         _pin_reported(lock, mesh, keys, today)
         alloc = lock.allocate(mesh)
     comp = Compiler(mesh, pol, alloc, today)
-    result = Build(mesh, pol, lock, alloc, comp)
+    result = Build(mesh, pol, lock, alloc, comp, today, manifest)
     if run_tests and (pol.tests or pol.ssh_tests):
-        digest = _input_digest(mesh, pol, lock, today or dt.date.today())
+        digest = _input_digest(mesh, pol, lock, today)
         if not _passed_before(digest):
             failures = policy_test_failures(result)
             if failures:

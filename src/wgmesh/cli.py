@@ -27,7 +27,7 @@ from wgmesh.build import (
     source_commit,
 )
 from wgmesh.compiler import fewer_gc_passes
-from wgmesh.errors import InputError, LabError, escape, write_atomic
+from wgmesh.errors import InputError, LabError, Problem, escape, write_atomic
 from wgmesh.policy import PROTOCOLS
 
 DEFAULT_LAB = "inventories/lab"
@@ -131,6 +131,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-debs", action="store_true", help="leave the Debian packages out")
     p.set_defaults(func=cmd_kit)
 
+    admin = sub.add_parser("admin", help="admin signing keys (changes signed by M of N)")
+    admin_sub = admin.add_subparsers(required=True, metavar="ACTION")
+    p = admin_sub.add_parser("keygen", help="make an ed25519 key (its file 0600, never "
+                             "overwritten); print the public key for signing.admins")
+    p.add_argument("--out", required=True, type=Path, metavar="FILE")
+    p.set_defaults(func=cmd_admin_keygen)
+
+    manifest = sub.add_parser("manifest", help="the signed manifest of the inputs: create, "
+                              "sign, verify; the admins' trust for enrolment")
+    man_sub = manifest.add_subparsers(required=True, metavar="ACTION")
+    p = man_sub.add_parser("create", help="state the inputs and every host's bundle, with the "
+                           "next serial, unsigned (as of today)")
+    _mesh_args(p)
+    p.add_argument("--serial", type=int, metavar="N",
+                   help="the serial (default: the current manifest's plus one)")
+    p.set_defaults(func=cmd_manifest_create)
+    p = man_sub.add_parser("sign", help="compile the inputs again, check the manifest states "
+                           "them, and add this admin's signature")
+    _mesh_args(p)
+    p.add_argument("--key", required=True, type=Path, metavar="FILE")
+    p.set_defaults(func=cmd_manifest_sign)
+    p = man_sub.add_parser("verify", help="the manifest states these inputs and bundles and "
+                           "has enough valid signatures (exit 1 if not)")
+    _mesh_args(p)
+    p.add_argument("--trust", type=Path, metavar="FILE",
+                   help="judge the signatures with this trust file (a host's "
+                   "/etc/wgmesh/trust.json) instead of mesh.yml's signing section")
+    p.set_defaults(func=cmd_manifest_verify)
+    p = man_sub.add_parser("trust", help="print the trust a host installs at enrolment")
+    _mesh_args(p)
+    p.set_defaults(func=cmd_manifest_trust)
+
+    p = sub.add_parser("enrol", help="pin a host's public key (from `wgmesh host enrol`) in "
+                       "the lockfile, for a pull request")
+    _mesh_args(p)
+    p.add_argument("node")
+    p.add_argument("public_key")
+    p.set_defaults(func=cmd_enrol)
+    host = sub.add_parser("host", help="commands run on a host itself (pull mode)")
+    host_sub = host.add_subparsers(required=True, metavar="ACTION")
+    p = host_sub.add_parser("enrol", help="make this host's WireGuard key (kept if it exists), "
+                            "install the admins' trust, print the public key")
+    p.add_argument("--interface", default="wg0")
+    p.add_argument("--key-dir", type=Path, default=Path("/etc/wireguard"))
+    p.add_argument("--trust", type=Path, metavar="FILE",
+                   help="the trust `wgmesh manifest trust` printed (installed only when the "
+                   "host has none)")
+    p.add_argument("--trust-file", type=Path, default=Path("/etc/wgmesh/trust.json"))
+    p.add_argument("--pull", metavar="URL", help="pull mode: the repository to apply from "
+                   "(with --node and --inventory); starts a systemd timer where systemd runs")
+    p.add_argument("--node", help="this host's node name in mesh.yml")
+    p.add_argument("--inventory", metavar="PATH", help="the inventory folder in the repository")
+    p.add_argument("--branch", default="main")
+    p.add_argument("--every", type=int, default=300, metavar="SECONDS")
+    p.set_defaults(func=cmd_host_enrol)
+    p = host_sub.add_parser("pull", help="apply this host's part of the mesh from the "
+                            "repository now (ansible-pull, settings of `host enrol --pull`)")
+    p.add_argument("--loop", type=int, metavar="SECONDS",
+                   help="again and again, this many seconds apart (where systemd does not run)")
+    p.add_argument("--config", type=Path, default=Path("/etc/wgmesh/pull.json"))
+    p.set_defaults(func=cmd_host_pull)
+
     p = sub.add_parser("status", help="does every host run what the inputs say (runs "
                        "playbooks/status.yml; exit code 2 on drift)")
     p.add_argument("-i", "--inventory", default=DEFAULT_LAB, metavar="PATH",
@@ -171,8 +233,8 @@ def _mesh_args(p: argparse.ArgumentParser) -> None:
 
 
 def _build(args, run_tests: bool = True):
-    today = args.today or dt.datetime.now(dt.UTC).date()
-    return build(args.inventory, args.policy, today=today, run_tests=run_tests)
+    # Without --today: today (UTC), or a signed mesh's manifest date.
+    return build(args.inventory, args.policy, today=args.today, run_tests=run_tests)
 
 
 def _warn(b) -> None:
@@ -366,6 +428,194 @@ def cmd_kit(args) -> int:
           f"{sum(1 for f in manifest['files'] if f.startswith('wheels/'))} wheels for Python "
           f"{', '.join(pythons)}, {len(manifest['debian_packages'])} Debian packages; "
           f"install with: sh {args.out}/install.sh")
+    return 0
+
+
+def cmd_admin_keygen(args) -> int:
+    from wgmesh import signing
+
+    if args.out.exists():
+        print(f"error: {args.out} exists: an admin key is never overwritten", file=sys.stderr)
+        return 2
+    public = signing.new_admin_key(args.out)
+    print(public)
+    print(f"private key in {args.out} (mode 0600): keep it off the repository and the CI; "
+          "add the public key to mesh.yml's signing.admins", file=sys.stderr)
+    return 0
+
+
+def cmd_manifest_create(args) -> int:
+    from wgmesh import signing
+
+    b = build(args.inventory, args.policy, run_tests=True,
+              today=args.today or dt.datetime.now(dt.UTC).date())
+    if b.lock.changed:
+        print(f"error: {b.lock.path} is not up to date with mesh.yml: run `wgmesh lock` (and "
+              "enrol new hosts) first, then create the manifest", file=sys.stderr)
+        return 2
+    old = b.manifest["manifest"]["serial"] if b.manifest else 0
+    serial = args.serial if args.serial is not None else old + 1
+    if serial <= old:
+        print(f"error: serial {serial} is not above the current one ({old}): hosts would "
+              "refuse it", file=sys.stderr)
+        return 2
+    data = {"manifest": signing.compile_body(b, serial, b.today), "signatures": {}}
+    signing.save(b.mesh.signing.manifest_path, data)
+    print(f"{b.mesh.signing.manifest_path}: serial {serial}, as of {b.today}, "
+          f"{len(data['manifest']['bundles'])} host bundles; needs "
+          f"{b.mesh.signing.threshold} signatures (`wgmesh manifest sign --key FILE`)")
+    return 0
+
+
+def _signed_build(args):
+    b = _build(args)
+    if b.mesh.signing is None or b.manifest is None:
+        raise InputError([Problem(str(b.mesh.path), 1, 1, "signing", "no manifest",
+                                  "add a signing section to mesh.yml, then `wgmesh manifest "
+                                  "create`")])
+    return b
+
+
+def _stale(b) -> list[str]:
+    """How the manifest differs from what its inputs compile to."""
+    from wgmesh import signing
+
+    body = b.manifest["manifest"]
+    problems = signing.check_inputs(b, b.manifest)
+    if not problems:
+        want = signing.compile_body(b, body["serial"], signing.as_of(b.manifest))
+        if want != body:
+            problems = ["the bundles or trust it states are not what its inputs compile to"]
+    return problems
+
+
+def cmd_manifest_sign(args) -> int:
+    from wgmesh import signing
+
+    b = _signed_build(args)
+    key = signing.read_admin_key(args.key)
+    stale = _stale(b)
+    if stale:
+        for line in stale:
+            print(f"error: {b.mesh.signing.manifest_path}: {line}", file=sys.stderr)
+        print("error: nothing signed: make it again with `wgmesh manifest create`",
+              file=sys.stderr)
+        return 1
+    try:
+        name = signing.sign(b.manifest, key)
+    except signing.Refused as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    signing.save(b.mesh.signing.manifest_path, b.manifest)
+    body = b.manifest["manifest"]
+    print(f"signed serial {body['serial']} as {name}: {len(b.manifest['signatures'])} of "
+          f"{body['trust']['threshold']} needed")
+    return 0
+
+
+def cmd_manifest_verify(args) -> int:
+    from wgmesh import signing
+
+    b = _signed_build(args)
+    stale = _stale(b)
+    trust = signing.trust_of(b)
+    if args.trust:
+        trust = json.loads(args.trust.read_text())
+    try:
+        names = signing.verify(b.manifest, trust)
+    except signing.Refused as exc:
+        stale.append(str(exc))
+    body = b.manifest["manifest"]
+    if stale:
+        for line in stale:
+            print(f"refused: serial {body['serial']}: {line}")
+        return 1
+    print(f"ok: serial {body['serial']} as of {body['date']}, signed by {', '.join(names)} "
+          f"({trust['threshold']} needed); states these inputs and "
+          f"{len(body['bundles'])} bundles")
+    return 0
+
+
+def cmd_manifest_trust(args) -> int:
+    from wgmesh import signing
+
+    b = _build(args, run_tests=False)
+    if b.mesh.signing is None:
+        print(f"error: {b.mesh.path} has no signing section", file=sys.stderr)
+        return 2
+    print(json.dumps(signing.trust_of(b), indent=1, sort_keys=True))
+    return 0
+
+
+def cmd_enrol(args) -> int:
+    from wgmesh.build import KeyMismatch
+
+    if not grammar.public_key(args.public_key):
+        print(f"error: {args.public_key[:60]!r} is not a WireGuard public key", file=sys.stderr)
+        return 2
+    try:
+        b = build(args.inventory, args.policy, run_tests=False,
+                  keys={args.node: args.public_key})
+    except KeyMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.node not in b.mesh.nodes or not b.mesh.nodes[args.node].managed:
+        print(f"error: {args.node} is not a managed node of {b.mesh.path}: add it there first",
+              file=sys.stderr)
+        return 2
+    changed = b.lock.save()
+    print(f"{args.node}: public key {args.public_key} "
+          f"{'pinned in' if changed else 'already pinned in'} {b.lock.path}; commit it" +
+          (", then make and sign a new manifest" if b.mesh.signing else ""))
+    return 0
+
+
+def cmd_host_pull(args) -> int:
+    from wgmesh import pull
+
+    return pull.run(args.config, args.loop)
+
+
+def cmd_host_enrol(args) -> int:
+    from wgmesh import device, pull
+
+    conf = None
+    if args.pull:
+        if not (args.node and args.inventory):
+            print("error: --pull needs --node and --inventory", file=sys.stderr)
+            return 2
+        conf = pull.settings(args.pull, args.node, args.inventory, args.branch, args.every)
+    key = args.key_dir / f"{args.interface}.key"
+    if not grammar.matches(grammar.IFNAME, args.interface):
+        print(f"error: {args.interface!r} is not an interface name", file=sys.stderr)
+        return 2
+    if key.exists():
+        public = device.public_of(device.read_private_key(key))
+    else:
+        args.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private, public = device.new_key_pair()
+        write_atomic(key, private + "\n", 0o600)
+    if args.trust:
+        if args.trust_file.exists():
+            print(f"{args.trust_file} kept: only a manifest its admins signed changes it",
+                  file=sys.stderr)
+        else:
+            trust = json.loads(args.trust.read_text())
+            admins = trust.get("admins") if isinstance(trust, dict) else None
+            if not (isinstance(admins, dict) and admins
+                    and all(grammar.public_key(k) for k in admins.values())
+                    and isinstance(trust.get("threshold"), int)
+                    and 1 <= trust["threshold"] <= len(admins)):
+                print(f"error: {args.trust} is not a trust (`wgmesh manifest trust`)",
+                      file=sys.stderr)
+                return 2
+            args.trust_file.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(args.trust_file, json.dumps(
+                {"admins": admins, "threshold": trust["threshold"], "serial": 0,
+                 "digest": None}, sort_keys=True), 0o644)
+    if conf is not None:
+        print(f"pull mode: {pull.install(conf)}", file=sys.stderr)
+    print(public)
     return 0
 
 

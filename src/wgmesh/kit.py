@@ -27,7 +27,9 @@ from wgmesh.errors import LabError
 
 # What the hosts install (wgmesh_key names missing tools; the role installs them) and what
 # the controller needs besides Python packages.
-HOST_PACKAGES = ("wireguard-tools", "wireguard-go", "nftables", "dnsmasq-base", "iproute2")
+HOST_PACKAGES = ("wireguard-tools", "wireguard-go", "nftables", "dnsmasq-base", "iproute2",
+                 "python3-nacl",  # checks signed manifests
+                 "git", "python3-venv")  # pull mode
 CONTROLLER_PACKAGES = ("python3", "python3-venv", "openssh-client")
 
 INSTALL = """#!/bin/sh

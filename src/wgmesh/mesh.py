@@ -106,6 +106,15 @@ class Node:
         return bool(self.tags)
 
 
+@dataclass(frozen=True)
+class Signing:
+    """Changes take effect on hosts only when ``threshold`` of ``admins`` (name, ed25519
+    public key) signed the manifest of the inputs (src/wgmesh/signing.py)."""
+    threshold: int
+    admins: tuple[tuple[str, str], ...]
+    manifest_path: Path
+
+
 @dataclass
 class Mesh:
     path: Path
@@ -115,6 +124,7 @@ class Mesh:
     source: YamlSource = field(repr=False)
     # Beside mesh.yml unless mesh.yml says otherwise (the lab keeps its own in lab state).
     lock_path: Path = field(default=Path("mesh.lock.yml"))
+    signing: Signing | None = None
 
     def _positioned(self, section: str):
         """A top-level section of mesh.yml as read with positions (read again with them the
@@ -152,7 +162,7 @@ def load_mesh(path: str | Path) -> Mesh:
 
 def _load_mesh(path: Path, src: YamlSource) -> Mesh:
     root = src.mapping(src.data, None, "",
-                       allowed={"plugin", "policy", "lockfile", "network", "nodes"},
+                       allowed={"plugin", "policy", "lockfile", "network", "nodes", "signing"},
                        required={"nodes"})
     if root is None:
         src.check()
@@ -181,8 +191,51 @@ def _load_mesh(path: Path, src: YamlSource) -> Mesh:
                       "omit it to keep mesh.lock.yml beside mesh.yml")
     network = _network(src, root)
     nodes = _nodes(src, root, network)
+    signing = _signing(src, root, path) if "signing" in root else None
     src.check()
-    return Mesh(path, policy_path, network, nodes, src, lock_path)
+    return Mesh(path, policy_path, network, nodes, src, lock_path, signing)
+
+
+def _signing(src: YamlSource, root: Any, path: Path) -> Signing | None:
+    node = src.mapping(root, "signing", "signing", allowed={"threshold", "admins", "manifest"},
+                       required={"threshold", "admins"})
+    if node is None:
+        return None
+    admins = node.get("admins")
+    found: dict[str, str] = {}
+    if not isinstance(admins, dict) or not admins:
+        src.error(node, "admins", "signing.admins", "must map each admin's name to the public "
+                  "key `wgmesh admin keygen` printed", "e.g. admins: {alice: <44 characters>}")
+    else:
+        for name, key in admins.items():
+            where = f"signing.admins.{name}"
+            if not grammar.matches(grammar.NODE_NAME, name):
+                src.error(admins, name, where, "is not an admin name",
+                          "lower-case letters, digits and dashes, e.g. alice")
+            elif not grammar.public_key(key):
+                src.error(admins, name, where, "is not an ed25519 public key (44 characters "
+                          "of base64)", "paste what `wgmesh admin keygen` printed")
+            elif key in found.values():
+                src.error(admins, name, where, "has the key of another admin",
+                          "every admin signs with a key of their own")
+            else:
+                found[name] = key
+    threshold = node.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or not (
+            1 <= threshold <= max(len(found), 1)):
+        what = (str(threshold) if isinstance(threshold, int) and not isinstance(threshold, bool)
+                else type_name(threshold))
+        src.error(node, "threshold", "signing.threshold",
+                  f"must be a whole number from 1 to the number of admins ({len(found)}), "
+                  f"not {what}", "the number of admins who must sign a change, e.g. 2")
+        threshold = 1
+    manifest = node.get("manifest", "manifest.json")
+    if not (isinstance(manifest, str) and grammar.printable(manifest) and manifest
+            and manifest.endswith(".json")):
+        src.error(node, "manifest", "signing.manifest", "must be the path of a .json file",
+                  "omit it to keep manifest.json beside mesh.yml")
+        manifest = "manifest.json"
+    return Signing(threshold, tuple(sorted(found.items())), path.parent / manifest)
 
 
 def _network(src: YamlSource, root: Any) -> Network:

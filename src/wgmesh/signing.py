@@ -1,0 +1,229 @@
+"""Changes signed by M of N admins.
+
+A manifest states one state of the mesh: the SHA-256 of its three inputs (mesh.yml, the
+lockfile, the policy), the SHA-256 of every host's bundle compiled from them (so a host can
+check the bundle it is given without compiling), the admins and threshold that sign the next
+one, the date the mesh is compiled as of (node expiry), and a serial that only grows.
+Admins sign the manifest's canonical JSON with ed25519 keys; the signatures sit beside it in
+the same file, in git beside the inputs.
+
+A host holds the admin public keys, the threshold and the highest serial it ran (its trust
+file, written at enrolment). It runs a bundle only when the manifest has enough valid
+signatures of admins it trusts, names no other key, has no lower serial than the one it ran,
+and lists that bundle's digest under the host's name. A manifest naming other admins or
+another threshold changes the host's trust, once the current ones signed it.
+
+plugins/modules/wgmesh_apply.py checks the same rules on the host, in its own code (a module
+is self-contained); tests/unit/test_signing.py holds both to the same verdicts.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from wgmesh import grammar, render
+from wgmesh.errors import InputError, Problem, read_text, write_atomic
+
+FORMAT = 1
+MAX_MANIFEST_BYTES = 64 << 20
+
+
+class Refused(Exception):
+    """A manifest a host must not act on (the message says why)."""
+
+
+def canonical(value: Any) -> bytes:
+    """The bytes that are hashed and signed: the one JSON text of a value."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def bundle_digest(bundle: dict) -> str:
+    """The full SHA-256 of a bundle's content (its ``hash`` is the first 16 digits)."""
+    body = {k: v for k, v in bundle.items() if k not in ("hash", "commit")}
+    return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def trust_of(b) -> dict:
+    """The trust mesh.yml's signing section states: what hosts install at enrolment."""
+    s = b.mesh.signing
+    return {"threshold": s.threshold, "admins": dict(s.admins)}
+
+
+# -- admin keys ---------------------------------------------------------------------------
+
+def new_admin_key(path: Path) -> str:
+    """Make an ed25519 key: its seed in ``path`` (0600, never overwritten); returns the
+    public key for mesh.yml's signing.admins."""
+    key = SigningKey.generate()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(base64.b64encode(bytes(key)).decode() + "\n")
+    return public_of(key)
+
+
+def public_of(key: SigningKey) -> str:
+    return base64.b64encode(bytes(key.verify_key)).decode()
+
+
+def read_admin_key(path: Path) -> SigningKey:
+    text = read_text(path, str(path), 1024).strip()
+    if not grammar.public_key(text):  # 32 bytes of base64, like a public key
+        raise InputError([Problem(str(path), 1, 1, "", "is not an admin key",
+                                  "pass the file `wgmesh admin keygen --out` wrote")])
+    return SigningKey(base64.b64decode(text))
+
+
+# -- manifests ----------------------------------------------------------------------------
+
+def _require_signing(b) -> None:
+    if b.mesh.signing is None:
+        raise InputError([Problem(str(b.mesh.path), 1, 1, "signing", "mesh.yml has no signing "
+                                  "section", "add signing: {threshold: M, admins: {name: "
+                                  "public key}} (see docs/security.md)")])
+
+
+def compile_body(b, serial: int, date: dt.date) -> dict:
+    """The manifest of build ``b`` (compiled as of ``date``); every managed node must have
+    its key pinned (a bundle is signed for one key)."""
+    _require_signing(b)
+    comp, net = b.compiler, b.mesh.network
+    unpinned = sorted(n for n in comp.names
+                      if b.mesh.nodes[n].managed and not b.alloc[n].public_key
+                      and n not in comp.expired)
+    if unpinned:
+        raise InputError([Problem(str(b.lock.path), 1, 1, "nodes", f"no public key pinned for "
+                                  f"{', '.join(unpinned)}: a signed bundle is made for one key",
+                                  "enrol each: on the host `wgmesh host enrol`, then `wgmesh "
+                                  "enrol NODE PUBLIC_KEY` here")])
+    bundles = {}
+    for name in comp.names:
+        if b.mesh.nodes[name].managed and name not in comp.expired:
+            bundle = render.bundle(comp.host(name), net, b.alloc[name].public_key)
+            bundles[name] = bundle_digest(bundle)
+    return {
+        "format": FORMAT,
+        "serial": serial,
+        "date": date.isoformat(),
+        "inputs": inputs_of(b),
+        "trust": trust_of(b),
+        "bundles": bundles,
+    }
+
+
+def inputs_of(b) -> dict:
+    return {"mesh": file_digest(b.mesh.path), "lockfile": file_digest(b.lock.path),
+            "policy": file_digest(b.policy.path)}
+
+
+def load(path: Path) -> dict:
+    """A manifest file as written (shape checked; signatures not)."""
+    text = read_text(path, str(path), MAX_MANIFEST_BYTES)
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise InputError([Problem(str(path), 1, 1, "", f"is not JSON: {exc}",
+                                  "make it again with `wgmesh manifest create`")]) from exc
+    try:
+        check_shape(data)
+    except Refused as exc:
+        raise InputError([Problem(str(path), 1, 1, "", str(exc),
+                                  "make it again with `wgmesh manifest create`")]) from exc
+    return data
+
+
+def check_shape(data: Any) -> None:
+    if not isinstance(data, dict) or set(data) != {"manifest", "signatures"}:
+        raise Refused("a signed manifest has exactly the keys manifest and signatures")
+    body, sigs = data["manifest"], data["signatures"]
+    if not isinstance(body, dict) or body.get("format") != FORMAT:
+        raise Refused(f"the manifest's format is not {FORMAT}")
+    serial = body.get("serial")
+    if isinstance(serial, bool) or not isinstance(serial, int) or serial < 1:
+        raise Refused("the manifest's serial is not a whole number from 1")
+    if not isinstance(sigs, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                             for k, v in sigs.items()):
+        raise Refused("signatures must map admin names to signatures")
+    trust = body.get("trust")
+    if not isinstance(trust, dict) or not isinstance(trust.get("admins"), dict) \
+            or not isinstance(trust.get("threshold"), int):
+        raise Refused("the manifest states no admins and threshold")
+    if not isinstance(body.get("bundles"), dict) or not isinstance(body.get("inputs"), dict):
+        raise Refused("the manifest lists no inputs or bundles")
+
+
+def save(path: Path, data: dict) -> None:
+    write_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n", None)
+
+
+def sign(data: dict, key: SigningKey) -> str:
+    """Add the signature of ``key`` (an admin the manifest's trust names); returns the name."""
+    public = public_of(key)
+    names = [n for n, k in data["manifest"]["trust"]["admins"].items() if k == public]
+    if not names:
+        raise Refused(f"the key of public key {public} is not one of the manifest's admins")
+    signature = key.sign(canonical(data["manifest"])).signature
+    data["signatures"][names[0]] = base64.b64encode(signature).decode()
+    return names[0]
+
+
+def verify(data: dict, trust: dict, seen: dict | None = None) -> list[str]:
+    """Check a signed manifest against a host's trust (admins, threshold) and what it last
+    ran (``seen``: serial and digest). Returns the admins whose signatures hold; raises
+    Refused with the reason otherwise."""
+    check_shape(data)
+    body, sigs = data["manifest"], data["signatures"]
+    admins = trust["admins"]
+    unknown = sorted(set(sigs) - set(admins))
+    if unknown:
+        raise Refused(f"signed by {', '.join(unknown)}, not an admin this host trusts")
+    message = canonical(body)
+    valid, bad = [], []
+    for name in sorted(sigs):
+        try:
+            VerifyKey(base64.b64decode(admins[name])).verify(message,
+                                                             base64.b64decode(sigs[name]))
+            valid.append(name)
+        except (BadSignatureError, binascii.Error, ValueError):
+            bad.append(name)
+    if len(valid) < trust["threshold"]:
+        why = f"; not valid for this manifest: {', '.join(bad)}" if bad else ""
+        raise Refused(f"{len(valid)} valid signature(s) ({', '.join(valid) or 'none'}), "
+                      f"{trust['threshold']} needed{why}")
+    if seen:
+        digest = hashlib.sha256(message).hexdigest()
+        if body["serial"] < seen["serial"]:
+            raise Refused(f"serial {body['serial']} is lower than serial {seen['serial']} this "
+                          "host runs: an older manifest is not taken again")
+        if body["serial"] == seen["serial"] and digest != seen["digest"]:
+            raise Refused(f"serial {body['serial']} was already used by another manifest")
+    return valid
+
+
+def manifest_digest(data: dict) -> str:
+    return hashlib.sha256(canonical(data["manifest"])).hexdigest()
+
+
+def check_inputs(b, data: dict) -> list[str]:
+    """How build ``b``'s inputs differ from those the manifest states (empty: they match)."""
+    stated, have = data["manifest"]["inputs"], inputs_of(b)
+    names = {"mesh": b.mesh.path, "lockfile": b.lock.path, "policy": b.policy.path}
+    return [f"{names[k]} is not the file the manifest was made from"
+            for k in sorted(names) if stated.get(k) != have[k]]
+
+
+def as_of(data: dict) -> dt.date:
+    return dt.date.fromisoformat(data["manifest"]["date"])

@@ -1,0 +1,182 @@
+"""Changes signed by M of N admins: the commands, and the host module's checks held to the
+same verdicts as wgmesh.signing's."""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from meshkit import TODAY, make
+
+from wgmesh import cli, render, signing
+from wgmesh.build import build
+from wgmesh.errors import InputError
+
+HERE = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location(
+    "wgmesh_apply_signing", HERE / "plugins" / "modules" / "wgmesh_apply.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+
+NODES = {"a": {"endpoint": "192.0.2.10:51820", "owner": "alice@example.com"},
+         "b": {"endpoint": "192.0.2.11:51820", "owner": "bob@example.com"}}
+POLICY = {"acls": [{"action": "accept", "src": ["alice@example.com"],
+                    "dst": ["bob@example.com:22"]}]}
+
+
+@pytest.fixture
+def mesh(tmp_path, capsys):
+    """A two-node mesh signed by two of three admins (ann, ben, cat)."""
+    make(tmp_path, NODES, POLICY)
+    keys = {}
+    for name in ("ann", "ben", "cat"):
+        assert cli.main(["admin", "keygen", "--out", str(tmp_path / f"{name}.key")]) == 0
+        keys[name] = capsys.readouterr().out.strip()
+    data = yaml.safe_load((tmp_path / "mesh.yml").read_text())
+    data["signing"] = {"threshold": 2, "admins": keys}
+    (tmp_path / "mesh.yml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return tmp_path
+
+
+def run(*argv: str) -> int:
+    return cli.main(list(argv))
+
+
+def sign_as(tmp: Path, *names: str) -> None:
+    for name in names:
+        assert run("manifest", "sign", "-i", str(tmp), "--key", str(tmp / f"{name}.key")) == 0
+
+
+def host_verdict(signed: dict, trust: dict, bundle: dict) -> str:
+    try:
+        module.verify_manifest(signed, trust, bundle)
+    except module.ApplyError as exc:
+        return str(exc)
+    return "ok"
+
+
+def core_verdict(signed: dict, trust: dict, bundle: dict) -> str:
+    try:
+        signing.verify(signed, trust, trust)
+    except signing.Refused as exc:
+        return str(exc)
+    listed = signed["manifest"]["bundles"].get(bundle["name"])
+    return "ok" if listed == signing.bundle_digest(bundle) else "not listed"
+
+
+def test_create_sign_verify(mesh, capsys):
+    assert run("manifest", "create", "-i", str(mesh), "--today", str(TODAY)) == 0
+    data = json.loads((mesh / "manifest.json").read_text())
+    body = data["manifest"]
+    assert body["serial"] == 1 and body["date"] == str(TODAY) and data["signatures"] == {}
+    assert set(body["bundles"]) == {"a", "b"} and set(body["inputs"]) == {
+        "mesh", "lockfile", "policy"}
+    assert run("manifest", "verify", "-i", str(mesh)) == 1
+    assert "0 valid signature(s) (none), 2 needed" in capsys.readouterr().out
+    sign_as(mesh, "ann")
+    assert run("manifest", "verify", "-i", str(mesh)) == 1
+    sign_as(mesh, "cat")
+    capsys.readouterr()
+    assert run("manifest", "verify", "-i", str(mesh)) == 0
+    assert "signed by ann, cat (2 needed)" in capsys.readouterr().out
+    # The mesh is compiled as of the manifest's date; the bundle the host gets is listed.
+    b = build(mesh)
+    assert b.today == TODAY
+    bundle = render.bundle(b.compiler.host("a"), b.mesh.network, b.alloc["a"].public_key)
+    assert body["bundles"]["a"] == signing.bundle_digest(bundle)
+    # A new manifest takes the next serial and drops the old signatures.
+    assert run("manifest", "create", "-i", str(mesh)) == 0
+    again = json.loads((mesh / "manifest.json").read_text())
+    assert again["manifest"]["serial"] == 2 and again["signatures"] == {}
+    assert run("manifest", "create", "-i", str(mesh), "--serial", "2") == 2
+
+
+def test_an_admin_signs_only_what_the_inputs_compile_to(mesh, capsys):
+    assert run("manifest", "create", "-i", str(mesh)) == 0
+    policy = mesh / "policy.hujson"
+    policy.write_text(policy.read_text().replace("bob@example.com:22", "bob@example.com:*"))
+    assert run("manifest", "sign", "-i", str(mesh), "--key", str(mesh / "ann.key")) == 1
+    assert "policy.hujson is not the file the manifest was made from" in capsys.readouterr().err
+    assert json.loads((mesh / "manifest.json").read_text())["signatures"] == {}
+    # A key that is not an admin's signs nothing.
+    assert run("admin", "keygen", "--out", str(mesh / "eve.key")) == 0
+    assert run("admin", "keygen", "--out", str(mesh / "eve.key")) == 2  # never overwritten
+    assert run("manifest", "create", "-i", str(mesh)) == 0
+    assert run("manifest", "sign", "-i", str(mesh), "--key", str(mesh / "eve.key")) == 2
+    assert (mesh / "eve.key").stat().st_mode & 0o777 == 0o600
+
+
+def test_the_host_module_and_the_core_agree(mesh):
+    assert run("manifest", "create", "-i", str(mesh)) == 0
+    sign_as(mesh, "ann", "ben")
+    b = build(mesh)
+    good = b.manifest
+    trust = dict(signing.trust_of(b), serial=0, digest=None)
+    bundle = render.bundle(b.compiler.host("a"), b.mesh.network, b.alloc["a"].public_key)
+    assert host_verdict(good, trust, bundle) == core_verdict(good, trust, bundle) == "ok"
+    accepted = module.verify_manifest(good, trust, bundle)
+    assert accepted["serial"] == 1 and accepted["digest"] == signing.manifest_digest(good)
+
+    def case(change):
+        data = copy.deepcopy(good)
+        t = copy.deepcopy(trust)
+        bun = copy.deepcopy(bundle)
+        change(data, t, bun)
+        return data, t, bun
+
+    cases = {
+        "tampered": case(lambda d, t, bun: d["manifest"]["inputs"].__setitem__("policy", "0" * 64)),
+        "too few": case(lambda d, t, bun: d["signatures"].pop("ben")),
+        "unknown key": case(lambda d, t, bun: d["signatures"].__setitem__(
+            "eve", d["signatures"]["ann"])),
+        "removed admin": case(lambda d, t, bun: t["admins"].pop("ann")),
+        "older serial": case(lambda d, t, bun: t.__setitem__("serial", 2)),
+        "serial reused": case(lambda d, t, bun: (t.__setitem__("serial", 1),
+                                                 t.__setitem__("digest", "f" * 64))),
+        "bundle not listed": case(lambda d, t, bun: bun.__setitem__("nftables", "table x\n")),
+        "bad signature text": case(lambda d, t, bun: d["signatures"].__setitem__("ben", "!!")),
+    }
+    for what, (data, t, bun) in cases.items():
+        host, core = host_verdict(data, t, bun), core_verdict(data, t, bun)
+        assert host != "ok" and core != "ok", what
+    assert "2 needed" in host_verdict(*cases["tampered"])
+    assert "1 valid signature(s) (ann), 2 needed" in host_verdict(*cases["too few"])
+    assert "eve, not an admin" in host_verdict(*cases["unknown key"])
+    assert "ann, not an admin" in host_verdict(*cases["removed admin"])
+    assert "lower than serial 2" in host_verdict(*cases["older serial"])
+    assert "already used" in host_verdict(*cases["serial reused"])
+    assert "does not list this bundle" in host_verdict(*cases["bundle not listed"])
+    # The same manifest again (same serial, same digest) is fine: a second run.
+    again = dict(trust, serial=1, digest=accepted["digest"])
+    assert host_verdict(good, again, bundle) == core_verdict(good, again, bundle) == "ok"
+
+
+def test_signing_section_is_checked(tmp_path):
+    make(tmp_path, NODES, POLICY)
+    data = yaml.safe_load((tmp_path / "mesh.yml").read_text())
+    data["signing"] = {"threshold": 3, "admins": {"Ann": "x", "ben": "A" * 43 + "="}}
+    (tmp_path / "mesh.yml").write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(InputError) as exc:
+        build(tmp_path)
+    text = "\n".join(map(str, exc.value.problems))
+    assert "signing.admins.Ann: is not an admin name" in text
+    assert ("signing.threshold: must be a whole number from 1 to the number of admins (1), "
+            "not 3") in text
+
+
+def test_enrolment_pins_a_key_and_makes_a_host_key(tmp_path, capsys):
+    make(tmp_path, NODES, POLICY, keys=False)
+    keydir = tmp_path / "etc-wireguard"
+    assert run("host", "enrol", "--key-dir", str(keydir)) == 0
+    public = capsys.readouterr().out.strip()
+    assert (keydir / "wg0.key").stat().st_mode & 0o777 == 0o600
+    assert run("host", "enrol", "--key-dir", str(keydir)) == 0  # the key is kept
+    assert capsys.readouterr().out.strip() == public
+    assert run("enrol", "-i", str(tmp_path), "a", public) == 0
+    assert public in (tmp_path / "mesh.lock.yml").read_text()
+    assert run("enrol", "-i", str(tmp_path), "a", "A" * 43 + "=") == 1  # another key: refused
+    assert run("enrol", "-i", str(tmp_path), "zed", public) == 2
