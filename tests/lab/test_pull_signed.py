@@ -162,7 +162,6 @@ def test_pull_then_push_from_one_commit_leave_the_same_state(site):
         t.join()
     for node, out in results.items():
         assert out.returncode == 0, f"{node}: {out.stdout[-2500:]}{out.stderr[-1000:]}"
-        assert "accept manifest serial 1" in out.stdout, node
     lab.settle()
     pulled = {n: site.state(n) for n in lab.mesh_nodes}
     commit = git(site.repo, "rev-parse", "HEAD").strip()[:12]
@@ -170,8 +169,10 @@ def test_pull_then_push_from_one_commit_leave_the_same_state(site):
         bundle = json.loads(state["bundle"])
         assert bundle["commit"] == commit and bundle["name"] == node
         assert json.loads(state["trust"])["serial"] == 1
-    ping = lab.run("home1", "ping", "-c", "2", "-w", "10", lab.mesh_address("pub3"),
-                   check=False)
+    plan = json.loads(wg(site.repo, "render", "--all", "--json").stdout)
+    # carol (group:ops) may reach tag:db; cafe1 is behind the symmetric NAT: through the relay.
+    ping = lab.run("cafe1", "ping", "-c", "2", "-w", "10",
+                   plan["hosts"]["pub2"]["addresses"][0], check=False)
     assert ping.returncode == 0, ping.stdout
 
     push = subprocess.run(
@@ -210,7 +211,8 @@ def test_signed_changes_apply_and_everything_else_is_refused(site):
     site.sign("ann", "cat")
     site.commit("widen, signed by ann and cat")
     out = site.pull("pub2")
-    assert out.returncode == 0 and "accept manifest serial 3" in out.stdout, out.stdout[-3000:]
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert json.loads(site.state("pub2")["trust"])["serial"] == 3
     table = lab.run("pub2", "nft", "list", "table", "inet", "wgmesh").stdout
     assert "8080" in table and "8080" not in start["table"]
     start = site.state("pub2")
@@ -228,8 +230,9 @@ def test_signed_changes_apply_and_everything_else_is_refused(site):
     site.sign("ann", "ben")
     site.commit("cat leaves the admins")
     out = site.pull("pub2")
-    assert "accept manifest serial 4 and its admins (ann, ben, threshold 2)" in out.stdout, \
-        out.stdout[-3000:]
+    assert out.returncode == 0, out.stdout[-3000:]
+    trust = json.loads(site.state("pub2")["trust"])
+    assert trust["serial"] == 4 and sorted(trust["admins"]) == ["ann", "ben"]
     start = site.state("pub2")
     # A manifest with cat's signature: the admin it names is gone. Made by hand here, as a
     # compromised pipeline with cat's old key would (cat is no longer in mesh.yml).
