@@ -249,12 +249,33 @@ def _warn(b) -> None:
               file=sys.stderr)
 
 
+def _warn_unsigned(b) -> None:
+    """A signed mesh whose manifest does not (yet) cover these inputs: hosts will refuse."""
+    from wgmesh import signing
+
+    if b.mesh.signing is None:
+        return
+    path = b.mesh.signing.manifest_path
+    if b.manifest is None:
+        why = [f"there is no {path}"]
+    else:
+        why = signing.check_inputs(b, b.manifest)
+        try:
+            signing.verify(b.manifest, signing.trust_of(b))
+        except signing.Refused as exc:
+            why.append(str(exc))
+    for line in why:
+        print(f"warning: signed mesh: {line}; hosts refuse these inputs until `wgmesh "
+              "manifest create` and enough `wgmesh manifest sign`", file=sys.stderr)
+
+
 def cmd_check(args) -> int:
     b = _build(args)
     with fewer_gc_passes():  # what only a host's compile finds (output limits) fails here too
         for name in b.compiler.names:
             b.compiler.host(name)
     _warn(b)
+    _warn_unsigned(b)
     if args.locked and b.lock.changed:
         print(f"error: {b.lock.path} is out of date (run: wgmesh lock)", file=sys.stderr)
         return 1

@@ -180,3 +180,21 @@ def test_enrolment_pins_a_key_and_makes_a_host_key(tmp_path, capsys):
     assert public in (tmp_path / "mesh.lock.yml").read_text()
     assert run("enrol", "-i", str(tmp_path), "a", "A" * 43 + "=") == 1  # another key: refused
     assert run("enrol", "-i", str(tmp_path), "zed", public) == 2
+
+
+def test_check_warns_while_the_manifest_does_not_cover_the_inputs(mesh, capsys):
+    assert run("check", "-i", str(mesh)) == 0
+    assert "there is no" in capsys.readouterr().err
+    assert run("manifest", "create", "-i", str(mesh)) == 0
+    sign_as(mesh, "ann")
+    capsys.readouterr()
+    assert run("check", "-i", str(mesh)) == 0
+    assert "1 valid signature(s) (ann), 2 needed" in capsys.readouterr().err
+    sign_as(mesh, "ben")
+    capsys.readouterr()
+    assert run("check", "-i", str(mesh)) == 0
+    assert "signed mesh" not in capsys.readouterr().err
+    policy = mesh / "policy.hujson"
+    policy.write_text(policy.read_text().replace("bob@example.com:22", "bob@example.com:*"))
+    assert run("check", "-i", str(mesh)) == 0
+    assert "policy.hujson is not the file the manifest was made from" in capsys.readouterr().err
