@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import importlib.util
 import ipaddress
 import json
 import re
@@ -17,6 +18,17 @@ from wgmesh.evaluate import Endpoint
 from wgmesh.policy import PROTOCOLS
 
 TODAY = dt.date(2026, 1, 1)
+REPO = Path(__file__).resolve().parents[2]
+
+
+def plugin(relative: str):
+    """A plugin or module file of the repository, loaded as a Python module (they are not
+    importable: Ansible loads them by path)."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(f"plugin_{path.stem}", path)
+    code = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(code)
+    return code
 
 
 def fake_key(name: str) -> str:

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
-from meshkit import make
+from meshkit import make, plugin
 
 from wgmesh import render
 
 HERE = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location(
-    "wgmesh_apply", HERE / "plugins" / "modules" / "wgmesh_apply.py")
-apply = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(apply)
+apply = plugin("plugins/modules/wgmesh_apply.py")
 
 NODES = {"a": {"endpoint": "192.0.2.10:51820", "owner": "alice@example.com"},
          "b": {"endpoint": "192.0.2.11:51820", "owner": "bob@example.com"}}

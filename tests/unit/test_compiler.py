@@ -231,13 +231,9 @@ def test_management_networks_are_kept_only_by_hosts_that_use_an_exit_node(tmp_pa
 
 
 def test_the_module_keeps_management_rules_at_the_renderers_priority():
-    import importlib.util
-    from pathlib import Path
+    from meshkit import plugin
 
-    path = Path(__file__).resolve().parents[2] / "plugins/modules/wgmesh_apply.py"
-    spec = importlib.util.spec_from_file_location("wgmesh_apply", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = plugin("plugins/modules/wgmesh_apply.py")
     assert module.MANAGEMENT_RULE_PRIORITY == render.MANAGEMENT_RULE_PRIORITY
 
 

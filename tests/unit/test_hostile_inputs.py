@@ -302,11 +302,8 @@ def test_relay_addresses_must_not_collide(tmp_path, capsys):
 
 
 def test_host_modules_redact_keys_from_command_errors():
-    import importlib.util
+    from meshkit import plugin
 
-    spec = importlib.util.spec_from_file_location(
-        "wgmesh_apply", HERE.parent / "plugins" / "modules" / "wgmesh_apply.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = plugin("plugins/modules/wgmesh_apply.py")
     err = f"Line unrecognized: `PrivateKey={KEY}'\nConfiguration parsing error"
     assert KEY not in module.redact(err) and "(key redacted)" in module.redact(err)

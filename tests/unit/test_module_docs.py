@@ -3,7 +3,6 @@ code takes (an option added to the code but not to DOCUMENTATION fails here)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,17 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from meshkit import REPO, plugin
 
-REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 MODULES = ("wgmesh_apply", "wgmesh_compile", "wgmesh_key")
-
-
-def load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    code = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(code)
-    return code
 
 
 class Captured(Exception):
@@ -31,9 +23,9 @@ class Captured(Exception):
 
 def options_in_code(name: str) -> set[str]:
     if name == "wgmesh_compile":  # run by its action plugin, which checks the arguments
-        action = load(REPO / "plugins/action/wgmesh_compile.py", "compile_action")
+        action = plugin("plugins/action/wgmesh_compile.py")
         return set(action.ActionModule._VALID_ARGS)
-    code = load(REPO / f"plugins/modules/{name}.py", f"doc_{name}")
+    code = plugin(f"plugins/modules/{name}.py")
 
     def capture(argument_spec, **_):
         raise Captured(argument_spec)
@@ -46,7 +38,7 @@ def options_in_code(name: str) -> set[str]:
 
 @pytest.mark.parametrize("name", MODULES)
 def test_documented_options_are_the_code_options(name):
-    code = load(REPO / f"plugins/modules/{name}.py", f"text_{name}")
+    code = plugin(f"plugins/modules/{name}.py")
     doc = yaml.safe_load(code.DOCUMENTATION)
     assert yaml.safe_load(code.EXAMPLES) and yaml.safe_load(code.RETURN)
     assert set(doc["options"]) == options_in_code(name)

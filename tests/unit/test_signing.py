@@ -4,23 +4,18 @@ same verdicts as wgmesh.signing's."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import yaml
-from meshkit import TODAY, make
+from meshkit import TODAY, make, plugin
 
 from wgmesh import cli, render, signing
 from wgmesh.build import build
 from wgmesh.errors import InputError
 
-HERE = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location(
-    "wgmesh_apply_signing", HERE / "plugins" / "modules" / "wgmesh_apply.py")
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
+module = plugin("plugins/modules/wgmesh_apply.py")
 
 NODES = {"a": {"endpoint": "192.0.2.10:51820", "owner": "alice@example.com"},
          "b": {"endpoint": "192.0.2.11:51820", "owner": "bob@example.com"}}
