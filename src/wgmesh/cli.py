@@ -541,7 +541,7 @@ def cmd_manifest_verify(args) -> int:
     stale = _stale(b)
     trust = signing.trust_of(b)
     if args.trust:
-        trust = json.loads(args.trust.read_text())
+        trust = signing.load_trust(args.trust)
     try:
         names = signing.verify(b.manifest, trust)
     except signing.Refused as exc:
@@ -598,7 +598,7 @@ def cmd_host_pull(args) -> int:
 
 
 def cmd_host_enrol(args) -> int:
-    from wgmesh import device, pull
+    from wgmesh import device, pull, signing
 
     conf = None
     if args.pull:
@@ -606,34 +606,27 @@ def cmd_host_enrol(args) -> int:
             print("error: --pull needs --node and --inventory", file=sys.stderr)
             return 2
         conf = pull.settings(args.pull, args.node, args.inventory, args.branch, args.every)
-    key = args.key_dir / f"{args.interface}.key"
     if not grammar.matches(grammar.IFNAME, args.interface):
         print(f"error: {args.interface!r} is not an interface name", file=sys.stderr)
         return 2
+    trust = None  # checked before anything is written
+    if args.trust and args.trust_file.exists():
+        print(f"{args.trust_file} kept: only a manifest its admins signed changes it",
+              file=sys.stderr)
+    elif args.trust:
+        trust = signing.load_trust(args.trust)
+    key = args.key_dir / f"{args.interface}.key"
     if key.exists():
         public = device.public_of(device.read_private_key(key))
     else:
         args.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         private, public = device.new_key_pair()
         write_atomic(key, private + "\n", 0o600)
-    if args.trust:
-        if args.trust_file.exists():
-            print(f"{args.trust_file} kept: only a manifest its admins signed changes it",
-                  file=sys.stderr)
-        else:
-            trust = json.loads(args.trust.read_text())
-            admins = trust.get("admins") if isinstance(trust, dict) else None
-            if not (isinstance(admins, dict) and admins
-                    and all(grammar.public_key(k) for k in admins.values())
-                    and isinstance(trust.get("threshold"), int)
-                    and 1 <= trust["threshold"] <= len(admins)):
-                print(f"error: {args.trust} is not a trust (`wgmesh manifest trust`)",
-                      file=sys.stderr)
-                return 2
-            args.trust_file.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(args.trust_file, json.dumps(
-                {"admins": admins, "threshold": trust["threshold"], "serial": 0,
-                 "digest": None}, sort_keys=True), 0o644)
+    if trust is not None:
+        args.trust_file.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(args.trust_file, json.dumps(
+            {"admins": trust["admins"], "threshold": trust["threshold"], "serial": 0,
+             "digest": None}, sort_keys=True), 0o644)
     if conf is not None:
         print(f"pull mode: {pull.install(conf)}", file=sys.stderr)
     print(public)

@@ -63,6 +63,25 @@ def trust_of(b) -> dict:
     return {"threshold": s.threshold, "admins": dict(s.admins)}
 
 
+def load_trust(path: Path) -> dict:
+    """A trust file (`wgmesh manifest trust`, or a host's /etc/wgmesh/trust.json)."""
+    try:
+        trust = json.loads(read_text(path, str(path), 1 << 20))
+    except ValueError:
+        trust = None
+    admins = trust.get("admins") if isinstance(trust, dict) else None
+    if not (isinstance(admins, dict) and admins
+            and all(grammar.matches(grammar.NODE_NAME, n) and grammar.public_key(k)
+                    for n, k in admins.items())
+            and isinstance(trust.get("threshold"), int)
+            and not isinstance(trust["threshold"], bool)
+            and 1 <= trust["threshold"] <= len(admins)):
+        raise InputError([Problem(str(path), 1, 1, "", "is not a trust: admins (name to "
+                                  "public key) and a threshold from 1 to their number",
+                                  "use what `wgmesh manifest trust` prints")])
+    return trust
+
+
 # -- admin keys ---------------------------------------------------------------------------
 
 def new_admin_key(path: Path) -> str:

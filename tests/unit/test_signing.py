@@ -193,3 +193,27 @@ def test_check_warns_while_the_manifest_does_not_cover_the_inputs(mesh, capsys):
     policy.write_text(policy.read_text().replace("bob@example.com:22", "bob@example.com:*"))
     assert run("check", "-i", str(mesh)) == 0
     assert "policy.hujson is not the file the manifest was made from" in capsys.readouterr().err
+
+
+def test_host_enrol_installs_a_trust_once_and_refuses_a_bad_one(mesh, tmp_path, capsys):
+    assert run("manifest", "trust", "-i", str(mesh)) == 0
+    (tmp_path / "trust.json").write_text(capsys.readouterr().out)
+    (tmp_path / "bad.json").write_text('{"admins": {"ann": "x"}, "threshold": 1}')
+    host = ["host", "enrol", "--key-dir", str(tmp_path / "keys"), "--trust-file",
+            str(tmp_path / "etc/trust.json"), "--trust"]
+    assert run(*host, str(tmp_path / "bad.json")) == 2
+    assert not (tmp_path / "keys").exists()  # nothing written
+    assert run(*host, str(tmp_path / "trust.json")) == 0
+    installed = json.loads((tmp_path / "etc/trust.json").read_text())
+    assert installed["threshold"] == 2 and installed["serial"] == 0
+    assert sorted(installed["admins"]) == ["ann", "ben", "cat"]
+    (tmp_path / "one.json").write_text(json.dumps({"admins": {"eve": installed["admins"]["ann"]},
+                                                   "threshold": 1}))
+    assert run(*host, str(tmp_path / "one.json")) == 0  # kept: only a manifest changes it
+    assert json.loads((tmp_path / "etc/trust.json").read_text()) == installed
+    assert run("manifest", "create", "-i", str(mesh)) == 0
+    sign_as(mesh, "ann", "ben")
+    verify = ["manifest", "verify", "-i", str(mesh), "--trust"]
+    assert run(*verify, str(tmp_path / "etc/trust.json")) == 0
+    assert run(*verify, str(tmp_path / "one.json")) == 1  # ann and ben are not its admins
+    assert run(*verify, str(tmp_path / "bad.json")) == 2
