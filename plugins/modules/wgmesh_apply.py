@@ -1192,11 +1192,10 @@ def verify_manifest(signed: dict, trust: dict, b: dict) -> dict:
     if listed != hashlib.sha256(body_text).hexdigest():
         raise ApplyError(f"refused: the manifest (serial {serial}) does not list this bundle "
                          f"for {b['name']}: it was not compiled from the signed inputs")
-    new = body.get("trust")
-    if not (isinstance(new, dict) and isinstance(new.get("admins"), dict)
-            and isinstance(new.get("threshold"), int) and new["admins"]
-            and 1 <= new["threshold"] <= len(new["admins"])):
-        raise ApplyError("refused: the manifest states no valid admins and threshold")
+    try:
+        new = check_trust(body.get("trust"))
+    except ApplyError as exc:
+        raise ApplyError("refused: the manifest states no valid admins and threshold") from exc
     return {"admins": new["admins"], "threshold": new["threshold"], "serial": serial,
             "digest": digest}
 
@@ -1204,6 +1203,7 @@ def verify_manifest(signed: dict, trust: dict, b: dict) -> dict:
 def check_trust(trust) -> dict:
     if not (isinstance(trust, dict) and isinstance(trust.get("admins"), dict)
             and trust["admins"] and isinstance(trust.get("threshold"), int)
+            and not isinstance(trust["threshold"], bool)
             and 1 <= trust["threshold"] <= len(trust["admins"])
             and all(KEY_TEXT.fullmatch(str(k)) for k in trust["admins"].values())):
         raise ApplyError("the trust (admins and threshold) is not valid")
