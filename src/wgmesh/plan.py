@@ -235,16 +235,25 @@ class Plan:
     tests: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     groups: dict[str, list[str]] = field(default_factory=dict)  # user -> groups (either state)
+    # A signed mesh (head): the manifest's state, and changes of the admins and threshold.
+    signing: dict | None = None
 
     @property
     def widened(self) -> bool:
+        """More access, or more people able to change it (an admin added, a lower threshold,
+        signing switched off)."""
+        s = self.signing or {}
         return (any(c.kind == "gains" for c in self.access)
-                or any(r["change"] == "added" for r in self.routes + self.exit_nodes))
+                or any(r["change"] == "added" for r in self.routes + self.exit_nodes)
+                or bool(s.get("admins_added")) or s.get("threshold_lowered", False))
 
     @property
     def changed(self) -> bool:
+        s = self.signing or {}
         return bool(self.joined or self.left or self.expired or self.access or self.peers
-                    or self.routes or self.exit_nodes or self.keys or self.tests)
+                    or self.routes or self.exit_nodes or self.keys or self.tests
+                    or s.get("admins_added") or s.get("admins_removed")
+                    or s.get("threshold_from") != s.get("threshold"))
 
     @property
     def exit_code(self) -> int:
@@ -274,8 +283,38 @@ def _routes(b: Build) -> dict[tuple[str, str], str]:
     return out
 
 
+def _signing(old: Build, new: Build) -> dict | None:
+    """Who may sign, before and after, and whether the head's manifest covers the head."""
+    from wgmesh import signing
+
+    if old.mesh.signing is None and new.mesh.signing is None:
+        return None
+    before = dict(old.mesh.signing.admins) if old.mesh.signing else {}
+    after = dict(new.mesh.signing.admins) if new.mesh.signing else {}
+    out = {
+        "threshold_from": old.mesh.signing.threshold if old.mesh.signing else None,
+        "threshold": new.mesh.signing.threshold if new.mesh.signing else None,
+        "admins_added": sorted(n for n, k in after.items() if before.get(n) != k),
+        "admins_removed": sorted(n for n, k in before.items() if after.get(n) != k),
+        "manifest": None,
+    }
+    out["threshold_lowered"] = (new.mesh.signing is None or (
+        old.mesh.signing is not None and out["threshold"] < out["threshold_from"]))
+    if new.manifest is not None:
+        body = new.manifest["manifest"]
+        out["manifest"] = {"serial": body["serial"],
+                           "states_inputs": not signing.check_inputs(new, new.manifest),
+                           "signatures": sorted(new.manifest["signatures"]), "refused": None}
+        try:
+            signing.verify(new.manifest, signing.trust_of(new))
+        except signing.Refused as exc:
+            out["manifest"]["refused"] = str(exc)
+    return out
+
+
 def compare(old: Build, new: Build, base: str, head: str) -> Plan:
     plan = Plan(base, head)
+    plan.signing = _signing(old, new)
     o, n = old.compiler, new.compiler
     plan.joined = sorted(set(new.mesh.nodes) - set(old.mesh.nodes))
     plan.left = sorted(set(old.mesh.nodes) - set(new.mesh.nodes))
@@ -349,6 +388,7 @@ def to_json(plan: Plan) -> dict:
                     "ports": c.ports} for c in plan.access],
         "peers": plan.peers, "routes": plan.routes, "exit_nodes": plan.exit_nodes,
         "tests": plan.tests, "warnings": plan.warnings, "groups": plan.groups,
+        "signing": plan.signing,
     }
 
 
@@ -357,10 +397,36 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("`", "'")
 
 
+def _signing_md(s: dict) -> list[str]:
+    lines = ["#### Signatures"]
+    if s["threshold"] is None:
+        lines.append("- **signing is switched off** (hosts that hold a trust file refuse "
+                     "unsigned bundles)")
+    elif s["threshold_from"] != s["threshold"]:
+        lines.append(f"- threshold {s['threshold_from']} -> {s['threshold']}")
+    if s["admins_added"]:
+        lines.append(f"- admins added (or with a new key): {', '.join(s['admins_added'])}")
+    if s["admins_removed"]:
+        lines.append(f"- admins removed: {', '.join(s['admins_removed'])}")
+    m = s["manifest"]
+    if s["threshold"] is not None and m is None:
+        lines.append("- no manifest yet: `wgmesh manifest create`, then the admins sign")
+    elif m is not None:
+        covers = ("states these inputs" if m["states_inputs"] else
+                  "**does not state these inputs** (`wgmesh manifest create` again)")
+        verdict = (f"hosts refuse it: {m['refused']}" if m["refused"] else
+                   f"signed by {', '.join(m['signatures'])} (threshold {s['threshold']})")
+        lines.append(f"- manifest serial {m['serial']} {covers}; {verdict}")
+    lines.append("")
+    return lines
+
+
 def to_markdown(plan: Plan, limit: int = 200) -> str:
     lines = [f"### wgmesh plan: `{_md(plan.base)}` -> `{_md(plan.head)}`", ""]
     if not plan.changed:
-        lines.append("No change: every host keeps its peers, routes and filters.")
+        lines += ["No change: every host keeps its peers, routes and filters.", ""]
+        if plan.signing:
+            lines += _signing_md(plan.signing)
         return "\n".join(lines) + "\n"
     gains = sum(c.kind == "gains" for c in plan.access)
     loses = len(plan.access) - gains
@@ -411,6 +477,8 @@ def to_markdown(plan: Plan, limit: int = 200) -> str:
         for t in plan.tests:
             lines.append(f"- {t['test']}: {_md(t['before'])} -> {_md(t['after'])}")
         lines.append("")
+    if plan.signing:
+        lines += _signing_md(plan.signing)
     if plan.warnings:
         lines.append("#### New warnings")
         lines += [f"- {_md(w)}" for w in plan.warnings]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -218,3 +219,29 @@ def test_host_enrol_installs_a_trust_once_and_refuses_a_bad_one(mesh, tmp_path, 
     assert run(*verify, str(tmp_path / "etc/trust.json")) == 0
     assert run(*verify, str(tmp_path / "one.json")) == 1  # ann and ben are not its admins
     assert run(*verify, str(tmp_path / "bad.json")) == 2
+
+
+def test_plan_shows_the_signatures_and_flags_more_signers_as_widening(mesh, tmp_path, capsys):
+    base = tmp_path / "base"
+    shutil.copytree(mesh, base)
+    assert run("plan", "-i", str(mesh), "--base", str(base)) == 0
+    assert "no manifest yet" in capsys.readouterr().out
+    assert run("manifest", "create", "-i", str(mesh)) == 0
+    sign_as(mesh, "ann")
+    capsys.readouterr()
+    assert run("plan", "-i", str(mesh), "--base", str(base)) == 0
+    out = capsys.readouterr().out
+    assert "manifest serial 1 states these inputs; hosts refuse it: 1 valid signature(s)" in out
+    sign_as(mesh, "ben")
+    capsys.readouterr()
+    assert run("plan", "-i", str(mesh), "--base", str(base)) == 0
+    assert "signed by ann, ben (threshold 2)" in capsys.readouterr().out
+    # One more admin and a lower threshold: more people can change access.
+    data = yaml.safe_load((mesh / "mesh.yml").read_text())
+    data["signing"]["threshold"] = 1
+    data["signing"]["admins"]["dan"] = data["signing"]["admins"].pop("cat")
+    (mesh / "mesh.yml").write_text(yaml.safe_dump(data, sort_keys=False))
+    assert run("plan", "-i", str(mesh), "--base", str(base)) == 4
+    out = capsys.readouterr().out
+    assert "threshold 2 -> 1" in out and "admins added (or with a new key): dan" in out
+    assert "admins removed: cat" in out and "does not state these inputs" in out
