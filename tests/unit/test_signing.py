@@ -245,3 +245,16 @@ def test_plan_shows_the_signatures_and_flags_more_signers_as_widening(mesh, tmp_
     out = capsys.readouterr().out
     assert "threshold 2 -> 1" in out and "admins added (or with a new key): dan" in out
     assert "admins removed: cat" in out and "does not state these inputs" in out
+
+
+def test_a_key_changed_in_the_lockfile_needs_a_new_manifest(mesh, capsys):
+    """Node keys are signed like access rules: the lockfile is one of the stated inputs."""
+    assert run("manifest", "create", "-i", str(mesh)) == 0
+    sign_as(mesh, "ann", "ben")
+    lock = mesh / "mesh.lock.yml"
+    b = build(mesh)
+    old = b.alloc["a"].public_key
+    lock.write_text(lock.read_text().replace(old, "A" * 43 + "="))
+    capsys.readouterr()
+    assert run("manifest", "verify", "-i", str(mesh)) == 1
+    assert "mesh.lock.yml is not the file the manifest was made from" in capsys.readouterr().out
