@@ -10,6 +10,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import yaml
@@ -209,6 +210,21 @@ def ping_losses(output: str) -> tuple[int, list[int]]:
     answered, and is not a loss."""
     seqs = {int(n) for n in re.findall(r"icmp_seq=(\d+) ttl=", output)}
     return len(seqs), sorted(set(range(1, max(seqs, default=0) + 1)) - seqs)
+
+
+def check_untouched_flow(output: str, run_started: float, allowed: int = 0) -> None:
+    """The pings (`ping -D`) of a flow a run does not touch: at least 500 replies and at
+    most ``allowed`` lost. A loss that is allowed is still reported, as a warning with its
+    time into the run, so that it stays visible in every test run."""
+    replies, lost = ping_losses(output)
+    stamps = {int(n): float(t) for t, n in
+              re.findall(r"^\[(\d+\.\d+)\].*icmp_seq=(\d+) ttl=", output, re.M)}
+    when = [f"seq {n} at +{stamps[n - 1] - run_started:.2f} s into the run"
+            for n in lost if n - 1 in stamps]
+    assert replies > 500 and len(lost) <= allowed, (replies, lost, when)
+    if lost:
+        warnings.warn(f"{len(lost)} ping(s) of {replies + len(lost)} lost on an untouched "
+                      f"flow: {', '.join(when)} (docs/performance.md)", stacklevel=2)
 
 
 def snapshot(mesh, node: str) -> dict[str, str]:
