@@ -1136,6 +1136,8 @@ def refuse_exit_over_ssh(run: Runner, b: dict, host: str) -> str | None:
 
 
 TRUST_FILE = "/etc/wgmesh/trust.json"
+# wgmesh.grammar.NODE_NAME, which mesh.yml's signing.admins names pass.
+ADMIN_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
 
 
 def canonical(value) -> bytes:
@@ -1157,6 +1159,9 @@ def verify_manifest(signed: dict, trust: dict, b: dict) -> dict:
     body, sigs = signed["manifest"], signed["signatures"]
     if not isinstance(body, dict) or body.get("format") != 1 or not isinstance(sigs, dict):
         raise ApplyError("refused: the manifest's format is not 1")
+    # Signer names reach messages and the trust file: the admin-name grammar, whole string.
+    if not all(ADMIN_NAME.fullmatch(str(n)) and isinstance(v, str) for n, v in sigs.items()):
+        raise ApplyError("refused: a signature is not under an admin's name")
     serial = body.get("serial")
     if isinstance(serial, bool) or not isinstance(serial, int) or serial < 1:
         raise ApplyError("refused: the manifest's serial is not a whole number from 1")
@@ -1205,7 +1210,8 @@ def check_trust(trust) -> dict:
             and trust["admins"] and isinstance(trust.get("threshold"), int)
             and not isinstance(trust["threshold"], bool)
             and 1 <= trust["threshold"] <= len(trust["admins"])
-            and all(KEY_TEXT.fullmatch(str(k)) for k in trust["admins"].values())):
+            and all(KEY_TEXT.fullmatch(str(k)) and ADMIN_NAME.fullmatch(str(n))
+                    for n, k in trust["admins"].items())):
         raise ApplyError("the trust (admins and threshold) is not valid")
     return trust
 

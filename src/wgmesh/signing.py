@@ -173,8 +173,8 @@ def check_shape(data: Any) -> None:
     serial = body.get("serial")
     if isinstance(serial, bool) or not isinstance(serial, int) or serial < 1:
         raise Refused("the manifest's serial is not a whole number from 1")
-    if not isinstance(sigs, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                             for k, v in sigs.items()):
+    if not isinstance(sigs, dict) or not all(grammar.matches(grammar.NODE_NAME, k)
+                                             and isinstance(v, str) for k, v in sigs.items()):
         raise Refused("signatures must map admin names to signatures")
     trust = body.get("trust")
     if not isinstance(trust, dict) or not isinstance(trust.get("admins"), dict) \

@@ -136,6 +136,8 @@ def test_the_host_module_and_the_core_agree(mesh):
         "bundle not listed": case(lambda d, t, bun: bun.__setitem__("nftables", "table x\n")),
         "bad signature text": case(lambda d, t, bun: d["signatures"].__setitem__("ben", "!!")),
         "admin key not a key": case(lambda d, t, bun: t["admins"].__setitem__("ben", "x")),
+        "signer not a name": case(lambda d, t, bun: d["signatures"].__setitem__(
+            "eve\nok: forged", d["signatures"]["ann"])),
     }
     for what, (data, t, bun) in cases.items():
         host, core = host_verdict(data, t, bun), core_verdict(data, t, bun)
