@@ -169,7 +169,6 @@ def nftables(host: HostOutput, net: Network) -> str:
     for name in ("dropped_in", "dropped_out", "dropped_fwd", "dropped_underlay", "dropped_hop"):
         lines.append(f"    counter {name} {{ }}")
 
-    mesh = f'{{ "{wg}", "{hop}" }}'
     v4, v6 = net.ipv4_pool, f"{{ {net.ipv6_pool}, {net.relay_pool} }}"
     forged = 'counter name "dropped_underlay" drop'
     hop_drop = 'counter name "dropped_hop" drop'
@@ -177,48 +176,69 @@ def nftables(host: HostOutput, net: Network) -> str:
     hop_client = bool(host.hop and not relay_pairs)
     my_hop = host.hop.address.split("/")[0] if hop_client else None
 
+    # Each base chain sends a packet to its interface's chain with one lookup, so the
+    # underlay's own packets (the tunnels' UDP) pass after a few comparisons and a mesh
+    # packet meets only its direction's sets: per-packet cost does not grow with the rules.
     lines += ["    chain input {",
               "        type filter hook input priority filter; policy accept;",
-              '        iifname "lo" accept',
-              f"        iifname != {mesh} ip saddr {v4} {forged}",
-              f"        iifname != {mesh} ip daddr {v4} {forged}",
-              f"        iifname != {mesh} ip6 saddr {v6} {forged}",
-              f"        iifname != {mesh} ip6 daddr {v6} {forged}",
-              f"        iifname != {mesh} accept",
-              *_STATE]
-    if hop_client:
-        lines.append(f'        iifname "{hop}" ip6 saddr {net.relay_pool} ip6 daddr {my_hop} '
-                     f"udp dport {host.listen_port} accept")
-    lines += [f'        iifname "{hop}" {hop_drop}',
-              *_policy_rules("in", "out"),
-              '        counter name "dropped_in" drop',
+              f'        iifname vmap {{ "lo" : accept, "{wg}" : jump mesh_in, '
+              f'"{hop}" : jump hop_in }}',
+              f"        ip saddr {v4} {forged}",
+              f"        ip daddr {v4} {forged}",
+              f"        ip6 saddr {v6} {forged}",
+              f"        ip6 daddr {v6} {forged}",
               "    }",
               "    chain output {",
               "        type filter hook output priority filter; policy accept;",
-              f"        oifname != {mesh} accept",
-              *_STATE]
-    if hop_client:
-        lines.append(f'        oifname "{hop}" ip6 saddr {my_hop} ip6 daddr {net.relay_pool} '
-                     f"udp sport {host.listen_port} accept")
-    lines += [f'        oifname "{hop}" {hop_drop}',
-              *_policy_rules("out", "in"),
-              '        counter name "dropped_out" drop',
+              f'        oifname vmap {{ "{wg}" : jump mesh_out, "{hop}" : jump hop_out }}',
               "    }",
               "    chain forward {",
               "        type filter hook forward priority filter; policy accept;",
-              f"        iifname != {mesh} ip saddr {v4} {forged}",
-              f"        iifname != {mesh} ip6 saddr {v6} {forged}"]
-    if relay_pairs:
-        lines += [f'        iifname "{hop}" oifname "{hop}" ip6 saddr . ip6 daddr . meta l4proto '
-                  ". th dport @relay6 accept",
-                  f'        iifname "{hop}" oifname "{hop}" counter name "dropped_relay" drop']
-    lines += [f'        iifname "{hop}" {hop_drop}',
+              f'        iifname vmap {{ "{wg}" : jump fwd_from_mesh, "{hop}" : jump fwd_from_hop }}',
+              f"        ip saddr {v4} {forged}",
+              f"        ip6 saddr {v6} {forged}",
               f'        oifname "{hop}" {hop_drop}',
-              f'        iifname != "{wg}" oifname != "{wg}" accept',
-              *_STATE,
-              *_policy_rules("fwd", "fwd"),
-              '        counter name "dropped_fwd" drop',
+              f'        oifname "{wg}" jump mesh_fwd',
+              "    }",
+              "    chain hop_in {",
+              *_STATE]
+    if hop_client:
+        lines.append(f"        ip6 saddr {net.relay_pool} ip6 daddr {my_hop} "
+                     f"udp dport {host.listen_port} accept")
+    lines += [f"        {hop_drop}",
+              "    }",
+              "    chain hop_out {",
+              *_STATE]
+    if hop_client:
+        lines.append(f"        ip6 saddr {my_hop} ip6 daddr {net.relay_pool} "
+                     f"udp sport {host.listen_port} accept")
+    lines += [f"        {hop_drop}",
+              "    }",
+              "    chain fwd_from_mesh {",
+              f'        oifname "{hop}" {hop_drop}',
+              "        jump mesh_fwd",
+              "    }",
+              "    chain fwd_from_hop {"]
+    if relay_pairs:
+        lines += [f'        oifname "{hop}" ip6 saddr . ip6 daddr . meta l4proto . th dport '
+                  "@relay6 accept",
+                  f'        oifname "{hop}" counter name "dropped_relay" drop']
+    lines += [f"        {hop_drop}",
               "    }"]
+    for chain, direction, reverse, dropped in (("mesh_in", "in", "out", "dropped_in"),
+                                               ("mesh_out", "out", "in", "dropped_out"),
+                                               ("mesh_fwd", "fwd", "fwd", "dropped_fwd")):
+        orig, back = _policy_rules(direction, reverse)
+        lines += [f"    chain {chain} {{",
+                  *_STATE,
+                  # A reply tries its connection's sets first and, failing them, its own.
+                  f"        ct direction reply jump {chain}_reply",
+                  *orig,
+                  f'        counter name "{dropped}" drop',
+                  "    }",
+                  f"    chain {chain}_reply {{",
+                  *back,
+                  "    }"]
     if host.snat:
         lines += [
             "    chain postrouting {",
@@ -233,32 +253,30 @@ def nftables(host: HostOutput, net: Network) -> str:
 
 
 # ICMP errors about a connection (unreachable, packet too big) pass with it.
-_STATE = ("        ct state invalid drop", "        ct state related accept")
+_STATE = ("        ct state vmap { invalid : drop, related : accept }",)
 
 
-def _policy_rules(direction: str, reverse: str) -> list[str]:
+def _policy_rules(direction: str, reverse: str) -> tuple[list[str], list[str]]:
     """The set lookups of one chain: a packet passes when its own fields are in this
-    direction's sets, or when it is a reply whose reversed fields are in the sets of the
-    direction its connection was opened in. On a host the peer is the source on the way in
-    and the destination on the way out, for replies too; only the port swaps sides."""
+    direction's sets (the first list), or when it is a reply whose reversed fields are in
+    the sets of the direction its connection was opened in (the second). On a host the peer
+    is the source on the way in and the destination on the way out, for replies too; only
+    the port swaps sides."""
     if direction == "fwd":
         orig = {4: "ip saddr . ip daddr", 6: "ip6 saddr . ip6 daddr"}
         back = {4: "ip daddr . ip saddr", 6: "ip6 daddr . ip6 saddr"}
     else:
         peer = "saddr" if direction == "in" else "daddr"
         orig = back = {4: f"ip {peer}", 6: f"ip6 {peer}"}
-    rules = []
+    own, replies = [], []
     for f, icmp in ((4, "icmp"), (6, "icmpv6")):
-        rules += [f"        {icmp} type echo-request {orig[f]} @ping_{direction}{f} accept",
-                  f"        {orig[f]} . meta l4proto . th dport @{direction}{f} accept",
-                  f"        {orig[f]} . meta l4proto @{direction}{f}p accept"]
-    for f, icmp in ((4, "icmp"), (6, "icmpv6")):
-        rules += [f"        ct direction reply {icmp} type echo-reply {back[f]} "
-                  f"@ping_{reverse}{f} accept",
-                  f"        ct direction reply {back[f]} . meta l4proto . th sport "
-                  f"@{reverse}{f} accept",
-                  f"        ct direction reply {back[f]} . meta l4proto @{reverse}{f}p accept"]
-    return rules
+        own += [f"        {icmp} type echo-request {orig[f]} @ping_{direction}{f} accept",
+                f"        {orig[f]} . meta l4proto . th dport @{direction}{f} accept",
+                f"        {orig[f]} . meta l4proto @{direction}{f}p accept"]
+        replies += [f"        {icmp} type echo-reply {back[f]} @ping_{reverse}{f} accept",
+                    f"        {back[f]} . meta l4proto . th sport @{reverse}{f} accept",
+                    f"        {back[f]} . meta l4proto @{reverse}{f}p accept"]
+    return own, replies
 
 
 def wg_quick(host: HostOutput, net: Network) -> str:
