@@ -212,19 +212,54 @@ def ping_losses(output: str) -> tuple[int, list[int]]:
     return len(seqs), sorted(set(range(1, max(seqs, default=0) + 1)) - seqs)
 
 
-def check_untouched_flow(output: str, run_started: float, allowed: int = 0) -> None:
+# Where a ping can die between two hosts, as each host counts it: ICMP echoes in and out,
+# the tunnel's UDP socket (no socket bound, buffers full), the WireGuard interface's drops
+# and wgmesh's drop counters.
+SNMP = {"Icmp": ("InEchos", "InEchoReps", "OutEchos", "OutEchoReps"),
+        "Udp": ("NoPorts", "InErrors", "RcvbufErrors", "SndbufErrors")}
+PATH_COUNTERS = ("cat /proc/net/snmp; ip -s -j link show dev wg0; "
+                 "nft list counters table inet wgmesh 2>/dev/null; true")
+
+
+def path_counters(mesh, nodes: tuple[str, ...]) -> dict[str, int]:
+    """Counters of the layers a flow crosses on each of ``nodes``, by "node layer.name"."""
+    out = {}
+    for node in nodes:
+        text = mesh.run(node, "sh", "-c", PATH_COUNTERS).stdout
+        for proto, names in SNMP.items():
+            head, values = re.findall(rf"^{proto}: (.*)$", text, re.M)[:2]
+            row = dict(zip(head.split(), values.split(), strict=True))
+            out.update({f"{node} {proto}.{n}": int(row[n]) for n in names})
+        link = json.loads(re.search(r"^\[.*\]$", text, re.M).group(0))[0]["stats64"]
+        out[f"{node} wg0.rx_dropped"] = link["rx"]["dropped"]
+        out[f"{node} wg0.tx_dropped"] = link["tx"]["dropped"]
+        for name, packets in re.findall(r"counter (\w+) \{\s*packets (\d+)", text):
+            out[f"{node} nft.{name}"] = int(packets)
+    return out
+
+
+def check_untouched_flow(output: str, run_started: float, allowed: int = 0,
+                         counters: tuple[dict, dict] | None = None) -> None:
     """The pings (`ping -D`) of a flow a run does not touch: at least 500 replies and at
     most ``allowed`` lost. A loss that is allowed is still reported, as a warning with its
-    time into the run, so that it stays visible in every test run."""
+    time into the run and the path's counters that moved (``path_counters`` before and
+    after), so that it stays visible in every test run and says where the ping died."""
     replies, lost = ping_losses(output)
     stamps = {int(n): float(t) for t, n in
               re.findall(r"^\[(\d+\.\d+)\].*icmp_seq=(\d+) ttl=", output, re.M)}
-    when = [f"seq {n} at +{stamps[n - 1] - run_started:.2f} s into the run"
-            for n in lost if n - 1 in stamps]
-    assert replies > 500 and len(lost) <= allowed, (replies, lost, when)
+    # A lost ping's time: that of the last reply before it.
+    when = [f"seq {n} at +{stamps[max(k for k in stamps if k < n)] - run_started:.2f} s "
+            "into the run" for n in lost if any(k < n for k in stamps)]
+    moved = ""
+    if counters:
+        before, after = counters
+        moved = "; counters: " + ", ".join(f"{k} +{after[k] - before.get(k, 0)}"
+                                           for k in sorted(after)
+                                           if after[k] != before.get(k, 0))
+    assert replies > 500 and len(lost) <= allowed, (replies, lost, when, moved)
     if lost:
         warnings.warn(f"{len(lost)} ping(s) of {replies + len(lost)} lost on an untouched "
-                      f"flow: {', '.join(when)} (docs/performance.md)", stacklevel=2)
+                      f"flow: {', '.join(when)}{moved} (docs/performance.md)", stacklevel=2)
 
 
 def snapshot(mesh, node: str) -> dict[str, str]:
