@@ -1,6 +1,6 @@
 """Data-plane cost of wgmesh's filters: TCP throughput and latency over the mesh.
 
-    .venv/bin/python benchmarks/dataplane.py [--seconds 5] [--rounds 3]
+    .venv/bin/python benchmarks/dataplane.py [--seconds 5] [--rounds 7] [--perf]
 
 On a lab of its own (wgdp), after site.yml, two paths are measured:
   mesh    pub1 -> pub2 over WireGuard (tag:web -> tag:db, tcp 5432), both hosts filtering;
@@ -12,10 +12,18 @@ each with
   (b) the table of the lab policy (plus the rule for the router path's port),
   (c) the table of that policy plus 1,000 rules whose sources are addresses of no node:
       6,000 elements in pub2's input set and in pub3's forwarding set. Peers are the same.
-The three tables are switched with `nft -f` between measurements, rounds interleaved.
+and, for scale, (s) the floor of any stateful filter: connection tracking on and one rule
+per hook (`ct state established,related accept`), the least a table that knows replies from
+requests costs.
+The tables are switched with `nft -f` between measurements, rounds interleaved.
 Throughput: iperf3 (one TCP stream, -t SECONDS, received bits/s); latency: 200 pings every
 10 ms (average RTT). Printed per path and variant: medians over the rounds, and (c) relative
-to (a) and (b). Goal: (c) at least 95% of (a)'s throughput, and within noise of (b).
+to (a) and (b) as the median of each round's ratio (the machine's speed drifts over minutes;
+a round's variants run within seconds of each other). Goal: (c) at least 95% of (a)'s
+throughput, and within noise of (b).
+With --perf (Linux perf installed), one more iperf3 run per path and variant is sampled
+system-wide: the share of all CPU samples spent in nftables' rules and sets, in connection
+tracking, and in netfilter's hook calls, which does not drift with the machine's speed.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import json
 import re
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +50,22 @@ MESH_PORT = 5432
 EXTRA_RULE = ('{"action": "accept", "src": ["alice@example.com"], "proto": "tcp", '
               f'"dst": ["legacy:{ROUTER_PORT}"]}},')
 
+
+STATEFUL_FLOOR = """table inet wgmesh {
+    chain input {
+        type filter hook input priority filter; policy accept;
+        ct state established,related accept
+    }
+    chain output {
+        type filter hook output priority filter; policy accept;
+        ct state established,related accept
+    }
+    chain forward {
+        type filter hook forward priority filter; policy accept;
+        ct state established,related accept
+    }
+}
+"""
 
 NAT_ONLY = """table inet wgmesh {
     chain postrouting {
@@ -91,15 +116,55 @@ def rtt(lab: MeshLab, client: str, addr: str) -> float:
     return float(re.search(r"= [\d.]+/([\d.]+)/", out).group(1))
 
 
+# Kernel symbols by where the time goes: the table's rules and set lookups, connection
+# tracking (and the NAT it carries), and netfilter's hook calls themselves.
+SHARES = {"rules": re.compile(r"^(nft_|__nft_|pipapo)"),
+          "conntrack": re.compile(r"conntrack|^nf_ct_|^nf_confirm|^nf_nat_|^__nf_ct"),
+          "hooks": re.compile(r"^nf_hook")}
+
+
+def cpu_shares(lab: MeshLab, tmp: Path, path: tuple, seconds: int) -> dict[str, float]:
+    """Percent of all CPU samples (every process, idle included) in each part of
+    netfilter while one iperf3 run goes on."""
+    data = tmp / "perf.data"
+    rec = subprocess.Popen(["perf", "record", "-q", "-a", "-o", str(data), "--", "sleep",
+                            str(max(seconds - 2, 1))], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    iperf(lab, *path, seconds)
+    rec.wait()
+    report = subprocess.run(["perf", "report", "-i", str(data), "--sort", "symbol", "--stdio"],
+                            capture_output=True, text=True, check=True).stdout
+    out = dict.fromkeys(SHARES, 0.0)
+    for pct, symbol in re.findall(r"^\s+([\d.]+)%\s+\[k\]\s+(\S+)", report, re.M):
+        for part, pattern in SHARES.items():
+            if pattern.search(symbol):
+                out[part] += float(pct)
+                break
+    return out
+
+
+def paired(xs: list[float], ys: list[float]) -> str:
+    each = [x / y for x, y in zip(xs, ys, strict=True)]
+    return f"{statistics.median(each):.1%} (rounds {min(each):.0%}-{max(each):.0%})"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--perf", action="store_true",
+                        help="also sample where the CPU time goes (needs Linux perf)")
     args = parser.parse_args()
     if not shutil.which("iperf3"):
         raise SystemExit("iperf3 is missing: ./dev.sh install (or apt-get install iperf3)")
+    if args.perf and not shutil.which("perf"):
+        raise SystemExit("perf is missing: apt-get install linux-perf")
     with fresh_lab("wgdp") as (lab, folder):
         return measure(lab, folder, args)
+
+
+VARIANTS = {"a": "(a) no table", "s": "(s) stateful floor", "b": "(b) lab policy",
+            "c": "(c) +1,000 rules"}
 
 
 def measure(lab: MeshLab, tmp: Path, args) -> int:
@@ -120,37 +185,50 @@ def measure(lab: MeshLab, tmp: Path, args) -> int:
     def load(variant: str) -> None:
         for n in filtering:
             lab.run(n, "nft", "delete", "table", "inet", "wgmesh", check=False)
-            if variant != "a":
+            if variant in tables:
                 lab.run(n, "nft", "-f", "-", stdin=tables[variant][n])
-            elif n == "pub3":
-                lab.run(n, "nft", "-f", "-", stdin=NAT_ONLY)
-        counts[variant] = {n: elements(lab, n) if variant != "a" else 0
-                           for n in ("pub2", "pub3")}
+            if variant == "s":
+                lab.run(n, "nft", "-f", "-", stdin=STATEFUL_FLOOR)
+            if variant in "as" and n == "pub3":
+                lab.run(n, "nft", "-f", "-", stdin=NAT_ONLY)  # the office LAN's replies
+        if variant in tables:
+            counts[variant] = {n: elements(lab, n) for n in ("pub2", "pub3")}
 
     for r in range(args.rounds):
-        for variant in ("a", "b", "c"):
+        for variant in VARIANTS:
             load(variant)
             for name, (client, server, addr, port) in paths.items():
                 got = results.setdefault((name, variant), {"gbit": [], "rtt": []})
                 got["gbit"].append(iperf(lab, client, server, addr, port, args.seconds))
                 got["rtt"].append(rtt(lab, client, addr))
-                print(f"round {r + 1} {name} ({variant}): {got['gbit'][-1]:.2f} Gbit/s, "
+                print(f"round {r + 1} {name} ({variant}): {got['gbit'][-1]:.3f} Gbit/s, "
                       f"RTT {got['rtt'][-1]:.3f} ms", flush=True)
+    shares: dict[tuple[str, str], dict[str, float]] = {}
+    if args.perf:
+        for variant in VARIANTS:
+            load(variant)
+            for name, path in paths.items():
+                shares[(name, variant)] = cpu_shares(lab, tmp, path, args.seconds)
     load("b")  # leave the hosts as the run left them
 
     print(f"\nset elements: (b) pub2 {counts['b']['pub2']}, pub3 {counts['b']['pub3']}; "
           f"(c) pub2 {counts['c']['pub2']}, pub3 {counts['c']['pub3']}")
-    print(f"{'path':<8} {'variant':<26} {'Gbit/s':>8} {'RTT ms':>8}")
-    labels = {"a": "(a) no table", "b": "(b) lab policy",
-              "c": "(c) +1,000 rules"}
+    print(f"{'path':<8} {'variant':<22} {'Gbit/s':>8} {'RTT ms':>8}"
+          + ("   CPU samples: rules / conntrack / hooks" if shares else ""))
     for name in paths:
-        med = {v: (statistics.median(results[(name, v)]["gbit"]),
-                   statistics.median(results[(name, v)]["rtt"])) for v in "abc"}
-        for v in "abc":
-            print(f"{name:<8} {labels[v]:<26} {med[v][0]:>8.2f} {med[v][1]:>8.3f}")
-        print(f"{name:<8} (c)/(a) throughput {med['c'][0] / med['a'][0]:.1%}, (c)/(b) "
-              f"{med['c'][0] / med['b'][0]:.1%}; spread of (b) over rounds "
-              f"{min(results[(name, 'b')]['gbit']):.2f}-{max(results[(name, 'b')]['gbit']):.2f}")
+        gbit = {v: results[(name, v)]["gbit"] for v in VARIANTS}
+        for v, label in VARIANTS.items():
+            line = (f"{name:<8} {label:<22} {statistics.median(gbit[v]):>8.3f} "
+                    f"{statistics.median(results[(name, v)]['rtt']):>8.3f}")
+            if shares:
+                part = shares[(name, v)]
+                line += (f"   {part['rules']:.1f} % / {part['conntrack']:.1f} % / "
+                         f"{part['hooks']:.1f} %")
+            print(line)
+
+        ratios = ", ".join(f"({x})/({y}) {paired(gbit[x], gbit[y])}"
+                           for x, y in (("c", "a"), ("c", "b"), ("s", "a")))
+        print(f"{name:<8} throughput, median of the rounds' ratios: {ratios}")
     return 0
 
 
