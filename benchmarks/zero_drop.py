@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "lab"))
 
 from conftest import PY  # noqa: E402
-from meshlab import MeshLab, fresh_lab, ping_losses  # noqa: E402
+from meshlab import MeshLab, fresh_lab, path_counters, ping_losses  # noqa: E402
 
 SECONDS = 45
 LEGACY = "198.51.100.130"  # the office machine behind the subnet router pub3
@@ -126,6 +126,7 @@ def measure(lab: MeshLab, scenario: Scenario, name: str) -> dict:
     for node, ports in LISTEN_PORTS.items():
         listeners.append(lab.spawn(node, LISTEN, scenario.address(node), *ports))
         assert listeners[-1].stdout.readline().strip() == "ready"
+    before = path_counters(lab, ("pub1", "pub2"))
     iperf_srv = lab.start("pub2", ["iperf3", "-s", "-1", "-B", pub2, "-p", "5432"])
     time.sleep(0.5)
     ping = lab.start("pub1", ["ping", "-i", "0.01", "-w", str(SECONDS), pub2])
@@ -149,12 +150,17 @@ def measure(lab: MeshLab, scenario: Scenario, name: str) -> dict:
         for p in (ping, stream, iperf_srv, *probers, *listeners):
             lab.stop(p)
     replies, lost = ping_losses(ping_out)
+    after = path_counters(lab, ("pub1", "pub2"))
+    # Where lost pings died: the path's drop and error counters that moved (the stream's
+    # own losses move some of them too).
+    moved = {k: after[k] - before.get(k, 0) for k in sorted(after)
+             if after[k] != before.get(k, 0) and not k.endswith(("Echos", "EchoReps"))}
     report = json.loads(stream_out)
     if "error" in report:
         raise SystemExit(f"iperf3: {report['error']}")
     intervals = [i["sum"]["bytes"] for i in report["intervals"]]
     return {
-        "wall": wall, "pings": replies + len(lost), "lost": len(lost),
+        "wall": wall, "pings": replies + len(lost), "lost": len(lost), "moved": moved,
         "empty_intervals": sum(1 for b in intervals[1:] if b == 0),
         "intervals": len(intervals), "retransmits": report["end"]["sum_sent"].get("retransmits"),
         "changed": [(f"{src} -> {dst}:{port} {'opens' if new else 'closes'}",
@@ -181,6 +187,9 @@ def main() -> int:
                   f"{r['lost']} of {r['pings']} pings lost, {r['empty_intervals']} of "
                   f"{r['intervals']} 100-ms TCP intervals without data, "
                   f"{r['retransmits']} retransmissions", flush=True)
+            if r["lost"]:
+                print("    counters that moved: " + (", ".join(
+                    f"{k} +{v}" for k, v in r["moved"].items()) or "none"), flush=True)
             for what, t in r["changed"]:
                 print(f"    {what}: " + (f"{t:.1f} s after the run started" if t is not None
                                          else "never within the window"), flush=True)
