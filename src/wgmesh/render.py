@@ -194,7 +194,8 @@ def nftables(host: HostOutput, net: Network) -> str:
               "    }",
               "    chain forward {",
               "        type filter hook forward priority filter; policy accept;",
-              f'        iifname vmap {{ "{wg}" : jump fwd_from_mesh, "{hop}" : jump fwd_from_hop }}',
+              f'        iifname vmap {{ "{wg}" : jump fwd_from_mesh, '
+              f'"{hop}" : jump fwd_from_hop }}',
               f"        ip saddr {v4} {forged}",
               f"        ip6 saddr {v6} {forged}",
               f'        oifname "{hop}" {hop_drop}',
