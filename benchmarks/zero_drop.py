@@ -151,10 +151,10 @@ def measure(lab: MeshLab, scenario: Scenario, name: str) -> dict:
             lab.stop(p)
     replies, lost = ping_losses(ping_out)
     after = path_counters(lab, ("pub1", "pub2"))
-    # Where lost pings died: the path's drop and error counters that moved (the stream's
-    # own losses move some of them too).
+    # Where lost pings died: echoes sent and received at each end, and the path's drop and
+    # error counters that moved (the stream's own losses move some of them too).
     moved = {k: after[k] - before.get(k, 0) for k in sorted(after)
-             if after[k] != before.get(k, 0) and not k.endswith(("Echos", "EchoReps"))}
+             if after[k] != before.get(k, 0)}
     report = json.loads(stream_out)
     if "error" in report:
         raise SystemExit(f"iperf3: {report['error']}")
