@@ -127,8 +127,9 @@ def cpu_shares(lab: MeshLab, tmp: Path, path: tuple, seconds: int) -> dict[str, 
     """Percent of all CPU samples (every process, idle included) in each part of
     netfilter while one iperf3 run goes on."""
     data = tmp / "perf.data"
-    rec = subprocess.Popen(["perf", "record", "-q", "-a", "-o", str(data), "--", "sleep",
-                            str(max(seconds - 2, 1))], stdout=subprocess.DEVNULL,
+    # Sampled from 1 s to SECONDS - 1 s: inside the stream, past its start.
+    rec = subprocess.Popen(["perf", "record", "-q", "-a", "-D", "1000", "-o", str(data), "--",
+                            "sleep", str(max(seconds - 1, 2))], stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
     iperf(lab, *path, seconds)
     rec.wait()
