@@ -29,7 +29,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "lab"))
 
 from conftest import PY  # noqa: E402
-from meshlab import MeshLab, fresh_lab, path_counters, ping_losses  # noqa: E402
+from meshlab import (  # noqa: E402
+    MeshLab,
+    counters_moved,
+    fresh_lab,
+    path_counters,
+    ping_losses,
+)
 
 SECONDS = 45
 LEGACY = "198.51.100.130"  # the office machine behind the subnet router pub3
@@ -150,11 +156,9 @@ def measure(lab: MeshLab, scenario: Scenario, name: str) -> dict:
         for p in (ping, stream, iperf_srv, *probers, *listeners):
             lab.stop(p)
     replies, lost = ping_losses(ping_out)
-    after = path_counters(lab, ("pub1", "pub2"))
     # Where lost pings died: echoes sent and received at each end, and the path's drop and
     # error counters that moved (the stream's own losses move some of them too).
-    moved = {k: after[k] - before.get(k, 0) for k in sorted(after)
-             if after[k] != before.get(k, 0)}
+    moved = counters_moved(before, path_counters(lab, ("pub1", "pub2")))
     report = json.loads(stream_out)
     if "error" in report:
         raise SystemExit(f"iperf3: {report['error']}")

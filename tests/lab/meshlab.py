@@ -238,6 +238,11 @@ def path_counters(mesh, nodes: tuple[str, ...]) -> dict[str, int]:
     return out
 
 
+def counters_moved(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The ``path_counters`` that changed between two readings, by how much."""
+    return {k: after[k] - before.get(k, 0) for k in sorted(after) if after[k] != before.get(k, 0)}
+
+
 def check_untouched_flow(output: str, run_started: float, allowed: int = 0,
                          counters: tuple[dict, dict] | None = None) -> None:
     """The pings (`ping -D`) of a flow a run does not touch: at least 500 replies and at
@@ -252,10 +257,8 @@ def check_untouched_flow(output: str, run_started: float, allowed: int = 0,
             "into the run" for n in lost if any(k < n for k in stamps)]
     moved = ""
     if counters:
-        before, after = counters
-        moved = "; counters: " + ", ".join(f"{k} +{after[k] - before.get(k, 0)}"
-                                           for k in sorted(after)
-                                           if after[k] != before.get(k, 0))
+        moved = "; counters: " + ", ".join(
+            f"{k} +{v}" for k, v in counters_moved(*counters).items())
     assert replies > 500 and len(lost) <= allowed, (replies, lost, when, moved)
     if lost:
         warnings.warn(f"{len(lost)} ping(s) of {replies + len(lost)} lost on an untouched "
