@@ -21,9 +21,14 @@ Throughput: iperf3 (one TCP stream, -t SECONDS, received bits/s); latency: 200 p
 to (a) and (b) as the median of each round's ratio (the machine's speed drifts over minutes;
 a round's variants run within seconds of each other). Goal: (c) at least 95% of (a)'s
 throughput, and within noise of (b).
-With --perf (Linux perf installed), one more iperf3 run per path and variant is sampled
-system-wide: the share of all CPU samples spent in nftables' rules and sets, in connection
-tracking, and in netfilter's hook calls, which does not drift with the machine's speed.
+With --perf (Linux perf installed), three more iperf3 runs per path and variant are
+sampled system-wide (medians printed): the share of all CPU samples spent in nftables' rules
+and sets, in connection tracking, and in netfilter's hook calls, which does not drift with
+the machine's speed; from them, each variant's throughput relative to (a) as the CPU allows
+it (the rest of the work per byte being the same); and the same for (f): the table of (c)
+with `ct state established accept` first in its mesh chains, which stands for a fast path
+that checks only a connection's first packet (not wgmesh's table: it would let a revoked
+connection go on), to show what that part of the rules costs.
 """
 
 from __future__ import annotations
@@ -123,6 +128,10 @@ SHARES = {"rules": re.compile(r"^(nft_|__nft_|pipapo)"),
           "hooks": re.compile(r"^nf_hook")}
 
 
+# Sampled runs per path and variant (interleaved), of which the median is printed.
+PERF_RUNS = 3
+
+
 def cpu_shares(lab: MeshLab, tmp: Path, path: tuple, seconds: int) -> dict[str, float]:
     """Percent of all CPU samples (every process, idle included) in each part of
     netfilter while one iperf3 run goes on."""
@@ -164,6 +173,8 @@ def main() -> int:
         return measure(lab, folder, args)
 
 
+# The chains that see a mesh connection's every packet: (f) accepts its later ones first.
+FAST_PATH = re.compile(r"(chain (?:mesh_in|mesh_out|mesh_fwd) \{\n)")
 VARIANTS = {"a": "(a) no table", "s": "(s) stateful floor", "b": "(b) lab policy",
             "c": "(c) +1,000 rules"}
 
@@ -206,10 +217,17 @@ def measure(lab: MeshLab, tmp: Path, args) -> int:
                       f"RTT {got['rtt'][-1]:.3f} ms", flush=True)
     shares: dict[tuple[str, str], dict[str, float]] = {}
     if args.perf:
-        for variant in VARIANTS:
-            load(variant)
-            for name, path in paths.items():
-                shares[(name, variant)] = cpu_shares(lab, tmp, path, args.seconds)
+        tables["f"] = {n: FAST_PATH.sub(r"\1        ct state established accept\n", text)
+                       for n, text in tables["c"].items()}
+        samples: dict[tuple[str, str], list[dict[str, float]]] = {}
+        for _ in range(PERF_RUNS):
+            for variant in [*VARIANTS, "f"]:
+                load(variant)
+                for name, path in paths.items():
+                    samples.setdefault((name, variant), []).append(
+                        cpu_shares(lab, tmp, path, args.seconds))
+        shares = {key: {part: statistics.median(run[part] for run in runs) for part in SHARES}
+                  for key, runs in samples.items()}
     load("b")  # leave the hosts as the run left them
 
     print(f"\nset elements: (b) pub2 {counts['b']['pub2']}, pub3 {counts['b']['pub3']}; "
@@ -226,6 +244,14 @@ def measure(lab: MeshLab, tmp: Path, args) -> int:
                 line += (f"   {part['rules']:.1f} % / {part['conntrack']:.1f} % / "
                          f"{part['hooks']:.1f} %")
             print(line)
+        if shares:
+            line = f"{name:<8} {'(f) (c) + fast path':<22} {'':>8} {'':>8}   "
+            part = shares[(name, "f")]
+            print(line + " / ".join(f"{part[k]:.1f} %" for k in SHARES))
+            base = 100 - sum(shares[(name, "a")].values())
+            print(f"{name:<8} throughput the CPU samples allow, relative to (a): " + ", ".join(
+                f"({v}) {(100 - sum(shares[(name, v)].values())) / base:.1%}"
+                for v in ("s", "b", "c", "f")))
 
         ratios = ", ".join(f"({x})/({y}) {paired(gbit[x], gbit[y])}"
                            for x, y in (("c", "a"), ("c", "b"), ("s", "a")))

@@ -212,13 +212,17 @@ def ping_losses(output: str) -> tuple[int, list[int]]:
     return len(seqs), sorted(set(range(1, max(seqs, default=0) + 1)) - seqs)
 
 
-# Where a ping can die between two hosts, as each host counts it: ICMP echoes in and out,
-# the tunnel's UDP socket (no socket bound, buffers full), the WireGuard interface's drops
-# and wgmesh's drop counters.
-SNMP = {"Icmp": ("InEchos", "InEchoReps", "OutEchos", "OutEchoReps"),
+# Where a ping can die between two hosts, as each host counts it: IP discards and packets
+# without a route, ICMP echoes in and out, the tunnel's UDP socket (no socket bound, buffers
+# full), the WireGuard interface's drops and wgmesh's drop counters; and, for the whole
+# machine, packets dropped because a CPU's input backlog was full (softnet_stat's second
+# column, the same in every namespace).
+SNMP = {"Ip": ("InDiscards", "OutDiscards", "OutNoRoutes"),
+        "Icmp": ("InEchos", "InEchoReps", "OutEchos", "OutEchoReps"),
         "Udp": ("NoPorts", "InErrors", "RcvbufErrors", "SndbufErrors")}
 PATH_COUNTERS = ("cat /proc/net/snmp; ip -s -j link show dev wg0; "
-                 "nft list counters table inet wgmesh 2>/dev/null; true")
+                 "nft list counters table inet wgmesh 2>/dev/null; "
+                 "sed 's/^/softnet /' /proc/net/softnet_stat; true")
 
 
 def path_counters(mesh, nodes: tuple[str, ...]) -> dict[str, int]:
@@ -235,6 +239,8 @@ def path_counters(mesh, nodes: tuple[str, ...]) -> dict[str, int]:
         out[f"{node} wg0.tx_dropped"] = link["tx"]["dropped"]
         for name, packets in re.findall(r"counter (\w+) \{\s*packets (\d+)", text):
             out[f"{node} nft.{name}"] = int(packets)
+        out["machine softnet.dropped"] = sum(
+            int(column, 16) for column in re.findall(r"^softnet \S+ (\S+)", text, re.M))
     return out
 
 
@@ -259,6 +265,11 @@ def check_untouched_flow(output: str, run_started: float, allowed: int = 0,
     if counters:
         moved = "; counters: " + ", ".join(
             f"{k} +{v}" for k, v in counters_moved(*counters).items())
+    # What ping itself said of a request it sent (an ICMP error back, a refused send).
+    said = [line for line in output.splitlines()
+            if ("icmp_seq=" in line and " ttl=" not in line) or "sendmsg" in line][:3]
+    if said:
+        moved += "; ping said: " + " | ".join(said)
     assert replies > 500 and len(lost) <= allowed, (replies, lost, when, moved)
     if lost:
         warnings.warn(f"{len(lost)} ping(s) of {replies + len(lost)} lost on an untouched "
