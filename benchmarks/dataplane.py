@@ -217,8 +217,12 @@ def measure(lab: MeshLab, tmp: Path, args) -> int:
                       f"RTT {got['rtt'][-1]:.3f} ms", flush=True)
     shares: dict[tuple[str, str], dict[str, float]] = {}
     if args.perf:
-        tables["f"] = {n: FAST_PATH.sub(r"\1        ct state established accept\n", text)
-                       for n, text in tables["c"].items()}
+        tables["f"] = {}
+        for n, text in tables["c"].items():
+            tables["f"][n], found = FAST_PATH.subn(r"\1        ct state established accept\n",
+                                                   text)
+            if not found:  # the chains were renamed: (f) would silently measure (c)
+                raise SystemExit(f"{n}'s table has no mesh_in/mesh_out/mesh_fwd chain")
         samples: dict[tuple[str, str], list[dict[str, float]]] = {}
         for _ in range(PERF_RUNS):
             for variant in [*VARIANTS, "f"]:
