@@ -135,7 +135,8 @@ def measure(lab: MeshLab, scenario: Scenario, name: str) -> dict:
     before = path_counters(lab, ("pub1", "pub2"))
     iperf_srv = lab.start("pub2", ["iperf3", "-s", "-1", "-B", pub2, "-p", "5432"])
     time.sleep(0.5)
-    ping = lab.start("pub1", ["ping", "-i", "0.01", "-w", str(SECONDS), pub2])
+    # Recorded to a file: a pipe left unread during the run would pause ping at 64 KiB.
+    ping = lab.record("pub1", ["ping", "-i", "0.01", "-w", str(SECONDS), pub2])
     stream = lab.start("pub1", ["iperf3", "-c", pub2, "-p", "5432", "-t", str(SECONDS - 2),
                                 "-b", "50M", "-i", "0.1", "-J"])
     probers = [lab.start(src, [PY, "-c", PROBER, targets[dst], str(port), str(SECONDS)])
@@ -149,7 +150,7 @@ def measure(lab: MeshLab, scenario: Scenario, name: str) -> dict:
             run = lab.playbook(*args)
             assert run.returncode == 0, run.stdout[-3000:]
         wall = time.time() - start
-        ping_out, _ = ping.communicate(timeout=SECONDS + 20)
+        ping_out = lab.recorded(ping, timeout=SECONDS + 20)
         stream_out, _ = stream.communicate(timeout=SECONDS + 20)
         probe_out = [p.communicate(timeout=SECONDS + 20)[0] for p in probers]
     finally:

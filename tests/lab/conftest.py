@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,27 @@ class LabSession:
         forks into the host's PID namespace, and stop() must end the child too."""
         return subprocess.Popen(self.lab.exec_argv(node, argv), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def record(self, node: str, argv: list[str]) -> subprocess.Popen:
+        """A probe in the background (ping, a stream) whose output, stdout and stderr, goes to
+        a file; ``recorded`` waits for it and returns that output. Not a pipe, as ``start``
+        gives: a pipe that no one reads while a playbook runs fills at 64 KiB (some 800 lines
+        of `ping -D`) and stops the probe in its next write, pausing it in the very run it
+        watches."""
+        out = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed by recorded)
+        proc = subprocess.Popen(self.lab.exec_argv(node, argv), stdout=out,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+        proc.record = out
+        return proc
+
+    @staticmethod
+    def recorded(proc: subprocess.Popen, timeout: float) -> str:
+        """The output of a ``record`` probe, once it has ended."""
+        proc.wait(timeout=timeout)
+        proc.record.seek(0)
+        text = proc.record.read()
+        proc.record.close()
+        return text
 
     @staticmethod
     def stop(proc: subprocess.Popen) -> None:

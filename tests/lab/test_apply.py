@@ -109,11 +109,11 @@ def test_rotation_gives_every_peer_the_new_key_and_drops_no_other_flow(mesh):
     pub1, pub2 = mesh.mesh_address("pub1"), mesh.mesh_address("pub2")
     # pub1 (tag:web) -> pub2 (tag:db) does not involve home2: it must lose nothing.
     before = path_counters(mesh, ("pub1", "pub2"))
-    pings = mesh.start("pub1", ["ping", "-D", "-i", "0.01", "-w", "15", pub2])
+    pings = mesh.record("pub1", ["ping", "-D", "-i", "0.01", "-w", "15", pub2])
     time.sleep(1)
     started = time.time()
     run = mesh.playbook("-l", "home2", play="playbooks/rotate.yml")
-    out, _ = pings.communicate(timeout=30)
+    out = mesh.recorded(pings, timeout=30)
     assert run.returncode == 0, run.stdout[-3000:]
     # One lost ping in a thousand or so is seen now and then and not explained yet
     # (docs/performance.md, issue 12): allowed, and reported as a warning with the counters
@@ -250,11 +250,11 @@ def test_a_join_and_a_leave_in_one_run_drop_no_packet_of_other_flows(mesh):
         assert "does not exist" in mesh.run("cafe1", *no_wg0[1:]).stdout
         mesh_file.write_text(without["pub3"])
         before = path_counters(mesh, ("pub1", "pub2"))
-        pings = mesh.start("pub1", ["ping", "-D", "-i", "0.01", "-w", "25", pub2])
+        pings = mesh.record("pub1", ["ping", "-D", "-i", "0.01", "-w", "25", pub2])
         time.sleep(1)
         started = time.time()
         run = mesh.playbook()
-        out, _ = pings.communicate(timeout=40)
+        out = mesh.recorded(pings, timeout=40)
         assert run.returncode == 0, run.stdout[-3000:]
         check_untouched_flow(out, started, allowed=1,  # as in the rotation test
                              counters=(before, path_counters(mesh, ("pub1", "pub2"))))

@@ -165,7 +165,7 @@ def test_policy_change_applies_live_without_dropping_packets(mesh, tmp_path):
     new = tmp_path / "changed.hujson"
     new.write_text(changed)
     # pub1 (tag:web) pings pub2 (tag:db) every 20 ms while the change is applied everywhere.
-    ping = mesh.start("pub1", ["ping", "-i", "0.02", "-w", "25", pub2])
+    ping = mesh.record("pub1", ["ping", "-i", "0.02", "-w", "25", pub2])
     try:
         time.sleep(1)
         run = mesh.playbook("-e", f"wgmesh_policy_file={new}")
@@ -174,7 +174,7 @@ def test_policy_change_applies_live_without_dropping_packets(mesh, tmp_path):
         assert changes["cafe1"]["changed"] > 0 and changes["home1"]["changed"] > 0
         # alice -> bob:8080 was all that related home1 and home2: home2's name is gone.
         assert mesh.run("home1", "getent", "hosts", "home2", check=False).returncode != 0
-        out, _ = ping.communicate(timeout=40)
+        out = mesh.recorded(ping, timeout=40)
     finally:
         mesh.stop(ping)
         restore = mesh.playbook()

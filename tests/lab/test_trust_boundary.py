@@ -194,7 +194,7 @@ def test_revoking_access_ends_open_connections_and_spares_other_flows(mesh):
     server = listen(mesh, "home2", TCP_LISTEN, "0.0.0.0", "8080")
     hold = mesh.start("home1", [PY, "-u", "-c", HOLD, home2, "8080"])
     assert hold.stdout.readline().strip() == "connected", hold.stderr.read()
-    pings = mesh.start("home1", ["ping", "-i", "0.01", pub1])
+    pings = mesh.record("home1", ["ping", "-i", "0.01", pub1])
     policy = mesh.inventory.parent / "revoked.hujson"  # not beside mesh.yml: a source
     original = (mesh.inventory / "mesh.yml").read_text()
     lab_policy = re.search(r"^policy: (.+)$", original, re.M).group(1)
@@ -214,7 +214,7 @@ def test_revoking_access_ends_open_connections_and_spares_other_flows(mesh):
     finally:
         mesh.stop(hold)
         os.killpg(pings.pid, signal.SIGINT)  # ping prints its summary and ends
-        ping_out = pings.communicate(timeout=10)[0]
+        ping_out = mesh.recorded(pings, timeout=10)
         mesh.stop(server)
         (mesh.inventory / "mesh.yml").write_text(original)
     exchanges = [json.loads(line) for line in hold.stdout.read().splitlines() if line]
