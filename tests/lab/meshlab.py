@@ -127,18 +127,27 @@ class MeshLab(LabSession):
         return results
 
     def settle(self, timeout: float = 15) -> None:
-        """Wait until every hop tunnel has had a handshake. Hosts apply in parallel, so a
-        relay client's first handshake can go out before its relay's hop interface is up;
-        WireGuard retries after 5 s."""
+        """Wait until every tunnel that keeps itself up has had a handshake: each hop tunnel,
+        and each wg0 peer with a persistent keepalive. Hosts apply in parallel, so a host's
+        first handshake can go out before its peer has its key or its interface; WireGuard
+        retries only after 5 s, and a probe in between would wait for that retry."""
         deadline = time.monotonic() + timeout
         for node in self.mesh_nodes:
-            while True:
-                out = self.run(node, "sh", "-c", "wg show wg0-hop latest-handshakes "
-                               "2>/dev/null; true").stdout.split()
-                stamps = out[1::2]
-                if "0" not in stamps or time.monotonic() > deadline:
-                    break
+            while self.unsettled(node) and time.monotonic() < deadline:
                 time.sleep(0.2)
+
+    def unsettled(self, node: str) -> list[str]:
+        """The tunnels of ``node`` that should be up and have had no handshake yet."""
+        dump = self.run(node, "wg", "show", "all", "dump").stdout
+        waiting = []
+        for line in dump.splitlines():
+            fields = line.split("\t")
+            if len(fields) != 9:  # an interface's own line
+                continue
+            interface, key, handshake, keepalive = fields[0], fields[1], fields[5], fields[8]
+            if handshake == "0" and (interface.endswith("-hop") or keepalive != "off"):
+                waiting.append(f"{interface} {key}")
+        return waiting
 
     def counter(self, node: str, name: str) -> int:
         out = self.run(node, "nft", "list", "counter", "inet", "wgmesh", name).stdout

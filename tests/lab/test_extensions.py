@@ -67,7 +67,8 @@ def test_subnet_router_carries_only_what_policy_allows(mesh):
         "print('ready', flush=True); s.accept()")])
     try:
         assert listener.stdout.readline().strip() == "ready"
-        assert tcp(mesh, "home1", legacy, 22)        # alice: legacy:22 allowed
+        assert tcp(mesh, "home1", legacy, 22), (   # alice: legacy:22 allowed
+            mesh.run("home1", "wg", "show", "wg0").stdout)
         assert not tcp(mesh, "home1", legacy, 80)    # ... and nothing else there
         assert not tcp(mesh, "home2", legacy, 22)    # bob: nothing in that LAN
         assert not tcp(mesh, "cafe1", legacy, 22)
