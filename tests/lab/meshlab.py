@@ -127,17 +127,19 @@ class MeshLab(LabSession):
         return results
 
     def settle(self, timeout: float = 15) -> None:
-        """Wait until every tunnel that keeps itself up has had a handshake: each hop tunnel,
-        and each wg0 peer with a persistent keepalive. Hosts apply in parallel, so a host's
-        first handshake can go out before its peer has its key or its interface; WireGuard
-        retries only after 5 s, and a probe in between would wait for that retry."""
+        """Wait until every tunnel that keeps itself up (a peer with a persistent keepalive,
+        on wg0 or a relay client's wg0-hop) has had a handshake. Hosts apply in parallel, so
+        a host's first handshake can go out before its peer has its key or its interface;
+        WireGuard retries only after 5 s, and a probe in between would wait for that retry.
+        A relay's own hop peers are passive (no keepalive): they come up when their client's
+        do, and a client that is no lab host (a phone) never would."""
         deadline = time.monotonic() + timeout
         for node in self.mesh_nodes:
             while self.unsettled(node) and time.monotonic() < deadline:
                 time.sleep(0.2)
 
     def unsettled(self, node: str) -> list[str]:
-        """The tunnels of ``node`` that should be up and have had no handshake yet."""
+        """The keepalive tunnels of ``node`` that have had no handshake yet."""
         dump = self.run(node, "wg", "show", "all", "dump").stdout
         waiting = []
         for line in dump.splitlines():
@@ -145,7 +147,7 @@ class MeshLab(LabSession):
             if len(fields) != 9:  # an interface's own line
                 continue
             interface, key, handshake, keepalive = fields[0], fields[1], fields[5], fields[8]
-            if handshake == "0" and (interface.endswith("-hop") or keepalive != "off"):
+            if handshake == "0" and keepalive != "off":
                 waiting.append(f"{interface} {key}")
         return waiting
 
