@@ -51,12 +51,11 @@ class ActionModule(ActionBase):
         def under(path: str) -> str:
             return os.path.join(root, path.lstrip("/"))
 
-        ruleset = args.get("ruleset_path") or "/etc/wgmesh/nftables.nft"
         hosts = under(args.get("hosts_file") or "/etc/hosts")
         state = under(os.path.join(args.get("state_dir") or "/var/lib/wgmesh", "bundle.json"))
         dropin = args.get("sshd_dropin") or code.SSHD_DROPIN
         files = [(under(p), text, mode)
-                 for p, text, mode in code.bundle_files(b, ruleset, dropin)]
+                 for p, text, mode in code.bundle_files(b, dropin)]
         have = self._read([p for p, _, _ in files] + [hosts])
         files.append((hosts, code.with_hosts_block(have[hosts] or "", b["interface"],
                                                    b["hosts_block"] or None), 0o644))

@@ -24,6 +24,11 @@ description:
     any later step fails, the host is returned to the last bundle that applied cleanly (kept
     under I(state_dir)), or with none to its state before wgmesh, and the task fails with
     the cause.
+  - Every wgmesh interface's wg-quick file loads the table from C(/etc/wgmesh/nftables.nft)
+    before the interface exists (a fixed C(PreUp) hook) and stays down when it cannot, so
+    an interface brought up at boot, by hand or by this module never carries a packet
+    unfiltered. That file is always the table of the bundle that applied cleanly - a failed
+    apply writes the last good one back.
   - Records what the host runs (bundle hash, commit, time, and the table as loaded, to
     notice later edits) in I(state_dir)/state.json.
   - Refuses a bundle that routes the default route through an exit node when this run's SSH
@@ -70,10 +75,6 @@ options:
     type: str
     choices: [auto, systemd, wg-quick]
     default: auto
-  ruleset_path:
-    description: Where the table's file is kept (what C(nft -f) loads at boot).
-    type: path
-    default: /etc/wgmesh/nftables.nft
   hosts_file:
     description: The hosts file that holds the block of mesh names.
     type: path
@@ -208,6 +209,9 @@ from ansible.module_utils.basic import AnsibleModule
 
 # The same number as wgmesh.render.MANAGEMENT_RULE_PRIORITY: before wg-quick's rules.
 MANAGEMENT_RULE_PRIORITY = 1000
+# wgmesh.render.RULESET_PATH: the table's file, which every wgmesh interface's wg-quick file
+# loads before the interface exists (its PreUp hook), so it is not a choice of the caller.
+RULESET = "/etc/wgmesh/nftables.nft"
 TABLE = ("inet", "wgmesh")
 
 
@@ -467,8 +471,8 @@ def sync_interface(run: Runner, iface: str, conf_text: str, key_file: str, servi
         if check_mode:
             return actions
         if service == "systemd":
+            # Its file's hooks load the table first and start the keepalive handshakes.
             run("systemctl", "enable", "--now", f"wg-quick@{iface}")
-            start_handshakes(run, iface, want)
             return actions
         up_without_peers(run, iface, conf_text)  # the peers follow with wg set
     elif service == "systemd" and run.rc("systemctl", "is-enabled", "--quiet",
@@ -569,11 +573,16 @@ def set_peers(run: Runner, iface: str, want: dict[str, dict], have: dict[str, di
         head = []
 
 
+def interface_section(conf_text: str) -> str:
+    """A wg-quick file's [Interface] section alone, with its hooks: the filter first."""
+    return conf_text.split("\n[Peer]", 1)[0] + "\n"
+
+
 def up_without_peers(run: Runner, iface: str, conf_text: str) -> None:
     """wg-quick up from the [Interface] section alone. With peers, wg-quick adds each
     allowed IP's route with its own `ip` calls (seconds for a thousand peers); the caller
     then adds the peers with `wg set`, and the routes the mesh prefix does not cover."""
-    head = conf_text.split("\n[Peer]", 1)[0] + "\n"
+    head = interface_section(conf_text)
     os.makedirs("/run/wgmesh", mode=0o700, exist_ok=True)
     path = f"/run/wgmesh/{iface}.conf"  # wg-quick takes the interface name from the file's
     write_atomic(path, head, 0o600)
@@ -585,9 +594,8 @@ def up_without_peers(run: Runner, iface: str, conf_text: str) -> None:
 
 def start_handshakes(run: Runner, iface: str, want: dict[str, dict]) -> None:
     """Peers with a keepalive (this host is behind NAT, or on a hop tunnel) get a keepalive
-    now, so the tunnel is open when the run ends. wg-quick sets the peers before PostUp loads
-    the key, so the keepalive it triggers finds no key; setting the interval from 0 again
-    sends one."""
+    now, so the tunnel is open when the run ends: after the running key changed. Setting the
+    interval from 0 again sends one (the rendered files' PostUp hook does the same at up)."""
     for key, peer in want.items():
         if peer["keepalive"]:
             run("wg", "set", iface, "peer", key, "persistent-keepalive", "0")
@@ -745,12 +753,11 @@ FORWARDING = {"/proc/sys/net/ipv4/ip_forward": "1",
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/wgmesh.conf"
 
 
-def bundle_files(b: dict, ruleset: str, sshd_dropin: str = SSHD_DROPIN
-                 ) -> list[tuple[str, str | None, int]]:
+def bundle_files(b: dict, sshd_dropin: str = SSHD_DROPIN) -> list[tuple[str, str | None, int]]:
     """(path, content or None for absent, mode) of every file a bundle makes."""
     return [(f"/etc/wireguard/{b['interface']}.conf", b["wg_conf"], 0o600),
             (f"/etc/wireguard/{b['hop_interface']}.conf", b["hop_conf"], 0o600),
-            (ruleset, b["nftables"], 0o644),
+            (RULESET, b["nftables"], 0o644),
             (SYSCTL_PATH, b["sysctl"], 0o644),
             (sshd_dropin, b.get("sshd"), 0o644)]
 
@@ -940,7 +947,7 @@ class Host:
     def __init__(self, module: AnsibleModule):
         p = module.params
         self.module, self.run = module, Runner(module)
-        self.key_file, self.ruleset = p["key_file"], p["ruleset_path"]
+        self.key_file = p["key_file"]
         self.sshd_config, self.sshd_dropin = p["sshd_config"], p["sshd_dropin"]
         self.sshd_pidfile = p["sshd_pidfile"]
         self.hosts_file, self.state_dir = p["hosts_file"], p["state_dir"]
@@ -952,7 +959,7 @@ class Host:
         self.diff_after: list[str] = []
 
     def files(self, b: dict) -> list[tuple[str, str | None, int]]:
-        return bundle_files(b, self.ruleset, self.sshd_dropin)
+        return bundle_files(b, self.sshd_dropin)
 
     def state(self) -> dict:
         text = read(os.path.join(self.state_dir, "state.json"))
@@ -1001,9 +1008,9 @@ class Host:
             reload_table = True
         actions += [f"table {' '.join(TABLE)}: {w}" for w in drift]
         if reload_table or drift:
-            actions.append(f"load the table from {self.ruleset}")
+            actions.append(f"load the table from {RULESET}")
             if not check_mode:
-                run("nft", "-f", self.ruleset)
+                run("nft", "-f", RULESET)
         if b["sysctl"]:
             for path, value in FORWARDING.items():
                 if (read(path) or "").strip() != value:
@@ -1056,14 +1063,14 @@ class Host:
                 os.unlink(self.sshd_dropin)
                 actions.append(reload_sshd(self.sshd_pidfile))
         for path in (f"/etc/wireguard/{interface}.conf", f"/etc/wireguard/{hop_interface}.conf",
-                     self.ruleset, SYSCTL_PATH, *([] if keep_key else [self.key_file]),
+                     RULESET, SYSCTL_PATH, *([] if keep_key else [self.key_file]),
                      *(os.path.join(self.state_dir, f)
                        for f in ("state.json", "bundle.json", "previous.json"))):
             if os.path.exists(path):
                 actions.append(f"remove {path}")
                 if not check_mode:
                     os.unlink(path)
-        for directory in (os.path.dirname(self.ruleset), self.state_dir):
+        for directory in (os.path.dirname(RULESET), self.state_dir):
             if os.path.isdir(directory) and not os.listdir(directory) and not check_mode:
                 os.rmdir(directory)
         if forwarded:
@@ -1256,7 +1263,6 @@ def main() -> None:
             "key_file": {"type": "path", "required": True, "no_log": False},
             "service": {"type": "str", "default": "auto",
                         "choices": ["auto", "systemd", "wg-quick"]},
-            "ruleset_path": {"type": "path", "default": "/etc/wgmesh/nftables.nft"},
             "hosts_file": {"type": "path", "default": "/etc/hosts"},
             "state_dir": {"type": "path", "default": "/var/lib/wgmesh"},
             "sshd_config": {"type": "path", "default": "/etc/ssh/sshd_config"},
@@ -1343,7 +1349,7 @@ def main() -> None:
             raise ApplyError(f"{host.key_file} is missing: make it with wgmesh_key first")
         # A table nft refuses is refused before anything changes (a table the host runs
         # already passed).
-        checked = before.get("hash") == b["hash"] and read(host.ruleset) == b["nftables"]
+        checked = before.get("hash") == b["hash"] and read(RULESET) == b["nftables"]
         if not checked and shutil.which("nft"):
             host.run("nft", "-c", "-f", "-", data=b["nftables"])
         elif not checked and not check_mode:

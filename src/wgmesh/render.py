@@ -23,6 +23,22 @@ TABLE = "wgmesh"
 # wg-quick's exit-node rules, which take the numbers just below the main table's 32766.
 # plugins/modules/wgmesh_apply.py keeps the same number (a unit test checks they agree).
 MANAGEMENT_RULE_PRIORITY = 1000
+# Where a host keeps its table: the file the last good bundle wrote (a rollback writes it
+# back). wgmesh_apply keeps the same path (a unit test checks they agree).
+RULESET_PATH = "/etc/wgmesh/nftables.nft"
+# The first thing every wgmesh interface's wg-quick file does, on every path that brings it
+# up (wg-quick@ at boot, `wg-quick up`, wgmesh_apply): load the host's table. wg-quick runs
+# PreUp before it creates the interface and stops at a hook that fails, so a table that is
+# missing, unreadable or refused by nft leaves the interface down, with the reason on
+# stderr (the journal under systemd). Fixed text: no value from any input.
+FILTER_HOOK = (f"PreUp = nft -f {RULESET_PATH} || {{ echo \"wgmesh: %i stays down: its "
+               f"filter {RULESET_PATH} did not load\" >&2; exit 1; }}")
+# After the key (wg-quick sets the peers before PostUp loads it, so the keepalives they
+# trigger go out with no key): a peer with a keepalive gets one now, so a host behind NAT
+# opens its tunnels at boot instead of when it next has a packet to send. Fixed text too.
+HANDSHAKE_HOOK = ('PostUp = wg show %i persistent-keepalive | while read -r peer every; do '
+                  '[ "$every" = off ] || { wg set %i peer "$peer" persistent-keepalive 0; '
+                  'wg set %i peer "$peer" persistent-keepalive "$every"; }; done')
 
 # What one value in a rendered file may be made of: names, addresses, prefixes, endpoints,
 # keys. No space, quote, '#', ';', '$', brace or control character, so no value can end a
@@ -291,7 +307,9 @@ def wg_quick(host: HostOutput, net: Network) -> str:
         f"Address = {host.ipv4}/{net.ipv4_pool.prefixlen}, {host.ipv6}/{net.ipv6_pool.prefixlen}",
         f"ListenPort = {host.listen_port}",
         f"MTU = {host.mtu}",
+        FILTER_HOOK,
         f"PostUp = wg set %i private-key /etc/wireguard/{net.interface}.key",
+        HANDSHAKE_HOOK,
     ]
     if host.uses_exit_node:
         lines += management_rules(net)
@@ -348,8 +366,10 @@ def hop_conf(host: HostOutput, net: Network) -> str | None:
              "Holds no secret.", "[Interface]", f"Address = {hop.address}"]
     if hop.listen_port:
         lines.append(f"ListenPort = {hop.listen_port}")
+    lines.append(FILTER_HOOK)
     # The same key as the mesh interface: the relay knows this node by its pinned key.
-    lines.append(f"PostUp = wg set %i private-key /etc/wireguard/{net.interface}.key")
+    lines += [f"PostUp = wg set %i private-key /etc/wireguard/{net.interface}.key",
+              HANDSHAKE_HOOK]
     for p in hop.peers:
         clean(p.name, *p.allowed_ips, *([p.endpoint] if p.endpoint else []))
         if not p.public_key:

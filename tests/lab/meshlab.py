@@ -18,6 +18,8 @@ from conftest import BIN, PY, REPO, LabSession, ansible_env, copy_topology
 
 TCP_PORTS = (22, 80, 443, 5432, 8080)
 UDP_PORTS = (53, 80, 5432)
+# What ``MeshLab.connectivity`` probes on every pair of nodes.
+KINDS = [("tcp", p) for p in TCP_PORTS] + [("udp", p) for p in UDP_PORTS] + [("icmp", None)]
 
 LISTENER = """
 import socket, sys, threading
@@ -126,6 +128,39 @@ class MeshLab(LabSession):
             t.join()
         return results
 
+    def connectivity(self) -> tuple[list[dict], list[dict], dict[str, dict]]:
+        """Every node probes every other node's mesh address on each of ``KINDS`` at once,
+        and ``wgmesh eval`` judges each probe: (queries, verdicts, results), results by
+        source, then "dst/proto/port"."""
+        plan = self.plan()
+        addr = {n: plan["hosts"][n]["addresses"][0] for n in self.mesh_nodes}
+        listeners = self.start_listeners(addr)
+        try:
+            probes = {s: [(f"{d}/{proto}/{port}", addr[d], proto, port) for d in addr
+                          if d != s for proto, port in KINDS] for s in addr}
+            results = self.probe_all(probes)
+        finally:
+            for p in listeners:
+                self.stop(p)
+        queries = [{"src": s, "dst": key.split("/")[0], "proto": proto,
+                    **({"port": port} if port else {})}
+                   for s, ps in probes.items() for key, _ip, proto, port in ps]
+        out = self.wgmesh("eval", stdin="\n".join(json.dumps(q) for q in queries))
+        verdicts = [json.loads(line) for line in out.stdout.splitlines()]
+        assert len(verdicts) == len(queries), out.stderr
+        return queries, verdicts, results
+
+    @staticmethod
+    def mismatches(queries: list[dict], verdicts: list[dict], results: dict) -> list[str]:
+        """The probes whose outcome is not the policy's verdict."""
+        out = []
+        for q, v in zip(queries, verdicts, strict=True):
+            key = f"{q['dst']}/{q['proto']}/{q.get('port')}"
+            if results[q["src"]][key] != v["allow"]:
+                out.append(f"{q['src']} -> {key}: probe {results[q['src']][key]}, "
+                           f"policy {v['allow']}")
+        return out
+
     def settle(self, timeout: float = 15) -> None:
         """Wait until every tunnel that keeps itself up (a peer with a persistent keepalive,
         on wg0 or a relay client's wg0-hop) has had a handshake. Hosts apply in parallel, so
@@ -154,6 +189,40 @@ class MeshLab(LabSession):
     def counter(self, node: str, name: str) -> int:
         out = self.run(node, "nft", "list", "counter", "inet", "wgmesh", name).stdout
         return int(re.search(r"packets (\d+)", out).group(1))
+
+
+# A lab host's reboot, as far as wgmesh is concerned. First what a reboot loses: the
+# ruleset, wgmesh's interfaces (their wireguard-go processes, addresses and routes go with
+# them) and every routing rule but the kernel's own; then what systemd's wg-quick@ units do
+# at boot, each on its own: `wg-quick up` for each interface whose file a bundle wrote.
+# Files, keys, sysctl settings and the names block stay, as on a disk.
+REBOOT = r"""
+nft flush ruleset
+for i in wg0-hop wg0; do ip link delete dev "$i" 2>/dev/null || true; done
+for v in 4 6; do
+  ip -$v rule show | while read -r prio _; do
+    case ${prio%:} in 0|32766|32767) ;; *) ip -$v rule delete priority "${prio%:}" ;; esac
+  done
+done
+while pgrep -x wireguard-go >/dev/null; do sleep 0.1; done
+rc=0
+for i in wg0-hop wg0; do
+  [ ! -e "/etc/wireguard/$i.conf" ] || wg-quick up "$i" || rc=1
+done
+exit $rc
+"""
+
+
+def reboot(mesh: LabSession, nodes: list[str]) -> dict[str, subprocess.CompletedProcess]:
+    """``REBOOT`` on ``nodes`` at once; what each said, by node (not checked here)."""
+    done: dict[str, subprocess.CompletedProcess] = {}
+    threads = [threading.Thread(target=lambda n=n: done.__setitem__(
+        n, mesh.run(n, "sh", "-c", REBOOT, check=False, timeout=60))) for n in nodes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return done
 
 
 def built_mesh(tmp_path_factory, folder: str, name: str):
@@ -212,7 +281,7 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     return out
 
 
-__all__ = ["MeshLab", "built_mesh", "fresh_lab", "recap", "sys", "wrapped"]
+__all__ = ["MeshLab", "built_mesh", "fresh_lab", "reboot", "recap", "sys", "wrapped"]
 
 
 def ping_losses(output: str) -> tuple[int, list[int]]:

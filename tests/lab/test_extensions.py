@@ -13,7 +13,7 @@ from conftest import BIN, PY, REPO
 from meshlab import built_mesh, recap
 
 pytestmark = pytest.mark.lab
-RULESET = "/etc/wgmesh/nftables.nft"  # the role's default wgmesh_ruleset_path
+RULESET = "/etc/wgmesh/nftables.nft"  # the table file every interface loads first
 
 HOLD = """
 import socket, sys, time

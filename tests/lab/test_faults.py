@@ -11,7 +11,7 @@ import time
 
 import pytest
 from conftest import BIN, REPO, ansible_env
-from meshlab import built_mesh, policy_with, recap, snapshot, wrapped
+from meshlab import built_mesh, policy_with, reboot, recap, snapshot, wrapped
 
 from wgmesh import render
 from wgmesh.build import build
@@ -150,6 +150,23 @@ def test_a_ruleset_the_kernel_refuses_leaves_the_host_on_its_last_good_bundle(me
     with wrapped(mesh, "home1", "nft", NFT_FAILS_ON_LOAD):
         run = mesh.playbook("-e", f"wgmesh_policy_file={new}")
     back_then_applied(mesh, run, before, new, "injected: ruleset refused by the kernel")
+
+
+def test_a_reboot_after_a_failed_apply_brings_up_the_last_good_bundle(mesh, tmp_path):
+    """The new table is written, then refused: the rollback writes the last good one back,
+    so the boot after it loads that one, never the table of the bundle that failed."""
+    new = policy_with(mesh, tmp_path, *CHANGE)
+    before = snapshot(mesh, "home1")
+    with wrapped(mesh, "home1", "nft", NFT_FAILS_ON_LOAD):
+        run = mesh.playbook("-e", f"wgmesh_policy_file={new}")
+    assert run.returncode != 0 and recap(run.stdout)["home1"]["failed"] == 1
+    booted = reboot(mesh, ["home1"])["home1"]
+    assert booted.returncode == 0, booted.stderr[-1500:]
+    after = snapshot(mesh, "home1")
+    assert {k: after[k] for k in ("files", "table", "hash")} == {
+        k: before[k] for k in ("files", "table", "hash")}
+    mesh.settle()
+    assert mesh.playbook().returncode == 0
 
 
 def test_an_ssh_connection_cut_mid_apply_leaves_a_whole_bundle(mesh, tmp_path):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from conftest import REPO
-from meshlab import TCP_PORTS, UDP_PORTS, MeshLab, ping_losses, recap
+from meshlab import KINDS, MeshLab, ping_losses, recap
 
 pytestmark = pytest.mark.lab
 
@@ -36,39 +35,15 @@ def test_cold_run_then_no_change(mesh):
 
 
 def test_connectivity_equals_policy(mesh, capsys):
-    plan = mesh.plan()
-    addr = {n: plan["hosts"][n]["addresses"][0] for n in mesh.mesh_nodes}
-    listeners = mesh.start_listeners(addr)
-    try:
-        kinds = [("tcp", p) for p in TCP_PORTS] + [("udp", p) for p in UDP_PORTS] + [
-            ("icmp", None)]
-        probes = {s: [(f"{d}/{proto}/{port}", addr[d], proto, port) for d in addr if d != s
-                      for proto, port in kinds] for s in addr}
-        results = mesh.probe_all(probes)
-    finally:
-        for p in listeners:
-            mesh.stop(p)
-    queries = [{"src": s, "dst": key.split("/")[0], "proto": proto,
-                **({"port": port} if port else {})}
-               for s, ps in probes.items() for key, _ip, proto, port in ps]
-    out = mesh.wgmesh("eval", stdin="\n".join(json.dumps(q) for q in queries))
-    verdicts = [json.loads(line) for line in out.stdout.splitlines()]
-    mismatches, lines = [], []
-    header = "src -> dst".ljust(16) + " ".join(f"{p}/{n or ''}".ljust(9) for p, n in kinds)
-    lines.append(header)
-    for q, v in zip(queries, verdicts, strict=True):
-        key = f"{q['dst']}/{q['proto']}/{q.get('port')}"
-        got = results[q["src"]][key]
-        if got != v["allow"]:
-            mismatches.append(f"{q['src']} -> {key}: probe {got}, policy {v['allow']}")
-    for s in addr:
-        for d in addr:
+    queries, verdicts, results = mesh.connectivity()
+    nodes = mesh.mesh_nodes
+    lines = ["src -> dst".ljust(16) + " ".join(f"{p}/{n or ''}".ljust(9) for p, n in KINDS)]
+    for s in nodes:
+        for d in nodes:
             if s == d:
                 continue
-            cells = []
-            for proto, port in kinds:
-                got = results[s][f"{d}/{proto}/{port}"]
-                cells.append(("open" if got else "-").ljust(9))
+            cells = [("open" if results[s][f"{d}/{proto}/{port}"] else "-").ljust(9)
+                     for proto, port in KINDS]
             lines.append(f"{s} -> {d}".ljust(16) + " ".join(cells))
     allowed = sum(v["allow"] for v in verdicts)
     with capsys.disabled():
@@ -76,6 +51,7 @@ def test_connectivity_equals_policy(mesh, capsys):
         print("\n".join(lines))
         print(f"{len(queries)} probes: {allowed} allowed, {len(queries) - allowed} denied")
     assert 0 < allowed < len(queries)
+    mismatches = mesh.mismatches(queries, verdicts, results)
     assert not mismatches, "\n".join(mismatches)
 
 

@@ -19,7 +19,7 @@ from meshlab import built_mesh, ping_losses
 
 pytestmark = pytest.mark.lab
 
-RULESET = "/etc/wgmesh/nftables.nft"  # the role's default wgmesh_ruleset_path
+RULESET = "/etc/wgmesh/nftables.nft"  # the table file every interface loads first
 
 TCP_LISTEN = """
 import socket, sys

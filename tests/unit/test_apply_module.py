@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import wgstrict
 from meshkit import make, plugin
 
 from wgmesh import render
@@ -44,6 +45,17 @@ def test_a_bundle_changed_on_the_way_is_refused(tmp_path):
         apply.check_bundle(b)
     with pytest.raises(apply.ApplyError, match="format"):
         apply.check_bundle({**bundle_of(tmp_path), "format": 2})
+
+
+def test_the_interface_the_module_brings_up_loads_the_filter_first(tmp_path):
+    """The module brings an interface up from its [Interface] section alone: the hooks
+    come with it, the table's load first (wg-quick runs PreUp before the link exists)."""
+    conf = bundle_of(tmp_path)["wg_conf"]
+    head = apply.interface_section(conf)
+    parsed = wgstrict.parse(head)
+    assert parsed["peers"] == [] and "[Peer]" in conf
+    assert parsed["interface"]["PreUp"] == [render.FILTER_HOOK.removeprefix("PreUp = ")]
+    assert render.RULESET_PATH in parsed["interface"]["PreUp"][0]
 
 
 def test_hosts_block_is_replaced_in_place_and_removed():

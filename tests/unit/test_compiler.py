@@ -230,11 +230,16 @@ def test_management_networks_are_kept_only_by_hosts_that_use_an_exit_node(tmp_pa
     assert plan["hosts"]["b"]["management_networks"] == []
 
 
-def test_the_module_keeps_management_rules_at_the_renderers_priority():
+def test_the_module_keeps_the_renderers_priority_and_table_file():
     from meshkit import plugin
 
     module = plugin("plugins/modules/wgmesh_apply.py")
     assert module.MANAGEMENT_RULE_PRIORITY == render.MANAGEMENT_RULE_PRIORITY
+    # The file every interface loads first is the one the module writes.
+    assert module.RULESET == render.RULESET_PATH
+    # And docs/apply.md shows the hook as it is rendered.
+    docs = (Path(__file__).resolve().parents[2] / "docs/apply.md").read_text()
+    assert f"\n    {render.FILTER_HOOK}\n" in docs
 
 
 def test_expired_nodes_are_left_out(tmp_path):

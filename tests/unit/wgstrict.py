@@ -17,8 +17,15 @@ HOOKS = [
                rf"2>/dev/null \|\| true; ip -(?P=v) rule add to (?P=n) lookup main "
                r"priority 1000"),
     re.compile(rf"ip -[46] rule del to {NET} lookup main priority 1000 \|\| true"),
+    re.compile(re.escape('wg show %i persistent-keepalive | while read -r peer every; do '
+                         '[ "$every" = off ] || { wg set %i peer "$peer" persistent-keepalive 0; '
+                         'wg set %i peer "$peer" persistent-keepalive "$every"; }; done')),
 ]
-INTERFACE_KEYS = {"Address", "ListenPort", "MTU", "PostUp", "PreDown"}
+# The one PreUp, in every file of a managed host: its table loads before the interface
+# exists, or the interface stays down.
+FILTER_HOOK = ('nft -f /etc/wgmesh/nftables.nft || { echo "wgmesh: %i stays down: its filter '
+               '/etc/wgmesh/nftables.nft did not load" >&2; exit 1; }')
+INTERFACE_KEYS = {"Address", "ListenPort", "MTU", "PreUp", "PostUp", "PreDown"}
 # A device's configuration (WireGuard apps): its key inline, no hook, no listening port.
 DEVICE_KEYS = {"PrivateKey", "Address", "MTU"}
 PEER_KEYS = {"PublicKey", "AllowedIPs", "Endpoint", "PersistentKeepalive"}
@@ -57,11 +64,16 @@ def parse(text: str, device: bool = False) -> dict:
     kinds = [k for k, _ in sections]
     if kinds[:1] != ["[Interface]"] or kinds.count("[Interface]") != 1:
         raise Invalid(f"sections {kinds}: exactly one [Interface], first")
+    if not device and sections[0][1].get("PreUp") != [FILTER_HOOK]:
+        raise Invalid("the interface does not load its filter first (PreUp)")
     return {"interface": sections[0][1], "peers": [v for _, v in sections[1:]]}
 
 
 def _check(key: str, value: str, n: int) -> None:
-    if key in ("PostUp", "PreDown"):
+    if key == "PreUp":
+        if value != FILTER_HOOK:
+            raise Invalid(f"line {n}: a hook wgmesh does not write: {value!r}")
+    elif key in ("PostUp", "PreDown"):
         if not any(h.fullmatch(value) for h in HOOKS):
             raise Invalid(f"line {n}: a hook wgmesh does not write: {value!r}")
     elif key in ("PublicKey", "PrivateKey"):
