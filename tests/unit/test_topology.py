@@ -73,6 +73,11 @@ def test_valid_minimal(tmp_path):
     assert str(topo.segments["internet"].gateway) == "192.0.2.1"
     # mgmt defaults to the last usable address of the subnet.
     assert str(topo.segments["home"].mgmt) == "198.51.100.62"
+    # Hosts run in namespaces unless they boot systemd, Debian 12 unless another release.
+    assert (topo.hosts["a"].init, topo.hosts["a"].release) == ("namespace", "bookworm")
+    booting = load(tmp_path, VALID.replace("192.0.2.11}}", "192.0.2.11}, init: systemd, "
+                                           "release: trixie}"))
+    assert (booting.hosts["a"].init, booting.hosts["a"].release) == ("systemd", "trixie")
 
 
 @pytest.mark.parametrize(
@@ -109,6 +114,12 @@ def test_valid_minimal(tmp_path):
         ("  a: {interfaces: {internet: 192.0.2.11}}",
          "  a: {interfaces: {internet: 192.0.2.11}, wireguard: maybe}",
          'hosts.a.wireguard: must be true or false, not "maybe"'),
+        ("  a: {interfaces: {internet: 192.0.2.11}}",
+         "  a: {interfaces: {internet: 192.0.2.11}, init: openrc}",
+         'hosts.a.init: unknown init "openrc" (expected one of: namespace, systemd)'),
+        ("  a: {interfaces: {internet: 192.0.2.11}}",
+         "  a: {interfaces: {internet: 192.0.2.11}, init: systemd, release: sid}",
+         'hosts.a.release: unknown release "sid" (expected one of: bookworm, trixie)'),
         ("segments:\n", "segment:\n", 'topology.yml:3:1: segment: unknown key "segment"'),
         ("routers:\n  nat1:", "routers: 3\n  x:", "not valid YAML"),
         ("routers:\n  nat1: {uplink: internet, wan_address: 192.0.2.21, lan: home, "

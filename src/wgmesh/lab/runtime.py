@@ -22,8 +22,21 @@ from wgmesh.errors import LabError
 from wgmesh.lab.topology import Host, Router, Topology
 
 HOST_INIT = Path(__file__).with_name("host-init.sh")
+SYSTEMD_INIT = Path(__file__).with_name("systemd-host-init.sh")
 NETNS_DIR = Path("/run/netns")
 READY_TIMEOUT = 15.0
+# systemd hosts boot in parallel: seconds each on this kind of machine, more under load.
+BOOT_TIMEOUT = 120.0
+# Debian root file systems for systemd hosts, built once by debootstrap and shared read-only
+# as every such host's lower layer.
+ROOTFS_CACHE = Path("/var/cache/wgmesh-lab")
+# What a systemd host has before Ansible comes: what sshd, Ansible's modules and wgmesh's
+# host side need (the role would install the WireGuard tools and nftables; they are here so
+# that a lab comes up without a download), and the lab's probes (ping, pgrep).
+ROOTFS_PACKAGES = ("systemd", "systemd-sysv", "dbus", "iproute2", "nftables", "wireguard-tools",
+                   "wireguard-go", "openssh-server", "python3", "python3-nacl",
+                   # debootstrap does not resolve virtual packages: python3-nacl's cffi.
+                   "python3-cffi-backend", "sudo", "iputils-ping", "procps")
 
 
 
@@ -52,12 +65,65 @@ def sysctl(netns: str, values: dict[str, int]) -> None:
 
 
 def pid_is_init(pid: int, host_dir: Path) -> bool:
-    """True if ``pid`` is the host-init of ``host_dir`` (guards against reused PIDs)."""
+    """True if ``pid`` is the init (or a systemd host's supervisor) of ``host_dir``
+    (guards against reused PIDs)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return str(HOST_INIT).encode() in cmdline and str(host_dir).encode() in cmdline
+    return (str(HOST_INIT).encode() in cmdline or str(SYSTEMD_INIT).encode() in cmdline) \
+        and str(host_dir).encode() in cmdline
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def apt_mirror() -> str:
+    """The Debian archive this machine's apt uses (its first entry for a release's main
+    suite), so debootstrap takes packages from where apt does, a local mirror included."""
+    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        for stanza in path.read_text().split("\n\n"):
+            fields = dict(line.split(":", 1) for line in stanza.splitlines()
+                          if ":" in line and not line.startswith(("#", " ")))
+            suites = fields.get("Suites", "").split()
+            if "deb" in fields.get("Types", "").split() and any("-" not in x for x in suites):
+                return fields["URIs"].split()[0]
+    sources = Path("/etc/apt/sources.list")
+    for line in sources.read_text().splitlines() if sources.exists() else []:
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] == "deb" and "-" not in parts[2]:
+            return next(p for p in parts[1:] if not p.startswith("["))
+    raise LabError("no Debian archive in this machine's apt sources: systemd hosts need one "
+                   "for debootstrap")
+
+
+def rootfs(release: str) -> Path:
+    """The root file system of a systemd host running ``release``, built on first use."""
+    path = ROOTFS_CACHE / f"rootfs-{release}"
+    if (path / ".wgmesh-complete").exists():
+        return path
+    for tool in ("debootstrap", "systemd-nspawn"):
+        if shutil.which(tool) is None:
+            raise LabError(f"systemd hosts need {tool} (Debian packages debootstrap and "
+                           "systemd-container; ./dev.sh install installs them)")
+    ROOTFS_CACHE.mkdir(parents=True, exist_ok=True)
+    building = path.with_name(path.name + ".building")
+    shutil.rmtree(building, ignore_errors=True)
+    try:
+        run("debootstrap", "--variant=minbase", f"--include={','.join(ROOTFS_PACKAGES)}",
+            release, str(building), apt_mirror())
+    except LabError as exc:
+        log = building / "debootstrap/debootstrap.log"
+        tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
+        raise LabError(f"{exc} {tail}") from exc
+    (building / ".wgmesh-complete").touch()
+    shutil.rmtree(path, ignore_errors=True)
+    building.rename(path)
+    return path
 
 
 @dataclass
@@ -97,12 +163,51 @@ class Lab:
         return sorted(n for n in names if n.startswith(prefix))
 
     def init_pid(self, host: str) -> int | None:
-        """PID of a host's init if it is running, else None."""
+        """PID of a host's init (a systemd host's supervisor) if it is running, else None."""
         try:
             pid = int((self.host_dir(host) / "init.pid").read_text())
         except (OSError, ValueError):
             return None
         return pid if pid_is_init(pid, self.host_dir(host)) else None
+
+    def container_pid(self, host: str) -> int | None:
+        """A systemd host's PID 1 (systemd) as this machine sees it, while it is booted."""
+        pid = self.init_pid(host)
+        nspawn = [c for c in children(pid) if _comm(c) == "systemd-nspawn"] if pid else []
+        inner = [p for c in nspawn for p in children(c)]
+        return inner[0] if inner else None
+
+    def booted(self, host: str) -> bool:
+        """A systemd host's systemd has finished starting (running, or degraded by a unit
+        that failed) and its sshd listens."""
+        try:
+            state, listening = (subprocess.run(self.exec_argv(host, argv), capture_output=True,
+                                               text=True, check=False).stdout.strip()
+                                for argv in (["systemctl", "is-system-running"],
+                                             ["ss", "-Hltn", "sport = :22"]))
+        except LabError:  # not booted (yet, or any more)
+            return False
+        return state in ("running", "degraded") and bool(listening)
+
+    def reboot(self, host: str) -> float:
+        """Reboot a systemd host from inside (systemctl reboot) and wait until it has booted
+        again; returns the seconds that took."""
+        if self.topo.hosts[host].init != "systemd":
+            raise LabError(f'lab host "{host}" runs no init system to reboot')
+        before = self.container_pid(host)
+        if before is None:
+            raise LabError(f'lab host "{host}" is not running (try: wgmesh lab up)')
+        started = time.monotonic()
+        subprocess.run(self.exec_argv(host, ["systemctl", "reboot"]), capture_output=True,
+                       check=False)
+        deadline = started + BOOT_TIMEOUT
+        while time.monotonic() < deadline:
+            now = self.container_pid(host)
+            if now is not None and now != before and self.booted(host):
+                return time.monotonic() - started
+            time.sleep(0.1)
+        raise LabError(f'lab host "{host}" did not boot again within {BOOT_TIMEOUT:.0f} s: '
+                       + (self.host_dir(host) / "init.log").read_text(errors="replace")[-400:])
 
     # Up --------------------------------------------------------------------------------
     def up(self) -> None:
@@ -175,7 +280,12 @@ class Lab:
 
     def _host_healthy(self, host: Host) -> bool:
         return (netns_exists(self.topo.netns(host.name)) and self.init_pid(host.name) is not None
-                and (self.host_dir(host.name) / "ready").exists())
+                and self._ready(host))
+
+    def _ready(self, host: Host) -> bool:
+        if host.init == "systemd":
+            return self.booted(host.name)
+        return (self.host_dir(host.name) / "ready").exists()
 
     def _create_host(self, host: Host) -> None:
         ns = self.topo.netns(host.name)
@@ -188,14 +298,20 @@ class Lab:
         cmds.append(f"route add default via {self.topo.segments[host.primary_segment].gateway}")
         ip_batch(ns, cmds)
         hdir = self.host_dir(host.name)
-        self._seed_host_dir(host, hdir)
+        if host.init == "systemd":
+            argv = ["unshare", "--mount", "--propagation", "private", "/bin/bash",
+                    str(SYSTEMD_INIT), str(hdir), host.name, str(rootfs(host.release)),
+                    str(NETNS_DIR / ns)]
+            self._seed_systemd_host(host, hdir)
+        else:
+            argv = ["nsenter", f"--net={NETNS_DIR / ns}", "unshare", "--mount", "--uts",
+                    "--pid", "--fork", "--propagation", "private", "/bin/bash",
+                    str(HOST_INIT), str(hdir), host.name]
+            self._seed_host_dir(host, hdir)
         with open(hdir / "init.log", "wb") as log:
             # setsid -f: the init is not our child, so nothing waits on it or leaves a zombie.
-            subprocess.run(
-                ["setsid", "-f", "nsenter", f"--net={NETNS_DIR / ns}", "unshare", "--mount",
-                 "--uts", "--pid", "--fork", "--propagation", "private", "/bin/bash",
-                 str(HOST_INIT), str(hdir), host.name],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, check=True)
+            subprocess.run(["setsid", "-f", *argv], stdin=subprocess.DEVNULL, stdout=log,
+                           stderr=subprocess.STDOUT, check=True)
 
     def _seed_host_dir(self, host: Host, hdir: Path) -> None:
         """The host's private files, placed in the overlay upper layers before it starts."""
@@ -229,12 +345,42 @@ class Lab:
         shutil.copyfile(f"{self.key_file}.pub", hdir / "root/.ssh/authorized_keys")
         os.chmod(hdir / "root/.ssh", 0o700)
 
+    def _seed_systemd_host(self, host: Host, hdir: Path) -> None:
+        """A systemd host's own layer before its first boot: name, machine id, its own SSH
+        host key (the only one its sshd offers) and the lab's key for root."""
+        upper = hdir / "upper"
+        for sub in ("work", "root", "upper/etc/ssh/sshd_config.d", "upper/root/.ssh"):
+            (hdir / sub).mkdir(parents=True, exist_ok=True)
+        etc = upper / "etc"
+        (etc / "hostname").write_text(f"{host.name}\n")
+        (etc / "hosts").write_text(
+            f"127.0.0.1\tlocalhost\n127.0.1.1\t{host.name}\n"
+            "::1\tlocalhost ip6-localhost ip6-loopback\n")
+        (etc / "resolv.conf").write_text("# wgmesh lab: no DNS server\n")
+        (etc / "machine-id").write_text(os.urandom(16).hex() + "\n")
+        ssh = etc / "ssh"
+        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name,
+            "-f", str(ssh / "ssh_host_ed25519_key"))
+        (ssh / "sshd_config.d/00-wgmesh-lab.conf").write_text("\n".join([
+            "# wgmesh lab host: its own key only, many parallel sessions",
+            "HostKey /etc/ssh/ssh_host_ed25519_key",
+            "PermitRootLogin prohibit-password",
+            "PasswordAuthentication no",
+            "UseDNS no",
+            "MaxStartups 100:30:200",
+            "MaxSessions 100",
+            "",
+        ]))
+        shutil.copyfile(f"{self.key_file}.pub", upper / "root/.ssh/authorized_keys")
+        os.chmod(upper / "root/.ssh", 0o700)
+
     def _wait_ready(self, hosts: list[Host]) -> None:
-        deadline = time.monotonic() + READY_TIMEOUT
+        deadline = time.monotonic() + (BOOT_TIMEOUT if any(h.init == "systemd" for h in hosts)
+                                       else READY_TIMEOUT)
         waiting = {h.name for h in hosts}
         while waiting:
             for name in sorted(waiting):
-                if (self.host_dir(name) / "ready").exists():
+                if self._ready(self.topo.hosts[name]):
                     waiting.discard(name)
             if not waiting:
                 return
@@ -247,7 +393,8 @@ class Lab:
     def _write_known_hosts(self) -> None:
         lines = []
         for host in self.topo.hosts.values():
-            pub = (self.host_dir(host.name) / "etc.upper/ssh/ssh_host_ed25519_key.pub").read_text()
+            layer = "upper/etc" if host.init == "systemd" else "etc.upper"
+            pub = (self.host_dir(host.name) / layer / "ssh/ssh_host_ed25519_key.pub").read_text()
             key = " ".join(pub.split()[:2])
             lines.append(f"{host.address} {key}\n")
         self.known_hosts.write_text("".join(lines))
@@ -269,10 +416,17 @@ class Lab:
 
     def _kill_host(self, name: str) -> None:
         pid = self.init_pid(name)
-        if pid is not None:
-            # PID 1 of the host's PID namespace: the kernel ends every process inside with it.
-            os.kill(pid, signal.SIGKILL)
-            _wait_gone([pid])
+        if pid is None:
+            return
+        # A systemd host: its supervisor first (so it boots nothing again), then the
+        # container's PID 1, which takes every process of the host with it, and nspawn.
+        inner = self.container_pid(name)
+        nspawn = children(pid)
+        # PID 1 of the host's PID namespace: the kernel ends every process inside with it.
+        for p in (pid, *([inner] if inner else []), *nspawn):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        _wait_gone([pid, *([inner] if inner else []), *nspawn])
 
     def _kill_netns_processes(self, namespaces: list[str]) -> None:
         """End anything still running inside a lab namespace (e.g. a ProxyCommand's nc)."""
@@ -319,10 +473,14 @@ class Lab:
     def exec_argv(self, node: str, command: list[str]) -> list[str]:
         """argv that runs ``command`` inside a host (all its namespaces) or router/fabric."""
         if node in self.topo.hosts:
-            pid = self.init_pid(node)
+            systemd = self.topo.hosts[node].init == "systemd"
+            pid = self.container_pid(node) if systemd else self.init_pid(node)
             if pid is None:
                 raise LabError(f'lab host "{node}" is not running (try: wgmesh lab up)')
-            return ["nsenter", "-t", str(pid), "-m", "-u", "-n", "-p", "--wd=/", *command]
+            # A systemd host's root is its container's (-r), and so its working directory
+            # (-w: PID 1's, /).
+            where = ["-i", "-C", "-r", "-w"] if systemd else ["--wd=/"]
+            return ["nsenter", "-t", str(pid), "-m", "-u", "-n", "-p", *where, *command]
         if node in self.topo.routers or node == "fabric":
             ns = self.topo.netns(node)
             if not netns_exists(ns):
@@ -339,6 +497,13 @@ def _wait_gone(pids: list[int], timeout: float = 5.0) -> None:
         pending = {p for p in pending if Path(f"/proc/{p}").exists() and not _is_zombie(p)}
         if pending:
             time.sleep(0.01)
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
 
 
 def _is_zombie(pid: int) -> bool:

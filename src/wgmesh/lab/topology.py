@@ -18,6 +18,11 @@ from wgmesh.yamlsource import YamlSource, join, type_name
 NODE_NAME = re.compile(r"[a-z][a-z0-9-]{0,11}", re.ASCII)
 LAB_NAME = re.compile(r"[a-z][a-z0-9]{0,7}", re.ASCII)
 NAT_KINDS = ("endpoint-independent", "symmetric")
+# How a host runs: "namespace" (the fast default: namespaces and an sshd, no init system) or
+# "systemd" (a Debian root file system booted by systemd-nspawn, with systemd as PID 1).
+INITS = ("namespace", "systemd")
+# The Debian releases a systemd host can run.
+RELEASES = ("bookworm", "trixie")
 RESERVED = {"fabric"}
 DEFAULT_STATE_ROOT = Path("/run/wgmesh-lab")
 
@@ -53,6 +58,8 @@ class Host:
     interfaces: dict[str, ipaddress.IPv4Address]
     wireguard: bool
     description: str = ""
+    init: str = "namespace"
+    release: str = "bookworm"
 
     @property
     def primary_segment(self) -> str:
@@ -252,7 +259,8 @@ def _hosts(src, root, segments: dict[str, Segment], routers: dict[str, Router]) 
     for name, _ in _names(src, root, "hosts").items():
         path = join("hosts", name)
         node = src.mapping(root["hosts"], name, path,
-                           allowed={"interfaces", "wireguard", "description"},
+                           allowed={"interfaces", "wireguard", "description", "init",
+                                    "release"},
                            required={"interfaces"})
         if node is None or "interfaces" not in node:
             continue
@@ -282,8 +290,16 @@ def _hosts(src, root, segments: dict[str, Segment], routers: dict[str, Router]) 
         if not isinstance(wireguard, bool):
             src.error(node, "wireguard", join(path, "wireguard"),
                       f"must be true or false, not {type_name(wireguard)}")
+        init, release = node.get("init", "namespace"), node.get("release", "bookworm")
+        if init not in INITS:
+            src.error(node, "init", join(path, "init"), f'unknown init "{init}"',
+                      "expected one of: " + ", ".join(INITS))
+        if release not in RELEASES:
+            src.error(node, "release", join(path, "release"), f'unknown release "{release}"',
+                      "expected one of: " + ", ".join(RELEASES))
         if len(addresses) == len(ifaces):
-            out[name] = Host(name, addresses, bool(wireguard), str(node.get("description", "")))
+            out[name] = Host(name, addresses, bool(wireguard), str(node.get("description", "")),
+                             str(init), str(release))
     if not out and not src.problems:
         src.error(root, "hosts", "hosts", "the lab has no hosts", "add at least one host")
     return out

@@ -1,0 +1,136 @@
+"""Hosts that boot systemd (a Debian root file system under systemd-nspawn, in the lab's
+network design): site.yml runs them through their own wg-quick@ units, and a real reboot
+brings each back filtered before its tunnel carries a packet, with no Ansible run."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+
+import pytest
+from conftest import REPO
+from meshlab import MeshLab, ping_losses
+
+pytestmark = pytest.mark.lab
+
+# A relay and exit node on Debian 13, and a host behind NAT on Debian 12.
+SYSTEMD_HOSTS = {"pub1": "trixie", "home1": "bookworm"}
+RULESET = "/etc/wgmesh/nftables.nft"
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    topology = (REPO / "inventories/lab/topology.yml").read_text()
+    for host, release in SYSTEMD_HOSTS.items():
+        topology, n = re.subn(rf"^  {host}: \{{(.*)\}}$",
+                              rf"  {host}: {{\1, init: systemd, release: {release}}}",
+                              topology, flags=re.M)
+        assert n == 1, host
+    source = tmp_path_factory.mktemp("systemd-topology") / "topology.yml"
+    source.write_text(topology)
+    lab = MeshLab(tmp_path_factory.mktemp("systemd"), "wgd", topology=source)
+    lab.lab.down()
+    lab.lab.up()
+    first = lab.playbook()
+    assert first.returncode == 0, first.stdout[-3000:]
+    lab.settle()
+    yield lab
+    lab.lab.down()
+
+
+def journal(mesh, node: str, unit: str) -> str:
+    return mesh.run(node, "journalctl", "-b", "-o", "cat", "--no-pager", "-u", unit).stdout
+
+
+def test_site_runs_systemd_hosts_through_their_units(mesh):
+    for node, release in SYSTEMD_HOSTS.items():
+        assert mesh.run(node, "systemctl", "is-system-running").stdout.strip() == "running"
+        assert f"VERSION_CODENAME={release}" in mesh.run(node, "cat", "/etc/os-release").stdout
+    for node, unit in (("pub1", "wg-quick@wg0"), ("pub1", "wg-quick@wg0-hop"),
+                       ("home1", "wg-quick@wg0"), ("home1", "wg-quick@wg0-hop")):
+        state = mesh.run(node, "systemctl", "is-enabled", unit, check=False).stdout.strip()
+        active = mesh.run(node, "systemctl", "is-active", unit, check=False).stdout.strip()
+        assert (state, active) == ("enabled", "active"), (node, unit)
+    again = mesh.playbook()
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert not re.search(r"^(pub1|home1)\s+: .*changed=[1-9]", again.stdout, re.M), \
+        again.stdout[-3000:]
+
+
+def test_a_rebooted_host_filters_before_its_tunnel_carries_a_packet(mesh, capsys):
+    """pub2 floods pub1's mesh address with pings the policy denies, with its own filter
+    out of the way, during the whole of a real reboot of pub1: none is answered, and pub1's
+    filter counts them as they reach wg0."""
+    pub1, pub2 = mesh.mesh_address("pub1"), mesh.mesh_address("pub2")
+    mesh.run("pub2", "nft", "delete", "table", "inet", "wgmesh")
+    listener = None
+    try:
+        flood = mesh.record("pub2", ["ping", "-D", "-i", "0.01", pub1])
+        time.sleep(1)
+        seconds = mesh.lab.reboot("pub1")
+        # pub1 opens its session to pub2 with traffic the policy allows (tag:web to
+        # tag:db:5432); pub2's pings then reach pub1's wg0.
+        [listener] = mesh.start_listeners({"pub2": pub2})
+        assert mesh.probe("pub1", [("db", pub2, "tcp", 5432)]) == {"db": True}
+        deadline = time.monotonic() + 20
+        while mesh.counter("pub1", "dropped_in") < 100 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        dropped = mesh.counter("pub1", "dropped_in")
+        time.sleep(1)
+        os.killpg(flood.pid, signal.SIGINT)  # ping prints its summary
+        output = mesh.recorded(flood, timeout=10)
+    finally:
+        if listener:
+            mesh.stop(listener)
+        mesh.run("pub2", "nft", "-f", RULESET)
+    sent, received = map(int, re.search(r"(\d+) packets transmitted, (\d+) received",
+                                        output).groups())
+    replies, _ = ping_losses(output)
+    with capsys.disabled():
+        print(f"\npub1 rebooted in {seconds:.2f} s; pub2 sent {sent} pings the policy "
+              f"denies meanwhile: {received} answered, {dropped} dropped by pub1's filter")
+    assert received == replies == 0, output[-2000:]
+    assert dropped >= 100
+    for unit in ("wg-quick@wg0", "wg-quick@wg0-hop"):
+        text = journal(mesh, "pub1", unit)
+        iface = unit.split("@")[1]
+        load, create = text.find(f"[#] nft -f {RULESET}"), text.find(f"[#] ip link add {iface}")
+        assert 0 <= load < create, text[:2000]
+    status = mesh.wgmesh("status", "-l", "pub1")
+    assert status.returncode == 0 and "- in sync" in status.stdout, status.stdout[-3000:]
+
+
+def test_a_host_behind_nat_reopens_its_tunnels_as_it_boots(mesh):
+    """home1 sends nothing after its reboot: its units' hooks open every tunnel that keeps
+    itself up (to the relay, to the public hosts), so its peers can reach it at once."""
+    mesh.lab.reboot("home1")
+    # Its WireGuard is new since the boot: a handshake it has is one made since.
+    deadline = time.monotonic() + 10
+    while (waiting := mesh.unsettled("home1")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not waiting
+    assert len(mesh.run("home1", "wg", "show", "all", "dump").stdout.splitlines()) > 2
+
+
+def test_a_host_whose_table_cannot_load_boots_with_its_tunnels_down(mesh):
+    mesh.run("pub1", "mv", RULESET, "/root/nftables.nft.good")
+    try:
+        mesh.lab.reboot("pub1")
+        for unit in ("wg-quick@wg0", "wg-quick@wg0-hop"):
+            iface = unit.split("@")[1]
+            assert mesh.run("pub1", "systemctl", "is-failed", unit,
+                            check=False).stdout.strip() == "failed", unit
+            assert f"wgmesh: {iface} stays down: its filter {RULESET} did not load" in \
+                journal(mesh, "pub1", unit)
+            assert mesh.run("pub1", "ip", "link", "show", "dev", iface,
+                            check=False).returncode != 0
+        assert mesh.run("pub1", "nft", "list", "tables").stdout == ""
+        assert mesh.run("pub1", "systemctl", "is-system-running",
+                        check=False).stdout.strip() == "degraded"
+    finally:
+        mesh.run("pub1", "mv", "/root/nftables.nft.good", RULESET)
+    mesh.lab.reboot("pub1")
+    status = mesh.wgmesh("status", "-l", "pub1")
+    assert status.returncode == 0 and "- in sync" in status.stdout, status.stdout[-3000:]
