@@ -1218,8 +1218,11 @@ def check_trust(trust) -> dict:
             and not isinstance(trust["threshold"], bool)
             and 1 <= trust["threshold"] <= len(trust["admins"])
             and all(KEY_TEXT.fullmatch(str(k)) and ADMIN_NAME.fullmatch(str(n))
-                    for n, k in trust["admins"].items())):
-        raise ApplyError("the trust (admins and threshold) is not valid")
+                    for n, k in trust["admins"].items())
+            # One key, one admin: a key under two names would sign twice.
+            and len(set(trust["admins"].values())) == len(trust["admins"])):
+        raise ApplyError("the trust (admins, each with a key of its own, and threshold) is "
+                         "not valid")
     return trust
 
 

@@ -230,10 +230,12 @@ def _signing(src: YamlSource, root: Any, path: Path) -> Signing | None:
                   f"not {what}", "the number of admins who must sign a change, e.g. 2")
         threshold = 1
     manifest = node.get("manifest", "manifest.json")
+    # Inside the inventory folder: commands write the manifest there.
     if not (isinstance(manifest, str) and grammar.printable(manifest) and manifest
-            and manifest.endswith(".json")):
-        src.error(node, "manifest", "signing.manifest", "must be the path of a .json file",
-                  "omit it to keep manifest.json beside mesh.yml")
+            and manifest.endswith(".json") and not manifest.startswith("/")
+            and ".." not in manifest.split("/")):
+        src.error(node, "manifest", "signing.manifest", "must be the path of a .json file "
+                  "inside the inventory folder", "omit it to keep manifest.json beside mesh.yml")
         manifest = "manifest.json"
     return Signing(threshold, tuple(sorted(found.items())), path.parent / manifest)
 

@@ -28,10 +28,15 @@ CONFIG = Path("/etc/wgmesh/pull.json")
 CHECKOUT = "/var/lib/wgmesh/pull"
 UNIT_DIR = Path("/etc/systemd/system")
 # git URLs as ansible-pull's git module takes them, without spaces or shell characters
-# (ansible-pull builds its command line as text).
-URL = re.compile(r"(?:git|ssh|https?|file)://[A-Za-z0-9._~:@/%+-]{1,400}|"
-                 r"[A-Za-z0-9._-]{1,64}@[A-Za-z0-9.-]{1,253}:[A-Za-z0-9._~/+-]{1,300}",
-                 re.ASCII)
+# (ansible-pull builds its command line as text), of the schemes git fetches over, and with
+# no part that begins with "-": a user or host that did would reach ssh as an option
+# (-oProxyCommand=...).
+URL = re.compile(r"(?:git|ssh|https?)://(?:[A-Za-z0-9_][A-Za-z0-9._~%+-]{0,63}@)?"
+                 r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}(?::[0-9]{1,5})?"
+                 r"(?:/[A-Za-z0-9._~:@/%+-]{0,400})?|"
+                 r"file:///[A-Za-z0-9._~][A-Za-z0-9._~/%+-]{0,400}|"
+                 r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}@[A-Za-z0-9][A-Za-z0-9.-]{0,252}:"
+                 r"[A-Za-z0-9._~+][A-Za-z0-9._~/+-]{0,299}", re.ASCII)
 BRANCH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,99}", re.ASCII)
 RELATIVE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}", re.ASCII)
 
@@ -44,7 +49,8 @@ def settings(url: str, node: str, inventory: str, branch: str = "main",
         problems.append(Problem(str(CONFIG), 0, 0, what, f"{value[:80]!r} is not valid", fix))
 
     if not URL.fullmatch(url):
-        bad("url", url, "a git URL: git://host/repo.git, ssh://host/repo.git or user@host:repo")
+        bad("url", url, "a git URL: git://host/repo.git, ssh://host/repo.git, "
+            "https://host/repo.git, file:///path or user@host:repo (no part beginning with -)")
     if not grammar.matches(grammar.NODE_NAME, node):
         bad("node", node, "the host's node name in mesh.yml")
     if not RELATIVE.fullmatch(inventory) or ".." in inventory.split("/"):

@@ -75,10 +75,12 @@ def load_trust(path: Path) -> dict:
                     for n, k in admins.items())
             and isinstance(trust.get("threshold"), int)
             and not isinstance(trust["threshold"], bool)
-            and 1 <= trust["threshold"] <= len(admins)):
+            and 1 <= trust["threshold"] <= len(admins)
+            # One key, one admin: a key under two names would sign twice.
+            and len(set(admins.values())) == len(admins)):
         raise InputError([Problem(str(path), 1, 1, "", "is not a trust: admins (name to "
-                                  "public key) and a threshold from 1 to their number",
-                                  "use what `wgmesh manifest trust` prints")])
+                                  "public key, each key once) and a threshold from 1 to "
+                                  "their number", "use what `wgmesh manifest trust` prints")])
     return trust
 
 

@@ -15,7 +15,9 @@ from wgmesh.errors import InputError
 def test_settings_take_only_plain_values():
     conf = pull.settings("git://192.0.2.80/mesh.git", "web3", "inventories/prod")
     assert conf["branch"] == "main" and conf["every"] == 300
-    assert pull.settings("git@git.example.net:ops/mesh.git", "web3", "inv")["url"]
+    for url in ("git@git.example.net:ops/mesh.git", "ssh://git@git.example.net:2222/ops/m.git",
+                "https://git.example.net/ops/mesh.git", "file:///srv/git/mesh.git"):
+        assert pull.settings(url, "web3", "inv")["url"] == url
     for url, node, inventory, branch in [
         ("git://h/m.git; reboot", "web3", "inv", "main"),
         ("git://h/m.git", "Web3", "inv", "main"),
@@ -23,6 +25,13 @@ def test_settings_take_only_plain_values():
         ("git://h/m.git", "web3", "/etc/inv", "main"),
         ("git://h/m.git", "web3", "inv", "main --upload-pack=x"),
         ("-oProxyCommand=x", "web3", "inv", "main"),
+        # A user or host beginning with "-" would reach ssh as an option.
+        ("-oProxyCommand@h:m.git", "web3", "inv", "main"),
+        ("git@-oProxyCommand:m.git", "web3", "inv", "main"),
+        ("ssh://-oProxyCommand/m.git", "web3", "inv", "main"),
+        ("ssh://-o@h/m.git", "web3", "inv", "main"),
+        ("git@h:-u.git", "web3", "inv", "main"),
+        ("ftp://h/m.git", "web3", "inv", "main"),
     ]:
         with pytest.raises(InputError):
             pull.settings(url, node, inventory, branch)

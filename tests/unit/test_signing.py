@@ -260,3 +260,19 @@ def test_a_key_changed_in_the_lockfile_needs_a_new_manifest(mesh, capsys):
     capsys.readouterr()
     assert run("manifest", "verify", "-i", str(mesh)) == 1
     assert "mesh.lock.yml is not the file the manifest was made from" in capsys.readouterr().out
+
+
+def test_one_key_under_two_names_is_refused_as_a_trust_on_host_and_controller(
+        mesh, tmp_path, capsys):
+    """Otherwise one admin's signature, copied under a second name, would count twice."""
+    assert run("manifest", "trust", "-i", str(mesh)) == 0
+    ann = json.loads(capsys.readouterr().out)["admins"]["ann"]
+    twice = {"admins": {"ann": ann, "eve": ann}, "threshold": 2}
+    (tmp_path / "twice.json").write_text(json.dumps(twice))
+    assert run("host", "enrol", "--key-dir", str(tmp_path / "keys"), "--trust-file",
+               str(tmp_path / "etc/trust.json"), "--trust", str(tmp_path / "twice.json")) == 2
+    assert "each key once" in capsys.readouterr().err
+    assert not (tmp_path / "etc/trust.json").exists()
+    with pytest.raises(module.ApplyError, match="each with a key of its own"):
+        module.check_trust(twice)
+    module.check_trust({"admins": {"ann": ann}, "threshold": 1})
