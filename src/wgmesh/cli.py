@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--host", metavar="NAME")
     which.add_argument("--all", action="store_true")
     p.add_argument("--out", metavar="DIR", type=Path,
-                   help="with --all: write DIR/<host>/{wg.conf,nftables.nft,hosts} and plan.json")
+                   help="with --all: write every file of each host's bundle to DIR/<host>/ "
+                   "(wg-quick files, nftables.nft, hosts, sysctl.conf, sshd.conf, split-dns) "
+                   "and plan.json")
     p.add_argument("--json", action="store_true", help="the JSON document instead of files")
     p.set_defaults(func=cmd_render)
     p = sub.add_parser("plan", help="what a change means, in names: BASE (a git ref or a "
@@ -340,20 +342,32 @@ def cmd_render(args) -> int:
             print(f"wrote {len(names)} hosts to {args.out}")
         else:
             for h in hosts:
-                for title, text in _host_files(h, net):
-                    print(f"### {h.name}: {title}")
+                for where, _name, text in _host_files(h, net):
+                    print(f"### {h.name}: {where}")
                     print(text)
     _warn(b)
     return 0
 
 
-def _host_files(h, net) -> list[tuple[str, str]]:
-    """(what, text) of every file a host receives, as `render` prints them."""
-    files = [(f"/etc/wireguard/{net.interface}.conf", render.wg_quick(h, net)),
-             ("nftables", render.nftables(h, net)),
-             ("/etc/hosts block", render.hosts_block(h))]
+def _host_files(h, net) -> list[tuple[str, str, str]]:
+    """(where on the host, file name under `render --out`, text) of everything a host's
+    bundle writes, as `render` shows it: a reviewer sees each file the host will run."""
+    files = [(f"/etc/wireguard/{net.interface}.conf", f"{net.interface}.conf",
+              render.wg_quick(h, net)),
+             (render.RULESET_PATH, "nftables.nft", render.nftables(h, net)),
+             ("/etc/hosts block", "hosts", render.hosts_block(h))]
     if h.hop:
-        files.append((f"/etc/wireguard/{h.hop.interface}.conf", render.hop_conf(h, net)))
+        files.append((f"/etc/wireguard/{h.hop.interface}.conf", f"{h.hop.interface}.conf",
+                      render.hop_conf(h, net)))
+    if h.forwarding:
+        files.append(("/etc/sysctl.d/60-wgmesh.conf", "sysctl.conf", render.SYSCTL_FORWARDING))
+    sshd = render.sshd_dropin(h)
+    if sshd:
+        files.append(("/etc/ssh/sshd_config.d/wgmesh.conf", "sshd.conf", sshd))
+    dns = render.split_dns_text(h)
+    if dns:
+        files.append((f"split DNS (resolvectl on {net.interface}, or wgmesh's dnsmasq)",
+                      "split-dns", dns))
     return files
 
 
@@ -362,32 +376,56 @@ def _write_host_files(out: Path, net):
     def write(h):
         d = out / h.name
         d.mkdir(exist_ok=True)
-        (d / f"{net.interface}.conf").write_text(render.wg_quick(h, net))
-        (d / "nftables.nft").write_text(render.nftables(h, net))
-        (d / "hosts").write_text(render.hosts_block(h))
-        if h.hop:
-            (d / f"{h.hop.interface}.conf").write_text(render.hop_conf(h, net))
+        for _where, name, text in _host_files(h, net):
+            (d / name).write_text(text)
         return h
     return write
+
+
+def _check_secret_outputs(args) -> None:
+    """Files that will hold a private key (--key-out, the QR codes) are new files in folders
+    that exist, checked before anything is written: never an input, never half a change."""
+    problems = []
+    for option, path in (("--key-out", getattr(args, "key_out", None)),
+                         ("--qr-png", args.qr_png), ("--qr-svg", args.qr_svg)):
+        if path is None:
+            continue
+        if path.exists() or path.is_symlink():
+            problems.append(Problem(str(path), 0, 0, option, "exists already; a private key "
+                                    "is written only to a new file", "name a file that does "
+                                    "not exist yet"))
+        elif not path.parent.is_dir():
+            problems.append(Problem(str(path), 0, 0, option, f"folder {path.parent} does not "
+                                    "exist", "create it first, or name another file"))
+    if problems:
+        raise InputError(problems)
 
 
 def cmd_device_add(args) -> int:
     from wgmesh import device
 
+    _check_secret_outputs(args)
     before = _build(args, run_tests=False)  # the mesh is sound before it is touched
     original = before.mesh.path.read_bytes()
     private, public = device.new_key_pair()
-    path = device.add_to_mesh(args.inventory, args.name, args.owner, args.tags, public)
+    if args.key_out:  # first: a key file that cannot be written leaves mesh.yml untouched
+        fd = os.open(args.key_out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(private + "\n")
     try:
-        b = _build(args, run_tests=False)
-    except InputError:
-        # The device does not fit the mesh (a tag its owner may not assign...): undo.
-        write_atomic(path, original, mode=None)
+        path = device.add_to_mesh(args.inventory, args.name, args.owner, args.tags, public)
+        try:
+            b = _build(args, run_tests=False)
+        except InputError:
+            # The device does not fit the mesh (a tag its owner may not assign...): undo.
+            write_atomic(path, original, mode=None)
+            raise
+    except BaseException:
+        if args.key_out:
+            args.key_out.unlink(missing_ok=True)
         raise
     b.lock.save()
     b.lock.allocated = []  # pinned now
-    if args.key_out:
-        write_atomic(args.key_out, private + "\n", 0o600)
     print(f"{args.name} added to {path} (managed: false, public key {public}); "
           f"address pinned in {b.lock.path}. Commit both.", file=sys.stderr)
     return _export(args, b, private)
@@ -396,6 +434,7 @@ def cmd_device_add(args) -> int:
 def cmd_device_config(args) -> int:
     from wgmesh import device
 
+    _check_secret_outputs(args)
     b = _build(args, run_tests=False)
     node = b.mesh.nodes.get(args.name)
     if node is None or node.managed:

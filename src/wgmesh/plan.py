@@ -11,6 +11,7 @@ cost grows with rules x identities, not with pairs of nodes.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -32,16 +33,26 @@ Ports = dict[str, list[tuple[int, int]]]  # protocol name -> port ranges (0-6553
 
 
 # The two states ---------------------------------------------------------------------
+# A branch, tag, commit or revision expression (origin/main, v1.2, HEAD~1, a1b2c3): never an
+# option, whatever git would make of one (--output=FILE writes a file).
+REF = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/@{}^~+-]{0,199}", re.ASCII)
+
+
 def export_ref(ref: str, repo: Path, into: Path) -> Path:
     """The tree of a git commit, written under ``into``; returns the repository's top in it.
     Nothing in the work tree or the index is touched."""
+    if not REF.fullmatch(ref):
+        raise InputError([Problem("--base", 0, 0, "", f"{ref[:80]!r} is neither a folder nor "
+                                  "a git branch, tag or commit",
+                                  "name a branch, tag or commit (e.g. origin/main) or a folder")])
     top = subprocess.run(["git", "-C", str(repo), "rev-parse", "--show-toplevel"],
                          capture_output=True, text=True, check=False)
     if top.returncode != 0:
         raise InputError([Problem(str(repo), 0, 0, "", "not in a git work tree: "
                                   + top.stderr.strip(),
                                   "pass a directory as the base instead of a ref")])
-    archive = subprocess.run(["git", "-C", top.stdout.strip(), "archive", "--format=tar", ref],
+    archive = subprocess.run(["git", "-C", top.stdout.strip(), "archive", "--format=tar",
+                              "--end-of-options", ref],
                              capture_output=True, check=False)
     if archive.returncode != 0:
         raise InputError([Problem(str(repo), 0, 0, "", f'git ref "{ref}": '

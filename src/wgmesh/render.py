@@ -542,6 +542,15 @@ def sshd_dropin(host: HostOutput) -> str | None:
     return "\n".join(lines) + "\n"
 
 
+def split_dns_text(host: HostOutput) -> str | None:
+    """The bundle's split DNS in words, for review: a domain and its nameservers a line."""
+    dns = _split_dns(host)
+    if dns is None:
+        return None
+    return ("# wgmesh: split DNS: names under these domains are asked of these nameservers\n"
+            + "".join(f"{d} {' '.join(dns[d])}\n" for d in sorted(dns)))
+
+
 def _split_dns(host: HostOutput) -> dict[str, list[str]] | None:
     if not host.dns:
         return None

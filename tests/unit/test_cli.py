@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -187,3 +188,47 @@ def test_eval_takes_users_groups_and_tags(tmp_path):
     assert lines[4]["allow"] is True and lines[4]["rule"] == "acls[1]"
     assert lines[5]["error"] == 'line 6: group "group:nobody" is not in the policy\'s groups'
     assert out.returncode == 2
+
+
+def test_render_shows_every_file_the_bundle_writes(tmp_path):
+    """A reviewer using `render --host` (or `render --all --out`) sees each file the host's
+    bundle writes: the wg-quick files, the table, names, forwarding, the sshd drop-in and
+    the split DNS settings (the example mesh has ssh rules; the lab's, with split DNS, a
+    relay and a subnet router)."""
+    from wgmesh import render
+    from wgmesh.build import build
+
+    (tmp_path / "example").mkdir()
+    example = copy_example(tmp_path / "example")
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    dns_rule = '{"action": "accept", "src": ["group:eng"], "dst": ["legacy:53"]},'
+    policy = (REPO / "policies/lab.hujson").read_text().replace('"acls": [',
+                                                                '"acls": [' + dns_rule, 1)
+    (lab / "lab.hujson").write_text(policy)
+    (lab / "mesh.yml").write_text(re.sub(
+        r"^lockfile: .*$", "lockfile: mesh.lock.yml",
+        (REPO / "inventories/lab/mesh.yml").read_text(), flags=re.M).replace(
+        "../../policies/lab.hujson", "lab.hujson").replace(
+        "nodes:\n", "network:\n  split_dns:\n    corp.example: [198.51.100.130]\nnodes:\n", 1))
+    seen = set()
+    for inv, names in ((example, ("db1", "web1")), (lab, ("pub1", "pub3", "home1"))):
+        b = build(inv, run_tests=False)
+        for name in names:
+            bundle = render.bundle(b.compiler.host(name), b.mesh.network, None)
+            shown = subprocess.run([WGMESH, "render", "-i", str(inv), "--host", name],
+                                   capture_output=True, text=True)
+            assert shown.returncode == 0, shown.stderr
+            for key in ("wg_conf", "hop_conf", "nftables", "hosts_block", "sysctl", "sshd"):
+                if bundle[key]:
+                    seen.add(key)
+                    assert bundle[key] in shown.stdout, (name, key)
+            if bundle["dns"]:
+                seen.add("dns")
+                assert "corp.example 198.51.100.130" in shown.stdout
+    assert seen == {"wg_conf", "hop_conf", "nftables", "hosts_block", "sysctl", "sshd", "dns"}
+    out = tmp_path / "out"
+    assert subprocess.run([WGMESH, "render", "-i", str(lab), "--all", "--out", str(out)],
+                          capture_output=True).returncode == 0
+    assert (out / "home1/split-dns").read_text().endswith("corp.example 198.51.100.130\n")
+    assert (out / "pub3/sysctl.conf").read_text() == render.SYSCTL_FORWARDING

@@ -131,3 +131,25 @@ def test_peers_behind_nat_are_named_not_relayed(tmp_path):
         assert "carol-phone" not in {p.name for p in b.compiler.host(name).peers}
     assert any("a device wgmesh does not manage cannot use one" in w
                for w in b.compiler.warnings)
+
+
+def test_a_key_file_that_cannot_be_new_changes_nothing(inv, tmp_path):
+    """--key-out (and a QR code file) must be a new file in a folder that exists: checked
+    before mesh.yml or the lockfile change, so an input is never overwritten with a key."""
+    inputs = {p: p.read_bytes() for p in (inv / "mesh.yml", inv / "mesh.lock.yml")}
+    for option, target, says in (
+            ("--key-out", tmp_path / "missing/dana.key", "does not exist"),
+            ("--key-out", inv / "mesh.yml", "exists already"),
+            ("--qr-png", inv / "mesh.lock.yml", "exists already")):
+        out = wg("device", "add", "dana-tablet", "--owner", "carol@example.com", option,
+                 str(target), inv=inv)
+        assert out.returncode == 2 and says in out.stderr, (option, out.stderr)
+        assert "Traceback" not in out.stderr
+        assert {p: p.read_bytes() for p in inputs} == inputs
+    assert not (tmp_path / "missing").exists()
+    # A device the mesh refuses (a tag its owner may not assign) leaves no key file behind.
+    key = tmp_path / "dana.key"
+    out = wg("device", "add", "dana-tablet", "--owner", "carol@example.com", "--tag",
+             "tag:nobody", "--key-out", str(key), inv=inv)
+    assert out.returncode == 2 and not key.exists(), out.stderr
+    assert {p: p.read_bytes() for p in inputs} == inputs

@@ -128,3 +128,14 @@ def test_cli_against_a_git_ref_and_a_directory(two, tmp_path):
     bad = subprocess.run([*args, "--base", "no-such-ref"], cwd=repo, capture_output=True,
                          text=True)
     assert bad.returncode == 2 and 'git ref "no-such-ref"' in bad.stderr
+    # A base that would be an option to git is refused before git runs: no file written,
+    # no traceback.
+    victim = tmp_path / "victim"
+    victim.write_text("kept\n")
+    for option in (f"--output={victim}", "--list", "-o"):
+        bad = subprocess.run([*args, f"--base={option}"], cwd=repo, capture_output=True,
+                             text=True)
+        assert bad.returncode == 2, (option, bad.stderr)
+        assert "is neither a folder nor a git branch, tag or commit" in bad.stderr
+        assert "Traceback" not in bad.stderr
+    assert victim.read_text() == "kept\n"
