@@ -1,10 +1,15 @@
 """Pull mode: a host applies its own part of the mesh from the repository.
 
-The engine is Ansible's own, ``ansible-pull``: it checks the repository out on the host and
-runs ``playbooks/pull.yml`` there with the local connection, limited to the host's node name.
-That play runs the same role as a push run: the host compiles only its own bundle from the
-committed mesh.yml, lockfile and policy (checking it against the signed manifest in a signed
-mesh) and applies it with the same module. No controller holds a key to the host.
+The repository gives the host data and nothing else. `wgmesh host pull` fetches the commit
+with git and checks out only the files wgmesh reads (mesh.yml, its lockfile, its signed
+manifest and its policy: a sparse checkout, so no play, role, plugin, ansible.cfg or
+group_vars of the commit is even on disk), then runs the pull play of the wgmesh project
+installed on the host (the kit's install.sh put it beside this venv) against them, with the
+local connection, limited to the host's node name. That play runs the same role as a push
+run: the host compiles only its own bundle (checking it against the signed manifest in a
+signed mesh) and applies it with the same module. So whoever can push to the repository
+can propose data, which the admins' signatures decide on, and cannot run code on a host;
+the host's code changes only by installing another kit. No controller holds a key to it.
 
 ``wgmesh host enrol --pull URL --node NAME --inventory PATH`` keeps the settings in
 /etc/wgmesh/pull.json and, where systemd runs, starts a timer for ``wgmesh host pull``;
@@ -16,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -66,20 +72,85 @@ def settings(url: str, node: str, inventory: str, branch: str = "main",
             "every": every, "checkout": CHECKOUT}
 
 
-def ansible_pull_argv(conf: dict) -> list[str]:
-    """ansible-pull from wgmesh's own environment. The inventory is relative: ansible-pull
-    passes it only once it exists, i.e. inside the checkout (it fetches with localhost)."""
-    return [str(Path(sys.executable).parent / "ansible-pull"), "-U", conf["url"],
-            "-C", conf["branch"], "-d", conf["checkout"], "--clean",
-            "-i", conf["inventory"], "-l", conf["node"], "playbooks/pull.yml"]
+def installed_project() -> Path:
+    """The wgmesh project this command was installed with (the kit's install.sh unpacks it
+    beside the venv: TARGET/.venv/bin/wgmesh): the only code pull mode runs."""
+    project = Path(sys.executable).parent.parent.parent
+    if not (project / "ansible.cfg").is_file() or not (project / "playbooks/pull.yml").is_file():
+        raise InputError([Problem(str(project), 0, 0, "", "no wgmesh project beside this venv "
+                                  "(ansible.cfg, playbooks/pull.yml)", "install wgmesh on "
+                                  "the host from a kit: sh install.sh /opt/wgmesh")])
+    return project
+
+
+def _git(checkout: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    out = subprocess.run(["git", "-C", checkout, *args], capture_output=True, text=True,
+                         env={**env, "GIT_TERMINAL_PROMPT": "0"})
+    if check and out.returncode != 0:
+        raise InputError([Problem(checkout, 0, 0, "", f"git {args[0]}: "
+                                  + (out.stderr.strip() or out.stdout.strip())[-400:],
+                                  "check the repository URL, branch and network")])
+    return out
+
+
+def _inside(repo_top: Path, path: Path) -> str:
+    """``path`` relative to the checkout's top, refused when it is outside the repository."""
+    try:
+        return str(path.resolve().relative_to(repo_top.resolve()))
+    except ValueError:
+        raise InputError([Problem(str(path), 0, 0, "", "is outside the repository: pull mode "
+                                  "reads only files of the commit", "keep the policy and "
+                                  "the lockfile in the repository")]) from None
+
+
+def fetch_inputs(conf: dict) -> Path:
+    """Fetch the commit and check out only the files wgmesh reads; returns the inventory
+    folder in the checkout. git runs no code of the repository (no hooks, filters or
+    configuration travel with a fetch)."""
+    checkout, inventory = conf["checkout"], conf["inventory"]
+    if not os.path.isdir(os.path.join(checkout, ".git")):
+        shutil.rmtree(checkout, ignore_errors=True)
+        os.makedirs(checkout, mode=0o700)
+        _git(checkout, "init", "-q")
+    _git(checkout, "fetch", "-q", "--force", "--no-tags", "--end-of-options", conf["url"],
+         f"+{conf['branch']}:refs/wgmesh/pulled")
+    # Only mesh.yml first: it names the other inputs.
+    _git(checkout, "sparse-checkout", "set", "--no-cone", f"/{inventory}/mesh.yml")
+    _git(checkout, "checkout", "-q", "--force", "--detach", "refs/wgmesh/pulled")
+    from wgmesh.mesh import load_mesh
+
+    mesh_file = Path(checkout) / inventory / "mesh.yml"
+    if not mesh_file.is_file():
+        raise InputError([Problem(str(mesh_file), 0, 0, "", "the commit has no mesh.yml in "
+                                  f"{inventory}", "check --inventory of `host enrol --pull`")])
+    mesh = load_mesh(mesh_file)
+    top = Path(checkout)
+    wanted = [mesh.path, mesh.lock_path, *([mesh.policy_path] if mesh.policy_path else []),
+              *([mesh.signing.manifest_path] if mesh.signing else [])]
+    _git(checkout, "sparse-checkout", "set", "--no-cone",
+         *sorted({f"/{_inside(top, p)}" for p in wanted}))
+    return top / inventory
+
+
+def pull_play_argv(conf: dict, project: Path, inventory: Path) -> list[str]:
+    """The installed project's pull play, on this host, against the fetched inputs."""
+    return [str(Path(sys.executable).parent / "ansible-playbook"), "-c", "local",
+            "-i", str(inventory), "-l", conf["node"], str(project / "playbooks/pull.yml")]
 
 
 def run_once(conf: dict) -> int:
+    try:
+        project = installed_project()
+        inventory = fetch_inputs(conf)
+    except InputError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
     env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    env["ANSIBLE_NOCOLOR"] = "1"
-    # From / so the relative inventory is found only inside the checkout; the checkout's
-    # ansible.cfg (plugins, roles) applies to the play.
-    return subprocess.run(ansible_pull_argv(conf), cwd="/", env=env).returncode
+    env.update(ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(project / "ansible.cfg"))
+    return subprocess.run(pull_play_argv(conf, project, inventory), cwd=project,
+                          env=env).returncode
 
 
 def run(config: Path = CONFIG, loop: int | None = None) -> int:
@@ -90,7 +161,7 @@ def run(config: Path = CONFIG, loop: int | None = None) -> int:
         rc = run_once(conf)
         if loop is None:
             return rc
-        print(f"wgmesh host pull: ansible-pull exited {rc}; next run in {loop} s", flush=True)
+        print(f"wgmesh host pull: the pull play exited {rc}; next run in {loop} s", flush=True)
         time.sleep(loop)
 
 

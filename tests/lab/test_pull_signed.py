@@ -4,8 +4,9 @@ The site's repository (this project's plays, roles and plugins, an inventory who
 has a signing section, its lockfile, policy and manifest) is served by `git daemon` on the
 lab host `web`, inside the lab. Every host is enrolled as a host in pull mode would be (its
 key made on it, the admins' trust installed, the public key pinned by `wgmesh enrol`) and
-applies its own part with `wgmesh host pull` (ansible-pull). A push run from the same commit
-then changes nothing and every host's state is byte for byte what the pull left.
+applies its own part with `wgmesh host pull` (the pull play of the project installed from the
+kit, on the commit's data). A push run from the same commit then changes nothing and every
+host's state is byte for byte what the pull left. Code a commit carries never runs on a host.
 
 Signed changes, on pub2 pulling: a properly signed change applies; a tampered policy, a
 manifest signed by too few admins, an old manifest served again, and a manifest signed by an
@@ -190,6 +191,43 @@ def test_pull_then_push_from_one_commit_leave_the_same_state(site):
     assert pushed == pulled
 
 
+def test_the_commits_code_never_runs_on_a_host(site):
+    """Whoever can push changes the pull play, a role task, a plugin and ansible.cfg, each
+    to run a command as root, unsigned: the host runs none of it (it runs the project it
+    installed from the kit, on the commit's data alone), and stays as it was."""
+    lab, repo = site.lab, site.repo
+    assert site.pull("pub2").returncode == 0
+    start = site.state("pub2")
+    pwn = "touch /root/pwned-{}"
+    pull_play = repo / "playbooks/pull.yml"
+    pull_play.write_text(pull_play.read_text().replace(
+        "  roles:\n", "  pre_tasks:\n    - name: Own the host\n      ansible.builtin.command: "
+        + pwn.format("play") + "\n      changed_when: true\n  roles:\n", 1))
+    task = repo / "roles/wgmesh/tasks/main.yml"
+    task.write_text(task.read_text().replace(
+        "---\n", "---\n- name: Own the host\n  ansible.builtin.command: "
+        + pwn.format("role") + "\n  changed_when: true\n\n", 1))
+    plugin = repo / "plugins/action/wgmesh_compile.py"
+    plugin.write_text(f"import os\nos.system({pwn.format('plugin')!r})\n" + plugin.read_text())
+    (repo / "ansible.cfg").write_text((repo / "ansible.cfg").read_text().replace(
+        "roles_path = roles\n", "roles_path = /nonexistent\n", 1))
+    site.commit("code that owns every host, unsigned")
+    try:
+        out = site.pull("pub2")
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-1000:]
+        assert lab.run("pub2", "sh", "-c", "ls /root/pwned-* 2>/dev/null; true").stdout == ""
+        assert site.state("pub2") == start
+        # Not even on the host's disk: only the files wgmesh reads are checked out.
+        checkout = lab.run("pub2", "sh", "-c", "cd /var/lib/wgmesh/pull && find . -path "
+                           "./.git -prune -o -type f -print | sort").stdout.split()
+        assert checkout == ["./inventories/site/manifest.json",
+                            "./inventories/site/mesh.lock.yml", "./inventories/site/mesh.yml",
+                            "./policies/lab.hujson"]
+    finally:
+        git(repo, "checkout", "HEAD~1", "--", "playbooks", "roles", "plugins", "ansible.cfg")
+        site.commit("the project's code back")
+
+
 def test_signed_changes_apply_and_everything_else_is_refused(site):
     lab, repo = site.lab, site.repo
     policy = repo / "policies/lab.hujson"
@@ -223,11 +261,11 @@ def test_signed_changes_apply_and_everything_else_is_refused(site):
         while time.monotonic() < deadline:
             line = loop.stdout.readline()
             seen.append(line)
-            if line.startswith("wgmesh host pull: ansible-pull exited"):
+            if line.startswith("wgmesh host pull: the pull play exited"):
                 break
     finally:
         lab.stop(loop)
-    assert "ansible-pull exited 0" in seen[-1], "".join(seen)[-3000:]
+    assert "the pull play exited 0" in seen[-1], "".join(seen)[-3000:]
     assert json.loads(site.state("pub2")["trust"])["serial"] == 3
     table = lab.run("pub2", "nft", "list", "table", "inet", "wgmesh").stdout
     assert "8080" in table and "8080" not in start["table"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -37,12 +39,54 @@ def test_settings_take_only_plain_values():
             pull.settings(url, node, inventory, branch)
 
 
-def test_ansible_pull_runs_the_pull_play_limited_to_the_node():
-    argv = pull.ansible_pull_argv(pull.settings("git://h/m.git", "web3", "inventories/prod",
-                                                "release"))
-    assert argv[0].endswith("/ansible-pull")
-    assert argv[1:] == ["-U", "git://h/m.git", "-C", "release", "-d", pull.CHECKOUT, "--clean",
-                        "-i", "inventories/prod", "-l", "web3", "playbooks/pull.yml"]
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c",
+                           "user.email=t@example.com", *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_the_host_checks_out_only_the_data_wgmesh_reads(tmp_path):
+    """A commit's plays, roles, plugins, ansible.cfg and group_vars never reach the host's
+    disk: only mesh.yml, its lockfile, its manifest and its policy (sparse checkout)."""
+    repo = tmp_path / "repo"
+    (repo / "inv/group_vars").mkdir(parents=True)
+    (repo / "policies").mkdir()
+    (repo / "playbooks").mkdir()
+    (repo / "inv/mesh.yml").write_text(
+        "plugin: wgmesh\npolicy: ../policies/p.hujson\nnodes:\n  web3:\n"
+        "    ansible_host: 192.0.2.10\n    tags: [tag:web]\n")
+    (repo / "inv/mesh.lock.yml").write_text("nodes: {}\n")
+    (repo / "inv/group_vars/all.yml").write_text("x: \"{{ lookup('pipe', 'id') }}\"\n")
+    (repo / "policies/p.hujson").write_text('{"acls": []}\n')
+    (repo / "playbooks/pull.yml").write_text("- hosts: all\n")
+    (repo / "ansible.cfg").write_text("[defaults]\n")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "site")
+    conf = {**pull.settings(f"file://{repo}", "web3", "inv"),
+            "checkout": str(tmp_path / "checkout")}
+    inventory = pull.fetch_inputs(conf)
+    assert inventory == tmp_path / "checkout/inv"
+    files = sorted(str(p.relative_to(tmp_path / "checkout"))
+                   for p in (tmp_path / "checkout").rglob("*")
+                   if p.is_file() and ".git" not in p.parts)
+    assert files == ["inv/mesh.lock.yml", "inv/mesh.yml", "policies/p.hujson"]
+    # The inputs' commit is the one fetched (bundles record it).
+    assert git(tmp_path / "checkout", "rev-parse", "HEAD") == git(repo, "rev-parse", "HEAD")
+    # A policy outside the repository is not read.
+    (repo / "inv/mesh.yml").write_text((repo / "inv/mesh.yml").read_text().replace(
+        "../policies/p.hujson", "/etc/passwd.hujson"))
+    git(repo, "commit", "-qam", "policy elsewhere")
+    with pytest.raises(InputError, match="outside the repository"):
+        pull.fetch_inputs(conf)
+
+
+def test_the_pull_play_is_the_installed_projects(tmp_path):
+    conf = pull.settings("git://h/m.git", "web3", "inventories/prod", "release")
+    argv = pull.pull_play_argv(conf, tmp_path / "project", tmp_path / "checkout/inv")
+    assert argv[0].endswith("/ansible-playbook")
+    assert argv[1:] == ["-c", "local", "-i", str(tmp_path / "checkout/inv"), "-l", "web3",
+                        str(tmp_path / "project/playbooks/pull.yml")]
 
 
 def test_install_writes_the_settings_and_starts_the_timer(tmp_path, monkeypatch):
