@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=int, default=300, metavar="SECONDS")
     p.set_defaults(func=cmd_host_enrol)
     p = host_sub.add_parser("pull", help="apply this host's part of the mesh from the "
-                            "repository now (ansible-pull, settings of `host enrol --pull`)")
+                            "repository's data now, with the installed project's pull play "
+                            "(settings of `host enrol --pull`)")
     p.add_argument("--loop", type=int, metavar="SECONDS",
                    help="again and again, this many seconds apart (where systemd does not run)")
     p.add_argument("--config", type=Path, default=Path("/etc/wgmesh/pull.json"))

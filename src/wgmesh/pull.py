@@ -33,8 +33,7 @@ from wgmesh.errors import InputError, Problem, write_atomic
 CONFIG = Path("/etc/wgmesh/pull.json")
 CHECKOUT = "/var/lib/wgmesh/pull"
 UNIT_DIR = Path("/etc/systemd/system")
-# git URLs as ansible-pull's git module takes them, without spaces or shell characters
-# (ansible-pull builds its command line as text), of the schemes git fetches over, and with
+# git URLs without spaces or shell characters, of the schemes git fetches over, and with
 # no part that begins with "-": a user or host that did would reach ssh as an option
 # (-oProxyCommand=...).
 URL = re.compile(r"(?:git|ssh|https?)://(?:[A-Za-z0-9_][A-Za-z0-9._~%+-]{0,63}@)?"
