@@ -133,6 +133,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-debs", action="store_true", help="leave the Debian packages out")
     p.set_defaults(func=cmd_kit)
 
+    p = sub.add_parser("kit-sign", help="sign an offline kit as one of the admins "
+                       "(SIGNATURES.json; hosts and sites install only kits M of N signed)")
+    p.add_argument("kit", type=Path, metavar="DIR")
+    p.add_argument("--key", required=True, type=Path, help="your admin key file")
+    p.add_argument("--name", metavar="ADMIN", help="your admin name (default: the one "
+                   "mesh.yml's signing.admins gives your key)")
+    _mesh_args(p)
+    p.set_defaults(func=cmd_kit_sign)
+    p = sub.add_parser("kit-verify", help="check an offline kit before installing it: the "
+                       "admins' signatures, every file's digest, no file the sums do not list "
+                       "(exit 1 when it does not hold)")
+    p.add_argument("kit", type=Path, metavar="DIR")
+    p.add_argument("--trust", type=Path, metavar="FILE", help="the admins to trust (a host's "
+                   "/etc/wgmesh/trust.json, or what `wgmesh manifest trust` prints); without "
+                   "it, mesh.yml's signing section")
+    _mesh_args(p)
+    p.set_defaults(func=cmd_kit_verify)
+
     admin = sub.add_parser("admin", help="admin signing keys (changes signed by M of N)")
     admin_sub = admin.add_subparsers(required=True, metavar="ACTION")
     p = admin_sub.add_parser("keygen", help="make an ed25519 key (its file 0600, never "
@@ -489,6 +507,51 @@ def cmd_kit(args) -> int:
           f"{sum(1 for f in manifest['files'] if f.startswith('wheels/'))} wheels for Python "
           f"{', '.join(pythons)}, {len(manifest['debian_packages'])} Debian packages; "
           f"install with: sh {args.out}/install.sh")
+    return 0
+
+
+def _kit_trust(args) -> dict:
+    from wgmesh import signing
+
+    if getattr(args, "trust", None):
+        return signing.load_trust(args.trust)
+    b = _build(args, run_tests=False)
+    if b.mesh.signing is None:
+        raise InputError([Problem(str(b.mesh.path), 0, 0, "signing", "mesh.yml has no "
+                                  "signing section", "pass --trust FILE")])
+    return signing.trust_of(b)
+
+
+def cmd_kit_sign(args) -> int:
+    from wgmesh import kit, signing
+
+    trust = _kit_trust(args)
+    key = signing.read_admin_key(args.key)
+    mine = signing.public_of(key)
+    name = args.name or next((n for n, k in trust["admins"].items() if k == mine), None)
+    if name is None or trust["admins"].get(name) != mine:
+        print(f"error: {args.key} is not the key of an admin of this mesh", file=sys.stderr)
+        return 2
+    try:
+        kit.sign(args.kit, name, args.key)
+    except signing.Refused as exc:
+        print(f"error: {args.kit}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.kit}: signed by {name}", file=sys.stderr)
+    return 0
+
+
+def cmd_kit_verify(args) -> int:
+    from wgmesh import kit, signing
+
+    trust = _kit_trust(args)
+    try:
+        valid = kit.verify(args.kit, trust)
+    except signing.Refused as exc:
+        print(f"refused: {args.kit}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.kit}: every file as SHA256SUMS states it, signed by {', '.join(valid)} "
+          f"(threshold {trust['threshold']}): install it with sh {args.kit}/install.sh")
     return 0
 
 

@@ -14,6 +14,7 @@ using it needs nothing but the folder.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
@@ -32,18 +33,36 @@ HOST_PACKAGES = ("wireguard-tools", "wireguard-go", "nftables", "dnsmasq-base", 
                  "git", "python3-venv")  # pull mode
 CONTROLLER_PACKAGES = ("python3", "python3-venv", "openssh-client")
 
-INSTALL = """#!/bin/sh
-# Install wgmesh from this kit with no network: check the sums, install the Debian packages
-# (as root, when the kit has them), make a venv from the wheels, unpack the project.
+# The files of a kit that SHA256SUMS does not list: itself, and the admins' signatures of it.
+UNLISTED = ("SHA256SUMS", "SIGNATURES.json")
+
+INSTALL = r"""#!/bin/sh
+# Install wgmesh from this kit with no network: check the sums, refuse any file they do not
+# list, install the Debian packages (as root, when the kit has them), make a venv from the
+# wheels, unpack the project. Verify a signed kit first, with a wgmesh you already trust:
+# wgmesh kit verify KIT --trust /etc/wgmesh/trust.json
 #   sh install.sh [--python-only] [TARGET]   (TARGET: ./wgmesh; its venv is TARGET/.venv)
 set -eu
 DEBS=yes
 if [ "${1:-}" = "--python-only" ]; then DEBS=no; shift; fi
 KIT=$(cd "$(dirname "$0")" && pwd)
 TARGET=${1:-$PWD/wgmesh}
-(cd "$KIT" && sha256sum -c --quiet SHA256SUMS)
-if [ "$DEBS" = yes ] && [ -d "$KIT/debs" ] && [ "$(id -u)" = 0 ]; then
-    apt-get install -y -qq --no-download "$KIT"/debs/*.deb
+case $TARGET in /*) ;; *) TARGET=$PWD/$TARGET ;; esac
+cd "$KIT"
+sha256sum -c --quiet --strict SHA256SUMS
+# Only what the sums list: an extra .deb or wheel would be installed unchecked.
+listed=$(mktemp) present=$(mktemp)
+sed 's/^[0-9a-f]\{64\}  //' SHA256SUMS | sort > "$listed"
+find . -type f ! -path ./SHA256SUMS ! -path ./SIGNATURES.json | sed 's|^[.]/||' | sort > "$present"
+extra=$(comm -13 "$listed" "$present")
+rm -f "$listed" "$present"
+if [ -n "$extra" ]; then
+    echo "refusing to install: not listed in SHA256SUMS:" $extra >&2
+    exit 1
+fi
+if [ "$DEBS" = yes ] && [ -d debs ] && [ "$(id -u)" = 0 ]; then
+    apt-get install -y -qq --no-download \
+        $(sed -n 's|^[0-9a-f]\{64\}  \(debs/[^/]*[.]deb\)$|./\1|p' SHA256SUMS)
 fi
 mkdir -p "$TARGET"
 tar -xf "$KIT/project.tar" -C "$TARGET"
@@ -124,6 +143,7 @@ def deb_closure(packages: tuple[str, ...]) -> list[str]:
 def build(out: Path, pythons: list[str], debs: bool = True) -> dict:
     root = project_root()
     out.mkdir(parents=True, exist_ok=True)
+    (out / "SIGNATURES.json").unlink(missing_ok=True)  # signed another kit
     commit = _run(["git", "-C", str(root), "rev-parse", "HEAD"]).stdout.strip()
     _run(["git", "-C", str(root), "archive", "--format=tar", "-o", str(out / "project.tar"),
           commit])
@@ -146,7 +166,7 @@ def build(out: Path, pythons: list[str], debs: bool = True) -> dict:
     (out / "install.sh").write_text(INSTALL)
     (out / "install.sh").chmod(0o755)
     files = sorted(p for p in out.rglob("*") if p.is_file()
-                   and p.name not in ("SHA256SUMS", "manifest.json"))
+                   and str(p.relative_to(out)) not in (*UNLISTED, "manifest.json"))
     sums = {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
     manifest = {"wgmesh_commit": commit,
                 "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -157,3 +177,68 @@ def build(out: Path, pythons: list[str], debs: bool = True) -> dict:
     sums["manifest.json"] = hashlib.sha256((out / "manifest.json").read_bytes()).hexdigest()
     (out / "SHA256SUMS").write_text("".join(f"{h}  {p}\n" for p, h in sorted(sums.items())))
     return manifest
+
+
+# -- signed kits ------------------------------------------------------------------------------
+# What an admin signs: SHA256SUMS, which lists every other file with its digest, under a
+# prefix of its own so that a kit's signature can never pass for a manifest's.
+KIT_SIGNED = b"wgmesh kit, format 1\n"
+
+
+def _signed_message(kit: Path) -> bytes:
+    return KIT_SIGNED + (kit / "SHA256SUMS").read_bytes()
+
+
+def sign(kit: Path, name: str, key_file: Path) -> None:
+    """Add ``name``'s signature of the kit (SIGNATURES.json beside SHA256SUMS)."""
+    from wgmesh import signing
+
+    verify_sums(kit)
+    key = signing.read_admin_key(key_file)
+    path = kit / "SIGNATURES.json"
+    sigs = json.loads(path.read_text())["signatures"] if path.exists() else {}
+    sigs[name] = base64.b64encode(key.sign(_signed_message(kit)).signature).decode()
+    path.write_text(json.dumps({"format": 1, "signatures": dict(sorted(sigs.items()))},
+                               indent=1) + "\n")
+
+
+def verify_sums(kit: Path) -> None:
+    """Every file the kit has is listed in SHA256SUMS with its digest, and nothing else is
+    there; raises Refused naming what is not."""
+    from wgmesh.signing import Refused
+
+    listed = {}
+    for line in (kit / "SHA256SUMS").read_text().splitlines():
+        digest, _, name = line.partition("  ")
+        listed[name] = digest
+    present = {str(p.relative_to(kit)) for p in kit.rglob("*") if p.is_file()} - set(UNLISTED)
+    extra, missing = sorted(present - set(listed)), sorted(set(listed) - present)
+    if extra or missing:
+        raise Refused("; ".join([*(["not listed in SHA256SUMS: " + ", ".join(extra)]
+                                   if extra else []),
+                                 *(["listed but missing: " + ", ".join(missing)]
+                                   if missing else [])]))
+    changed = [n for n, d in sorted(listed.items())
+               if hashlib.sha256((kit / n).read_bytes()).hexdigest() != d]
+    if changed:
+        raise Refused("files that differ from SHA256SUMS: " + ", ".join(changed))
+
+
+def verify(kit: Path, trust: dict) -> list[str]:
+    """The admins whose signatures of the kit hold, when at least the trust's threshold do
+    and every file is what SHA256SUMS says; raises Refused otherwise."""
+    from wgmesh.signing import Refused, check_signatures
+
+    path = kit / "SIGNATURES.json"
+    if not path.exists():
+        raise Refused("the kit is not signed (no SIGNATURES.json)")
+    try:
+        sigs = json.loads(path.read_text())["signatures"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise Refused("SIGNATURES.json is not a kit's signatures") from exc
+    if not isinstance(sigs, dict):
+        raise Refused("SIGNATURES.json is not a kit's signatures")
+    valid = check_signatures(_signed_message(kit), sigs, trust, "kit")
+    verify_sums(kit)
+    return valid
+

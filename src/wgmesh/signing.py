@@ -206,24 +206,9 @@ def verify(data: dict, trust: dict, seen: dict | None = None) -> list[str]:
     ran (``seen``: serial and digest). Returns the admins whose signatures hold; raises
     Refused with the reason otherwise."""
     check_shape(data)
-    body, sigs = data["manifest"], data["signatures"]
-    admins = trust["admins"]
-    unknown = sorted(set(sigs) - set(admins))
-    if unknown:
-        raise Refused(f"signed by {', '.join(unknown)}, not an admin this host trusts")
+    body = data["manifest"]
     message = canonical(body)
-    valid, bad = [], []
-    for name in sorted(sigs):
-        try:
-            VerifyKey(base64.b64decode(admins[name])).verify(message,
-                                                             base64.b64decode(sigs[name]))
-            valid.append(name)
-        except (BadSignatureError, binascii.Error, ValueError):
-            bad.append(name)
-    if len(valid) < trust["threshold"]:
-        why = f"; not valid for this manifest: {', '.join(bad)}" if bad else ""
-        raise Refused(f"{len(valid)} valid signature(s) ({', '.join(valid) or 'none'}), "
-                      f"{trust['threshold']} needed{why}")
+    valid = check_signatures(message, data["signatures"], trust, "manifest")
     if seen:
         digest = hashlib.sha256(message).hexdigest()
         if body["serial"] < seen["serial"]:
@@ -231,6 +216,28 @@ def verify(data: dict, trust: dict, seen: dict | None = None) -> list[str]:
                           "host runs: an older manifest is not taken again")
         if body["serial"] == seen["serial"] and digest != seen["digest"]:
             raise Refused(f"serial {body['serial']} was already used by another manifest")
+    return valid
+
+
+def check_signatures(message: bytes, sigs: dict, trust: dict, what: str) -> list[str]:
+    """The admins whose signatures of ``message`` hold, when at least the threshold do and
+    no other key signed; raises Refused with the reason otherwise."""
+    admins = trust["admins"]
+    unknown = sorted(set(sigs) - set(admins))
+    if unknown:
+        raise Refused(f"signed by {', '.join(unknown)}, not an admin this host trusts")
+    valid, bad = [], []
+    for name in sorted(sigs):
+        try:
+            VerifyKey(base64.b64decode(admins[name])).verify(message,
+                                                             base64.b64decode(sigs[name]))
+            valid.append(name)
+        except (BadSignatureError, binascii.Error, ValueError, TypeError):
+            bad.append(name)
+    if len(valid) < trust["threshold"]:
+        why = f"; not valid for this {what}: {', '.join(bad)}" if bad else ""
+        raise Refused(f"{len(valid)} valid signature(s) ({', '.join(valid) or 'none'}), "
+                      f"{trust['threshold']} needed{why}")
     return valid
 
 
