@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true")
     p.add_argument("--out", metavar="DIR", type=Path,
                    help="with --all: write every file of each host's bundle to DIR/<host>/ "
-                   "(wg-quick files, nftables.nft, hosts, sysctl.conf, sshd.conf, split-dns) "
+                   "(wg-quick files, nftables.nft, hosts, sysctl, sshd, split-dns) "
                    "and plan.json")
     p.add_argument("--json", action="store_true", help="the JSON document instead of files")
     p.set_defaults(func=cmd_render)
@@ -379,10 +379,10 @@ def _host_files(h, net) -> list[tuple[str, str, str]]:
         files.append((f"/etc/wireguard/{h.hop.interface}.conf", f"{h.hop.interface}.conf",
                       render.hop_conf(h, net)))
     if h.forwarding:
-        files.append(("/etc/sysctl.d/60-wgmesh.conf", "sysctl.conf", render.SYSCTL_FORWARDING))
+        files.append(("/etc/sysctl.d/60-wgmesh.conf", "sysctl", render.SYSCTL_FORWARDING))
     sshd = render.sshd_dropin(h)
     if sshd:
-        files.append(("/etc/ssh/sshd_config.d/wgmesh.conf", "sshd.conf", sshd))
+        files.append(("/etc/ssh/sshd_config.d/wgmesh.conf", "sshd", sshd))
     dns = render.split_dns_text(h)
     if dns:
         files.append((f"split DNS (resolvectl on {net.interface}, or wgmesh's dnsmasq)",

@@ -404,8 +404,15 @@ def to_json(plan: Plan) -> dict:
 
 
 def _md(text: str) -> str:
-    """Names are grammar-checked, but a table cell must not break on a pipe or backtick."""
-    return text.replace("|", "\\|").replace("`", "'")
+    """A value from the inputs, as a code span: a forge renders it as it is, with no link,
+    image, HTML or @-mention (none is made inside code), and a table cell does not end at
+    its pipes. Defence in depth: names are grammar-checked before they get here."""
+    text = " ".join(text.split()).replace("`", "'").replace("|", "\\|")
+    return f"`{text}`" if text else "(none)"
+
+
+def _mds(names) -> str:
+    return ", ".join(map(_md, names))
 
 
 def _signing_md(s: dict) -> list[str]:
@@ -416,24 +423,24 @@ def _signing_md(s: dict) -> list[str]:
     elif s["threshold_from"] != s["threshold"]:
         lines.append(f"- threshold {s['threshold_from']} -> {s['threshold']}")
     if s["admins_added"]:
-        lines.append(f"- admins added (or with a new key): {', '.join(s['admins_added'])}")
+        lines.append(f"- admins added (or with a new key): {_mds(s['admins_added'])}")
     if s["admins_removed"]:
-        lines.append(f"- admins removed: {', '.join(s['admins_removed'])}")
+        lines.append(f"- admins removed: {_mds(s['admins_removed'])}")
     m = s["manifest"]
     if s["threshold"] is not None and m is None:
         lines.append("- no manifest yet: `wgmesh manifest create`, then the admins sign")
     elif m is not None:
         covers = ("states these inputs" if m["states_inputs"] else
                   "**does not state these inputs** (`wgmesh manifest create` again)")
-        verdict = (f"hosts refuse it: {m['refused']}" if m["refused"] else
-                   f"signed by {', '.join(m['signatures'])} (threshold {s['threshold']})")
+        verdict = (f"hosts refuse it: {_md(m['refused'])}" if m["refused"] else
+                   f"signed by {_mds(m['signatures'])} (threshold {s['threshold']})")
         lines.append(f"- manifest serial {m['serial']} {covers}; {verdict}")
     lines.append("")
     return lines
 
 
 def to_markdown(plan: Plan, limit: int = 200) -> str:
-    lines = [f"### wgmesh plan: `{_md(plan.base)}` -> `{_md(plan.head)}`", ""]
+    lines = [f"### wgmesh plan: {_md(plan.base)} -> {_md(plan.head)}", ""]
     if not plan.changed:
         lines += ["No change: every host keeps its peers, routes and filters.", ""]
         if plan.signing:
@@ -450,7 +457,7 @@ def to_markdown(plan: Plan, limit: int = 200) -> str:
         for label, names in (("join", plan.joined), ("leave", plan.left),
                              ("expire", plan.expired), ("change key", plan.keys)):
             if names:
-                lines.append(f"- {label}: {', '.join(_md(n) for n in names)}")
+                lines.append(f"- {label}: {_mds(names)}")
         lines.append("")
     if plan.access:
         lines += ["#### Access", "", "| source | | destinations | ports |", "|---|---|---|---|"]
@@ -466,14 +473,14 @@ def to_markdown(plan: Plan, limit: int = 200) -> str:
     if plan.routes or plan.exit_nodes:
         lines.append("#### Routes and exit nodes")
         for r in plan.routes:
-            lines.append(f"- {_md(r['prefix'])} via {_md(r['router'])}: {r['change']} "
-                         f"({r['role']})")
+            lines.append(f"- {_md(r['prefix'])} via {_md(r['router'])}: {_md(r['change'])} "
+                         f"({_md(r['role'])})")
         for e in plan.exit_nodes:
             if e["change"] == "uses":
                 lines.append(f"- {_md(e['node'])} sends internet traffic through "
                              f"{_md(e['to'] or 'no exit node')} (was {_md(e['from'] or 'none')})")
             else:
-                lines.append(f"- exit node {_md(e['node'])}: {e['change']}")
+                lines.append(f"- exit node {_md(e['node'])}: {_md(e['change'])}")
         lines.append("")
     if plan.peers:
         lines += ["#### Peers", "", "| host | gains | loses |", "|---|---|---|"]
@@ -486,7 +493,7 @@ def to_markdown(plan: Plan, limit: int = 200) -> str:
     if plan.tests:
         lines.append("#### Policy tests")
         for t in plan.tests:
-            lines.append(f"- {t['test']}: {_md(t['before'])} -> {_md(t['after'])}")
+            lines.append(f"- {_md(t['test'])}: {_md(t['before'])} -> {_md(t['after'])}")
         lines.append("")
     if plan.signing:
         lines += _signing_md(plan.signing)

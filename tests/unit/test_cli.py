@@ -231,4 +231,4 @@ def test_render_shows_every_file_the_bundle_writes(tmp_path):
     assert subprocess.run([WGMESH, "render", "-i", str(lab), "--all", "--out", str(out)],
                           capture_output=True).returncode == 0
     assert (out / "home1/split-dns").read_text().endswith("corp.example 198.51.100.130\n")
-    assert (out / "pub3/sysctl.conf").read_text() == render.SYSCTL_FORWARDING
+    assert (out / "pub3/sysctl").read_text() == render.SYSCTL_FORWARDING

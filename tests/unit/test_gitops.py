@@ -87,7 +87,7 @@ def test_github_check_and_plan_steps(repo, tmp_path):
     assert output.read_text() == "exit_code=4\n"
     md = (repo / "plan.md").read_text()
     assert "**Access widens**" in md
-    assert "| carol@example.com (group:ops) | gains | web1 | tcp 8443 |" in md
+    assert "| `carol@example.com (group:ops)` | gains | `web1` | `tcp 8443` |" in md
 
 
 def test_gitlab_plan_job(repo):
@@ -102,7 +102,7 @@ def test_gitlab_plan_job(repo):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "plan exit code 4" in out.stdout and "second approval" in out.stdout
     md = (repo / "plan.md").read_text()
-    assert "| carol@example.com (group:ops) | gains | web1 | tcp 8443 |" in md
+    assert "| `carol@example.com (group:ops)` | gains | `web1` | `tcp 8443` |" in md
     # A policy that does not parse fails the job at its first command.
     policy = repo / "inventories/prod/policy.hujson"
     policy.write_text(policy.read_text().replace('"acls": [', '"acls": [ oops', 1))

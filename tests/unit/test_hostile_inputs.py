@@ -124,6 +124,8 @@ def assert_rendered_files_are_clean(out: Path) -> None:
             assert re.fullmatch(r"[0-9a-f.:]+\t[a-z0-9.-]+ [a-z0-9.-]+", line), line
     for nft in out.glob("*/nftables.nft"):
         assert re.fullmatch(r"[\x20-\x7e\n]*", nft.read_text())
+    for other in [*out.glob("*/sysctl"), *out.glob("*/sshd"), *out.glob("*/split-dns")]:
+        assert re.fullmatch(r"[\x20-\x7e\n]*", other.read_text()), other
 
 
 @settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))

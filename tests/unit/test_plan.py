@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -55,7 +56,7 @@ def test_a_new_rule_is_a_gain_in_names_and_widens(two):
                        "web1": {"gains": ["carol-phone"], "loses": []}}
     assert p.widened and p.exit_code == plan.WIDENED
     md = plan.to_markdown(p)
-    assert "| carol@example.com (group:ops) | gains | web1 | tcp 5432,6000-6010 |" in md
+    assert "| `carol@example.com (group:ops)` | gains | `web1` | `tcp 5432,6000-6010` |" in md
     assert "**Access widens**" in md
 
 
@@ -124,7 +125,7 @@ def test_cli_against_a_git_ref_and_a_directory(two, tmp_path):
     assert doc["head"].endswith("+changes")
     out = subprocess.run([*args, "--base", str(head)], cwd=repo, capture_output=True, text=True)
     assert out.returncode == 3
-    assert "| carol@example.com (group:ops) | loses | legacy | tcp 22; udp 22 |" in out.stdout
+    assert "| `carol@example.com (group:ops)` | loses | `legacy` | `tcp 22; udp 22` |" in out.stdout
     bad = subprocess.run([*args, "--base", "no-such-ref"], cwd=repo, capture_output=True,
                          text=True)
     assert bad.returncode == 2 and 'git ref "no-such-ref"' in bad.stderr
@@ -139,3 +140,59 @@ def test_cli_against_a_git_ref_and_a_directory(two, tmp_path):
         assert "is neither a folder nor a git branch, tag or commit" in bad.stderr
         assert "Traceback" not in bad.stderr
     assert victim.read_text() == "kept\n"
+
+
+HOSTILE = ["-@security-team", "test failed: .@octocat -> x", "[click](https://evil.example)",
+           "![img](https://evil.example/x.png)", "<img src=x onerror=alert(1)>",
+           "<script>alert(1)</script>", "https://evil.example", "www.evil.example",
+           "<https://evil.example>", "a|b`c@d", "**bold** _it_ @here", "&lt;b&gt;"]
+
+
+class _Html(HTMLParser):
+    """The tags of rendered HTML, and its text outside <code> elements."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags, self.outside, self.depth = set(), [], 0
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        self.depth += tag == "code"
+
+    def handle_endtag(self, tag):
+        self.depth -= tag == "code"
+
+    def handle_data(self, data):
+        if not self.depth:
+            self.outside.append(data)
+
+
+def test_markdown_shows_input_values_as_text_and_nothing_else():
+    """Rendered as a forge renders it (CommonMark and GFM tables): a value from the inputs
+    in any place of the plan becomes no link, image, HTML element or @-mention: all of it
+    is inside code, where forges make none."""
+    from markdown_it import MarkdownIt
+
+    h = HOSTILE
+    p = plan.Plan(
+        base=h[0], head=h[1], joined=h, left=h, expired=h, keys=h,
+        access=[plan.Change(v, "gains", [v, *h], [v]) for v in h],
+        peers={v: {"gains": h, "loses": h} for v in h},
+        routes=[{"prefix": v, "router": v, "change": "added", "role": v} for v in h],
+        exit_nodes=[{"node": v, "change": "uses", "to": v, "from": v} for v in h]
+        + [{"node": v, "change": v} for v in h],
+        tests=[{"test": v, "before": v, "after": v} for v in h], warnings=h,
+        groups={v: h for v in h},
+        signing={"threshold": 2, "threshold_from": 3, "admins_added": h, "admins_removed": h,
+                 "manifest": {"serial": 1, "states_inputs": True, "refused": h[1],
+                              "signatures": h}})
+    text = plan.to_markdown(p)
+    html = _Html()
+    html.feed(MarkdownIt("commonmark").enable("table").render(text))
+    assert html.tags <= {"h3", "h4", "p", "ul", "li", "strong", "code", "table", "thead",
+                         "tbody", "tr", "th", "td"}, html.tags
+    outside = "".join(html.outside)
+    for mark in ("@", "://", "www.", "evil", "<", "alert", "click"):
+        assert mark not in outside, (mark, outside)
+    # Every value is there, as text: cells keep their pipes, nothing is lost.
+    assert "a|b'c@d" in text.replace("\\|", "|")

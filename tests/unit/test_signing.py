@@ -233,11 +233,11 @@ def test_plan_shows_the_signatures_and_flags_more_signers_as_widening(mesh, tmp_
     capsys.readouterr()
     assert run("plan", "-i", str(mesh), "--base", str(base)) == 0
     out = capsys.readouterr().out
-    assert "manifest serial 1 states these inputs; hosts refuse it: 1 valid signature(s)" in out
+    assert "manifest serial 1 states these inputs; hosts refuse it: `1 valid signature(s)" in out
     sign_as(mesh, "ben")
     capsys.readouterr()
     assert run("plan", "-i", str(mesh), "--base", str(base)) == 0
-    assert "signed by ann, ben (threshold 2)" in capsys.readouterr().out
+    assert "signed by `ann`, `ben` (threshold 2)" in capsys.readouterr().out
     # One more admin and a lower threshold: more people can change access.
     data = yaml.safe_load((mesh / "mesh.yml").read_text())
     data["signing"]["threshold"] = 1
@@ -245,8 +245,8 @@ def test_plan_shows_the_signatures_and_flags_more_signers_as_widening(mesh, tmp_
     (mesh / "mesh.yml").write_text(yaml.safe_dump(data, sort_keys=False))
     assert run("plan", "-i", str(mesh), "--base", str(base)) == 4
     out = capsys.readouterr().out
-    assert "threshold 2 -> 1" in out and "admins added (or with a new key): dan" in out
-    assert "admins removed: cat" in out and "does not state these inputs" in out
+    assert "threshold 2 -> 1" in out and "admins added (or with a new key): `dan`" in out
+    assert "admins removed: `cat`" in out and "does not state these inputs" in out
 
 
 def test_a_key_changed_in_the_lockfile_needs_a_new_manifest(mesh, capsys):
