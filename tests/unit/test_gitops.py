@@ -1,10 +1,13 @@
-"""The pipelines of docs/gitops.md: their check and plan commands, run as the CI would run
-them (bash -e, the CI's variables) on a repository with an origin of its own."""
+"""The pipelines of docs/gitops.md: their install, check and plan commands, run as the CI
+would run them (bash -e, the CI's variables and checkouts) on a repository with an origin of
+its own. The code that judges a pull request is the target branch's: a pull request that
+edits src/ to pass itself still gets the verdict the target branch's wgmesh gives."""
 
 import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -13,14 +16,20 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests/data/golden-mesh"
 BIN = str(Path(sys.executable).parent)
+# The project as a site's repository holds it: what `pip install` of a checkout needs.
+PROJECT = ("src", "pyproject.toml", "constraints.txt", "README.md")
 
 
-def github_steps(names: tuple[str, ...]) -> list[str]:
-    doc = yaml.safe_load((REPO / "docs/gitops/github-actions.yml").read_text())
+def github_workflow() -> dict:
+    return yaml.safe_load((REPO / "docs/gitops/github-actions.yml").read_text())
+
+
+def github_steps(names: tuple[str, ...]) -> list[dict]:
+    doc = github_workflow()
     steps = {s.get("name"): s for s in doc["jobs"]["plan"]["steps"]}
     assert "gh pr comment" in steps["Post the plan"]["run"]
     assert doc["env"]["WGMESH_INVENTORY"] == "inventories/prod"
-    return [steps[n]["run"] for n in names]
+    return [steps[n] for n in names]
 
 
 def gitlab_script() -> list[str]:
@@ -29,20 +38,31 @@ def gitlab_script() -> list[str]:
     return doc["plan"]["script"]
 
 
+def git(work: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@e.com",
+                    *args], check=True, capture_output=True)
+
+
 @pytest.fixture
 def repo(tmp_path):
-    """A clone whose origin has main with the golden mesh; the work tree is a branch."""
+    """A clone whose origin has main with the project and the golden mesh; the work tree is
+    the branch of a pull request."""
     origin, work = tmp_path / "origin.git", tmp_path / "work"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
     shutil.copytree(GOLDEN, work / "inventories/prod")
-    git = ["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
-    subprocess.run([*git, "add", "."], check=True)
-    subprocess.run([*git, "commit", "-qm", "mesh"], check=True)
-    subprocess.run([*git, "remote", "add", "origin", str(origin)], check=True)
-    subprocess.run([*git, "push", "-q", "origin", "main"], check=True)
-    subprocess.run([*git, "checkout", "-qb", "change"], check=True)
-    subprocess.run([*git, "fetch", "-q", "origin"], check=True)
+    for part in PROJECT:
+        if (REPO / part).is_dir():
+            shutil.copytree(REPO / part, work / part,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(REPO / part, work / part)
+    git(work, "init", "-q", "-b", "main")
+    git(work, "add", ".")
+    git(work, "commit", "-qm", "mesh")
+    git(work, "remote", "add", "origin", str(origin))
+    git(work, "push", "-q", "origin", "main")
+    git(work, "checkout", "-qb", "change")
+    git(work, "fetch", "-q", "origin")
     return work
 
 
@@ -50,7 +70,16 @@ def run(script: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     full = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}",
             "WGMESH_INVENTORY": "inventories/prod", **env}
     return subprocess.run(["bash", "-e", "-c", script], cwd=cwd, env=full, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=300)
+
+
+# pip as the CI runs it, but from this machine alone: only wgmesh itself is installed from
+# the checkout the pipeline names; what it runs with (and builds with) comes from this
+# test's environment.
+# (PIP_NO_BUILD_ISOLATION takes the inverse, as pip documents: "0" turns isolation off.)
+OFFLINE_PIP = {"PIP_NO_INDEX": "1", "PIP_NO_DEPS": "1", "PIP_NO_BUILD_ISOLATION": "0",
+               "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+               "PYTHONPATH": sysconfig.get_paths()["purelib"]}
 
 
 def widen(work: Path) -> None:
@@ -58,53 +87,94 @@ def widen(work: Path) -> None:
     policy.write_text(policy.read_text().replace(
         '"acls": [', '"acls": [\n    {"action": "accept", "src": ["carol@example.com"], '
         '"proto": "tcp", "dst": ["tag:web:8443"]},', 1))
-    subprocess.run(["git", "-C", str(work), "-c", "user.name=t", "-c", "user.email=t@e.com",
-                    "commit", "-qam", "carol gets the web tier's 8443"], check=True)
+    git(work, "commit", "-qam", "carol gets the web tier's 8443")
+
+
+def judge_itself(work: Path) -> None:
+    """The pull request's src/ declares that nothing ever widens access."""
+    plan = work / "src/wgmesh/plan.py"
+    text = plan.read_text()
+    assert "WIDENED = 4" in text
+    plan.write_text(text.replace("WIDENED = 4", "WIDENED = 0"))
+    git(work, "commit", "-qam", "a plan that never widens")
 
 
 def lock_and_push(repo: Path) -> None:
     """Pin the addresses, commit the lockfile and make it the target branch's state."""
     subprocess.run([f"{BIN}/wgmesh", "lock", "-i", "inventories/prod"], cwd=repo, check=True,
                    capture_output=True)
-    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@e.com"]
-    subprocess.run([*git, "add", "."], check=True)
-    subprocess.run([*git, "commit", "-qm", "lock"], check=True)
-    subprocess.run([*git, "push", "-q", "origin", "HEAD:main"], check=True)
-    subprocess.run([*git, "fetch", "-q", "origin"], check=True)
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "lock")
+    git(repo, "push", "-q", "origin", "HEAD:main")
+    git(repo, "fetch", "-q", "origin")
+
+
+def test_github_plan_runs_on_every_pull_request_with_the_target_branchs_code():
+    doc = github_workflow()
+    assert set(doc["on"]) == {"pull_request_target", "push"}
+    assert doc["on"]["pull_request_target"] is None  # no paths filter: src/ changes too
+    steps = doc["jobs"]["plan"]["steps"]
+    trusted, proposed = steps[0]["with"], steps[1]["with"]
+    assert "ref" not in trusted and trusted["path"] == "trusted"
+    assert proposed["ref"] == "${{ github.event.pull_request.head.sha }}"
+    assert proposed["path"] == "proposed" and proposed["persist-credentials"] is False
 
 
 def test_github_check_and_plan_steps(repo, tmp_path):
-    check, plan = github_steps(("Check", "Plan"))
-    # A lockfile out of date fails the pull request.
-    out = run(check, repo)
-    assert out.returncode == 1 and "mesh.lock.yml" in out.stderr
+    install, check, plan = github_steps(("Install wgmesh", "Check", "Plan"))
+    assert check["working-directory"] == plan["working-directory"] == "proposed"
+    runner = tmp_path / "runner"
+    runner.mkdir()
+    # The job's two checkouts: the target branch, and the pull request beside it.
+    git(repo, "worktree", "add", "-q", "--detach", str(runner / "trusted"), "origin/main")
     lock_and_push(repo)
     widen(repo)
-    output = tmp_path / "github_output"
-    for script in (check, plan):
-        out = run(script, repo, GITHUB_BASE_REF="main", GITHUB_OUTPUT=str(output))
+    judge_itself(repo)
+    os.symlink(repo, runner / "proposed")
+    env = {"RUNNER_TEMP": str(tmp_path), "GITHUB_PATH": str(tmp_path / "github_path"),
+           "GITHUB_OUTPUT": str(tmp_path / "github_output"), "GITHUB_BASE_REF": "main"}
+    out = run(install["run"], runner, **env, **OFFLINE_PIP)
+    assert out.returncode == 0, out.stdout + out.stderr
+    path = (tmp_path / "github_path").read_text().strip()
+    env["PATH"] = f"{path}:{os.environ['PATH']}"  # what GITHUB_PATH does for later steps
+    env["PYTHONPATH"] = OFFLINE_PIP["PYTHONPATH"]  # wgmesh's own dependencies
+    # A lockfile out of date fails the pull request (origin/main's worktree predates it).
+    (repo / "inventories/prod/mesh.lock.yml").rename(tmp_path / "lock")
+    out = run(check["run"], runner / "proposed", **env)
+    assert out.returncode == 1 and "mesh.lock.yml" in out.stderr
+    (tmp_path / "lock").rename(repo / "inventories/prod/mesh.lock.yml")
+    for step in (check, plan):
+        out = run(step["run"], runner / "proposed", **env)
         assert out.returncode == 0, out.stdout + out.stderr
-    assert output.read_text() == "exit_code=4\n"
-    md = (repo / "plan.md").read_text()
+    assert (tmp_path / "github_output").read_text() == "exit_code=4\n"
+    md = (tmp_path / "plan.md").read_text()
     assert "**Access widens**" in md
     assert "| `carol@example.com (group:ops)` | gains | `web1` | `tcp 8443` |" in md
 
 
-def test_gitlab_plan_job(repo):
+def test_gitlab_plan_job(repo, tmp_path):
     lock_and_push(repo)
-    env = {"CI_MERGE_REQUEST_TARGET_BRANCH_NAME": "main", "WGMESH_NOTE_TOKEN": ""}
+    env = {"CI_MERGE_REQUEST_TARGET_BRANCH_NAME": "main", "WGMESH_NOTE_TOKEN": "",
+           "CI_BUILDS_DIR": str(tmp_path / "builds"), **OFFLINE_PIP}
     script = "\n".join(gitlab_script())
+    doc = yaml.safe_load((REPO / "docs/gitops/gitlab-ci.yml").read_text())
+    assert doc["plan"]["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'}]
     out = run(script, repo, **env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "plan exit code 0" in out.stdout
     widen(repo)
+    judge_itself(repo)
+    shutil.rmtree(tmp_path / "builds")
+    git(repo, "worktree", "prune")
     out = run(script, repo, **env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "plan exit code 4" in out.stdout and "second approval" in out.stdout
     md = (repo / "plan.md").read_text()
     assert "| `carol@example.com (group:ops)` | gains | `web1` | `tcp 8443` |" in md
-    # A policy that does not parse fails the job at its first command.
+    # A policy that does not parse fails the job at its check.
     policy = repo / "inventories/prod/policy.hujson"
     policy.write_text(policy.read_text().replace('"acls": [', '"acls": [ oops', 1))
+    shutil.rmtree(tmp_path / "builds")
+    git(repo, "worktree", "prune")
     out = run(script, repo, **env)
     assert out.returncode == 2 and "policy.hujson" in out.stderr
