@@ -243,6 +243,10 @@ class Plan:
     routes: list[dict] = field(default_factory=list)
     exit_nodes: list[dict] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)  # nodes whose public key changes
+    # A machine that starts acting as someone (joins, a new key, another owner or tags):
+    # node, change, as (who it acts as), reaches (the destinations it gains), widens.
+    identities: list[dict] = field(default_factory=list)
+    names: list[dict] = field(default_factory=list)  # the mesh domain, split DNS
     tests: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     groups: dict[str, list[str]] = field(default_factory=dict)  # user -> groups (either state)
@@ -255,6 +259,7 @@ class Plan:
         signing switched off)."""
         s = self.signing or {}
         return (any(c.kind == "gains" for c in self.access)
+                or any(i["widens"] for i in self.identities) or bool(self.names)
                 or any(r["change"] == "added" for r in self.routes + self.exit_nodes)
                 or bool(s.get("admins_added")) or s.get("threshold_lowered", False))
 
@@ -263,6 +268,7 @@ class Plan:
         s = self.signing or {}
         return bool(self.joined or self.left or self.expired or self.access or self.peers
                     or self.routes or self.exit_nodes or self.keys or self.tests
+                    or self.identities or self.names
                     or s.get("admins_added") or s.get("admins_removed")
                     or s.get("threshold_from") != s.get("threshold"))
 
@@ -323,6 +329,57 @@ def _signing(old: Build, new: Build) -> dict | None:
     return out
 
 
+def _gains(before: dict[str, Ports], after: dict[str, Ports]) -> list[str]:
+    """What one source reaches after and did not before, in words."""
+    return [f"{', '.join(c.destinations)}: {'; '.join(c.ports)}"
+            for c in access_changes({"": before}, {"": after}) if c.kind == "gains"]
+
+
+def _identities(old: Build, new: Build, plan: Plan, acc_old: dict, acc_new: dict) -> list:
+    """Machines that act as someone they did not before: access follows identities, so a
+    new device of alice's, a key swapped in, or a node given another owner or tags reaches
+    what that identity may, though no rule changed. Each widens when it reaches anything
+    (a join, a key) or more than before (another owner or tags)."""
+    o, n = old.compiler, new.compiler
+    out = []
+    # A new key is all of its node to its peers: what the node reaches, and what reaches it
+    # (connections to a database, logins to a server) now end at whoever holds that key.
+    for change, names in (("joins", plan.joined), ("new key", plan.keys)):
+        for name in names:
+            who = _principal(new, n.index[name])
+            reaches = _gains({}, acc_new.get(who, {}))
+            reached_by = sorted(src for src, dests in acc_new.items() if name in dests)
+            out.append({"node": name, "change": change, "as": who, "was": None,
+                        "reaches": reaches, "reached_by": reached_by,
+                        "widens": bool(reaches or reached_by)})
+    for name in sorted(set(o.names) & set(n.names)):
+        was, who = _principal(old, o.index[name]), _principal(new, n.index[name])
+        if was == who:
+            continue
+        # (What reaches it is by node name: the access table shows who gains it.)
+        reaches = _gains(acc_old.get(was, {}), acc_new.get(who, {}))
+        out.append({"node": name, "change": "acts as", "as": who, "was": was,
+                    "reaches": reaches, "reached_by": [], "widens": bool(reaches)})
+    return out
+
+
+def _names(old: Build, new: Build) -> list[dict]:
+    """Changes of name resolution: the mesh domain and split DNS. Each widens: where names
+    resolve decides where traffic goes."""
+    a, b = old.mesh.network, new.mesh.network
+    out = []
+    if a.domain != b.domain:
+        out.append({"what": "mesh domain", "from": a.domain, "to": b.domain})
+    before = {d: [str(x) for x in ns] for d, ns in a.split_dns}
+    after = {d: [str(x) for x in ns] for d, ns in b.split_dns}
+    for d in sorted(set(before) | set(after)):
+        if before.get(d) != after.get(d):
+            out.append({"what": f"split DNS {d}",
+                        "from": ", ".join(before.get(d, [])) or None,
+                        "to": ", ".join(after.get(d, [])) or None})
+    return out
+
+
 def compare(old: Build, new: Build, base: str, head: str) -> Plan:
     plan = Plan(base, head)
     plan.signing = _signing(old, new)
@@ -330,7 +387,8 @@ def compare(old: Build, new: Build, base: str, head: str) -> Plan:
     plan.joined = sorted(set(new.mesh.nodes) - set(old.mesh.nodes))
     plan.left = sorted(set(old.mesh.nodes) - set(new.mesh.nodes))
     plan.expired = sorted(set(n.expired) - set(o.expired) - set(plan.joined))
-    plan.access = access_changes(access(old), access(new)) + login_changes(
+    acc_old, acc_new = access(old), access(new)
+    plan.access = access_changes(acc_old, acc_new) + login_changes(
         ssh_logins(old), ssh_logins(new))
     # Every node, devices Ansible does not manage too (their exported configuration changes).
     with fewer_gc_passes():
@@ -367,6 +425,8 @@ def compare(old: Build, new: Build, base: str, head: str) -> Plan:
         if uo != un:
             plan.exit_nodes.append({"node": name, "change": "uses",
                                     "from": uo, "to": un})
+    plan.identities = _identities(old, new, plan, acc_old, acc_new)
+    plan.names = _names(old, new)
     t_old, t_new = _test_outcomes(old), _test_outcomes(new)
     for t in sorted(set(t_old) | set(t_new), key=_origin_order):
         if t_old.get(t) != t_new.get(t):
@@ -395,6 +455,7 @@ def to_json(plan: Plan) -> dict:
         "widened": plan.widened, "changed": plan.changed,
         "nodes": {"joined": plan.joined, "left": plan.left, "expired": plan.expired,
                   "key_changed": plan.keys},
+        "identities": plan.identities, "names": plan.names,
         "access": [{"source": c.source, "change": c.kind, "destinations": c.destinations,
                     "ports": c.ports} for c in plan.access],
         "peers": plan.peers, "routes": plan.routes, "exit_nodes": plan.exit_nodes,
@@ -458,6 +519,24 @@ def to_markdown(plan: Plan, limit: int = 200) -> str:
                              ("expire", plan.expired), ("change key", plan.keys)):
             if names:
                 lines.append(f"- {label}: {_mds(names)}")
+        lines.append("")
+    if plan.identities:
+        lines.append("#### Who the machines are")
+        for i in plan.identities:
+            was = f" (was {_md(i['was'])})" if i["was"] else ""
+            reach = ("; reaches " + ", ".join(map(_md, i["reaches"][:limit])) if i["reaches"]
+                     else "; reaches nothing")
+            if i["reached_by"]:
+                reach += "; reached by " + _mds(i["reached_by"][:limit])
+            flag = " **(widens)**" if i["widens"] else ""
+            lines.append(f"- {_md(i['node'])} {i['change']}: acts as {_md(i['as'])}{was}"
+                         f"{reach}{flag}")
+        lines.append("")
+    if plan.names:
+        lines.append("#### Names **(widens: where names resolve decides where traffic goes)**")
+        for c in plan.names:
+            lines.append(f"- {_md(c['what'])}: {_md(c['from'] or 'none')} -> "
+                         f"{_md(c['to'] or 'none')}")
         lines.append("")
     if plan.access:
         lines += ["#### Access", "", "| source | | destinations | ports |", "|---|---|---|---|"]

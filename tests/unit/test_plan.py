@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+import yaml
 
 from wgmesh import plan
 from wgmesh.build import build
@@ -196,3 +197,76 @@ def test_markdown_shows_input_values_as_text_and_nothing_else():
         assert mark not in outside, (mark, outside)
     # Every value is there, as text: cells keep their pipes, nothing is lost.
     assert "a|b'c@d" in text.replace("\\|", "|")
+
+
+KEY = "GpRfVOEUfJhmC8Uvd/WtuJnWbWfGfKnHCeC2AgaxKtc="
+OTHER_KEY = "LhW0BSXEYOKCzQfzGDei2/kA/FPd1DqPToTA1LtsUMI="
+
+
+def test_a_machine_that_starts_acting_as_someone_widens_access(two):
+    """Access follows identities: a new device of an existing owner, a key swapped in, a
+    node given another owner reach what that identity may, though no rule changes."""
+    base, head = two
+    mesh = head / "mesh.yml"
+    edit(mesh, "  carol-phone:\n", "  carol-tablet:\n    owner: carol@example.com\n"
+         f"    managed: false\n    public_key: {KEY}\n  carol-phone:\n")
+    p = compare(base, head)
+    [joined] = p.identities
+    assert (joined["node"], joined["change"], joined["as"], joined["widens"]) == (
+        "carol-tablet", "joins", "carol@example.com", True)
+    assert joined["reaches"] and p.exit_code == plan.WIDENED
+    md = plan.to_markdown(p)
+    assert "- `carol-tablet` joins: acts as `carol@example.com`; reaches " in md
+    # The device's key swapped in mesh.yml (someone else's phone now acts as carol).
+    shutil.copy(base / "mesh.yml", mesh)
+    edit(mesh, "public_key: xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=",
+         f"public_key: {KEY}")
+    p = compare(base, head)
+    assert [(i["node"], i["change"], i["widens"]) for i in p.identities] == [
+        ("carol-phone", "new key", True)]
+    assert p.exit_code == plan.WIDENED
+    # bob's laptop handed to carol: it reaches what carol may and bob may not.
+    shutil.copy(base / "mesh.yml", mesh)
+    edit(mesh, "  bob-laptop:\n    ansible_host: 198.51.100.74\n    owner: bob@example.com",
+         "  bob-laptop:\n    ansible_host: 198.51.100.74\n    owner: carol@example.com")
+    p = compare(base, head)
+    [moved] = [i for i in p.identities if i["node"] == "bob-laptop"]
+    assert (moved["change"], moved["was"], moved["as"]) == (
+        "acts as", "bob@example.com", "carol@example.com")
+    assert moved["widens"] and p.exit_code == plan.WIDENED
+    assert "db1: tcp 22; udp 22" in moved["reaches"]  # carol's, not bob's
+
+
+def test_a_key_changed_in_the_lockfile_widens_access(two):
+    base, head = two
+    for d in two:
+        assert subprocess.run([WGMESH, "lock", "-i", str(d)], capture_output=True).returncode == 0
+    data = yaml.safe_load((base / "mesh.lock.yml").read_text())
+    data["nodes"]["db1"]["public_key"] = KEY
+    (base / "mesh.lock.yml").write_text(yaml.safe_dump(data))
+    data["nodes"]["db1"]["public_key"] = OTHER_KEY
+    (head / "mesh.lock.yml").write_text(yaml.safe_dump(data))
+    p = compare(base, head)
+    # db1 reaches nothing itself; what reaches it now ends at the new key.
+    assert [(i["node"], i["change"], i["as"], i["reaches"], i["reached_by"], i["widens"])
+            for i in p.identities] == [("db1", "new key", "tag:db", [],
+                                        ["carol@example.com", "tag:web"], True)]
+    assert p.keys == ["db1"] and p.access == [] and p.exit_code == plan.WIDENED
+    assert "reached by `carol@example.com`, `tag:web` **(widens)**" in plan.to_markdown(p)
+
+
+def test_name_resolution_changes_are_shown_and_widen(two):
+    """No rule and no node changes: only where names resolve."""
+    base, head = two
+    for d in two:  # the nameserver is reachable in both states
+        edit(d / "policy.hujson", '"acls": [',
+             '"acls": [{"action": "accept", "src": ["group:eng"], "dst": ["legacy:53"]},')
+    edit(head / "mesh.yml", "  domain: corp.internal\n",
+         "  domain: org\n  split_dns:\n    com: [198.51.100.130]\n")
+    p = compare(base, head)
+    assert p.names == [{"what": "mesh domain", "from": "corp.internal", "to": "org"},
+                       {"what": "split DNS com", "from": None, "to": "198.51.100.130"}]
+    assert p.access == [] and p.identities == [] and p.exit_code == plan.WIDENED
+    md = plan.to_markdown(p)
+    assert "- `mesh domain`: `corp.internal` -> `org`" in md
+    assert "- `split DNS com`: `none` -> `198.51.100.130`" in md
