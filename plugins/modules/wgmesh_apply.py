@@ -1198,6 +1198,15 @@ def verify_manifest(signed: dict, trust: dict, b: dict) -> dict:
     if serial == trust.get("serial") and digest != trust.get("digest"):
         raise ApplyError(f"refused: manifest serial {serial} was already used by another "
                          "manifest")
+    # The date nodes' expiry is judged on only moves forward: an earlier one would bring a
+    # node that expired back.
+    date = body.get("date")
+    if not (isinstance(date, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", date)):
+        raise ApplyError("refused: the manifest's date is not a date (YYYY-MM-DD)")
+    if date < (trust.get("date") or ""):
+        raise ApplyError(f"refused: manifest serial {serial} is dated {date}, earlier than "
+                         f"{trust['date']} of the manifest this host runs (an expired node "
+                         "would come back)")
     body_text = canonical({k: v for k, v in b.items() if k not in ("hash", "commit")})
     listed = (body.get("bundles") or {}).get(b["name"]) if isinstance(body.get("bundles"),
                                                                      dict) else None
@@ -1209,7 +1218,7 @@ def verify_manifest(signed: dict, trust: dict, b: dict) -> dict:
     except ApplyError as exc:
         raise ApplyError("refused: the manifest states no valid admins and threshold") from exc
     return {"admins": new["admins"], "threshold": new["threshold"], "serial": serial,
-            "digest": digest}
+            "digest": digest, "date": date}
 
 
 def check_trust(trust) -> dict:

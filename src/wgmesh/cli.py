@@ -583,6 +583,11 @@ def cmd_manifest_create(args) -> int:
         print(f"error: serial {serial} is not above the current one ({old}): hosts would "
               "refuse it", file=sys.stderr)
         return 2
+    if b.manifest and b.today.isoformat() < b.manifest["manifest"]["date"]:
+        print(f"error: {b.today} is earlier than the current manifest's date "
+              f"({b.manifest['manifest']['date']}): hosts would refuse it (a node that "
+              "expired would come back)", file=sys.stderr)
+        return 2
     data = {"manifest": signing.compile_body(b, serial, b.today), "signatures": {}}
     signing.save(b.mesh.signing.manifest_path, data)
     print(f"{b.mesh.signing.manifest_path}: serial {serial}, as of {b.today}, "
@@ -630,8 +635,15 @@ def cmd_manifest_sign(args) -> int:
     except signing.Refused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    signing.save(b.mesh.signing.manifest_path, b.manifest)
     body = b.manifest["manifest"]
+    # What the signer vouches for, against the manifest committed before (hosts run that).
+    print(f"manifest serial {body['serial']}, dated {body['date']} (hosts judge node expiry "
+          "as of this date)")
+    previous = signing.committed(b.mesh.signing.manifest_path)
+    for line in (signing.changes(previous, body) if previous else
+                 ["no committed manifest to compare with"]):
+        print(f"  {line}")
+    signing.save(b.mesh.signing.manifest_path, b.manifest)
     print(f"signed serial {body['serial']} as {name}: {len(b.manifest['signatures'])} of "
           f"{body['trust']['threshold']} needed")
     return 0
@@ -757,7 +769,9 @@ def cmd_status(args) -> int:
 def cmd_plan(args) -> int:
     from wgmesh import plan
 
-    today = args.today or dt.datetime.now(dt.UTC).date()
+    # Each state as its hosts judge it: --today, else a signed mesh's manifest date, else
+    # today.
+    today = args.today
     head = build(args.inventory, args.policy, today=today, run_tests=False)
     inventory = Path(args.inventory).resolve()
     with tempfile.TemporaryDirectory(prefix="wgmesh-plan-") as tmp:

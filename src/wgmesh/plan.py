@@ -344,7 +344,9 @@ def _identities(old: Build, new: Build, plan: Plan, acc_old: dict, acc_new: dict
     out = []
     # A new key is all of its node to its peers: what the node reaches, and what reaches it
     # (connections to a database, logins to a server) now end at whoever holds that key.
-    for change, names in (("joins", plan.joined), ("new key", plan.keys)):
+    back = sorted((set(o.expired) - set(n.expired)) & set(n.names) - set(plan.joined))
+    for change, names in (("joins", plan.joined), ("new key", plan.keys),
+                          ("is no longer expired", back)):
         for name in names:
             who = _principal(new, n.index[name])
             reaches = _gains({}, acc_new.get(who, {}))

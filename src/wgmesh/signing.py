@@ -25,6 +25,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,9 @@ def check_shape(data: Any) -> None:
     serial = body.get("serial")
     if isinstance(serial, bool) or not isinstance(serial, int) or serial < 1:
         raise Refused("the manifest's serial is not a whole number from 1")
+    if not (isinstance(body.get("date"), str)
+            and grammar.matches(grammar.DATE, body["date"])):
+        raise Refused("the manifest's date is not a date (YYYY-MM-DD)")
     if not isinstance(sigs, dict) or not all(grammar.matches(grammar.NODE_NAME, k)
                                              and isinstance(v, str) for k, v in sigs.items()):
         raise Refused("signatures must map admin names to signatures")
@@ -184,6 +188,47 @@ def check_shape(data: Any) -> None:
         raise Refused("the manifest states no admins and threshold")
     if not isinstance(body.get("bundles"), dict) or not isinstance(body.get("inputs"), dict):
         raise Refused("the manifest lists no inputs or bundles")
+
+
+def committed(path: Path) -> dict | None:
+    """The manifest as git's HEAD has it (what hosts run until this one takes effect), or
+    None outside git or before the first commit of it."""
+    out = subprocess.run(["git", "-C", str(path.parent), "show", f"HEAD:./{path.name}"],
+                         capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return None
+    try:
+        data = json.loads(out.stdout)
+        check_shape(data)
+    except (ValueError, Refused):
+        return None
+    return data["manifest"]
+
+
+def changes(before: dict, after: dict) -> list[str]:
+    """What a manifest changes against the one before it, in words, for its signers."""
+    lines = [f"against serial {before['serial']}, dated {before['date']}"]
+    if after["date"] < before["date"]:
+        lines.append(f"DATE GOES BACK: {before['date']} -> {after['date']} (hosts refuse it)")
+    elif after["date"] != before["date"]:
+        lines.append(f"date {before['date']} -> {after['date']}")
+    for name in ("mesh", "lockfile", "policy"):
+        if before["inputs"].get(name) != after["inputs"].get(name):
+            lines.append(f"{name} changed")
+    a, b = before["bundles"], after["bundles"]
+    for label, hosts in (("hosts added", sorted(set(b) - set(a))),
+                         ("hosts removed", sorted(set(a) - set(b))),
+                         ("hosts whose bundle changes",
+                          sorted(h for h in set(a) & set(b) if a[h] != b[h]))):
+        if hosts:
+            lines.append(f"{label}: {', '.join(hosts)}")
+    if before["trust"] != after["trust"]:
+        lines.append(f"admins and threshold change: {sorted(before['trust']['admins'])} "
+                     f"({before['trust']['threshold']}) -> {sorted(after['trust']['admins'])} "
+                     f"({after['trust']['threshold']})")
+    if len(lines) == 1:
+        lines.append("nothing else changes")
+    return lines
 
 
 def save(path: Path, data: dict) -> None:
@@ -216,6 +261,10 @@ def verify(data: dict, trust: dict, seen: dict | None = None) -> list[str]:
                           "host runs: an older manifest is not taken again")
         if body["serial"] == seen["serial"] and digest != seen["digest"]:
             raise Refused(f"serial {body['serial']} was already used by another manifest")
+        if body["date"] < (seen.get("date") or ""):
+            raise Refused(f"serial {body['serial']} is dated {body['date']}, earlier than "
+                          f"{seen['date']} of the manifest this host runs (an expired node "
+                          "would come back)")
     return valid
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,7 @@ def test_the_host_module_and_the_core_agree(mesh):
         "admin key not a key": case(lambda d, t, bun: t["admins"].__setitem__("ben", "x")),
         "signer not a name": case(lambda d, t, bun: d["signatures"].__setitem__(
             "eve\nok: forged", d["signatures"]["ann"])),
+        "earlier date": case(lambda d, t, bun: t.__setitem__("date", "2099-01-01")),
     }
     for what, (data, t, bun) in cases.items():
         host, core = host_verdict(data, t, bun), core_verdict(data, t, bun)
@@ -149,6 +151,9 @@ def test_the_host_module_and_the_core_agree(mesh):
     assert "lower than serial 2" in host_verdict(*cases["older serial"])
     assert "already used" in host_verdict(*cases["serial reused"])
     assert "does not list this bundle" in host_verdict(*cases["bundle not listed"])
+    assert "earlier than 2099-01-01" in host_verdict(*cases["earlier date"])
+    assert "earlier than 2099-01-01" in core_verdict(*cases["earlier date"])
+    assert accepted["date"] == good["manifest"]["date"]  # recorded: the next is no earlier
     # The same manifest again (same serial, same digest) is fine: a second run.
     again = dict(trust, serial=1, digest=accepted["digest"])
     assert host_verdict(good, again, bundle) == core_verdict(good, again, bundle) == "ok"
@@ -276,3 +281,51 @@ def test_one_key_under_two_names_is_refused_as_a_trust_on_host_and_controller(
     with pytest.raises(module.ApplyError, match="each with a key of its own"):
         module.check_trust(twice)
     module.check_trust({"admins": {"ann": ann}, "threshold": 1})
+
+
+def git_commit(repo: Path, message: str) -> None:
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", message]):
+        if args[0] == "init" and (repo / ".git").exists():
+            continue
+        subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c",
+                        "user.email=t@example.com", *args], check=True, capture_output=True)
+
+
+def test_a_manifest_never_goes_back_in_time_and_its_signers_see_the_change(mesh, capsys):
+    """An earlier date would bring an expired node back: create refuses it, hosts refuse it
+    (test_the_host_module_and_the_core_agree), and a signer is shown the date and what the
+    manifest changes against the committed one."""
+    assert run("manifest", "create", "-i", str(mesh), "--today", "2026-07-01") == 0
+    sign_as(mesh, "ann", "ben")
+    git_commit(mesh, "serial 1")
+    capsys.readouterr()
+    assert run("manifest", "create", "-i", str(mesh), "--today", "2026-03-01") == 2
+    assert "earlier than the current manifest's date (2026-07-01)" in capsys.readouterr().err
+    policy = mesh / "policy.hujson"
+    policy.write_text(policy.read_text().replace("bob@example.com:22", "bob@example.com:*"))
+    assert run("manifest", "create", "-i", str(mesh), "--today", "2026-07-02") == 0
+    capsys.readouterr()
+    sign_as(mesh, "ann")
+    out = capsys.readouterr().out
+    assert "manifest serial 2, dated 2026-07-02 (hosts judge node expiry as of this date)" in out
+    assert "against serial 1, dated 2026-07-01" in out and "date 2026-07-01 -> 2026-07-02" in out
+    assert "policy changed" in out and "hosts whose bundle changes: a, b" in out
+    assert "mesh changed" not in out and "lockfile changed" not in out
+
+
+def test_plan_judges_expiry_on_the_manifest_date(mesh, tmp_path, capsys):
+    """The plan compiles each state as its hosts will: a signed mesh as of its manifest's
+    date. A head whose manifest is dated before a node's expiry brings that node back, and
+    the plan says so and calls it widening."""
+    data = yaml.safe_load((mesh / "mesh.yml").read_text())
+    data["nodes"]["b"]["expires"] = "2026-06-01"
+    (mesh / "mesh.yml").write_text(yaml.safe_dump(data, sort_keys=False))
+    base = tmp_path / "base"
+    shutil.copytree(mesh, base)
+    assert run("manifest", "create", "-i", str(base), "--today", "2026-07-01") == 0
+    assert run("manifest", "create", "-i", str(mesh), "--today", "2026-05-01") == 0
+    capsys.readouterr()
+    assert run("plan", "-i", str(mesh), "--base", str(base), "--json") == 4
+    plan = json.loads(capsys.readouterr().out)
+    assert [(i["node"], i["change"], i["widens"]) for i in plan["identities"]] == [
+        ("b", "is no longer expired", True)]
