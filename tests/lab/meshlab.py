@@ -225,10 +225,11 @@ def reboot(mesh: LabSession, nodes: list[str]) -> dict[str, subprocess.Completed
     return done
 
 
-def built_mesh(tmp_path_factory, folder: str, name: str):
+def built_mesh(tmp_path_factory, folder: str, name: str,
+               topology: Path = REPO / "inventories/lab/topology.yml"):
     """The body of a module's lab fixture: its own lab, site.yml run on it, taken down
     after the module."""
-    lab = MeshLab(tmp_path_factory.mktemp(folder), name)
+    lab = MeshLab(tmp_path_factory.mktemp(folder), name, topology=topology)
     lab.lab.down()
     lab.lab.up()
     run = lab.playbook()

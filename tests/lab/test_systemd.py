@@ -11,7 +11,7 @@ import time
 
 import pytest
 from conftest import REPO
-from meshlab import MeshLab, ping_losses
+from meshlab import built_mesh, ping_losses
 
 pytestmark = pytest.mark.lab
 
@@ -30,14 +30,7 @@ def mesh(tmp_path_factory):
         assert n == 1, host
     source = tmp_path_factory.mktemp("systemd-topology") / "topology.yml"
     source.write_text(topology)
-    lab = MeshLab(tmp_path_factory.mktemp("systemd"), "wgd", topology=source)
-    lab.lab.down()
-    lab.lab.up()
-    first = lab.playbook()
-    assert first.returncode == 0, first.stdout[-3000:]
-    lab.settle()
-    yield lab
-    lab.lab.down()
+    yield from built_mesh(tmp_path_factory, "systemd", "wgd", topology=source)
 
 
 def journal(mesh, node: str, unit: str) -> str:

@@ -58,6 +58,19 @@ def make(tmp: Path, nodes: dict, policy: dict | str, network: dict | None = None
     return b
 
 
+def sign_with_admins(inv: Path, keys_dir: Path, names=("ann", "ben", "cat"),
+                     threshold: int = 2) -> dict[str, str]:
+    """A signing section in ``inv``'s mesh.yml: an admin key per name (written to
+    ``keys_dir/NAME.key`` by `wgmesh admin keygen`), ``threshold`` of them needed."""
+    from wgmesh import signing
+
+    keys = {n: signing.new_admin_key(keys_dir / f"{n}.key") for n in names}
+    data = yaml.safe_load((inv / "mesh.yml").read_text())
+    data["signing"] = {"threshold": threshold, "admins": keys}
+    (inv / "mesh.yml").write_text(yaml.safe_dump(data, sort_keys=False))
+    return keys
+
+
 def allowed(b: Build, src: str, dst: str, proto: str = "tcp", port: int | None = 22,
             family: int = 4) -> bool:
     c = b.compiler

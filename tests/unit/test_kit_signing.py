@@ -9,8 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
-from meshkit import make
+from meshkit import make, sign_with_admins
 
 from wgmesh import cli, kit
 
@@ -61,18 +60,12 @@ def test_install_refuses_a_file_that_differs_from_its_sum(tmp_path):
 
 
 @pytest.fixture
-def mesh(tmp_path, capsys):
+def mesh(tmp_path):
     """A mesh whose changes (and kits) two of three admins sign."""
     inv = tmp_path / "inv"
     inv.mkdir()
     make(inv, NODES, POLICY)
-    keys = {}
-    for name in ("ann", "ben", "cat"):
-        assert cli.main(["admin", "keygen", "--out", str(tmp_path / f"{name}.key")]) == 0
-        keys[name] = capsys.readouterr().out.strip()
-    data = yaml.safe_load((inv / "mesh.yml").read_text())
-    data["signing"] = {"threshold": 2, "admins": keys}
-    (inv / "mesh.yml").write_text(yaml.safe_dump(data, sort_keys=False))
+    sign_with_admins(inv, tmp_path)
     return inv
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from meshkit import TODAY, make, plugin
+from meshkit import TODAY, make, plugin, sign_with_admins
 
 from wgmesh import cli, render, signing
 from wgmesh.build import build
@@ -26,16 +26,10 @@ POLICY = {"acls": [{"action": "accept", "src": ["alice@example.com"],
 
 
 @pytest.fixture
-def mesh(tmp_path, capsys):
+def mesh(tmp_path):
     """A two-node mesh signed by two of three admins (ann, ben, cat)."""
     make(tmp_path, NODES, POLICY)
-    keys = {}
-    for name in ("ann", "ben", "cat"):
-        assert cli.main(["admin", "keygen", "--out", str(tmp_path / f"{name}.key")]) == 0
-        keys[name] = capsys.readouterr().out.strip()
-    data = yaml.safe_load((tmp_path / "mesh.yml").read_text())
-    data["signing"] = {"threshold": 2, "admins": keys}
-    (tmp_path / "mesh.yml").write_text(yaml.safe_dump(data, sort_keys=False))
+    sign_with_admins(tmp_path, tmp_path)
     return tmp_path
 
 
