@@ -93,14 +93,25 @@ def _git(checkout: str, *args: str, check: bool = True) -> subprocess.CompletedP
     return out
 
 
+# Paths a sparse checkout takes whole: no pattern characters, no whitespace.
+PLAIN_PATH = re.compile(r"[A-Za-z0-9._/+@=-]+", re.ASCII)
+
+
 def _inside(repo_top: Path, path: Path) -> str:
-    """``path`` relative to the checkout's top, refused when it is outside the repository."""
+    """``path`` relative to the checkout's top, refused when it is outside the repository,
+    is not a plain path, or lies where Ansible would read variables (group_vars, host_vars:
+    variables are templates, which run code)."""
     try:
-        return str(path.resolve().relative_to(repo_top.resolve()))
+        rel = path.resolve().relative_to(repo_top.resolve())
     except ValueError:
         raise InputError([Problem(str(path), 0, 0, "", "is outside the repository: pull mode "
                                   "reads only files of the commit", "keep the policy and "
                                   "the lockfile in the repository")]) from None
+    if not PLAIN_PATH.fullmatch(str(rel)) or {"group_vars", "host_vars"} & set(rel.parts):
+        raise InputError([Problem(str(path), 0, 0, "", "is not a plain path outside "
+                                  "group_vars and host_vars: pull mode does not check it out",
+                                  "keep the policy and the lockfile in a folder of their own")])
+    return str(rel)
 
 
 def fetch_inputs(conf: dict) -> Path:
@@ -134,8 +145,10 @@ def fetch_inputs(conf: dict) -> Path:
 
 def pull_play_argv(conf: dict, project: Path, inventory: Path) -> list[str]:
     """The installed project's pull play, on this host, against the fetched inputs."""
+    # mesh.yml alone as the inventory source: nothing else beside it is parsed.
     return [str(Path(sys.executable).parent / "ansible-playbook"), "-c", "local",
-            "-i", str(inventory), "-l", conf["node"], str(project / "playbooks/pull.yml")]
+            "-i", str(inventory / "mesh.yml"), "-l", conf["node"],
+            str(project / "playbooks/pull.yml")]
 
 
 def run_once(conf: dict) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -79,14 +80,21 @@ def test_the_host_checks_out_only_the_data_wgmesh_reads(tmp_path):
     git(repo, "commit", "-qam", "policy elsewhere")
     with pytest.raises(InputError, match="outside the repository"):
         pull.fetch_inputs(conf)
+    # Nor one where Ansible reads variables (templates, which run code) or a pattern.
+    for policy in ("group_vars/all", "../policies/*.hujson"):
+        (repo / "inv/mesh.yml").write_text(re.sub(r"policy: \S+", f"policy: {policy}",
+                                                  (repo / "inv/mesh.yml").read_text()))
+        git(repo, "commit", "-qam", policy)
+        with pytest.raises(InputError, match="not a plain path outside group_vars"):
+            pull.fetch_inputs(conf)
 
 
 def test_the_pull_play_is_the_installed_projects(tmp_path):
     conf = pull.settings("git://h/m.git", "web3", "inventories/prod", "release")
     argv = pull.pull_play_argv(conf, tmp_path / "project", tmp_path / "checkout/inv")
     assert argv[0].endswith("/ansible-playbook")
-    assert argv[1:] == ["-c", "local", "-i", str(tmp_path / "checkout/inv"), "-l", "web3",
-                        str(tmp_path / "project/playbooks/pull.yml")]
+    assert argv[1:] == ["-c", "local", "-i", str(tmp_path / "checkout/inv/mesh.yml"),
+                        "-l", "web3", str(tmp_path / "project/playbooks/pull.yml")]
 
 
 def test_install_writes_the_settings_and_starts_the_timer(tmp_path, monkeypatch):
