@@ -27,8 +27,8 @@ description:
   - Every wgmesh interface's wg-quick file loads the table from C(/etc/wgmesh/nftables.nft)
     before the interface exists (a fixed C(PreUp) hook) and stays down when it cannot, so
     an interface brought up at boot, by hand or by this module never carries a packet
-    unfiltered. That file is always the table of the bundle that applied cleanly - a failed
-    apply writes the last good one back.
+    unfiltered. Between runs that file is the table of the bundle that applied cleanly - a
+    failed apply writes the last good one back.
   - Records what the host runs (bundle hash, commit, time, and the table as loaded, to
     notice later edits) in I(state_dir)/state.json.
   - Refuses a bundle that routes the default route through an exit node when this run's SSH
