@@ -82,7 +82,10 @@ class InventoryModule(BaseInventoryPlugin):
                 inventory.add_host(host.name, group=inventory.add_group(f"lab_segment_{seg}"))
             for key, value in {
                 "ansible_host": str(host.address),
-                "ansible_user": "root",
+                "ansible_user": host.user,
+                # wgadmin has sudo; guest has not (a run as guest shows what a missing
+                # become gives).
+                "ansible_become": host.user == "wgadmin",
                 "ansible_ssh_private_key_file": str(topo.state_dir / "id_ed25519"),
                 "ansible_ssh_common_args": common,
                 # Labs reuse addresses; each needs its own ControlPersist sockets.

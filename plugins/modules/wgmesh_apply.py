@@ -1288,6 +1288,10 @@ def main() -> None:
         required_if=[("state", "present", ["bundle"])],
         supports_check_mode=True,
     )
+    if os.geteuid() != 0:
+        module.fail_json(msg="wgmesh needs root on this host (WireGuard keys, interfaces, "
+                         "nftables): connect as root, or as a user with sudo and "
+                         "ansible_become: true (group_vars/all.yml beside mesh.yml)")
     host = Host(module)
     check_mode = module.check_mode
     before = host.state()

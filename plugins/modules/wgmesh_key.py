@@ -146,10 +146,18 @@ def missing_tools() -> list[str]:
     return missing
 
 
+# The first thing a run asks of a host: a user without root is told how, before anything.
+NOT_ROOT = ("wgmesh needs root on this host (WireGuard keys, interfaces, nftables): connect as "
+            "root, or as a user with sudo and ansible_become: true (group_vars/all.yml beside "
+            "mesh.yml)")
+
+
 def main() -> None:
     module = AnsibleModule(argument_spec={"path": {"type": "path", "required": True},
                                           "rotate": {"type": "bool", "default": False}},
                            supports_check_mode=True)
+    if os.geteuid() != 0:
+        module.fail_json(msg=NOT_ROOT)
     path = module.params["path"]
     exists = os.path.exists(path)
     make = not exists or module.params["rotate"]

@@ -15,8 +15,10 @@ from meshlab import built_mesh, ping_losses
 
 pytestmark = pytest.mark.lab
 
-# A relay and exit node on Debian 13, and a host behind NAT on Debian 12.
+# A relay and exit node on Debian 13 (Ansible as root), and a host behind NAT on Debian 12
+# (Ansible as wgadmin, who becomes root with sudo).
 SYSTEMD_HOSTS = {"pub1": "trixie", "home1": "bookworm"}
+USERS = {"pub1": "root", "home1": "wgadmin"}
 RULESET = "/etc/wgmesh/nftables.nft"
 
 
@@ -25,7 +27,8 @@ def mesh(tmp_path_factory):
     topology = (REPO / "inventories/lab/topology.yml").read_text()
     for host, release in SYSTEMD_HOSTS.items():
         topology, n = re.subn(rf"^  {host}: \{{(.*)\}}$",
-                              rf"  {host}: {{\1, init: systemd, release: {release}}}",
+                              rf"  {host}: {{\1, init: systemd, release: {release}, "
+                              rf"user: {USERS[host]}}}",
                               topology, flags=re.M)
         assert n == 1, host
     source = tmp_path_factory.mktemp("systemd-topology") / "topology.yml"
@@ -50,6 +53,22 @@ def test_site_runs_systemd_hosts_through_their_units(mesh):
     assert again.returncode == 0, again.stdout[-3000:]
     assert not re.search(r"^(pub1|home1)\s+: .*changed=[1-9]", again.stdout, re.M), \
         again.stdout[-3000:]
+
+
+def test_ansible_reaches_a_host_as_a_user_with_sudo_and_fails_early_without_root(mesh):
+    """home1 is run by wgadmin, who becomes root through sudo (the fixture's site.yml and
+    the second run above); as guest, with no way to root, the run stops at the first
+    module with what to do, and nothing on home1 changes."""
+    who = mesh.ansible("home1", "-m", "ansible.builtin.command", "-a", "id -un",
+                       "-e", "ansible_become=false")
+    assert "wgadmin" in who.stdout, who.stdout
+    before = mesh.run("home1", "cat", "/var/lib/wgmesh/state.json").stdout
+    run = mesh.playbook("-l", "home1,localhost", "-e", "ansible_user=guest",
+                        "-e", "ansible_become=false")
+    assert run.returncode != 0
+    assert "wgmesh needs root on this host" in run.stdout, run.stdout[-3000:]
+    assert "ansible_become: true" in run.stdout
+    assert mesh.run("home1", "cat", "/var/lib/wgmesh/state.json").stdout == before
 
 
 def test_a_rebooted_host_filters_before_its_tunnel_carries_a_packet(mesh, capsys):

@@ -120,6 +120,12 @@ def test_valid_minimal(tmp_path):
         ("  a: {interfaces: {internet: 192.0.2.11}}",
          "  a: {interfaces: {internet: 192.0.2.11}, init: systemd, release: sid}",
          'hosts.a.release: unknown release "sid" (expected one of: bookworm, trixie)'),
+        ("  a: {interfaces: {internet: 192.0.2.11}}",
+         "  a: {interfaces: {internet: 192.0.2.11}, init: systemd, user: admin}",
+         'hosts.a.user: unknown user "admin" (expected one of: root, wgadmin, guest)'),
+        ("  a: {interfaces: {internet: 192.0.2.11}}",
+         "  a: {interfaces: {internet: 192.0.2.11}, user: wgadmin}",
+         'hosts.a.user: user "wgadmin" needs init: systemd (namespace hosts have root only)'),
         ("segments:\n", "segment:\n", 'topology.yml:3:1: segment: unknown key "segment"'),
         ("routers:\n  nat1:", "routers: 3\n  x:", "not valid YAML"),
         ("routers:\n  nat1: {uplink: internet, wan_address: 192.0.2.21, lan: home, "

@@ -30,6 +30,7 @@ BOOT_TIMEOUT = 120.0
 # Debian root file systems for systemd hosts, built once by debootstrap and shared read-only
 # as every such host's lower layer.
 ROOTFS_CACHE = Path("/var/cache/wgmesh-lab")
+ROOTFS_VERSION = "v2"  # bump when the recipe below changes: older caches are rebuilt
 # What a systemd host has before Ansible comes: what sshd, Ansible's modules and wgmesh's
 # host side need (the role would install the WireGuard tools and nftables; they are here so
 # that a lab comes up without a download), and the lab's probes (ping, pgrep).
@@ -103,9 +104,11 @@ def apt_mirror() -> str:
 
 def rootfs(release: str) -> Path:
     """The root file system of a systemd host running ``release``, built on first use."""
-    path = ROOTFS_CACHE / f"rootfs-{release}"
+    path = ROOTFS_CACHE / f"rootfs-{release}-{ROOTFS_VERSION}"
     if (path / ".wgmesh-complete").exists():
         return path
+    for old in ROOTFS_CACHE.glob(f"rootfs-{release}*"):  # an earlier recipe's
+        shutil.rmtree(old, ignore_errors=True)
     for tool in ("debootstrap", "systemd-nspawn"):
         if shutil.which(tool) is None:
             raise LabError(f"systemd hosts need {tool} (Debian packages debootstrap and "
@@ -120,6 +123,13 @@ def rootfs(release: str) -> Path:
         log = building / "debootstrap/debootstrap.log"
         tail = log.read_text(errors="replace")[-800:] if log.exists() else ""
         raise LabError(f"{exc} {tail}") from exc
+    # The lab's users besides root (topology.USERS): wgadmin with sudo, guest without.
+    for uid, name in ((1000, "wgadmin"), (1001, "guest")):
+        run("chroot", str(building), "useradd", "--create-home", "--shell", "/bin/bash",
+            "--uid", str(uid), "--user-group", name)
+    sudoers = building / "etc/sudoers.d/wgadmin"
+    sudoers.write_text("wgadmin ALL=(ALL:ALL) NOPASSWD: ALL\n")
+    sudoers.chmod(0o440)
     (building / ".wgmesh-complete").touch()
     shutil.rmtree(path, ignore_errors=True)
     building.rename(path)
@@ -349,7 +359,7 @@ class Lab:
         """A systemd host's own layer before its first boot: name, machine id, its own SSH
         host key (the only one its sshd offers) and the lab's key for root."""
         upper = hdir / "upper"
-        for sub in ("work", "root", "upper/etc/ssh/sshd_config.d", "upper/root/.ssh"):
+        for sub in ("work", "root", "upper/etc/ssh/sshd_config.d"):
             (hdir / sub).mkdir(parents=True, exist_ok=True)
         etc = upper / "etc"
         (etc / "hostname").write_text(f"{host.name}\n")
@@ -371,8 +381,14 @@ class Lab:
             "MaxSessions 100",
             "",
         ]))
-        shutil.copyfile(f"{self.key_file}.pub", upper / "root/.ssh/authorized_keys")
-        os.chmod(upper / "root/.ssh", 0o700)
+        # The lab's key for every user (topology.USERS), each owning its own .ssh.
+        for home, uid in (("root", 0), ("home/wgadmin", 1000), ("home/guest", 1001)):
+            ssh_dir = upper / home / ".ssh"
+            ssh_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f"{self.key_file}.pub", ssh_dir / "authorized_keys")
+            os.chmod(ssh_dir, 0o700)
+            for path in (ssh_dir.parent, ssh_dir, ssh_dir / "authorized_keys"):
+                os.chown(path, uid, uid)
 
     def _wait_ready(self, hosts: list[Host]) -> None:
         deadline = time.monotonic() + (BOOT_TIMEOUT if any(h.init == "systemd" for h in hosts)

@@ -23,6 +23,9 @@ NAT_KINDS = ("endpoint-independent", "symmetric")
 INITS = ("namespace", "systemd")
 # The Debian releases a systemd host can run.
 RELEASES = ("bookworm", "trixie")
+# Whom Ansible connects as: root, or (systemd hosts) wgadmin, who has sudo and becomes
+# root, or guest, who has neither (for the failure a missing become gives).
+USERS = ("root", "wgadmin", "guest")
 RESERVED = {"fabric"}
 DEFAULT_STATE_ROOT = Path("/run/wgmesh-lab")
 
@@ -60,6 +63,7 @@ class Host:
     description: str = ""
     init: str = "namespace"
     release: str = "bookworm"
+    user: str = "root"
 
     @property
     def primary_segment(self) -> str:
@@ -260,7 +264,7 @@ def _hosts(src, root, segments: dict[str, Segment], routers: dict[str, Router]) 
         path = join("hosts", name)
         node = src.mapping(root["hosts"], name, path,
                            allowed={"interfaces", "wireguard", "description", "init",
-                                    "release"},
+                                    "release", "user"},
                            required={"interfaces"})
         if node is None or "interfaces" not in node:
             continue
@@ -297,9 +301,16 @@ def _hosts(src, root, segments: dict[str, Segment], routers: dict[str, Router]) 
         if release not in RELEASES:
             src.error(node, "release", join(path, "release"), f'unknown release "{release}"',
                       "expected one of: " + ", ".join(RELEASES))
+        user = node.get("user", "root")
+        if user not in USERS:
+            src.error(node, "user", join(path, "user"), f'unknown user "{user}"',
+                      "expected one of: " + ", ".join(USERS))
+        elif user != "root" and init != "systemd":
+            src.error(node, "user", join(path, "user"), f'user "{user}" needs init: systemd',
+                      "namespace hosts have root only")
         if len(addresses) == len(ifaces):
             out[name] = Host(name, addresses, bool(wireguard), str(node.get("description", "")),
-                             str(init), str(release))
+                             str(init), str(release), str(user))
     if not out and not src.problems:
         src.error(root, "hosts", "hosts", "the lab has no hosts", "add at least one host")
     return out
