@@ -73,3 +73,24 @@ def test_lab_topology_hosts_and_connection(tmp_path):
     assert home1["ansible_host"] == "198.51.100.10"
     assert "nsenter --net=/run/netns/wgl-fabric nc %h %p" in home1["ansible_ssh_common_args"]
     assert home1["wgmesh_lab_nat_kind"] == "endpoint-independent"
+
+
+def test_connection_settings_in_group_vars_beside_mesh_yml_reach_the_hosts(tmp_path):
+    """mesh.yml defines the mesh; who Ansible connects as lives in group_vars beside it, as
+    docs/apply.md shows, and the mesh's hosts get it."""
+    import json
+    import subprocess
+    import sys
+
+    for name in ("mesh.yml", "policy.hujson"):
+        shutil.copy(GOLDEN_INPUT / name, tmp_path / name)
+    (tmp_path / "group_vars").mkdir()
+    (tmp_path / "group_vars/all.yml").write_text("ansible_user: admin\nansible_become: true\n")
+    out = subprocess.run([str(Path(sys.executable).parent / "ansible-inventory"), "-i",
+                          str(tmp_path), "--host", "web1"], capture_output=True, text=True,
+                         cwd=REPO, env={"ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+                                        "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr
+    host = json.loads(out.stdout)
+    assert (host["ansible_user"], host["ansible_become"]) == ("admin", True)
+    assert host["ansible_host"] == "192.0.2.11"  # from mesh.yml
