@@ -370,6 +370,21 @@ def snapshot(mesh, node: str) -> dict[str, str]:
     return {"files": files, "peers": peers, "table": table, "hash": state["hash"]}
 
 
+def intended(mesh, policy) -> dict[str, str]:
+    """The bundle hash each host should run under a policy (compiled here, as the run does)."""
+    from wgmesh import render
+    from wgmesh.build import build
+
+    b = build(mesh.inventory, policy, run_tests=False)
+    return {n: render.bundle(b.compiler.host(n), b.mesh.network, b.alloc[n].public_key)["hash"]
+            for n in b.compiler.names if b.mesh.nodes[n].managed}
+
+
+def running(mesh, node: str) -> str:
+    """The bundle hash a host is recorded as running."""
+    return json.loads(mesh.run(node, "cat", "/var/lib/wgmesh/state.json").stdout)["hash"]
+
+
 def lockfile(mesh) -> Path:
     return Path(re.search(r"^lockfile: (.+)$", (mesh.inventory / "mesh.yml").read_text(),
                           re.M).group(1))

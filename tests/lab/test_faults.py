@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -11,10 +10,7 @@ import time
 
 import pytest
 from conftest import BIN, REPO, ansible_env
-from meshlab import built_mesh, policy_with, reboot, recap, snapshot, wrapped
-
-from wgmesh import render
-from wgmesh.build import build
+from meshlab import built_mesh, intended, policy_with, reboot, recap, running, snapshot, wrapped
 
 pytestmark = pytest.mark.lab
 
@@ -25,17 +21,6 @@ CHANGE = ('"src": ["group:ops"], "dst": ["tag:db:22"]',
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory):
     yield from built_mesh(tmp_path_factory, "faults", "wgf")
-
-
-def intended(mesh, policy) -> dict[str, str]:
-    """The bundle hash each host should run under a policy (compiled here, as the run does)."""
-    b = build(mesh.inventory, policy, run_tests=False)
-    return {n: render.bundle(b.compiler.host(n), b.mesh.network, b.alloc[n].public_key)["hash"]
-            for n in b.compiler.names if b.mesh.nodes[n].managed}
-
-
-def running(mesh, node: str) -> str:
-    return json.loads(mesh.run(node, "cat", "/var/lib/wgmesh/state.json").stdout)["hash"]
 
 
 def test_a_disk_that_refuses_writes_leaves_the_host_on_its_last_good_bundle(mesh, tmp_path):

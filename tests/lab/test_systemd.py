@@ -7,11 +7,12 @@ from __future__ import annotations
 import os
 import re
 import signal
+import threading
 import time
 
 import pytest
 from conftest import REPO
-from meshlab import built_mesh, ping_losses
+from meshlab import built_mesh, intended, ping_losses, policy_with, recap, running
 
 pytestmark = pytest.mark.lab
 
@@ -112,6 +113,29 @@ def test_a_rebooted_host_filters_before_its_tunnel_carries_a_packet(mesh, capsys
         assert 0 <= load < create, text[:2000]
     status = mesh.wgmesh("status", "-l", "pub1")
     assert status.returncode == 0 and "- in sync" in status.stdout, status.stdout[-3000:]
+
+
+def test_a_host_rebooted_during_a_run_converges_on_the_next(mesh, tmp_path):
+    """pub1 reboots while a run applies a policy change that reaches it: whatever the run
+    says of pub1, pub1 boots filtered and whole, and the next run brings it to the change."""
+    new = policy_with(mesh, tmp_path, '"dst": ["tag:web:80,443"]',
+                      '"dst": ["tag:web:80,443,8080"]')
+    want = intended(mesh, new)
+    assert want["pub1"] != running(mesh, "pub1")
+    done = {}
+    run = threading.Thread(target=lambda: done.__setitem__(
+        "run", mesh.playbook("-e", f"wgmesh_policy_file={new}")))
+    run.start()
+    time.sleep(2)  # hosts are applying
+    mesh.lab.reboot("pub1")
+    run.join()
+    assert "table inet wgmesh" in mesh.run("pub1", "nft", "list", "tables").stdout
+    again = mesh.playbook("-e", f"wgmesh_policy_file={new}")
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert running(mesh, "pub1") == want["pub1"]
+    check = mesh.playbook("--check", "-e", f"wgmesh_policy_file={new}")
+    assert check.returncode == 0 and recap(check.stdout)["pub1"]["changed"] == 0
+    assert mesh.playbook().returncode == 0  # the lab's policy again
 
 
 def test_a_host_behind_nat_reopens_its_tunnels_as_it_boots(mesh):
