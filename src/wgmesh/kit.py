@@ -38,9 +38,10 @@ UNLISTED = ("SHA256SUMS", "SIGNATURES.json")
 
 INSTALL = r"""#!/bin/sh
 # Install wgmesh from this kit with no network: check the sums, refuse any file they do not
-# list, install the Debian packages (as root, when the kit has them), make a venv from the
-# wheels, unpack the project. Verify a signed kit first, with a wgmesh you already trust:
-# wgmesh kit verify KIT --trust /etc/wgmesh/trust.json
+# list, and on a host that trusts admins (/etc/wgmesh/trust.json, or WGMESH_TRUST) any kit
+# they did not sign, checked by the wgmesh already installed in TARGET; then install the
+# Debian packages (as root, when the kit has them), make a venv from the wheels, unpack the
+# project. Elsewhere verify a signed kit first: wgmesh kit-verify KIT -i INVENTORY
 #   sh install.sh [--python-only] [TARGET]   (TARGET: ./wgmesh; its venv is TARGET/.venv)
 set -eu
 DEBS=yes
@@ -59,6 +60,16 @@ rm -f "$listed" "$present"
 if [ -n "$extra" ]; then
     echo "refusing to install: not listed in SHA256SUMS:" $extra >&2
     exit 1
+fi
+TRUST=${WGMESH_TRUST:-/etc/wgmesh/trust.json}
+if [ -f "$TRUST" ]; then
+    if [ ! -x "$TARGET/.venv/bin/wgmesh" ]; then
+        echo "refusing to install: this host trusts admins ($TRUST) and has no wgmesh in" \
+             "$TARGET to check the kit's signatures with (check it with wgmesh kit-verify" \
+             "elsewhere, then install with WGMESH_TRUST=none)" >&2
+        exit 1
+    fi
+    "$TARGET/.venv/bin/wgmesh" kit-verify "$KIT" --trust "$TRUST"
 fi
 if [ "$DEBS" = yes ] && [ -d debs ] && [ "$(id -u)" = 0 ]; then
     apt-get install -y -qq --no-download \

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,9 +38,10 @@ def write_sums(path: Path) -> None:
         f"{hashlib.sha256((path / f).read_bytes()).hexdigest()}  {f}\n" for f in files))
 
 
-def install(k: Path, target: Path) -> subprocess.CompletedProcess:
+def install(k: Path, target: Path, trust: str = "none") -> subprocess.CompletedProcess:
     return subprocess.run(["sh", str(k / "install.sh"), "--python-only", str(target)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True,
+                          env={**os.environ, "WGMESH_TRUST": trust})
 
 
 @pytest.mark.parametrize("extra", ["debs/evil_1_amd64.deb", "wheels/evil-1-py3-none-any.whl"])
@@ -113,3 +116,28 @@ def test_a_kit_is_verified_only_when_the_threshold_of_admins_signed_it_whole(
     (k / "SIGNATURES.json").write_text(json.dumps(sigs))
     assert cli.main(verify) == 1
     assert "signed by eve, not an admin" in capsys.readouterr().err
+
+
+def test_a_host_that_trusts_admins_installs_only_a_kit_they_signed(mesh, tmp_path, capsys):
+    """install.sh on a host with a trust file checks the kit's signatures with the wgmesh it
+    runs already, before anything of the kit is installed; with no wgmesh to check, it
+    refuses."""
+    k = fake_kit(tmp_path / "kit")
+    assert cli.main(["manifest", "trust", "-i", str(mesh)]) == 0
+    trust = tmp_path / "trust.json"
+    trust.write_text(capsys.readouterr().out)
+    fresh = install(k, tmp_path / "fresh", str(trust))
+    assert fresh.returncode != 0 and "has no wgmesh in" in fresh.stderr
+    target = tmp_path / "target"
+    (target / ".venv/bin").mkdir(parents=True)
+    (target / ".venv/bin/wgmesh").symlink_to(Path(sys.executable).parent / "wgmesh")
+    unsigned = install(k, target, str(trust))
+    assert unsigned.returncode != 0 and "the kit is not signed" in unsigned.stderr
+    assert sorted(p.name for p in target.iterdir()) == [".venv"]  # nothing unpacked
+    for name in ("ann", "ben"):
+        assert cli.main(["kit-sign", str(k), "--key", str(tmp_path / f"{name}.key"),
+                         "-i", str(mesh)]) == 0
+    signed = install(k, target, str(trust))
+    # Past the check (the fake kit's project.tar is no tar: the unpacking fails next).
+    assert "signed by ann, ben (threshold 2)" in signed.stdout, signed.stderr
+
