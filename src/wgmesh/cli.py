@@ -30,13 +30,42 @@ from wgmesh.compiler import fewer_gc_passes
 from wgmesh.errors import InputError, LabError, Problem, escape, write_atomic
 from wgmesh.policy import PROTOCOLS
 
-DEFAULT_LAB = "inventories/lab"
+
+def default_inventory() -> str:
+    """The inventory Ansible would use with no -i: $ANSIBLE_INVENTORY, else the `inventory`
+    of the ansible.cfg Ansible would read ($ANSIBLE_CONFIG, ./ansible.cfg, ~/.ansible.cfg,
+    /etc/ansible/ansible.cfg), relative to that file; its first entry."""
+    import configparser
+
+    if os.environ.get("ANSIBLE_INVENTORY"):
+        return os.environ["ANSIBLE_INVENTORY"].split(",")[0].strip()
+    env = os.environ.get("ANSIBLE_CONFIG")
+    candidates = [Path("ansible.cfg"), Path.home() / ".ansible.cfg",
+                  Path("/etc/ansible/ansible.cfg")]
+    if env:
+        candidates.insert(0, Path(env) / "ansible.cfg" if Path(env).is_dir() else Path(env))
+    for cfg in candidates:
+        if cfg.is_file():
+            parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=(";",))
+            try:
+                parser.read(cfg)
+            except configparser.Error:
+                break
+            value = parser.get("defaults", "inventory", fallback="").split(",")[0].strip()
+            if value:
+                return str(cfg.resolve().parent / os.path.expanduser(value))
+            break  # Ansible reads one configuration file only
+    raise InputError([Problem("-i", 0, 0, "", "no inventory given, and no ansible.cfg here "
+                              "names one", "pass -i DIR (the folder with mesh.yml), or set "
+                              "inventory = DIR under [defaults] in ansible.cfg")])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "inventory", "") is None:
+            args.inventory = default_inventory()
         return args.func(args)
     except InputError as exc:
         for problem in exc.problems:
@@ -216,8 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="does every host run what the inputs say (runs "
                        "playbooks/status.yml; exit code 2 on drift)")
-    p.add_argument("-i", "--inventory", default=DEFAULT_LAB, metavar="PATH",
-                   help="inventory folder with mesh.yml (default: %(default)s)")
+    p.add_argument("-i", "--inventory", metavar="PATH",
+                   help="inventory folder with mesh.yml (default: ansible.cfg's inventory)")
     p.add_argument("-l", "--limit", metavar="HOSTS", help="only these hosts (Ansible pattern)")
     p.set_defaults(func=cmd_status)
 
@@ -246,8 +275,9 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 
 def _mesh_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-i", "--inventory", default=DEFAULT_LAB, metavar="PATH",
-                   help="inventory directory or its mesh.yml (default: %(default)s)")
+    p.add_argument("-i", "--inventory", metavar="PATH",
+                   help="inventory directory or its mesh.yml (default: ansible.cfg's "
+                   "inventory, as Ansible finds it)")
     p.add_argument("--policy", metavar="FILE", help="use this policy instead of mesh.yml's")
     p.add_argument("--today", metavar="YYYY-MM-DD", type=dt.date.fromisoformat,
                    help="the date node expiry is judged against (default: today, UTC)")
@@ -872,8 +902,9 @@ def _who(ep) -> str:
 
 
 def _topology_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-i", "--inventory", default=DEFAULT_LAB, metavar="PATH",
-                   help="lab inventory directory or its topology.yml (default: %(default)s)")
+    p.add_argument("-i", "--inventory", metavar="PATH",
+                   help="lab inventory directory or its topology.yml (default: ansible.cfg's "
+                   "inventory)")
 
 
 def _lab(args):

@@ -232,3 +232,23 @@ def test_render_shows_every_file_the_bundle_writes(tmp_path):
                           capture_output=True).returncode == 0
     assert (out / "home1/split-dns").read_text().endswith("corp.example 198.51.100.130\n")
     assert (out / "pub3/sysctl").read_text() == render.SYSCTL_FORWARDING
+
+
+def test_commands_find_the_inventory_as_ansible_does(tmp_path):
+    """No -i: the inventory of the ansible.cfg Ansible would read (relative to it), or
+    $ANSIBLE_INVENTORY; with neither, exit 2 saying how."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "inventories/prod").mkdir(parents=True)
+    copy_example(site / "inventories/prod")
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    out = subprocess.run([WGMESH, "check"], cwd=site, capture_output=True, text=True, env=env)
+    assert out.returncode == 2 and "pass -i DIR" in out.stderr and "Traceback" not in out.stderr
+    (site / "ansible.cfg").write_text("[defaults]\ninventory = inventories/prod\n")
+    for cwd, extra in ((site, {}), (tmp_path, {"ANSIBLE_CONFIG": str(site / "ansible.cfg")})):
+        out = subprocess.run([WGMESH, "check"], cwd=cwd, capture_output=True, text=True,
+                             env={**env, **extra})
+        assert out.returncode == 0 and out.stdout.startswith("ok: 5 nodes"), out.stderr
+    out = subprocess.run([WGMESH, "check"], cwd=tmp_path, capture_output=True, text=True,
+                         env={**env, "ANSIBLE_INVENTORY": str(site / "inventories/prod")})
+    assert out.returncode == 0, out.stderr
