@@ -18,6 +18,12 @@ else:
     IMPORT_ERROR = None
 
 
+def _plain(text: str) -> str:
+    """An exact str for the core: Ansible 2.18's unsafe strings are str subclasses (whose
+    str() is themselves) that the lockfile's YAML writer refuses."""
+    return "".join([text])
+
+
 class ActionModule(ActionBase):
     """See plugins/modules/wgmesh_compile.py for the documentation."""
 
@@ -33,14 +39,15 @@ class ActionModule(ActionBase):
         if not mesh_path:
             raise AnsibleActionFail("mesh is required (the path of mesh.yml)")
         hosts = list(args.get("hosts") or [])
-        rotate = set(args.get("rotate") or [])
+        rotate = {_plain(n) for n in args.get("rotate") or []}
         # The keys this batch's hosts reported (wgmesh_key); every other host's comes from
         # the lockfile, so serial batches and --limit compile the same mesh.
         hostvars = (task_vars or {}).get("hostvars", {})
         keys = {}
         for name in hosts:
             reported = hostvars.get(name, {}).get("__wgmesh_key") or {}
-            keys[name] = reported.get("public_key") if isinstance(reported, dict) else None
+            key = reported.get("public_key") if isinstance(reported, dict) else None
+            keys[_plain(name)] = None if key is None else _plain(key)
         try:
             # One compile, with the reported keys pinned first (as of today, or of the
             # manifest's date in a signed mesh).
