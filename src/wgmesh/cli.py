@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wgmesh", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
+    p = sub.add_parser("init", help="write a repository for your own mesh: ansible.cfg, "
+                       "site.yml, inventories/prod (mesh.yml, group_vars), a policy, CI files")
+    p.add_argument("dir", type=Path, help="a new (or empty) folder")
+    p.set_defaults(func=cmd_init)
     p = sub.add_parser("check", help="validate mesh.yml and its policy, run the policy tests")
     _mesh_args(p)
     p.add_argument("--locked", action="store_true",
@@ -318,6 +322,21 @@ def _warn_unsigned(b) -> None:
     for line in why:
         print(f"warning: signed mesh: {line}; hosts refuse these inputs until `wgmesh "
               "manifest create` and enough `wgmesh manifest sign`", file=sys.stderr)
+
+
+def cmd_init(args) -> int:
+    from wgmesh import scaffold
+
+    for rel in scaffold.write(args.dir):
+        print(f"wrote {args.dir / rel}")
+    print(f"""
+Next, in {args.dir}:
+  1. inventories/prod/mesh.yml: your hosts (ansible_host; endpoint for the public ones;
+     owner or tags), and inventories/prod/group_vars/all.yml: who Ansible logs in as.
+  2. policies/prod.hujson: who may reach what.
+  3. wgmesh check; ansible-inventory --graph; ansible-playbook site.yml --check
+  4. ansible-playbook site.yml, then commit (the lockfile too): see docs/gitops.md.""")
+    return 0
 
 
 def cmd_check(args) -> int:

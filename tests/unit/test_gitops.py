@@ -1,7 +1,8 @@
-"""The pipelines of docs/gitops.md: their install, check and plan commands, run as the CI
-would run them (bash -e, the CI's variables and checkouts) on a repository with an origin of
-its own. The code that judges a pull request is the target branch's: a pull request that
-edits src/ to pass itself still gets the verdict the target branch's wgmesh gives."""
+"""The pipelines `wgmesh init` writes (docs/gitops.md): their install, check and plan
+commands, run as the CI would run them (bash -e, the CI's variables and checkouts) on a site
+repository with an origin of its own. The code that judges a pull request is the target
+branch's: a pull request that pins a wgmesh of its own to pass itself still gets the verdict
+the target branch's wgmesh gives."""
 
 import os
 import shutil
@@ -13,15 +14,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from wgmesh import scaffold
+
 REPO = Path(__file__).resolve().parents[2]
 GOLDEN = REPO / "tests/data/golden-mesh"
 BIN = str(Path(sys.executable).parent)
-# The project as a site's repository holds it: what `pip install` of a checkout needs.
-PROJECT = ("src", "pyproject.toml", "constraints.txt", "README.md")
+SCAFFOLD = REPO / "src/wgmesh/scaffold"
 
 
 def github_workflow() -> dict:
-    return yaml.safe_load((REPO / "docs/gitops/github-actions.yml").read_text())
+    return yaml.safe_load((SCAFFOLD / "github-workflow.yml").read_text())
 
 
 def github_steps(names: tuple[str, ...]) -> list[dict]:
@@ -33,7 +35,7 @@ def github_steps(names: tuple[str, ...]) -> list[dict]:
 
 
 def gitlab_script() -> list[str]:
-    doc = yaml.safe_load((REPO / "docs/gitops/gitlab-ci.yml").read_text())
+    doc = yaml.safe_load((SCAFFOLD / "gitlab-ci.yml").read_text())
     assert doc["variables"]["WGMESH_INVENTORY"] == "inventories/prod"
     return doc["plan"]["script"]
 
@@ -43,19 +45,30 @@ def git(work: Path, *args: str) -> None:
                     *args], check=True, capture_output=True)
 
 
+def build_wheel(project: Path, out: Path) -> Path:
+    subprocess.run([f"{BIN}/pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                    "--no-index", "-w", str(out), str(project)], check=True,
+                   capture_output=True)
+    [wheel] = out.glob("wgmesh-*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory):
+    """This wgmesh as a wheel: the package index the pipelines' pip reads here."""
+    out = tmp_path_factory.mktemp("wheelhouse")
+    build_wheel(REPO, out)
+    return out
+
+
 @pytest.fixture
 def repo(tmp_path):
-    """A clone whose origin has main with the project and the golden mesh; the work tree is
-    the branch of a pull request."""
+    """A clone of a site repository (`wgmesh init`, with the golden mesh as its inventory)
+    whose origin has main; the work tree is the branch of a pull request."""
     origin, work = tmp_path / "origin.git", tmp_path / "work"
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
-    shutil.copytree(GOLDEN, work / "inventories/prod")
-    for part in PROJECT:
-        if (REPO / part).is_dir():
-            shutil.copytree(REPO / part, work / part,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-        else:
-            shutil.copy(REPO / part, work / part)
+    scaffold.write(work)
+    shutil.copytree(GOLDEN, work / "inventories/prod", dirs_exist_ok=True)
     git(work, "init", "-q", "-b", "main")
     git(work, "add", ".")
     git(work, "commit", "-qm", "mesh")
@@ -73,13 +86,15 @@ def run(script: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
-# pip as the CI runs it, but from this machine alone: only wgmesh itself is installed from
-# the checkout the pipeline names; what it runs with (and builds with) comes from this
-# test's environment.
-# (PIP_NO_BUILD_ISOLATION takes the inverse, as pip documents: "0" turns isolation off.)
-OFFLINE_PIP = {"PIP_NO_INDEX": "1", "PIP_NO_DEPS": "1", "PIP_NO_BUILD_ISOLATION": "0",
-               "PIP_DISABLE_PIP_VERSION_CHECK": "1",
-               "PYTHONPATH": sysconfig.get_paths()["purelib"]}
+def offline_pip(wheelhouse: Path) -> dict[str, str]:
+    """pip as the CI runs it, but from this machine alone: only wgmesh itself is installed
+    (from the wheelhouse, as the requirements.txt the pipeline names pins it); what it runs
+    with comes from this test's environment (where the wgmesh under test shows as installed,
+    hence PIP_IGNORE_INSTALLED)."""
+    return {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheelhouse), "PIP_NO_DEPS": "1",
+            "PIP_IGNORE_INSTALLED": "1",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            "PYTHONPATH": sysconfig.get_paths()["purelib"]}
 
 
 def widen(work: Path) -> None:
@@ -90,13 +105,24 @@ def widen(work: Path) -> None:
     git(work, "commit", "-qam", "carol gets the web tier's 8443")
 
 
-def judge_itself(work: Path) -> None:
-    """The pull request's src/ declares that nothing ever widens access."""
-    plan = work / "src/wgmesh/plan.py"
+def judge_itself(work: Path, tmp_path: Path) -> None:
+    """The pull request pins a wgmesh of its own, whose plan says that nothing ever widens
+    access, shipped in the pull request itself."""
+    project = tmp_path / "evil-project"
+    for part in ("src", "roles", "plugins", "playbooks", "meta"):
+        shutil.copytree(REPO / part, project / part, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / part, project / part)
+    plan = project / "src/wgmesh/plan.py"
     text = plan.read_text()
     assert "WIDENED = 4" in text
     plan.write_text(text.replace("WIDENED = 4", "WIDENED = 0"))
-    git(work, "commit", "-qam", "a plan that never widens")
+    wheel = build_wheel(project, tmp_path / "evil-wheel")
+    shutil.copy(wheel, work / wheel.name)
+    (work / "requirements.txt").write_text(f"wgmesh @ file://{work / wheel.name}\n")
+    git(work, "add", ".")
+    git(work, "commit", "-qm", "a wgmesh whose plan never widens")
 
 
 def lock_and_push(repo: Path) -> None:
@@ -120,7 +146,7 @@ def test_github_plan_runs_on_every_pull_request_with_the_target_branchs_code():
     assert proposed["path"] == "proposed" and proposed["persist-credentials"] is False
 
 
-def test_github_check_and_plan_steps(repo, tmp_path):
+def test_github_check_and_plan_steps(repo, tmp_path, wheelhouse):
     install, check, plan = github_steps(("Install wgmesh", "Check", "Plan"))
     assert check["working-directory"] == plan["working-directory"] == "proposed"
     runner = tmp_path / "runner"
@@ -129,15 +155,16 @@ def test_github_check_and_plan_steps(repo, tmp_path):
     git(repo, "worktree", "add", "-q", "--detach", str(runner / "trusted"), "origin/main")
     lock_and_push(repo)
     widen(repo)
-    judge_itself(repo)
+    judge_itself(repo, tmp_path)
     os.symlink(repo, runner / "proposed")
     env = {"RUNNER_TEMP": str(tmp_path), "GITHUB_PATH": str(tmp_path / "github_path"),
            "GITHUB_OUTPUT": str(tmp_path / "github_output"), "GITHUB_BASE_REF": "main"}
-    out = run(install["run"], runner, **env, **OFFLINE_PIP)
+    pip = offline_pip(wheelhouse)
+    out = run(install["run"], runner, **env, **pip)
     assert out.returncode == 0, out.stdout + out.stderr
     path = (tmp_path / "github_path").read_text().strip()
     env["PATH"] = f"{path}:{os.environ['PATH']}"  # what GITHUB_PATH does for later steps
-    env["PYTHONPATH"] = OFFLINE_PIP["PYTHONPATH"]  # wgmesh's own dependencies
+    env["PYTHONPATH"] = pip["PYTHONPATH"]  # wgmesh's own dependencies
     # A lockfile out of date fails the pull request (origin/main's worktree predates it).
     (repo / "inventories/prod/mesh.lock.yml").rename(tmp_path / "lock")
     out = run(check["run"], runner / "proposed", **env)
@@ -152,18 +179,18 @@ def test_github_check_and_plan_steps(repo, tmp_path):
     assert "| `carol@example.com (group:ops)` | gains | `web1` | `tcp 8443` |" in md
 
 
-def test_gitlab_plan_job(repo, tmp_path):
+def test_gitlab_plan_job(repo, tmp_path, wheelhouse):
     lock_and_push(repo)
     env = {"CI_MERGE_REQUEST_TARGET_BRANCH_NAME": "main", "WGMESH_NOTE_TOKEN": "",
-           "CI_BUILDS_DIR": str(tmp_path / "builds"), **OFFLINE_PIP}
+           "CI_BUILDS_DIR": str(tmp_path / "builds"), **offline_pip(wheelhouse)}
     script = "\n".join(gitlab_script())
-    doc = yaml.safe_load((REPO / "docs/gitops/gitlab-ci.yml").read_text())
+    doc = yaml.safe_load((SCAFFOLD / "gitlab-ci.yml").read_text())
     assert doc["plan"]["rules"] == [{"if": '$CI_PIPELINE_SOURCE == "merge_request_event"'}]
     out = run(script, repo, **env)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "plan exit code 0" in out.stdout
     widen(repo)
-    judge_itself(repo)
+    judge_itself(repo, tmp_path)
     shutil.rmtree(tmp_path / "builds")
     git(repo, "worktree", "prune")
     out = run(script, repo, **env)
