@@ -792,6 +792,7 @@ def check_sshd(config: str, dropin_text: str, dropin: str) -> None:
 
 # Split DNS without systemd-resolved: a dnsmasq of our own on a loopback address answers the
 # split domains from their nameservers and everything else from the resolvers the host had.
+# The mesh interface's wg-quick file starts it again at boot (render.DNSMASQ_CONF, _PID).
 DNSMASQ_ADDRESS = "127.0.0.153"
 DNSMASQ_CONF = "/etc/wgmesh/dnsmasq.conf"
 DNSMASQ_PID = "/run/wgmesh-dnsmasq.pid"

@@ -39,6 +39,21 @@ FILTER_HOOK = (f"PreUp = nft -f {RULESET_PATH} || {{ echo \"wgmesh: %i stays dow
 HANDSHAKE_HOOK = ('PostUp = wg show %i persistent-keepalive | while read -r peer every; do '
                   '[ "$every" = off ] || { wg set %i peer "$peer" persistent-keepalive 0; '
                   'wg set %i peer "$peer" persistent-keepalive "$every"; }; done')
+# Split DNS comes back with the interface, at boot too (resolved forgets a link's DNS when
+# the link goes; the dnsmasq wgmesh_apply starts is a process, not a service): per-link DNS
+# where systemd-resolved runs, else that dnsmasq, from the configuration the module wrote,
+# unless it runs. Never stops the interface coming up. wgmesh_apply keeps the same paths.
+DNSMASQ_CONF = "/etc/wgmesh/dnsmasq.conf"
+DNSMASQ_PID = "/run/wgmesh-dnsmasq.pid"
+
+
+def split_dns_hook(dns: dict[str, list[str]]) -> str:
+    servers = " ".join(sorted({s for v in dns.values() for s in v}))
+    domains = " ".join(f"~{d}" for d in sorted(dns))
+    return ("PostUp = if [ -d /run/systemd/resolve ] && command -v resolvectl >/dev/null; "
+            f"then resolvectl dns %i {servers} && resolvectl domain %i {domains}; "
+            f"elif [ -e {DNSMASQ_CONF} ] && ! pgrep -x -F {DNSMASQ_PID} dnsmasq >/dev/null; "
+            f"then dnsmasq --conf-file={DNSMASQ_CONF}; fi || true")
 
 # What one value in a rendered file may be made of: names, addresses, prefixes, endpoints,
 # keys. No space, quote, '#', ';', '$', brace or control character, so no value can end a
@@ -311,6 +326,9 @@ def wg_quick(host: HostOutput, net: Network) -> str:
         f"PostUp = wg set %i private-key /etc/wireguard/{net.interface}.key",
         HANDSHAKE_HOOK,
     ]
+    dns = _split_dns(host)
+    if dns:
+        lines.append(split_dns_hook(dns))
     if host.uses_exit_node:
         lines += management_rules(net)
     for peer in host.peers:

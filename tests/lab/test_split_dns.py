@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import REPO
-from meshlab import MeshLab
+from meshlab import MeshLab, reboot
 
 pytestmark = pytest.mark.lab
 
@@ -70,6 +70,21 @@ def test_a_host_the_policy_keeps_from_the_nameserver_is_left_as_it_was(lab):
     assert lab.run("pub1", "cat", "/etc/resolv.conf").stdout == BEFORE
     assert resolve(lab, "pub1", "www.other.example") == "192.0.2.99"
     assert resolve(lab, "pub1", "db.corp.example") == ""
+
+
+def test_split_dns_comes_back_with_the_interface_after_a_reboot(lab):
+    """A reboot ends wgmesh's dnsmasq (a process, not a service) while resolv.conf still
+    names it: the mesh interface's own hook starts it again as the interface comes up, with
+    no Ansible run."""
+    assert "dnsmasq --conf-file=/etc/wgmesh/dnsmasq.conf" in lab.run(
+        "home1", "cat", "/etc/wireguard/wg0.conf").stdout
+    lab.run("home1", "sh", "-c", "pkill -x dnsmasq; while pgrep -x dnsmasq; do sleep 0.1; done")
+    assert resolve(lab, "home1", "www.other.example") == ""  # no resolver at all, as booted
+    done = reboot(lab, ["home1"])["home1"]
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert lab.run("home1", "pgrep", "-x", "dnsmasq", check=False).returncode == 0
+    assert resolve(lab, "home1", "db.corp.example") == "198.51.100.140"
+    assert resolve(lab, "home1", "www.other.example") == "192.0.2.99"
 
 
 def test_second_run_changes_nothing_and_removal_restores_the_resolver(lab, tmp_path):

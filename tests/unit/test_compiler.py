@@ -237,6 +237,7 @@ def test_the_module_keeps_the_renderers_priority_and_table_file():
     assert module.MANAGEMENT_RULE_PRIORITY == render.MANAGEMENT_RULE_PRIORITY
     # The file every interface loads first is the one the module writes.
     assert module.RULESET == render.RULESET_PATH
+    assert (module.DNSMASQ_CONF, module.DNSMASQ_PID) == (render.DNSMASQ_CONF, render.DNSMASQ_PID)
     # And docs/apply.md shows the hook as it is rendered.
     docs = (Path(__file__).resolve().parents[2] / "docs/apply.md").read_text()
     assert f"\n    {render.FILTER_HOOK}\n" in docs
