@@ -122,8 +122,8 @@ run_tests() {
     # 5 = no tests collected: not a failure of the code, but say so loudly.
     if ((rc == 5)); then echo "pytest collected no tests"; rc=0; fi
     ((rc == 0)) || return $rc
-    echo "== molecule test (default scenario on its own lab)"
-    molecule test
+    echo "== molecule test (every scenario: default, systemd; each on its own lab)"
+    molecule test --all
     other_pythons
     oldest_ansible
 }

@@ -42,7 +42,8 @@ description:
   - On a host the policy's ssh rules name as destination, writes the sshd drop-in that lets
     each mesh source log in only as the users the rules name (connections to the host's mesh
     addresses only), checks it with C(sshd -t) and that sshd reads it (C(sshd -T)), then
-    reloads sshd (SIGHUP to the pid in I(sshd_pidfile)); a drop-in sshd refuses is taken
+    reloads sshd (C(systemctl reload) of its unit where systemd runs it, else SIGHUP to the
+    pid in I(sshd_pidfile)); a drop-in sshd refuses is taken
     back with the rest of the bundle.
 options:
   bundle:
@@ -929,8 +930,15 @@ def sync_dnsmasq(run: Runner, dns: dict | None, check_mode: bool) -> list[str]:
     return actions
 
 
-def reload_sshd(pidfile: str) -> str:
-    """SIGHUP to the running sshd (it re-reads its configuration; open sessions stay)."""
+def reload_sshd(run: Runner, pidfile: str) -> str:
+    """sshd re-reads its configuration (open sessions stay): through systemd where systemd
+    runs it (Debian's ssh.service, elsewhere sshd.service), so the unit's own reload runs and
+    the journal says so; else SIGHUP to the pid in its pid file."""
+    if os.path.isdir("/run/systemd/system"):
+        for unit in ("ssh.service", "sshd.service"):
+            if run.rc("systemctl", "is-active", "--quiet", unit) == 0:
+                run("systemctl", "reload", unit)
+                return f"reload {unit}"
     try:
         pid = int((read(pidfile) or "").strip())
     except ValueError:
@@ -1000,7 +1008,7 @@ class Host:
         if sshd_changed and not check_mode:
             if b.get("sshd"):
                 check_sshd(self.sshd_config, b["sshd"], self.sshd_dropin)
-            actions.append(reload_sshd(self.sshd_pidfile))
+            actions.append(reload_sshd(run, self.sshd_pidfile))
         live = live_table(run)
         if state.get("hash") == b["hash"] and isinstance(state.get("table"), str):
             drift = table_drift(state["table"], live)
@@ -1062,7 +1070,7 @@ class Host:
             actions.append(f"remove {self.sshd_dropin}")
             if not check_mode:
                 os.unlink(self.sshd_dropin)
-                actions.append(reload_sshd(self.sshd_pidfile))
+                actions.append(reload_sshd(run, self.sshd_pidfile))
         for path in (f"/etc/wireguard/{interface}.conf", f"/etc/wireguard/{hop_interface}.conf",
                      RULESET, SYSCTL_PATH, *([] if keep_key else [self.key_file]),
                      *(os.path.join(self.state_dir, f)

@@ -62,6 +62,11 @@ has_nacl:
   description: Whether PyNaCl, which checks signed manifests, is importable on the host.
   returned: always
   type: bool
+has_resolved:
+  description: Whether systemd-resolved runs on the host (split DNS then goes through it,
+    and needs no dnsmasq).
+  returned: always
+  type: bool
 """
 
 import base64
@@ -137,6 +142,11 @@ def has_nacl() -> bool:
     return True
 
 
+def has_resolved() -> bool:
+    """systemd-resolved runs (wgmesh_apply's resolved_runs: the same test)."""
+    return os.path.isdir("/run/systemd/resolve") and shutil.which("resolvectl") is not None
+
+
 def missing_tools() -> list[str]:
     missing = [t for t in ("wg", "wg-quick", "nft") if not shutil.which(t)]
     if not os.path.isdir("/sys/module/wireguard") and subprocess.run(
@@ -167,7 +177,7 @@ def main() -> None:
         missing = [t for t in ("wg", "wg-quick", "nft") if not shutil.which(t)]
     if make and module.check_mode:
         module.exit_json(changed=True, created=True, public_key=None, missing_tools=missing,
-                         has_nacl=has_nacl())
+                         has_nacl=has_nacl(), has_resolved=has_resolved())
     try:
         if make:
             directory = os.path.dirname(path) or "."
@@ -197,7 +207,7 @@ def main() -> None:
         module.fail_json(msg=f"{path} is readable by others (mode {mode:o}); "
                          "fix it with chmod 600 (the key may have leaked)")
     module.exit_json(changed=make, created=make, public_key=public, missing_tools=missing,
-                     has_nacl=has_nacl())
+                     has_nacl=has_nacl(), has_resolved=has_resolved())
 
 
 if __name__ == "__main__":

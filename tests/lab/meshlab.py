@@ -391,8 +391,10 @@ def lockfile(mesh) -> Path:
 
 
 def policy_with(mesh, tmp_path, old: str, new: str):
-    """The lab policy with one change, written outside the inventory (not a source)."""
-    text = (REPO / "policies/lab.hujson").read_text()
+    """The lab's policy (the one its mesh.yml names) with one change, written outside the
+    inventory (not a source)."""
+    named = yaml.safe_load((mesh.inventory / "mesh.yml").read_text())["policy"]
+    text = (mesh.inventory / named).read_text()
     assert old in text
     path = tmp_path / "changed.hujson"
     path.write_text(text.replace(old, new))

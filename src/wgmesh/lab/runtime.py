@@ -30,12 +30,13 @@ BOOT_TIMEOUT = 120.0
 # Debian root file systems for systemd hosts, built once by debootstrap and shared read-only
 # as every such host's lower layer.
 ROOTFS_CACHE = Path("/var/cache/wgmesh-lab")
-ROOTFS_VERSION = "v2"  # bump when the recipe below changes: older caches are rebuilt
+ROOTFS_VERSION = "v4"  # bump when the recipe below changes: older caches are rebuilt
 # What a systemd host has before Ansible comes: what sshd, Ansible's modules and wgmesh's
 # host side need (the role would install the WireGuard tools and nftables; they are here so
-# that a lab comes up without a download), and the lab's probes (ping, pgrep).
-ROOTFS_PACKAGES = ("systemd", "systemd-sysv", "dbus", "iproute2", "nftables", "wireguard-tools",
-                   "wireguard-go", "openssh-server", "python3", "python3-nacl",
+# that a lab comes up without a download), the resolver Debian's systemd hosts mostly run
+# (split DNS goes through it), and the lab's probes (ping, pgrep).
+ROOTFS_PACKAGES = ("systemd", "systemd-sysv", "systemd-resolved", "dbus", "iproute2", "nftables",
+                   "wireguard-tools", "wireguard-go", "openssh-server", "python3", "python3-nacl",
                    # debootstrap does not resolve virtual packages: python3-nacl's cffi.
                    "python3-cffi-backend", "sudo", "iputils-ping", "procps")
 
@@ -127,6 +128,11 @@ def rootfs(release: str) -> Path:
     for uid, name in ((1000, "wgadmin"), (1001, "guest")):
         run("chroot", str(building), "useradd", "--create-home", "--shell", "/bin/bash",
             "--uid", str(uid), "--user-group", name)
+    # As systemd-resolved leaves a booted system (its setup skips a chroot): names go to its
+    # stub, not to the resolver of the machine that built the file system.
+    resolv = building / "etc/resolv.conf"
+    resolv.unlink(missing_ok=True)
+    resolv.symlink_to("../run/systemd/resolve/stub-resolv.conf")
     sudoers = building / "etc/sudoers.d/wgadmin"
     sudoers.write_text("wgadmin ALL=(ALL:ALL) NOPASSWD: ALL\n")
     sudoers.chmod(0o440)
@@ -366,7 +372,8 @@ class Lab:
         (etc / "hosts").write_text(
             f"127.0.0.1\tlocalhost\n127.0.1.1\t{host.name}\n"
             "::1\tlocalhost ip6-localhost ip6-loopback\n")
-        (etc / "resolv.conf").write_text("# wgmesh lab: no DNS server\n")
+        # /etc/resolv.conf stays the root file system's: resolved's stub (which has no
+        # server but the per-link ones wgmesh gives it, so other names fail at once).
         (etc / "machine-id").write_text(os.urandom(16).hex() + "\n")
         ssh = etc / "ssh"
         run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name,

@@ -39,11 +39,13 @@ while :; do
     power_cycle_network
     rc=0
     # --keep-unit --register=no: this machine runs no systemd to register with.
+    # --resolv-conf=off: the host's own /etc/resolv.conf (resolved's stub), not a copy of
+    # this machine's, which names a resolver the lab cannot reach.
     # /dev/net/tun: wireguard-go, where the kernel has no WireGuard. CAP_NET_ADMIN and a
     # writable /proc/sys/net (the container's own network namespace, as every process sees
     # /proc/sys/net of its own): nspawn grants them only to a network namespace it made
     # itself, and this one is the lab's.
-    SYSTEMD_NSPAWN_API_VFS_WRITABLE=network systemd-nspawn --quiet --directory="$dir/root" --boot --keep-unit --register=no \
+    SYSTEMD_NSPAWN_API_VFS_WRITABLE=network systemd-nspawn --quiet --directory="$dir/root" --boot --keep-unit --register=no --resolv-conf=off \
         --network-namespace-path="$netns" --hostname="$name" --machine="$(basename "$netns")" \
         --capability=CAP_NET_ADMIN --bind=/dev/net/tun </dev/null || rc=$?
     echo "== $(date -u +%FT%TZ) $name: systemd-nspawn ended with $rc"
