@@ -4,15 +4,20 @@ brings each back filtered before its tunnel carries a packet, with no Ansible ru
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
+import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
-from conftest import REPO
-from meshlab import MeshLab, intended, ping_losses, policy_with, recap, running
+import yaml
+from conftest import BIN, REPO
+from meshlab import MeshLab, intended, lockfile, ping_losses, policy_with, recap, running
 from test_split_dns import dnsmasq
 
 pytestmark = pytest.mark.lab
@@ -206,15 +211,19 @@ def test_a_host_rebooted_during_a_run_converges_on_the_next(mesh, tmp_path):
     assert mesh.playbook().returncode == 0  # the lab's policy again
 
 
-def test_a_host_behind_nat_reopens_its_tunnels_as_it_boots(mesh):
+def test_a_host_behind_nat_reopens_its_tunnels_as_it_boots(mesh, capsys):
     """home1 sends nothing after its reboot: its units' hooks open every tunnel that keeps
     itself up (to the relay, to the public hosts), so its peers can reach it at once."""
-    mesh.lab.reboot("home1")
+    started = time.monotonic()
+    booted = mesh.lab.reboot("home1")
     # Its WireGuard is new since the boot: a handshake it has is one made since.
     deadline = time.monotonic() + 10
     while (waiting := mesh.unsettled("home1")) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not waiting
+    with capsys.disabled():
+        print(f"\nhome1 (behind NAT) rebooted in {booted:.2f} s; every tunnel it keeps up "
+              f"had its handshake {time.monotonic() - started:.2f} s after the reboot began")
     assert len(mesh.run("home1", "wg", "show", "all", "dump").stdout.splitlines()) > 2
     # resolved forgot wg0's DNS with the link; the interface's hook gave it back.
     assert resolved_link(mesh, "home1") == ("198.51.100.130", "~corp.example")
@@ -242,3 +251,85 @@ def test_a_host_whose_table_cannot_load_boots_with_its_tunnels_down(mesh):
     mesh.lab.reboot("pub1")
     status = mesh.wgmesh("status", "-l", "pub1")
     assert status.returncode == 0 and "- in sync" in status.stdout, status.stdout[-3000:]
+
+
+# Pull mode on home1: the repository is served by `git daemon` on the lab host web.
+PULL_URL = "git://192.0.2.80/mesh.git"
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c",
+                           "user.email=t@example.com", *args], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def publish(mesh, repo: Path) -> None:
+    """The repository's main branch to web's git daemon (a bundle through stdin)."""
+    data = subprocess.run(["git", "-C", str(repo), "bundle", "create", "-", "main"],
+                          capture_output=True, check=True).stdout
+    subprocess.run(mesh.lab.exec_argv("web", [
+        "sh", "-c", "cat > /tmp/push.bundle && git -C /var/lib/git/mesh.git fetch -q --force "
+        "/tmp/push.bundle main:main"]), input=data, check=True, timeout=30)
+
+
+def test_pull_mode_timer_applies_a_new_commit_on_its_own(mesh, tmp_path, capsys):
+    """home1 (Debian 12) installs wgmesh from the offline kit, enrols in pull mode with a
+    timer every 10 s, and applies a commit that reaches it with no run from anyone: the
+    timer fires, the pull service runs the installed project's play on the commit's data."""
+    kit = tmp_path / "kit"
+    built = subprocess.run([str(BIN / "wgmesh"), "kit", "--out", str(kit), "--no-debs"],
+                           capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr
+    tar = subprocess.run(["tar", "-C", str(kit), "-c", "."], capture_output=True,
+                         check=True).stdout
+    subprocess.run(mesh.lab.exec_argv("home1", ["sh", "-c", "mkdir -p /root/kit && tar -x -C "
+                                                "/root/kit"]), input=tar, check=True)
+    mesh.run("home1", "sh", "/root/kit/install.sh", "--python-only", "/opt/wgmesh", timeout=600)
+
+    repo = tmp_path / "repo"
+    (repo / "policies").mkdir(parents=True)
+    (repo / "inventories/site").mkdir(parents=True)
+    source = yaml.safe_load((mesh.inventory / "mesh.yml").read_text())
+    policy = repo / "policies/site.hujson"
+    shutil.copy(source["policy"], policy)
+    text = (mesh.inventory / "mesh.yml").read_text()
+    text = re.sub(r"^lockfile: .*\n", "", text, flags=re.M)
+    text = text.replace(f"policy: {source['policy']}", "policy: ../../policies/site.hujson")
+    (repo / "inventories/site/mesh.yml").write_text(text)
+    shutil.copy(lockfile(mesh), repo / "inventories/site/mesh.lock.yml")
+    git(repo, "init", "-q", "-b", "main")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "the mesh")
+    mesh.run("web", "sh", "-c", "mkdir -p /var/lib/git && git init -q --bare -b main "
+             "/var/lib/git/mesh.git && git daemon --reuseaddr --detach --export-all "
+             "--base-path=/var/lib/git --listen=192.0.2.80 --pid-file=/run/git-daemon.pid")
+    publish(mesh, repo)
+
+    enrol = mesh.run("home1", "/opt/wgmesh/.venv/bin/wgmesh", "host", "enrol", "--pull",
+                     PULL_URL, "--node", "home1", "--inventory", "inventories/site",
+                     "--every", "10", timeout=60)
+    assert "wgmesh-pull.timer started" in enrol.stdout + enrol.stderr, enrol.stderr
+    pinned = yaml.safe_load((repo / "inventories/site/mesh.lock.yml").read_text())
+    assert enrol.stdout.split()[-1] == pinned["nodes"]["home1"]["public_key"]
+
+    # A change that reaches home1 (alice, group:eng): one more port on the web tier.
+    policy.write_text(policy.read_text().replace('"dst": ["tag:web:80,443"]',
+                                                 '"dst": ["tag:web:80,443,8443"]', 1))
+    git(repo, "commit", "-qam", "eng gets the web tier's 8443")
+    commit = git(repo, "rev-parse", "HEAD").strip()
+    published = time.monotonic()
+    publish(mesh, repo)
+    deadline = published + 120
+    while time.monotonic() < deadline:
+        bundle = mesh.run("home1", "cat", "/var/lib/wgmesh/bundle.json", check=False).stdout
+        if bundle and json.loads(bundle).get("commit") == commit[:12]:
+            break
+        time.sleep(1)
+    took = time.monotonic() - published
+    runs = journal(mesh, "home1", "wgmesh-pull.service")
+    assert json.loads(bundle).get("commit") == commit[:12], runs[-3000:]
+    assert "8443" in mesh.run("home1", "cat", RULESET).stdout
+    assert mesh.run("home1", "systemctl", "is-enabled", "wgmesh-pull.timer").stdout.strip() == \
+        "enabled"
+    with capsys.disabled():
+        print(f"\nhome1's pull timer applied a new commit {took:.1f} s after it was published")

@@ -30,15 +30,17 @@ BOOT_TIMEOUT = 120.0
 # Debian root file systems for systemd hosts, built once by debootstrap and shared read-only
 # as every such host's lower layer.
 ROOTFS_CACHE = Path("/var/cache/wgmesh-lab")
-ROOTFS_VERSION = "v4"  # bump when the recipe below changes: older caches are rebuilt
+ROOTFS_VERSION = "v5"  # bump when the recipe below changes: older caches are rebuilt
 # What a systemd host has before Ansible comes: what sshd, Ansible's modules and wgmesh's
 # host side need (the role would install the WireGuard tools and nftables; they are here so
 # that a lab comes up without a download), the resolver Debian's systemd hosts mostly run
-# (split DNS goes through it), and the lab's probes (ping, pgrep).
+# (split DNS goes through it), what pull mode needs to install wgmesh from a kit and fetch
+# (python3-venv, git), and the lab's probes (ping, pgrep).
 ROOTFS_PACKAGES = ("systemd", "systemd-sysv", "systemd-resolved", "dbus", "iproute2", "nftables",
                    "wireguard-tools", "wireguard-go", "openssh-server", "python3", "python3-nacl",
                    # debootstrap does not resolve virtual packages: python3-nacl's cffi.
-                   "python3-cffi-backend", "sudo", "iputils-ping", "procps")
+                   "python3-cffi-backend", "python3-venv", "git", "sudo", "iputils-ping",
+                   "procps")
 
 
 
