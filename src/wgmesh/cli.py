@@ -84,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from importlib import metadata
+
     parser = argparse.ArgumentParser(prog="wgmesh", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version",
+                        version=f"wgmesh {metadata.version('wgmesh')}")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     p = sub.add_parser("init", help="write a repository for your own mesh: ansible.cfg, "

@@ -211,6 +211,34 @@ def test_a_host_rebooted_during_a_run_converges_on_the_next(mesh, tmp_path):
     assert mesh.playbook().returncode == 0  # the lab's policy again
 
 
+def test_a_host_rebooted_while_a_peer_rotates_converges_on_the_next(mesh):
+    """pub2's key is replaced (playbooks/rotate.yml -l pub2) while pub1, its peer, reboots:
+    whatever the rotation run could do on pub1, pub1 boots filtered, and the next site.yml
+    run gives it pub2's new key (pinned by the rotation) and pub1 reaches pub2 again."""
+    old = mesh.run("pub2", "wg", "show", "wg0", "public-key").stdout.strip()
+    done = {}
+    rotation = threading.Thread(target=lambda: done.__setitem__(
+        "run", mesh.playbook("-l", "pub2", play="playbooks/rotate.yml")))
+    rotation.start()
+    time.sleep(1.5)  # the new key is made; the peers are being given it
+    mesh.lab.reboot("pub1")
+    rotation.join()
+    assert "table inet wgmesh" in mesh.run("pub1", "nft", "list", "tables").stdout
+    again = mesh.playbook()
+    assert again.returncode == 0, again.stdout[-3000:]
+    new = mesh.run("pub2", "wg", "show", "wg0", "public-key").stdout.strip()
+    assert new != old
+    assert new in mesh.run("pub1", "wg", "show", "wg0", "peers").stdout.split()
+    pub2 = mesh.mesh_address("pub2")
+    [listener] = mesh.start_listeners({"pub2": pub2})
+    try:
+        assert mesh.probe("pub1", [("db", pub2, "tcp", 5432)]) == {"db": True}
+    finally:
+        mesh.stop(listener)
+    check = mesh.playbook("--check")
+    assert check.returncode == 0 and all(r["changed"] == 0 for r in recap(check.stdout).values())
+
+
 def test_a_host_behind_nat_reopens_its_tunnels_as_it_boots(mesh, capsys):
     """home1 sends nothing after its reboot: its units' hooks open every tunnel that keeps
     itself up (to the relay, to the public hosts), so its peers can reach it at once."""

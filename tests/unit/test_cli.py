@@ -252,3 +252,8 @@ def test_commands_find_the_inventory_as_ansible_does(tmp_path):
     out = subprocess.run([WGMESH, "check"], cwd=tmp_path, capture_output=True, text=True,
                          env={**env, "ANSIBLE_INVENTORY": str(site / "inventories/prod")})
     assert out.returncode == 0, out.stderr
+
+
+def test_version():
+    out = subprocess.run([WGMESH, "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout == "wgmesh 0.1.0\n"

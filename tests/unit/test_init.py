@@ -69,3 +69,4 @@ def test_the_wheel_carries_the_whole_collection(tmp_path):
     assert carried == set(tracked)
     assert {f"wgmesh/scaffold/{f}" for f in ("ansible.cfg", "gitignore", "policy.hujson",
                                              "github-workflow.yml")} <= names
+
