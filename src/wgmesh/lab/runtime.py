@@ -377,6 +377,9 @@ class Lab:
         # /etc/resolv.conf stays the root file system's: resolved's stub (which has no
         # server but the per-link ones wgmesh gives it, so other names fail at once).
         (etc / "machine-id").write_text(os.urandom(16).hex() + "\n")
+        # A persistent journal, as a server keeps: what a boot before the last one logged
+        # (its shutdown) can be read after a reboot.
+        (upper / "var/log/journal").mkdir(parents=True, exist_ok=True)
         ssh = etc / "ssh"
         run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", host.name,
             "-f", str(ssh / "ssh_host_ed25519_key"))
