@@ -39,6 +39,9 @@ description:
     split domains from their nameservers and everything else from the resolvers
     C(/etc/resolv.conf) named before (kept in C(/etc/wgmesh)); C(/etc/resolv.conf) is restored
     when the bundle has no split DNS any more.
+  - Where systemd runs the interfaces, installs a drop-in for C(wg-quick@) that, before an
+    interface starts, puts back the files of the last bundle that applied whole (so a host
+    rebooted half way through an apply comes back on its last good bundle).
   - On a host the policy's ssh rules name as destination, writes the sshd drop-in that lets
     each mesh source log in only as the users the rules name (connections to the host's mesh
     addresses only), checks it with C(sshd -t) and that sshd reads it (C(sshd -T)), then
@@ -763,6 +766,57 @@ def bundle_files(b: dict, sshd_dropin: str = SSHD_DROPIN) -> list[tuple[str, str
             (sshd_dropin, b.get("sshd"), 0o644)]
 
 
+# A reboot half way through an apply may leave files of two bundles on disk. Where systemd
+# runs the interfaces, each wg-quick@ start first puts back the files of the last bundle
+# that applied whole: a drop-in runs this fixed script with the list the apply writes as
+# its last step (LAST_GOOD_FILES in the state folder). Interfaces wgmesh does not run are
+# left alone.
+LAST_GOOD_FILES = "last-good-files.json"
+LAST_GOOD_SCRIPT = "/usr/local/lib/wgmesh/last-good"
+LAST_GOOD_DROPIN = "/etc/systemd/system/wg-quick@.service.d/wgmesh-last-good.conf"
+LAST_GOOD_SCRIPT_TEXT = """#!/usr/bin/env python3
+# wgmesh: before wg-quick@IFACE starts, put back the files of the last bundle that applied
+# whole (an apply a reboot interrupted may have written some of the next one's). Fixed text.
+import json
+import os
+import sys
+
+try:
+    with open(sys.argv[2]) as fh:
+        last = json.load(fh)
+except (OSError, ValueError):
+    sys.exit(0)
+if sys.argv[1] not in last["interfaces"]:
+    sys.exit(0)
+for path, text, mode in last["files"]:
+    try:
+        with open(path) as fh:
+            have = fh.read()
+    except OSError:
+        have = None
+    if have == text:
+        continue
+    print(f"wgmesh: {path} is not the last good bundle's ({last['hash']}): put back")
+    if text is None:
+        os.unlink(path)
+        continue
+    tmp = f"{path}.wgmesh-{os.getpid()}"  # wg0 and wg0-hop may start together
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+"""
+
+
+def last_good_dropin(state_dir: str) -> str:
+    return ("# wgmesh: an interrupted apply never leaves an interface on half a bundle.\n"
+            "[Service]\n"
+            f"ExecStartPre=/usr/bin/env python3 {LAST_GOOD_SCRIPT} %i "
+            f"{os.path.join(state_dir, LAST_GOOD_FILES)}\n")
+
+
 def sshd_binary() -> str | None:
     return shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/sbin/sshd")
                                          if os.path.exists(p)), None)
@@ -968,7 +1022,11 @@ class Host:
         self.diff_after: list[str] = []
 
     def files(self, b: dict) -> list[tuple[str, str | None, int]]:
-        return bundle_files(b, self.sshd_dropin)
+        files = bundle_files(b, self.sshd_dropin)
+        if self.service == "systemd":
+            files += [(LAST_GOOD_SCRIPT, LAST_GOOD_SCRIPT_TEXT, 0o755),
+                      (LAST_GOOD_DROPIN, last_good_dropin(self.state_dir), 0o644)]
+        return files
 
     def state(self) -> dict:
         text = read(os.path.join(self.state_dir, "state.json"))
@@ -990,12 +1048,16 @@ class Host:
             write_atomic(os.path.join(self.state_dir, "previous.json"), json.dumps(last), 0o600)
         write_atomic(os.path.join(self.state_dir, "bundle.json"), json.dumps(b), 0o600)
         write_atomic(os.path.join(self.state_dir, "state.json"), json.dumps(state), 0o600)
+        # Last: what a boot puts back if the next apply is interrupted (LAST_GOOD_SCRIPT).
+        write_atomic(os.path.join(self.state_dir, LAST_GOOD_FILES), json.dumps(
+            {"hash": b["hash"], "interfaces": [b["interface"], b["hop_interface"]],
+             "files": bundle_files(b, self.sshd_dropin)}), 0o600)
 
     def converge(self, b: dict, check_mode: bool, reload_table: bool = False) -> list[str]:
         """Compare the host with bundle ``b`` and repair every difference."""
         run, actions = self.run, []
         state = self.state()
-        sshd_changed = False
+        sshd_changed = units_changed = False
         for path, text, mode in self.files(b):
             old = read(path)
             if old != text:
@@ -1003,8 +1065,12 @@ class Host:
                 self.diff_before.append(f"--- {path}\n{old or ''}")
                 self.diff_after.append(f"+++ {path}\n{text or ''}")
                 sshd_changed |= path == self.sshd_dropin
+                units_changed |= path == LAST_GOOD_DROPIN
                 if not check_mode:
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
                     write_atomic(path, text, mode)
+        if units_changed and not check_mode:
+            run("systemctl", "daemon-reload")
         if sshd_changed and not check_mode:
             if b.get("sshd"):
                 check_sshd(self.sshd_config, b["sshd"], self.sshd_dropin)
@@ -1073,15 +1139,19 @@ class Host:
                 actions.append(reload_sshd(run, self.sshd_pidfile))
         for path in (f"/etc/wireguard/{interface}.conf", f"/etc/wireguard/{hop_interface}.conf",
                      RULESET, SYSCTL_PATH, *([] if keep_key else [self.key_file]),
-                     *(os.path.join(self.state_dir, f)
-                       for f in ("state.json", "bundle.json", "previous.json"))):
+                     LAST_GOOD_DROPIN, LAST_GOOD_SCRIPT,
+                     *(os.path.join(self.state_dir, f) for f in (
+                         "state.json", "bundle.json", "previous.json", LAST_GOOD_FILES))):
             if os.path.exists(path):
                 actions.append(f"remove {path}")
                 if not check_mode:
                     os.unlink(path)
-        for directory in (os.path.dirname(RULESET), self.state_dir):
+        for directory in (os.path.dirname(RULESET), self.state_dir,
+                          os.path.dirname(LAST_GOOD_SCRIPT), os.path.dirname(LAST_GOOD_DROPIN)):
             if os.path.isdir(directory) and not os.listdir(directory) and not check_mode:
                 os.rmdir(directory)
+        if f"remove {LAST_GOOD_DROPIN}" in actions and not check_mode:
+            run("systemctl", "daemon-reload")
         if forwarded:
             actions.append("stop forwarding")
             if not check_mode:
