@@ -488,8 +488,13 @@ def cmd_device_add(args) -> int:
         path = device.add_to_mesh(args.inventory, args.name, args.owner, args.tags, public)
         try:
             b = _build(args, run_tests=False)
+            if _qr_wanted(args):  # one that cannot be made is refused before any output
+                text, _ = device.client_config(b.compiler.host(args.name), b.mesh.network,
+                                               private)
+                device.qr(text, args.name)
         except InputError:
-            # The device does not fit the mesh (a tag its owner may not assign...): undo.
+            # The device does not fit the mesh (a tag its owner may not assign, a
+            # configuration too large for a QR code...): undo.
             write_atomic(path, original, mode=None)
             raise
     except BaseException:
@@ -521,6 +526,10 @@ def cmd_device_config(args) -> int:
     return _export(args, b, private)
 
 
+def _qr_wanted(args) -> bool:
+    return not args.no_qr or args.qr_png is not None or args.qr_svg is not None
+
+
 def _export(args, b, private: str | None) -> int:
     from wgmesh import device
 
@@ -531,7 +540,7 @@ def _export(args, b, private: str | None) -> int:
     print(text)
     for line in left_out:
         print(f"# not reachable from this device: {line}")
-    code = device.qr(text) if private else None
+    code = device.qr(text, args.name) if private and _qr_wanted(args) else None
     if code is not None and not args.no_qr:
         code.terminal(out=sys.stdout, compact=True)
     for path, kind in ((args.qr_png, "png"), (args.qr_svg, "svg")):

@@ -115,9 +115,17 @@ def client_config(host: HostOutput, net: Network, private_key: str | None
     return "\n".join(lines) + "\n", left_out
 
 
-def qr(text: str):
+def qr(text: str, name: str):
     """A QR code of the configuration (segno: pure Python, PNG and SVG without other
-    packages)."""
+    packages); an input error when the configuration does not fit in one."""
     import segno
+    from segno.encoder import DataOverflowError
 
-    return segno.make(text, error="l", micro=False)
+    try:
+        return segno.make(text, error="l", micro=False)
+    except DataOverflowError:
+        raise InputError([Problem(
+            name, 0, 0, "", f"its configuration ({len(text.encode())} bytes, with every peer "
+            "it may reach) is too large for one QR code",
+            "add it with --no-qr --key-out FILE and give the device the configuration as a "
+            "file (wgmesh device config NAME --key-file FILE --no-qr > NAME.conf)")]) from None

@@ -153,3 +153,37 @@ def test_a_key_file_that_cannot_be_new_changes_nothing(inv, tmp_path):
              "tag:nobody", "--key-out", str(key), inv=inv)
     assert out.returncode == 2 and not key.exists(), out.stderr
     assert {p: p.read_bytes() for p in inputs} == inputs
+
+
+def test_a_configuration_too_large_for_a_qr_code_is_refused_before_anything_is_written(
+        tmp_path):
+    """30 servers the owner may reach make a configuration no QR code holds: `device add`
+    says so and what to do, mesh.yml and the lockfile stay byte for byte, no key file is
+    left; with --no-qr the same device is added and its configuration printed."""
+    nodes = "".join(f"  srv{i}:\n    ansible_host: 192.0.2.{i + 10}\n"
+                    f"    endpoint: 192.0.2.{i + 10}:51820\n    tags: [tag:srv]\n"
+                    for i in range(30))
+    (tmp_path / "policy.hujson").write_text(
+        '{"tagOwners": {"tag:srv": []}, '
+        '"acls": [{"action": "accept", "src": ["ann@example.com"], "dst": ["tag:srv:443"]}]}')
+    (tmp_path / "mesh.yml").write_text(f"plugin: wgmesh\npolicy: policy.hujson\nnodes:\n{nodes}")
+    assert wg("lock", inv=tmp_path).returncode == 0
+    lock = yaml.safe_load((tmp_path / "mesh.lock.yml").read_text())
+    for node in lock["nodes"].values():
+        node["public_key"] = base64.b64encode(
+            bytes(PrivateKey.generate().public_key)).decode()
+    (tmp_path / "mesh.lock.yml").write_text(yaml.safe_dump(lock))
+    before = {f: (tmp_path / f).read_bytes() for f in ("mesh.yml", "mesh.lock.yml")}
+    key, png = tmp_path / "ann.key", tmp_path / "ann.png"
+    # A QR code in the terminal (the default), or only as a PNG file.
+    for extra in ([], ["--no-qr", "--qr-png", str(png)]):
+        out = wg("device", "add", "ann-phone", "--owner", "ann@example.com", "--key-out",
+                 str(key), *extra, inv=tmp_path)
+        assert out.returncode == 2, out.stdout + out.stderr
+        assert "too large for one QR code" in out.stderr and "--no-qr --key-out" in out.stderr
+        assert out.stdout == "" and not key.exists() and not png.exists()
+        assert {f: (tmp_path / f).read_bytes() for f in before} == before
+    out = wg("device", "add", "ann-phone", "--owner", "ann@example.com", "--key-out", str(key),
+             "--no-qr", inv=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("[Peer]") == 30 and "█" not in out.stdout
