@@ -13,6 +13,19 @@ APT_PACKAGES=(wireguard-tools wireguard-go nftables openssh-server openssh-clien
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 
+# A venv of interpreter $1 in folder $2 with the pinned packages, constraints file $3
+# (default constraints.txt); made again when pyproject.toml or constraints.txt change.
+pinned_venv() {
+    local py=$1 venv=$2 constraints=${3:-constraints.txt}
+    if [[ ! -f $venv/.wgmesh-installed || pyproject.toml -nt $venv/.wgmesh-installed
+          || constraints.txt -nt $venv/.wgmesh-installed ]]; then
+        echo "== python: installing the pinned packages in $venv"
+        [[ -x $venv/bin/python ]] || "$py" -m venv "$venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check -c "$constraints" -e '.[test]'
+        touch "$venv/.wgmesh-installed"
+    fi
+}
+
 install() {
     local missing=()
     for pkg in "${APT_PACKAGES[@]}"; do
@@ -24,15 +37,9 @@ install() {
         # No recommends: wireguard recommends a kernel image, which the lab does not need.
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
     fi
-    local stamp=$VENV/.wgmesh-installed
-    if [[ ! -f $stamp || pyproject.toml -nt $stamp || constraints.txt -nt $stamp ]]; then
-        echo "== python: creating $VENV with the pinned packages"
-        "$PYTHON" -c 'import sys; assert (3, 11) <= sys.version_info[:2] <= (3, 13), sys.version' \
-            || { echo "wgmesh needs Python 3.11 to 3.13; set PYTHON=" >&2; exit 2; }
-        [[ -x $VENV/bin/python ]] || "$PYTHON" -m venv "$VENV"
-        "$VENV/bin/pip" install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
-        touch "$stamp"
-    fi
+    "$PYTHON" -c 'import sys; assert (3, 11) <= sys.version_info[:2] <= (3, 13), sys.version' \
+        || { echo "wgmesh needs Python 3.11 to 3.13; set PYTHON=" >&2; exit 2; }
+    pinned_venv "$PYTHON" "$VENV"
     "$VENV/bin/ansible-galaxy" install -r requirements.yml >/dev/null
 }
 
@@ -52,22 +59,16 @@ find_python() {  # a runnable interpreter of version $1 (PATH, then pyenv's vers
 }
 
 other_pythons() {
-    local v py venv
+    local v py
     for v in "${OTHER_PYTHONS[@]}"; do
         py=$(find_python "$v")
         if [[ -z $py ]]; then
             echo "== python $v: not on this machine, so not tested here"
             continue
         fi
-        venv=.venv-$v
         echo "== python $v ($py): install the pinned packages, run the unit tests"
-        if [[ ! -f $venv/.wgmesh-installed || pyproject.toml -nt $venv/.wgmesh-installed
-              || constraints.txt -nt $venv/.wgmesh-installed ]]; then
-            [[ -x $venv/bin/python ]] || "$py" -m venv "$venv"
-            "$venv/bin/pip" install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
-            touch "$venv/.wgmesh-installed"
-        fi
-        "$venv/bin/pytest" tests/unit -q -p no:cacheprovider
+        pinned_venv "$py" ".venv-$v"
+        ".venv-$v/bin/pytest" tests/unit -q -p no:cacheprovider
     done
 }
 
@@ -77,15 +78,11 @@ OLDEST_ANSIBLE=(ansible-core==2.18.19 resolvelib==1.0.1)
 
 oldest_ansible() {
     local venv=.venv-ansible-oldest
+    local constraints=.constraints-ansible-oldest.txt
     echo "== ${OLDEST_ANSIBLE[0]}: install, run the unit tests and the mesh's lab run"
-    if [[ ! -f $venv/.wgmesh-installed || pyproject.toml -nt $venv/.wgmesh-installed
-          || constraints.txt -nt $venv/.wgmesh-installed ]]; then
-        [[ -x $venv/bin/python ]] || "$PYTHON" -m venv "$venv"
-        grep -v -e '^ansible-core==' -e '^resolvelib==' constraints.txt > "$venv/constraints.txt"
-        printf '%s\n' "${OLDEST_ANSIBLE[@]}" >> "$venv/constraints.txt"
-        "$venv/bin/pip" install -q --disable-pip-version-check -c "$venv/constraints.txt" -e '.[test]'
-        touch "$venv/.wgmesh-installed"
-    fi
+    grep -v -e '^ansible-core==' -e '^resolvelib==' constraints.txt > "$constraints"
+    printf '%s\n' "${OLDEST_ANSIBLE[@]}" >> "$constraints"
+    pinned_venv "$PYTHON" "$venv" "$constraints"
     "$venv/bin/python" -c 'import ansible.release as r; print("ansible-core", r.__version__)'
     "$venv/bin/pytest" tests/unit tests/lab/test_mesh.py -q -p no:cacheprovider
 }
@@ -122,8 +119,9 @@ run_tests() {
     # 5 = no tests collected: not a failure of the code, but say so loudly.
     if ((rc == 5)); then echo "pytest collected no tests"; rc=0; fi
     ((rc == 0)) || return $rc
-    echo "== molecule test (every scenario: default, systemd; each on its own lab)"
-    molecule test --all
+    echo "== molecule test (the default scenario, then systemd; each on its own lab)"
+    molecule test
+    molecule test -s systemd
     other_pythons
     oldest_ansible
 }
