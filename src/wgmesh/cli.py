@@ -488,10 +488,8 @@ def cmd_device_add(args) -> int:
         path = device.add_to_mesh(args.inventory, args.name, args.owner, args.tags, public)
         try:
             b = _build(args, run_tests=False)
-            if _qr_wanted(args):  # one that cannot be made is refused before any output
-                text, _ = device.client_config(b.compiler.host(args.name), b.mesh.network,
-                                               private)
-                device.qr(text, args.name)
+            # A QR code that cannot be made is refused before any output.
+            made = None if args.name in b.compiler.expired else _configuration(args, b, private)
         except InputError:
             # The device does not fit the mesh (a tag its owner may not assign, a
             # configuration too large for a QR code...): undo.
@@ -505,7 +503,7 @@ def cmd_device_add(args) -> int:
     b.lock.allocated = []  # pinned now
     print(f"{args.name} added to {path} (managed: false, public key {public}); "
           f"address pinned in {b.lock.path}. Commit both.", file=sys.stderr)
-    return _export(args, b, private)
+    return _export(args, b, private, made)
 
 
 def cmd_device_config(args) -> int:
@@ -530,17 +528,24 @@ def _qr_wanted(args) -> bool:
     return not args.no_qr or args.qr_png is not None or args.qr_svg is not None
 
 
-def _export(args, b, private: str | None) -> int:
+def _configuration(args, b, private: str | None) -> tuple[str, list[str], object]:
+    """The device's configuration, the peers it leaves out, and its QR code when one is
+    asked for (an input error when the configuration does not fit in one)."""
     from wgmesh import device
 
+    text, left_out = device.client_config(b.compiler.host(args.name), b.mesh.network, private)
+    code = device.qr(text, args.name) if private and _qr_wanted(args) else None
+    return text, left_out, code
+
+
+def _export(args, b, private: str | None, made: tuple | None = None) -> int:
     if args.name in b.compiler.expired:
         print(f"error: {args.name} has expired and has no peers", file=sys.stderr)
         return 1
-    text, left_out = device.client_config(b.compiler.host(args.name), b.mesh.network, private)
+    text, left_out, code = made or _configuration(args, b, private)
     print(text)
     for line in left_out:
         print(f"# not reachable from this device: {line}")
-    code = device.qr(text, args.name) if private and _qr_wanted(args) else None
     if code is not None and not args.no_qr:
         code.terminal(out=sys.stdout, compact=True)
     for path, kind in ((args.qr_png, "png"), (args.qr_svg, "svg")):
