@@ -810,6 +810,11 @@ for path, text, mode in last["files"]:
 """
 
 
+# The state folder lands on a systemd command line (LAST_GOOD_DROPIN): main() lets through
+# only a plain absolute path, whole-string (no space, quote, '%', '$' or line end).
+PLAIN_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
+
+
 def last_good_dropin(state_dir: str) -> str:
     return ("# wgmesh: an interrupted apply never leaves an interface on half a bundle.\n"
             "[Service]\n"
@@ -1130,6 +1135,7 @@ class Host:
             if not check_mode:
                 run("nft", "delete", "table", *TABLE)
         forwarded = os.path.exists(SYSCTL_PATH)
+        dropin_installed = os.path.exists(LAST_GOOD_DROPIN)
         if not resolved_runs():  # (resolved forgets a link's DNS when the link goes)
             actions += sync_dnsmasq(run, None, check_mode)
         if os.path.exists(self.sshd_dropin):
@@ -1150,7 +1156,7 @@ class Host:
                           os.path.dirname(LAST_GOOD_SCRIPT), os.path.dirname(LAST_GOOD_DROPIN)):
             if os.path.isdir(directory) and not os.listdir(directory) and not check_mode:
                 os.rmdir(directory)
-        if f"remove {LAST_GOOD_DROPIN}" in actions and not check_mode:
+        if dropin_installed and not check_mode:
             run("systemctl", "daemon-reload")
         if forwarded:
             actions.append("stop forwarding")
@@ -1371,6 +1377,9 @@ def main() -> None:
         module.fail_json(msg="wgmesh needs root on this host (WireGuard keys, interfaces, "
                          "nftables): connect as root, or as a user with sudo and "
                          "ansible_become: true (group_vars/all.yml beside mesh.yml)")
+    if not PLAIN_PATH.fullmatch(module.params["state_dir"]):
+        module.fail_json(msg=f"state_dir {module.params['state_dir']!r} is not a plain absolute "
+                         "path (letters, digits, '.', '_', '-' and '/')")
     host = Host(module)
     check_mode = module.check_mode
     before = host.state()

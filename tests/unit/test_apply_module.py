@@ -234,3 +234,11 @@ def test_per_link_dns_with_systemd_resolved():
     assert apply.sync_resolved(run, "wg0", dns, check_mode=False) == []  # nothing differs
     apply.sync_resolved(run, "wg0", None, check_mode=False)
     assert run.calls[-1] == ("resolvectl", "revert", "wg0") and run.link["domain"] == []
+
+
+def test_only_a_plain_state_folder_reaches_the_last_good_drop_in():
+    assert apply.PLAIN_PATH.fullmatch("/var/lib/wgmesh")
+    assert "%i /var/lib/wgmesh/last-good-files.json\n" in apply.last_good_dropin("/var/lib/wgmesh")
+    for bad in ("/var/lib/wg mesh", "/var/lib/x\nExecStartPre=/bin/sh", "var/lib", "/a/%h",
+                "/a/$x", "/"):
+        assert not apply.PLAIN_PATH.fullmatch(bad), bad
