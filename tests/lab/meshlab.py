@@ -399,3 +399,22 @@ def policy_with(mesh, tmp_path, old: str, new: str):
     path = tmp_path / "changed.hujson"
     path.write_text(text.replace(old, new))
     return path
+
+
+GIT_URL = "git://192.0.2.80/mesh.git"
+
+
+def serve_git(lab) -> None:
+    """`git daemon` on the lab host web (GIT_URL), for pull mode."""
+    lab.run("web", "sh", "-c", "mkdir -p /var/lib/git && git init -q --bare -b main "
+            "/var/lib/git/mesh.git && git daemon --reuseaddr --detach --export-all "
+            "--base-path=/var/lib/git --listen=192.0.2.80 --pid-file=/run/git-daemon.pid")
+
+
+def publish(lab, repo: Path) -> None:
+    """The repository's main branch to web's git daemon (a bundle through stdin)."""
+    data = subprocess.run(["git", "-C", str(repo), "bundle", "create", "-", "main"],
+                          capture_output=True, check=True).stdout
+    subprocess.run(lab.lab.exec_argv("web", [
+        "sh", "-c", "cat > /tmp/push.bundle && git -C /var/lib/git/mesh.git fetch -q --force "
+        "/tmp/push.bundle main:main"]), input=data, check=True, timeout=30)

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import BIN, REPO, ansible_env
-from meshlab import MeshLab, recap, snapshot
+from meshlab import GIT_URL, MeshLab, publish, recap, serve_git, snapshot
 from nacl.signing import SigningKey
 
 from wgmesh import render, signing
@@ -42,7 +42,6 @@ WGMESH = str(BIN / "wgmesh")
 # where the lab hosts see it (their /tmp, /root, /run, /etc are their own; /var shows through).
 HOST_SIDE = Path("/var/tmp/wgmesh-wgp")
 HOST_WGMESH = str(HOST_SIDE / ".venv/bin/wgmesh")
-URL = "git://192.0.2.80/mesh.git"
 ADMINS = ("ann", "ben", "cat")
 WIDEN = ('"dst": ["tag:db:5432"]', '"dst": ["tag:db:5432", "tag:db:8080"]')
 
@@ -71,12 +70,7 @@ class Site:
     def commit(self, message: str) -> None:
         git(self.repo, "add", "-A")
         git(self.repo, "commit", "-q", "-m", message)
-        # To the lab's git server: a bundle through stdin, fetched into its bare repository.
-        data = subprocess.run(["git", "-C", str(self.repo), "bundle", "create", "-", "main"],
-                              capture_output=True, check=True).stdout
-        subprocess.run(self.lab.lab.exec_argv("web", [
-            "sh", "-c", "cat > /tmp/push.bundle && git -C /var/lib/git/mesh.git fetch -q "
-            "--force /tmp/push.bundle main:main"]), input=data, check=True, timeout=30)
+        publish(self.lab, self.repo)
 
     def sign(self, *admins: str) -> None:
         wg(self.repo, "manifest", "create")
@@ -141,16 +135,14 @@ def _enrolled_site(s: Site):
     # (home2 without a trust file: its first run installs the one mesh.yml states.)
     for node in lab.mesh_nodes:
         given = ["--trust", "/dev/stdin"] if node != "home2" else []
-        out = lab.run(node, HOST_WGMESH, "host", "enrol", *given, "--pull", URL,
+        out = lab.run(node, HOST_WGMESH, "host", "enrol", *given, "--pull", GIT_URL,
                       "--node", node, "--inventory", "inventories/site", "--every", "30",
                       stdin=trust)
         assert "no systemd here" in out.stderr
         # ...and an admin pins the public key it printed, for a pull request.
         wg(repo, "enrol", node, out.stdout.strip())
     s.sign("ann", "ben")
-    lab.run("web", "sh", "-c", "mkdir -p /var/lib/git && git init -q --bare -b main "
-            "/var/lib/git/mesh.git && git daemon --reuseaddr --detach --export-all "
-            "--base-path=/var/lib/git --listen=192.0.2.80 --pid-file=/run/git-daemon.pid")
+    serve_git(lab)
     s.commit("the mesh, signed by ann and ben")
     yield s
 

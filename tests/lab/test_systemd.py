@@ -17,7 +17,18 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import BIN, REPO
-from meshlab import MeshLab, intended, lockfile, ping_losses, policy_with, recap, running
+from meshlab import (
+    GIT_URL,
+    MeshLab,
+    intended,
+    lockfile,
+    ping_losses,
+    policy_with,
+    publish,
+    recap,
+    running,
+    serve_git,
+)
 from test_split_dns import dnsmasq
 
 pytestmark = pytest.mark.lab
@@ -313,22 +324,12 @@ def test_a_host_rebooted_half_way_through_an_apply_comes_back_on_its_last_good_b
     assert status.returncode == 0 and "- in sync" in status.stdout, status.stdout[-3000:]
 
 # Pull mode on home1: the repository is served by `git daemon` on the lab host web.
-PULL_URL = "git://192.0.2.80/mesh.git"
 
 
 def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), "-c", "user.name=t", "-c",
                            "user.email=t@example.com", *args], capture_output=True, text=True,
                           check=True).stdout
-
-
-def publish(mesh, repo: Path) -> None:
-    """The repository's main branch to web's git daemon (a bundle through stdin)."""
-    data = subprocess.run(["git", "-C", str(repo), "bundle", "create", "-", "main"],
-                          capture_output=True, check=True).stdout
-    subprocess.run(mesh.lab.exec_argv("web", [
-        "sh", "-c", "cat > /tmp/push.bundle && git -C /var/lib/git/mesh.git fetch -q --force "
-        "/tmp/push.bundle main:main"]), input=data, check=True, timeout=30)
 
 
 def test_pull_mode_timer_applies_a_new_commit_on_its_own(mesh, tmp_path, capsys):
@@ -359,13 +360,11 @@ def test_pull_mode_timer_applies_a_new_commit_on_its_own(mesh, tmp_path, capsys)
     git(repo, "init", "-q", "-b", "main")
     git(repo, "add", ".")
     git(repo, "commit", "-qm", "the mesh")
-    mesh.run("web", "sh", "-c", "mkdir -p /var/lib/git && git init -q --bare -b main "
-             "/var/lib/git/mesh.git && git daemon --reuseaddr --detach --export-all "
-             "--base-path=/var/lib/git --listen=192.0.2.80 --pid-file=/run/git-daemon.pid")
+    serve_git(mesh)
     publish(mesh, repo)
 
     enrol = mesh.run("home1", "/opt/wgmesh/.venv/bin/wgmesh", "host", "enrol", "--pull",
-                     PULL_URL, "--node", "home1", "--inventory", "inventories/site",
+                     GIT_URL, "--node", "home1", "--inventory", "inventories/site",
                      "--every", "10", timeout=60)
     assert "wgmesh-pull.timer started" in enrol.stdout + enrol.stderr, enrol.stderr
     pinned = yaml.safe_load((repo / "inventories/site/mesh.lock.yml").read_text())
