@@ -257,3 +257,15 @@ def test_commands_find_the_inventory_as_ansible_does(tmp_path):
 def test_version():
     out = subprocess.run([WGMESH, "--version"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout == "wgmesh 0.1.0\n"
+
+
+def test_the_readmes_eval_example_answers_as_shown():
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    query, shown = re.search(r"echo '(\{.*\})' \\\n\s+\| \.venv/bin/wgmesh eval -i "
+                             r"inventories/example\s+# (.*)", readme).groups()
+    out = subprocess.run([WGMESH, "eval", "-i", "inventories/example"], input=query + "\n",
+                         capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert '"allow": true' in shown and answer["allow"] is True
