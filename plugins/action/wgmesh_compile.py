@@ -8,7 +8,7 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
 try:
-    from wgmesh import render, signing
+    from wgmesh import agent, render, signing
     from wgmesh.build import KeyMismatch, PolicyTestFailure, build, source_commit
     from wgmesh.compiler import fewer_gc_passes
     from wgmesh.errors import InputError
@@ -86,7 +86,7 @@ class ActionModule(ActionBase):
                         "bundle": render.bundle(h, net, b.alloc[name].public_key, commit),
                         "relay": bool(node.relay),
                         "addresses": [str(h.ipv4), str(h.ipv6)],
-                        "peers": [{"name": p.name, "connection": p.connection,
+                        "peers": [{"name": p.name, "connection": p.connection, "relay": p.relay,
                                    "endpoint": p.endpoint, "public_key": p.public_key,
                                    "address": p.allowed_ips[0].split("/")[0]}
                                   for p in h.peers],
@@ -120,6 +120,10 @@ class ActionModule(ActionBase):
             pinned=sorted(n for n, a in b.alloc.items() if a.public_key),
             rotated=sorted(rotate & set(keys)),
         )
+        if any("agent" in h.get("bundle", {}) for h in out.values()):
+            # The NAT traversal agent hosts install (wgmesh_apply's agent_program).
+            with open(agent.__file__, encoding="utf-8") as fh:
+                result["agent_program"] = fh.read()
         if b.mesh.signing is not None:
             result.update(manifest=b.manifest, trust=signing.trust_of(b),
                           serial=b.manifest["manifest"]["serial"])

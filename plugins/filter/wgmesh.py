@@ -31,8 +31,11 @@ def _age(epoch: int, now: float) -> str:
     return f"{secs}s ago" if secs < 120 else f"{secs // 60}m ago"
 
 
-def peer_status(dump: str, host_plan: dict) -> list[str]:
-    """One line per compiled peer: connection type, endpoint in use, handshake, bytes."""
+def peer_status(dump: str, host_plan: dict, agent: dict | None = None) -> list[str]:
+    """One line per compiled peer: its path (``direct``, ``lan``, ``relay via X``, or
+    ``direct (punched)`` when the host's agent moved a relayed pair to a direct path, with
+    the time of its last upgrade or fallback), endpoint in use, handshake, bytes."""
+    punched = (agent or {}).get("peers") or {}
     now = time.time()
     running = {}
     for line in dump.splitlines()[1:]:
@@ -45,7 +48,16 @@ def peer_status(dump: str, host_plan: dict) -> list[str]:
         if r is None:
             lines.append(f"{p['name']:<10} {p['connection']:<7} NOT CONFIGURED")
             continue
-        lines.append(f"{p['name']} {p['connection']}, endpoint {r['endpoint']}, handshake "
+        path = p["connection"]
+        if path == "relay":
+            path = f"relay via {p['relay']}" if p.get("relay") else "relay"
+            a = punched.get(p["name"])
+            if a:
+                path = a["path"] if a.get("path") in ("direct (punched)", "trying direct") \
+                    else path
+                if a.get("last_event"):
+                    path += f" ({a['last_event']} at {a['last_event_at']})"
+        lines.append(f"{p['name']} {path}, endpoint {r['endpoint']}, handshake "
                      f"{_age(r['handshake'], now)}, rx/tx {r['rx']}/{r['tx']} B")
     return lines or ["no peers (the policy gives this host none)"]
 

@@ -124,6 +124,15 @@ options:
       and digest of the manifest it runs (kept when the host leaves the mesh).
     type: path
     default: /etc/wgmesh/trust.json
+  agent_program:
+    description:
+      - The NAT traversal agent (wgmesh's C(agent.py), standard library only), installed as
+        C(agent.py) in I(state_dir) when the bundle has an agent part (lighthouses, and
+        nodes behind NAT with relayed peers) and removed when it has none. Where systemd
+        runs, the module also installs, enables and (re)starts C(wgmesh-agent.service);
+        elsewhere the host's supervisor runs C(python3 STATE_DIR/agent.py).
+      - C(wgmesh_compile) returns it as C(agent_program).
+    type: str
   root:
     description:
       - Write the bundle's files (and the names block, and the bundle as the record of what
@@ -464,7 +473,8 @@ def public_key_of(key_file: str, run: Runner) -> str:
 
 
 def sync_interface(run: Runner, iface: str, conf_text: str, key_file: str, service: str,
-                   keep: list[str], check_mode: bool) -> list[str]:
+                   keep: list[str], check_mode: bool,
+                   roaming: frozenset[str] | set[str] = frozenset()) -> list[str]:
     """Make the running interface equal to its configuration, live; its file is written
     already (wg-quick reads it). Returns what differed, in words."""
     conf = parse_conf(conf_text)
@@ -502,7 +512,8 @@ def sync_interface(run: Runner, iface: str, conf_text: str, key_file: str, servi
     updated = sorted(k for k in set(want) & set(have)
                      if not same_networks(want[k]["allowed"], have[k]["allowed"])
                      or want[k]["keepalive"] != have[k]["keepalive"]
-                     or endpoint_differs(want[k]["endpoint"], have[k]["endpoint"]))
+                     or (k not in roaming
+                         and endpoint_differs(want[k]["endpoint"], have[k]["endpoint"])))
     if added or removed or updated or (want_port and want_port != port):
         names = peer_names(conf_text)
         words = [f"+{names.get(k, k)}" for k in added] + [f"-{k}" for k in removed] + [
@@ -514,7 +525,7 @@ def sync_interface(run: Runner, iface: str, conf_text: str, key_file: str, servi
         actions.append(f"{iface} peers: {', '.join(words)}")
         if not check_mode:
             set_peers(run, iface, want, have, added, removed, updated,
-                      want_port if want_port and want_port != port else None)
+                      want_port if want_port and want_port != port else None, roaming)
 
     # Addresses, MTU and routes for allowed IPs outside the interface's own prefixes.
     want_addrs = {str(ipaddress.ip_interface(a.strip())) for v in
@@ -553,7 +564,7 @@ PEERS_PER_SET = 200
 
 def set_peers(run: Runner, iface: str, want: dict[str, dict], have: dict[str, dict],
               added: list[str], removed: list[str], updated: list[str],
-              port: int | None) -> None:
+              port: int | None, roaming: frozenset[str] | set[str] = frozenset()) -> None:
     """Change only the peers that differ, and only what differs of them, with `wg set`.
     A peer the change leaves alone is not written at all: wireguard-go replaces a peer's
     allowed IPs by removing them first, so rewriting an unchanged peer (as `wg syncconf`
@@ -562,7 +573,8 @@ def set_peers(run: Runner, iface: str, want: dict[str, dict], have: dict[str, di
     for k in [*added, *updated]:
         w, h = want[k], have.get(k)
         one = ["peer", k]
-        if w["endpoint"] and (h is None or endpoint_differs(w["endpoint"], h["endpoint"])):
+        if w["endpoint"] and (h is None or (k not in roaming and endpoint_differs(
+                w["endpoint"], h["endpoint"]))):
             one += ["endpoint", w["endpoint"]]
         if h is None or w["keepalive"] != h["keepalive"]:
             one += ["persistent-keepalive", str(w["keepalive"]) if w["keepalive"] else "off"]
@@ -815,6 +827,27 @@ for path, text, mode in last["files"]:
 PLAIN_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
 
 
+AGENT_PROGRAM = "agent.py"
+AGENT_SERVICE = "wgmesh-agent.service"
+AGENT_UNIT = "/etc/systemd/system/" + AGENT_SERVICE
+
+
+def agent_unit(state_dir: str, interface: str) -> str:
+    """The agent as a service, with what it needs and no more: wg(8) (CAP_NET_ADMIN), a
+    socket bound to the mesh interface (CAP_NET_RAW), its status file in state_dir."""
+    return (
+        "[Unit]\nDescription=wgmesh agent: direct paths between nodes behind NAT\n"
+        f"After=network-online.target wg-quick@{interface}.service\nWants=network-online.target\n\n"
+        f"[Service]\nExecStart=/usr/bin/python3 {os.path.join(state_dir, AGENT_PROGRAM)} "
+        f"--state-dir {state_dir}\nRestart=always\nRestartSec=2\n"
+        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW\nNoNewPrivileges=yes\n"
+        f"ProtectSystem=strict\nReadWritePaths={state_dir} -/run/wireguard\n"
+        "ProtectHome=yes\nPrivateTmp=yes\nProtectKernelModules=yes\n"
+        "ProtectControlGroups=yes\nRestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 "
+        "AF_NETLINK\nLockPersonality=yes\nMemoryDenyWriteExecute=yes\n\n"
+        "[Install]\nWantedBy=multi-user.target\n")
+
+
 def last_good_dropin(state_dir: str) -> str:
     return ("# wgmesh: an interrupted apply never leaves an interface on half a bundle.\n"
             "[Service]\n"
@@ -1019,6 +1052,7 @@ class Host:
         self.sshd_config, self.sshd_dropin = p["sshd_config"], p["sshd_dropin"]
         self.sshd_pidfile = p["sshd_pidfile"]
         self.hosts_file, self.state_dir = p["hosts_file"], p["state_dir"]
+        self.agent_program = p.get("agent_program")
         service = p["service"]
         if service == "auto":
             service = "systemd" if os.path.isdir("/run/systemd/system") else "wg-quick"
@@ -1032,6 +1066,48 @@ class Host:
             files += [(LAST_GOOD_SCRIPT, LAST_GOOD_SCRIPT_TEXT, 0o755),
                       (LAST_GOOD_DROPIN, last_good_dropin(self.state_dir), 0o644)]
         return files
+
+    def agent_files(self, b: dict) -> list[tuple[str, str | None, int]]:
+        """The agent's program and (where systemd runs) its unit; none without an agent
+        part. Without the program (an older controller) what is installed stays."""
+        wanted = b.get("agent") is not None
+        if wanted and self.agent_program is None:
+            return []
+        program = os.path.join(self.state_dir, AGENT_PROGRAM)
+        files = [(program, self.agent_program if wanted else None, 0o644)]
+        if self.service == "systemd":
+            files.append((AGENT_UNIT, agent_unit(self.state_dir, b["interface"]) if wanted
+                          else None, 0o644))
+        return files
+
+    def sync_agent(self, b: dict, check_mode: bool) -> list[str]:
+        """Install, start or remove the agent, after the bundle it reads is recorded."""
+        run, actions, changed = self.run, [], False
+        for path, text, mode in self.agent_files(b):
+            old = read(path)
+            if old != text:
+                changed = True
+                actions.append(f"{'write' if text is not None else 'remove'} {path}")
+                if not check_mode:
+                    if text is None:
+                        if path == AGENT_UNIT:
+                            run.rc("systemctl", "disable", "--now", AGENT_SERVICE)
+                        os.unlink(path)
+                    else:
+                        os.makedirs(os.path.dirname(path), exist_ok=True)
+                        write_atomic(path, text, mode)
+        if self.service != "systemd" or b.get("agent") is None or not self.agent_files(b):
+            if changed and not check_mode and self.service == "systemd":
+                run("systemctl", "daemon-reload")
+            return actions
+        active = run.rc("systemctl", "is-active", "--quiet", AGENT_SERVICE) == 0
+        if changed or not active:
+            actions.append(f"{'restart' if active else 'start'} {AGENT_SERVICE}")
+            if not check_mode:
+                run("systemctl", "daemon-reload")
+                run("systemctl", "enable", AGENT_SERVICE)
+                run("systemctl", "restart", AGENT_SERVICE)
+        return actions
 
     def state(self) -> dict:
         text = read(os.path.join(self.state_dir, "state.json"))
@@ -1106,8 +1182,11 @@ class Host:
         else:
             actions += take_down(run, hop, self.service, f"/etc/wireguard/{hop}.conf",
                                  check_mode)
+        # The agent moves relayed peers to a direct path and back: their endpoints are live
+        # state, never drift (everything else of them is compared as usual).
+        roaming = {p["public_key"] for p in (b.get("agent") or {}).get("punch", [])}
         actions += sync_interface(run, wg, b["wg_conf"], self.key_file, self.service,
-                                  b["management_networks"], check_mode)
+                                  b["management_networks"], check_mode, roaming)
 
         text = read(self.hosts_file) or ""
         new = with_hosts_block(text, wg, b["hosts_block"] or None)
@@ -1135,7 +1214,9 @@ class Host:
             if not check_mode:
                 run("nft", "delete", "table", *TABLE)
         forwarded = os.path.exists(SYSCTL_PATH)
-        dropin_installed = os.path.exists(LAST_GOOD_DROPIN)
+        dropin_installed = os.path.exists(LAST_GOOD_DROPIN) or os.path.exists(AGENT_UNIT)
+        if os.path.exists(AGENT_UNIT) and not check_mode:
+            run.rc("systemctl", "disable", "--now", AGENT_SERVICE)
         if not resolved_runs():  # (resolved forgets a link's DNS when the link goes)
             actions += sync_dnsmasq(run, None, check_mode)
         if os.path.exists(self.sshd_dropin):
@@ -1145,9 +1226,10 @@ class Host:
                 actions.append(reload_sshd(run, self.sshd_pidfile))
         for path in (f"/etc/wireguard/{interface}.conf", f"/etc/wireguard/{hop_interface}.conf",
                      RULESET, SYSCTL_PATH, *([] if keep_key else [self.key_file]),
-                     LAST_GOOD_DROPIN, LAST_GOOD_SCRIPT,
+                     LAST_GOOD_DROPIN, LAST_GOOD_SCRIPT, AGENT_UNIT,
                      *(os.path.join(self.state_dir, f) for f in (
-                         "state.json", "bundle.json", "previous.json", LAST_GOOD_FILES))):
+                         "state.json", "bundle.json", "previous.json", LAST_GOOD_FILES,
+                         AGENT_PROGRAM, "agent.json"))):
             if os.path.exists(path):
                 actions.append(f"remove {path}")
                 if not check_mode:
@@ -1339,6 +1421,12 @@ def check_bundle(b: dict) -> None:
             check_dns(b["dns"])
         except ValueError as exc:
             raise ApplyError(f"the bundle's split DNS has a bad nameserver: {exc}") from exc
+    agent = b.get("agent")
+    if agent is not None and not (
+            isinstance(agent, dict) and isinstance(agent.get("port"), int)
+            and all(isinstance(agent.get(k, []), list) for k in ("lighthouses", "punch"))
+            and all(KEY_TEXT.fullmatch(str(p.get("public_key"))) for p in agent.get("punch", []))):
+        raise ApplyError("the bundle's agent part is malformed")
     # The bundle's hash covers its content: a bundle changed on the way is refused.
     body = {k: v for k, v in b.items() if k not in ("hash", "commit")}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
@@ -1366,6 +1454,7 @@ def main() -> None:
             "sshd_dropin": {"type": "path", "default": SSHD_DROPIN},
             "sshd_pidfile": {"type": "path", "default": "/run/sshd.pid"},
             "root": {"type": "path"},
+            "agent_program": {"type": "str"},
             "manifest": {"type": "dict"},
             "trust": {"type": "dict"},
             "trust_file": {"type": "path", "default": TRUST_FILE},
@@ -1465,6 +1554,7 @@ def main() -> None:
         actions = host.converge(b, check_mode)
         if not check_mode and (actions or before.get("hash") != b["hash"]):
             host.record(b)
+        actions += host.sync_agent(b, check_mode)
     except (ApplyError, OSError) as exc:
         cause = str(exc)
         last = host.last_good()

@@ -112,6 +112,10 @@ trust:
   description: The admins and threshold mesh.yml states (installed on a host that has none).
   returned: when mesh.yml has a signing section
   type: dict
+agent_program:
+  description: The NAT traversal agent's program (wgmesh_apply's I(agent_program)).
+  returned: when a bundle has an agent part (the mesh has lighthouses and relayed pairs)
+  type: str
 serial:
   description: The manifest's serial.
   returned: when mesh.yml has a signing section

@@ -264,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("up", cmd_lab_up, "create the lab (idempotent) and print its hosts"),
         ("down", cmd_lab_down, "remove every namespace, link, process and file of the lab"),
         ("status", cmd_lab_status, "show each node and whether it runs"),
+        ("agents", cmd_lab_agents, "start the NAT traversal agent on the hosts that have it "
+         "and no systemd to run it (after site.yml)"),
     ]:
         p = lab_sub.add_parser(name, help=text)
         _topology_arg(p)
@@ -980,6 +982,14 @@ def _print_status(lab):
     for r in rows:
         print(f"  {r.name:<{width}}  {r.kind:<28} {r.address:<32} {r.state}")
     return rows
+
+
+def cmd_lab_agents(args) -> int:
+    lab = _lab(args)
+    started = lab.start_agents()
+    print("agents started on: " + (", ".join(started) if started else "none (running, or "
+                                   "not installed: run site.yml first)"))
+    return 0
 
 
 def cmd_lab_exec(args) -> int:

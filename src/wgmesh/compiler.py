@@ -82,6 +82,25 @@ class Hop:
 
 
 @dataclass
+class Agent:
+    """NAT traversal on one host (docs/relay.md): the host's agent asks ``lighthouses`` what
+    they see, and may move its relayed ``punch`` peers to a direct path; a lighthouse answers
+    its ``clients`` (mesh IPv4 -> name, key, the keys of the peers it may learn about)."""
+
+    port: int
+    address: str
+    lighthouses: list[tuple[str, str, str]]  # name, mesh IPv4, public key
+    punch: list[tuple[str, str, str, str, str]]  # name, key, mesh IPv4, relay endpoint, relay
+    clients: dict[str, tuple[str, str, list[str]]] = field(default_factory=dict)
+
+    @property
+    def counterparts(self) -> list[str]:
+        """Mesh IPv4 addresses the agent port talks with, both ways."""
+        return sorted({*(a for _, a, _ in self.lighthouses), *(p[2] for p in self.punch),
+                       *self.clients}, key=lambda a: ipaddress.IPv4Address(a))
+
+
+@dataclass
 class HostOutput:
     name: str
     node: Node
@@ -102,6 +121,7 @@ class HostOutput:
     # SSH-managed: who may log in over the mesh, as (node, IPv4, IPv6, logins, any non-root)
     ssh: list[tuple[str, str, str, tuple[str, ...], bool]] | None = None
     dns: dict[str, list[str]] | None = None  # split domain -> nameservers it may reach
+    agent: Agent | None = None
 
 
 class Compiler(Resolution):
@@ -111,6 +131,10 @@ class Compiler(Resolution):
                  today=None):
         super().__init__(mesh, policy, alloc, today)
         self.relays = [n for n in self.nodes if n.relay]
+        # Lighthouses serve only when a relay carries the pairs they help upgrade: a pair
+        # whose punch fails must still have its relay.
+        self.lighthouses = ([i for i, n in enumerate(self.nodes) if n.lighthouse and n.managed]
+                            if self.relays else [])
         if self.relays:
             self._check_hop_addresses()
         self.filter_sets = FilterSets(self)
@@ -300,6 +324,7 @@ class Compiler(Resolution):
         routes = [str(r) for r in node.advertise_routes
                   if my_routes and in_ranges(int(r.network_address), my_routes[r.version])]
         relayed = [p for p in out_peers if p.connection == "relay"]
+        agent = self._agent(h, relayed, out_peers, situation) if self.lighthouses else None
         clients = self._relayed.get(name, set()) if node.relay else set()
         hop = self._hop(name, relayed, clients) if (relayed or clients) else None
         # A session carried inside a hop tunnel loses that tunnel's overhead (80 bytes).
@@ -310,7 +335,60 @@ class Compiler(Resolution):
                           snat=is_exit or (bool(routes) and node.route_snat),
                           uses_exit_node=node.use_exit_node if exit_idx is not None else None,
                           unreachable=tuple(unreachable), ssh=ssh,
-                          dns=(self.dns.get(h) or None) if node.managed else None)
+                          dns=(self.dns.get(h) or None) if node.managed else None,
+                          agent=agent)
+
+    @functools.cached_property
+    def _punchers(self) -> dict[str, list[str]]:
+        """Node -> its relayed peers: every pair a relay carries may try a direct path."""
+        out: dict[str, list[str]] = defaultdict(list)
+        for pairs in self._relayed.values():
+            for a, b in pairs:
+                out[a].append(b)
+                out[b].append(a)
+        return {n: sorted(set(ps)) for n, ps in out.items()}
+
+    def _agent(self, h: int, relayed: list[Peer], out_peers: list[Peer],
+               situation: tuple) -> Agent | None:
+        """The host's NAT traversal part. Lighthouses and the nodes behind NAT they serve
+        become peers of each other (their filters pass only the agent port between them),
+        added to ``out_peers`` in place."""
+        node, name = self.nodes[h], self.names[h]
+        if not node.managed:
+            return None
+        extra: list[int] = []
+        lighthouses, punch, clients = [], [], {}
+        if not node.endpoint and relayed:
+            for lh in self.lighthouses:
+                if lh != h:
+                    extra.append(lh)
+                    other = self.names[lh]
+                    lighthouses.append((other, str(self.alloc[other].ipv4),
+                                        self.alloc[other].public_key or ""))
+            if lighthouses:
+                punch = [(p.name, p.public_key or "", str(self.alloc[p.name].ipv4),
+                          p.endpoint or "", p.relay or "") for p in relayed if p.public_key]
+        if node.lighthouse:
+            keys = {n: self.alloc[n].public_key for n in self._punchers}
+            for client, peers in sorted(self._punchers.items()):
+                if client != name and keys[client]:
+                    extra.append(self.index[client])
+                    clients[str(self.alloc[client].ipv4)] = (
+                        client, keys[client], [keys[p] for p in peers if keys[p]])
+        if not (punch or clients):
+            return None
+        have = {p.name for p in out_peers}
+        for p in sorted(set(extra)):
+            if self.names[p] in have:
+                continue
+            key = (p, (), False, situation)
+            peer = self._peer_cache.get(key)
+            if peer is None:
+                peer = self._peer_cache[key] = self._make_peer(h, p, (), False)
+            out_peers.append(peer)
+        out_peers.sort(key=lambda p: self.index[p.name])
+        return Agent(self.net.agent_port, str(self.alloc[name].ipv4), lighthouses, punch,
+                     clients)
 
     def _restrict_ssh(self, h: int, sets: dict) -> None:
         """SSH over the mesh needs a network rule and an ssh rule, at both ends: on an
@@ -462,7 +540,8 @@ class Compiler(Resolution):
     @functools.cache  # noqa: B019 - one compiler per mesh; the cache dies with it
     def _roles(self, p: int) -> list[str]:
         return [r for r, yes in (("router", p in self.routes), ("exit", p in self.exits),
-                                 ("relay", self.nodes[p].relay)) if yes]
+                                 ("relay", self.nodes[p].relay),
+                                 ("lighthouse", p in self.lighthouses)) if yes]
 
     @functools.cache  # noqa: B019 - one compiler per mesh; the cache dies with it
     def _name_entry(self, name: str, family: int) -> tuple[str, tuple[str, str]]:

@@ -34,6 +34,9 @@ NETWORK_DEFAULTS: dict[str, Any] = {
     # Hop tunnels to relays: their UDP port on the relay, and the addresses inside them.
     "relay_port": 51821,
     "relay_pool": "fd7a:115c:a1e1::/64",
+    # NAT traversal: the UDP port, on mesh addresses only, where the agents of lighthouses
+    # and of nodes behind NAT talk (discovery answers and path probes).
+    "agent_port": 51822,
     # Destinations a host keeps reaching through its own default gateway when it uses an exit
     # node: the Ansible controller or jump host, so the management path survives.
     "management_networks": [],
@@ -49,7 +52,7 @@ NODE_KEYS = {
     "ansible_host", "owner", "tags", "address", "address6", "endpoint", "site", "lan_address",
     "advertise_routes", "approved_routes", "advertise_exit_node", "approved_exit_node",
     "use_exit_node", "relay", "managed", "public_key", "expires", "description", "listen_port",
-    "route_snat", "failover_for",
+    "route_snat", "failover_for", "lighthouse",
 }
 
 
@@ -64,6 +67,7 @@ class Network:
     keepalive: int
     relay_port: int
     relay_pool: ipaddress.IPv6Network
+    agent_port: int = 51822
     management_networks: tuple[IPNet, ...] = ()
     key_max_age_days: int = 0
     split_dns: tuple[tuple[str, tuple[IPAddr, ...]], ...] = ()
@@ -92,6 +96,9 @@ class Node:
     approved_exit_node: bool = False
     use_exit_node: str | None = None
     relay: bool = False
+    # Tells nodes behind NAT which public address and port it sees for them and their peers,
+    # so pairs behind NAT can punch a direct path (their agents do; see docs/relay.md).
+    lighthouse: bool = False
     # Source-NAT routed traffic into the LAN (LAN hosts then need no route back to the mesh).
     route_snat: bool = True
     # This router backs up another for the same prefixes (only the primary is used by peers).
@@ -253,6 +260,7 @@ def _network(src: YamlSource, root: Any) -> Network:
     out = dict(values)
     for key, (lo, hi) in (("listen_port", (1, 65535)), ("mtu", (1280, 9000)),
                           ("keepalive", (0, 3600)), ("relay_port", (1, 65535)),
+                          ("agent_port", (1, 65535)),
                           ("key_max_age_days", (0, 3650))):
         v = values[key]
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
@@ -518,7 +526,7 @@ def _node(src: YamlSource, name: str, spec: Any, path: str, network: Network) ->
         if r not in values.get("advertise_routes", ()):
             bad("approved_routes", f"{r} is approved but not advertised",
                 "approve only routes listed in advertise_routes")
-    for key in ("advertise_exit_node", "approved_exit_node", "relay"):
+    for key in ("advertise_exit_node", "approved_exit_node", "relay", "lighthouse"):
         values[key] = flag(key)
     values["route_snat"] = flag("route_snat", True)
     for key in ("failover_for", "use_exit_node"):
@@ -531,6 +539,9 @@ def _node(src: YamlSource, name: str, spec: Any, path: str, network: Network) ->
         bad("use_exit_node", "a node cannot use itself as exit node")
     if values["relay"] and spec.get("endpoint") is None:
         bad("relay", "a relay needs a public endpoint", "add endpoint: host:port")
+    if values["lighthouse"] and spec.get("endpoint") is None:
+        bad("lighthouse", "a lighthouse needs a public endpoint (it reports the addresses "
+            "it sees nodes come from)", "add endpoint: host:port")
     exp = spec.get("expires")
     if exp is not None:
         if isinstance(exp, dt.datetime):

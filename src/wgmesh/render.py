@@ -197,6 +197,13 @@ def nftables(host: HostOutput, net: Network) -> str:
             clean(src, dst)
             lines.append(f"            {src} . {dst} . udp . {port},")
         lines += ["        }", "    }", "    counter dropped_relay { }"]
+    agents = host.agent.counterparts if host.agent else []
+    if agents:
+        # NAT traversal: the agents of this host and of its lighthouses or punch peers talk
+        # on the agent port at both ends, and on nothing else the policy does not allow.
+        clean(*agents)
+        lines += ["    set agent4 {", "        typeof ip saddr",
+                  f"        elements = {{ {', '.join(agents)} }}", "    }"]
     for name in ("dropped_in", "dropped_out", "dropped_fwd", "dropped_underlay", "dropped_hop"):
         lines.append(f"    counter {name} {{ }}")
 
@@ -261,8 +268,14 @@ def nftables(host: HostOutput, net: Network) -> str:
                                                ("mesh_out", "out", "in", "dropped_out"),
                                                ("mesh_fwd", "fwd", "fwd", "dropped_fwd")):
         orig, back = _policy_rules(direction, reverse)
+        agent_rule = []
+        if agents and direction != "fwd":
+            peer = "saddr" if direction == "in" else "daddr"
+            port = host.agent.port
+            agent_rule = [f"        ip {peer} @agent4 udp sport {port} udp dport {port} accept"]
         lines += [f"    chain {chain} {{",
                   *_STATE,
+                  *agent_rule,
                   # A reply tries its connection's sets first and, failing them, its own.
                   f"        ct direction reply jump {chain}_reply",
                   *orig,
@@ -577,6 +590,31 @@ def _split_dns(host: HostOutput) -> dict[str, list[str]] | None:
     return host.dns
 
 
+def agent_json(host: HostOutput) -> dict[str, Any]:
+    """The agent's part of a bundle: every value checked here and again on the host."""
+    a = host.agent
+    clean(a.address, *(v for lh in a.lighthouses for v in lh[:2]),
+          *(v for p in a.punch for v in (p[0], p[2], p[3], p[4])))
+    for key in [*(lh[2] for lh in a.lighthouses), *(p[1] for p in a.punch)]:
+        clean_key(key)
+    out: dict[str, Any] = {
+        "port": a.port,
+        "address": a.address,
+        "lighthouses": [{"name": n, "address": addr, "public_key": k}
+                        for n, addr, k in a.lighthouses],
+        "punch": [{"name": n, "public_key": k, "address": addr, "relay_endpoint": ep,
+                   "relay": relay} for n, k, addr, ep, relay in a.punch],
+    }
+    if a.clients:
+        for addr, (name, key, peers) in a.clients.items():
+            clean(addr, name)
+            for k in (key, *peers):
+                clean_key(k)
+        out["clients"] = {addr: {"name": n, "public_key": k, "peers": ps}
+                          for addr, (n, k, ps) in a.clients.items()}
+    return out
+
+
 def bundle(host: HostOutput, net: Network, public_key: str | None,
            commit: str | None = None) -> dict[str, Any]:
     if public_key:
@@ -598,6 +636,8 @@ def bundle(host: HostOutput, net: Network, public_key: str | None,
         "management_networks": ([str(n) for n in net.management_networks]
                                 if host.uses_exit_node else []),
     }
+    if host.agent:
+        body["agent"] = agent_json(host)
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     body["hash"] = hashlib.sha256(text.encode()).hexdigest()[:16]
     body["commit"] = commit

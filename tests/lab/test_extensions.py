@@ -49,7 +49,7 @@ def test_lan_pair_talks_directly_and_never_crosses_the_nat(mesh):
     plan = mesh.plan()
     home1 = {p["name"]: p for p in plan["hosts"]["home1"]["peers"]}
     assert home1["home2"]["connection"] == "lan"
-    assert home1["home2"]["endpoint"] == "198.51.100.11:51820"
+    assert home1["home2"]["endpoint"] == "198.51.100.11:51830"
     home2 = plan["hosts"]["home2"]["addresses"][0]
     before = wan_packets(mesh, "nat-home")
     ping = mesh.run("home1", "ping", "-q", "-c", "100", "-i", "0.01", home2)
@@ -57,7 +57,7 @@ def test_lan_pair_talks_directly_and_never_crosses_the_nat(mesh):
     # Keepalives to public peers may cross the NAT meanwhile; 100 pings may not.
     assert wan_packets(mesh, "nat-home") - before < 10
     endpoints = mesh.run("home1", "wg", "show", "wg0", "endpoints").stdout
-    assert "198.51.100.11:51820" in endpoints
+    assert "198.51.100.11:51830" in endpoints
 
 
 def test_subnet_router_carries_only_what_policy_allows(mesh):
@@ -310,7 +310,8 @@ def test_relay_forwards_only_the_pairs_policy_relates(mesh):
     hop address is dropped by the relay, and counted. cafe1's own filter refuses to send it;
     a compromised cafe1 (its table gone) still does not get it past the relay."""
     ruleset = mesh.run("pub1", "nft", "list", "set", "inet", "wgmesh", "relay6").stdout
-    assert ruleset.count(" . udp . 51820") == 2  # cafe1 -> home1 and back, nothing else
+    # cafe1 <-> home1 and branch1 <-> home1, each way, and nothing else
+    assert ruleset.count(" . udp . 51820") == 4
     home1_hop = mesh.run("home1", "ip", "-6", "-o", "addr", "show", "dev", "wg0-hop").stdout
     home1_hop = home1_hop.split()[3].split("/")[0]
     send = f"""

@@ -82,7 +82,7 @@ def test_the_lab_page_as_chromium_draws_it(tmp_path):
     assert "http://" not in page.read_text().replace("http://www.w3.org/2000/svg", "")
     got = measure(page)
     assert got["problems"] == []
-    assert set(got["nodes"]) == {"pub1", "pub2", "pub3", "home1", "home2", "cafe1"}
+    assert set(got["nodes"]) == {"pub1", "pub2", "pub3", "home1", "home2", "cafe1", "branch1"}
     assert got["nodes"]["pub1"] == "relay; exit node"
     assert got["nodes"]["pub3"] == "router 198.51.100.128/26"
     pairs = {(a, b): (how, relay, dash) for a, b, how, relay, dash in got["pairs"]}
@@ -108,7 +108,7 @@ def test_svg_and_dot(tmp_path):
     ns = "{http://www.w3.org/2000/svg}"
     assert root.tag == f"{ns}svg"
     nodes = {g.get("data-node") for g in root.iter(f"{ns}g") if g.get("data-node")}
-    assert nodes == {"pub1", "pub2", "pub3", "home1", "home2", "cafe1"}
+    assert nodes == {"pub1", "pub2", "pub3", "home1", "home2", "cafe1", "branch1"}
     dot = graph(tmp_path, "--format", "dot").read_text()
     assert dot.startswith("graph wgmesh {") and dot.rstrip().endswith("}")
     assert '"cafe1" -- "home1" [color="#ef6c00", style=dashed, label="relay pub1"];' in dot

@@ -70,7 +70,7 @@ def test_bad_mesh_is_a_parse_error_naming_the_place(tmp_path, capfd):
 def test_lab_topology_hosts_and_connection(tmp_path):
     inv = inventory(REPO / "inventories" / "lab" / "topology.yml")
     assert sorted(h.name for h in inv.groups["lab_natted"].get_hosts()) == [
-        "cafe1", "home1", "home2"]
+        "branch1", "cafe1", "home1", "home2"]
     home1 = inv.get_host("home1").vars
     assert home1["ansible_host"] == "198.51.100.10"
     assert "nsenter --net=/run/netns/wgl-fabric nc %h %p" in home1["ansible_ssh_common_args"]

@@ -498,6 +498,26 @@ class Lab:
                                    str(h.address), state))
         return rows
 
+    def start_agents(self, only: list[str] | None = None) -> list[str]:
+        """Start the NAT traversal agent where wgmesh_apply installed it and systemd does
+        not run it (namespace hosts have no init system): a runner the host's PID 1 adopts,
+        logging to /var/log/wgmesh-agent.log. Hosts whose agent runs already are left."""
+        started = []
+        for h in self.topo.hosts.values():
+            if not h.wireguard or h.init == "systemd" or (only and h.name not in only):
+                continue
+            if not (self.host_dir(h.name) / "var.upper" / AGENT_PROGRAM).exists():
+                continue
+            running = subprocess.run(self.exec_argv(h.name, ["pgrep", "-f", AGENT_COMMAND]),
+                                     capture_output=True)
+            if running.returncode == 0:
+                continue
+            run(*self.exec_argv(h.name, ["setsid", "-f", "sh", "-c",
+                                         f"exec {AGENT_COMMAND} >>/var/log/wgmesh-agent.log "
+                                         "2>&1 </dev/null"]))
+            started.append(h.name)
+        return started
+
     def exec_argv(self, node: str, command: list[str]) -> list[str]:
         """argv that runs ``command`` inside a host (all its namespaces) or router/fabric."""
         if node in self.topo.hosts:
@@ -562,6 +582,11 @@ def sshd_config(host: Host) -> str:
     ])
 
 
+# Where wgmesh_apply installs the agent (under the host's own /var), and how it runs there.
+AGENT_PROGRAM = "lib/wgmesh/agent.py"
+AGENT_COMMAND = "python3 /var/" + AGENT_PROGRAM
+
+
 def nat_ruleset(r: Router) -> str:
     """A home-router NAT: LAN out, replies back, nothing unsolicited in."""
     # fully-random picks a fresh source port for every new flow, so the mapping differs per
@@ -570,6 +595,13 @@ def nat_ruleset(r: Router) -> str:
     return f"""table ip wgmesh_lab_nat
 delete table ip wgmesh_lab_nat
 table ip wgmesh_lab_nat {{
+    chain input {{
+        # Nothing unsolicited reaches the router itself either: a packet it accepted would
+        # leave a connection entry that makes it map a LAN host's port to another one.
+        type filter hook input priority filter; policy drop;
+        ct state established,related accept
+        iifname {{ "lo", "lan" }} accept
+    }}
     chain forward {{
         type filter hook forward priority filter; policy drop;
         ct state established,related accept
