@@ -97,6 +97,33 @@ def test_site_runs_systemd_hosts_through_their_units(mesh):
         again.stdout[-3000:]
 
 
+def test_the_agent_runs_as_a_confined_service_and_punches_from_a_systemd_host(mesh):
+    """pub1 (a lighthouse) and home1 (behind nat-home) run wgmesh-agent.service as the role
+    installed it; with the namespace hosts' agents started too, home1 and branch1 go
+    direct."""
+    for node in SYSTEMD_HOSTS:
+        unit = "wgmesh-agent.service"
+        assert mesh.run(node, "systemctl", "is-enabled", unit).stdout.strip() == "enabled"
+        assert mesh.run(node, "systemctl", "is-active", unit).stdout.strip() == "active"
+        shown = mesh.run(node, "systemctl", "show", unit, "-p", "CapabilityBoundingSet",
+                         "-p", "NoNewPrivileges", "-p", "ProtectSystem").stdout.splitlines()
+        props = dict(line.split("=", 1) for line in shown)
+        assert set(props.pop("CapabilityBoundingSet").split()) == {"cap_net_admin",
+                                                                  "cap_net_raw"}, shown
+        assert props == {"NoNewPrivileges": "yes", "ProtectSystem": "strict"}, shown
+    assert {"pub2", "branch1"} <= set(mesh.lab.start_agents())
+
+    def direct():
+        out = mesh.run("home1", "cat", "/var/lib/wgmesh/agent.json", check=False).stdout
+        peers = json.loads(out or "{}").get("peers", {})
+        return peers.get("branch1", {}).get("path") == "direct (punched)"
+    deadline = time.monotonic() + 20
+    while not direct() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert direct(), journal(mesh, "home1", "wgmesh-agent.service")
+    assert "home1: direct at" in mesh.run("branch1", "cat", "/var/log/wgmesh-agent.log").stdout
+
+
 def resolved_link(mesh, node: str) -> tuple[str, str]:
     return tuple(mesh.run(node, "resolvectl", what, "wg0").stdout.split(":", 1)[1].strip()
                  for what in ("dns", "domain"))
