@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -242,3 +243,35 @@ def test_only_a_plain_state_folder_reaches_the_last_good_drop_in():
     for bad in ("/var/lib/wg mesh", "/var/lib/x\nExecStartPre=/bin/sh", "var/lib", "/a/%h",
                 "/a/$x", "/"):
         assert not apply.PLAIN_PATH.fullmatch(bad), bad
+
+
+def test_the_agents_endpoints_are_live_state_and_the_rest_stays_strict():
+    """A relayed peer the agent moved to a direct path keeps its endpoint through a run; a
+    change of its allowed IPs is still written, without the endpoint."""
+    relay = "[fd7a:115c:a1e1::1]:51820"
+    want = {"K1": {"allowed": {"100.64.0.2/32"}, "keepalive": 0, "endpoint": relay}}
+    have = {"K1": {"allowed": {"100.64.0.2/32"}, "keepalive": 0,
+                   "endpoint": "192.0.2.23:51820"}}
+    run = Recorder()
+    apply.set_peers(run, "wg0", want, have, [], [], ["K1"], None)
+    assert run.calls == [["wg", "set", "wg0", "peer", "K1", "endpoint", relay]]
+    want["K1"]["allowed"] = {"100.64.0.2/32", "10.0.0.0/24"}
+    run = Recorder()
+    apply.set_peers(run, "wg0", want, have, [], [], ["K1"], None, roaming={"K1"})
+    assert run.calls == [["wg", "set", "wg0", "peer", "K1", "allowed-ips",
+                          "10.0.0.0/24,100.64.0.2/32"]]
+
+
+def test_the_agent_part_of_a_bundle_is_checked(tmp_path):
+    b = bundle_of(tmp_path)
+    b["agent"] = {"port": 51822, "lighthouses": [], "punch": [{"public_key": "x; rm -rf /"}]}
+    body = {k: v for k, v in b.items() if k not in ("hash", "commit")}
+    b["hash"] = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
+                               .encode()).hexdigest()[:16]
+    with pytest.raises(apply.ApplyError, match="agent part is malformed"):
+        apply.check_bundle(b)
+    unit = apply.agent_unit("/var/lib/wgmesh", "wg0")
+    assert "ExecStart=/usr/bin/python3 /var/lib/wgmesh/agent.py --state-dir /var/lib/wgmesh" \
+        in unit
+    assert "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW" in unit
+    assert "After=network-online.target wg-quick@wg0.service" in unit

@@ -463,3 +463,51 @@ def test_null_accept_env_and_check_period_read_as_absent():
         {"action": "accept", "src": ["group:eng"], "dst": ["tag:web"], "users": ["root"],
          "acceptEnv": None, "checkPeriod": None}])))
     assert len(policy.ssh) == 1
+
+
+def test_lighthouses_and_the_nodes_behind_nat_they_help(tmp_path):
+    """Nodes behind NAT with relayed peers and the lighthouses become peers of each other,
+    and their filters open the agent port between exactly them; the lighthouse learns which
+    peers each node may ask about (its relayed ones), and no policy access comes with it."""
+    nodes = {
+        "pub": {"tags": ["tag:db"], "endpoint": "192.0.2.11:51820", "relay": True},
+        "lh": {"tags": ["tag:web"], "endpoint": "192.0.2.12:51820", "lighthouse": True},
+        "n1": {"owner": "alice@example.com"},
+        "n2": {"owner": "alice@example.com"},
+        "n3": {"owner": "bob@example.com"},
+    }
+    rules = [{"action": "accept", "src": ["alice@example.com"], "dst": ["alice@example.com:*"]},
+             {"action": "accept", "src": ["bob@example.com"], "dst": ["tag:db:22"]}]
+    b = make(tmp_path, nodes, pol(acls=rules))
+    comp, net = b.compiler, b.mesh.network
+    n1 = comp.host("n1")
+    assert {p.name: p.connection for p in n1.peers} == {"n2": "relay", "lh": "direct"}
+    assert [p.roles for p in n1.peers if p.name == "lh"] == [["lighthouse"]]
+    assert n1.agent.lighthouses == [("lh", str(b.alloc["lh"].ipv4), b.alloc["lh"].public_key)]
+    assert [(p[0], p[3], p[4]) for p in n1.agent.punch] == [
+        ("n2", f"[{comp.hop_address('n2')}]:51820", "pub")]
+    assert comp.host("n3").agent is None  # no relayed peer: nothing to punch
+    lh = comp.host("lh")
+    assert {p.name for p in lh.peers} == {"n1", "n2"}
+    assert lh.agent.clients == {
+        str(b.alloc["n1"].ipv4): ("n1", b.alloc["n1"].public_key, [b.alloc["n2"].public_key]),
+        str(b.alloc["n2"].ipv4): ("n2", b.alloc["n2"].public_key, [b.alloc["n1"].public_key])}
+    table = render.nftables(n1, net)
+    assert (f"elements = {{ {b.alloc['n2'].ipv4}, {b.alloc['lh'].ipv4} }}" in table
+            or f"elements = {{ {b.alloc['lh'].ipv4}, {b.alloc['n2'].ipv4} }}" in table)
+    assert "ip saddr @agent4 udp sport 51822 udp dport 51822 accept" in table
+    assert "ip daddr @agent4 udp sport 51822 udp dport 51822 accept" in table
+    # The policy still decides everything else: n1 and lh may not talk.
+    assert not allowed(b, "n1", "lh", "tcp", 443) and not allowed(b, "lh", "n1", "tcp", 22)
+    bundle = render.bundle(lh, net, b.alloc["lh"].public_key)
+    assert set(bundle["agent"]) == {"port", "address", "lighthouses", "punch", "clients"}
+    # Without lighthouses (or without a relay to fall back to) there is no agent at all.
+    del nodes["lh"]["lighthouse"]
+    b = make(tmp_path, nodes, pol(acls=rules))
+    assert all(b.compiler.host(n).agent is None for n in nodes)
+    assert "agent" not in render.bundle(b.compiler.host("n1"), b.mesh.network, None)
+
+
+def test_a_lighthouse_needs_an_endpoint(tmp_path):
+    with pytest.raises(InputError, match="a lighthouse needs a public endpoint"):
+        make(tmp_path, {"a": {"owner": "alice@example.com", "lighthouse": True}}, pol())
