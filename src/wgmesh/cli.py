@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     _mesh_args(p)
     p.add_argument("--format", choices=("html", "svg", "dot"), default="html")
     p.add_argument("--out", metavar="FILE", type=Path, help="write here instead of stdout")
+    p.add_argument("--live", metavar="DIR", type=Path,
+                   help="the hosts' agent states (NODE.json, as playbooks/status.yml -e "
+                   "wgmesh_live_dir=DIR writes them): pairs that run direct now are drawn so")
     p.set_defaults(func=cmd_graph)
     p = sub.add_parser("eval", help="decide JSON-line queries read from stdin")
     _mesh_args(p)
@@ -867,10 +870,22 @@ def cmd_graph(args) -> int:
     from wgmesh import graph
 
     b = _build(args, run_tests=False)
+    live = None
+    if args.live:
+        live = {}
+        for name in b.mesh.nodes:
+            path = args.live / f"{name}.json"
+            if path.is_file():
+                try:
+                    live[name] = json.loads(path.read_text())
+                except ValueError as exc:
+                    raise InputError([Problem(str(path), 0, 0, "", f"not JSON: {exc}",
+                                              "copy the host's /var/lib/wgmesh/agent.json "
+                                              "as it is")]) from exc
     if args.format == "html":
-        text = graph.page(b)
+        text = graph.page(b, live)
     else:
-        g = graph.collect(b)
+        g = graph.collect(b, live)
         text = graph.svg(g) if args.format == "svg" else graph.dot(g)
     if args.out:
         args.out.write_text(text)

@@ -22,7 +22,8 @@ from wgmesh.compiler import fewer_gc_passes
 from wgmesh.intervals import merge_ranges
 from wgmesh.plan import _port_text, _principal, _routes, access
 
-COLORS = {"lan": "#2e7d32", "direct": "#1565c0", "relay": "#ef6c00"}
+# A pair the agents moved from its relay to a direct path is drawn as direct (``--live``).
+COLORS = {"lan": "#2e7d32", "direct": "#1565c0", "punched": "#1565c0", "relay": "#ef6c00"}
 NODE_W, NODE_H, GAP, PAD, HEAD = 190, 54, 16, 18, 30
 
 
@@ -44,7 +45,9 @@ class Graph:
     exits: dict[str, list[str]] = field(default_factory=dict)  # exit node -> users
 
 
-def collect(b: Build) -> Graph:
+def collect(b: Build, live: dict[str, dict] | None = None) -> Graph:
+    """The mesh's nodes and pairs; ``live`` (node -> its agent's agent.json) marks the
+    relayed pairs that run direct now as ``punched``."""
     comp = b.compiler
     routes = defaultdict(list)
     for (router, prefix), role in sorted(_routes(b).items()):
@@ -58,6 +61,8 @@ def collect(b: Build) -> Graph:
         roles = []
         if node.relay:
             roles.append("relay")
+        if node.lighthouse:
+            roles.append("lighthouse")
         if name in routes:
             roles.append("router " + ", ".join(routes[name]))
         if name in exits:
@@ -76,6 +81,11 @@ def collect(b: Build) -> Graph:
                 key = (min(name, p.name), max(name, p.name))
                 if key not in pairs or (pairs[key][0] == "direct" and p.connection != "direct"):
                     pairs[key] = (p.connection, p.relay)
+    for (a, c), (how, relay) in list(pairs.items()):
+        if how == "relay" and any(
+                ((live or {}).get(x) or {}).get("peers", {}).get(y, {}).get("path")
+                == "direct (punched)" for x, y in ((a, c), (c, a))):
+            pairs[(a, c)] = ("punched", relay)
     order = sorted(groups, key=lambda g: (g in ("internet", "behind NAT"), g))
     return Graph(nodes, {g: groups[g] for g in order}, pairs,
                  {e: sorted(users.get(e, [])) for e in sorted(exits)})
@@ -142,7 +152,9 @@ def svg(g: Graph) -> str:
         # A chord bent towards the middle of the ring: pairs of one site bend less.
         kx, ky = (x1 + x2) / 2 * 0.45 + cx * 0.55, (y1 + y2) / 2 * 0.45 + cy * 0.55
         dash = ' stroke-dasharray="6 4"' if how == "relay" else ""
-        title = f"{a} - {b}: {how}" + (f" via {relay}" if relay else "")
+        title = f"{a} - {b}: " + (f"direct (punched; relay {relay} if it fails)"
+                                   if how == "punched" else how
+                                   + (f" via {relay}" if relay else ""))
         out.append(f'<path d="M{x1:.1f},{y1:.1f} Q{kx:.1f},{ky:.1f} {x2:.1f},{y2:.1f}" '
                    f'fill="none" stroke="{COLORS.get(how, "#000")}" stroke-width="1.8" '
                    f'opacity="0.8"{dash} data-pair="{_esc(a)} {_esc(b)}" '
@@ -195,7 +207,7 @@ def dot(g: Graph) -> str:
         out.append("  }")
     for (a, b), (how, relay) in sorted(g.pairs.items()):
         style = "dashed" if how == "relay" else "solid"
-        label = f"relay {relay}" if relay else how
+        label = "punched" if how == "punched" else f"relay {relay}" if relay else how
         out.append(f'  "{a}" -- "{b}" [color="{COLORS.get(how, "black")}", style={style}, '
                    f'label="{label}"];')
     out.append("}")
@@ -220,8 +232,8 @@ def policy_matrix(b: Build) -> tuple[list[str], list[str], dict[tuple[str, str],
     return rows, cols, text
 
 
-def page(b: Build) -> str:
-    g = collect(b)
+def page(b: Build, live: dict[str, dict] | None = None) -> str:
+    g = collect(b, live)
     rows, cols, cells = policy_matrix(b)
     groups_of = defaultdict(list)
     for group, members in sorted(b.policy.groups.items()):

@@ -182,7 +182,7 @@ print(socket.create_connection(("{home1_ip}", 8080), timeout=5).recv(2).decode()
         mesh.stop(listener)
 
 
-def test_second_run_keeps_the_punched_path_and_reports_no_drift(mesh):
+def test_second_run_keeps_the_punched_path_and_reports_no_drift(mesh, tmp_path):
     assert both_direct(mesh)
     run = mesh.playbook()
     assert run.returncode == 0, run.stdout[-3000:]
@@ -194,11 +194,16 @@ def test_second_run_keeps_the_punched_path_and_reports_no_drift(mesh):
         check.stdout[-3000:]
     assert endpoint_of(mesh, "home1", "branch1") == "192.0.2.23:51820"
     assert both_direct(mesh)
-    status = mesh.playbook(play="playbooks/status.yml")
+    status = mesh.playbook("-e", f"wgmesh_live_dir={tmp_path}", play="playbooks/status.yml")
     assert status.returncode == 0, status.stdout[-3000:]
     assert re.search(r"branch1 direct \(punched\) \(upgrade at [0-9T:-]+Z\), endpoint "
                      r"192\.0\.2\.23:51820", status.stdout), status.stdout[-3000:]
     assert "cafe1 relay via pub1, endpoint [fd7a:115c:a1e1::" in status.stdout
+    # wgmesh graph draws the punched pair as direct, the symmetric one through its relay.
+    picture = mesh.wgmesh("graph", "--format", "svg", "--live", str(tmp_path))
+    assert picture.returncode == 0, picture.stderr
+    assert 'data-pair="branch1 home1" data-connection="punched"' in picture.stdout
+    assert 'data-pair="cafe1 home1" data-connection="relay" data-relay="pub1"' in picture.stdout
 
 
 def test_remapped_nat_falls_back_to_the_relay_then_goes_direct_again(mesh):

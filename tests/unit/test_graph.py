@@ -113,3 +113,21 @@ def test_svg_and_dot(tmp_path):
     assert dot.startswith("graph wgmesh {") and dot.rstrip().endswith("}")
     assert '"cafe1" -- "home1" [color="#ef6c00", style=dashed, label="relay pub1"];' in dot
     assert 'subgraph cluster_0 { label="home";' in dot
+
+
+def test_live_agent_state_draws_a_punched_pair_as_direct(tmp_path):
+    from meshkit import make
+
+    from wgmesh import graph as graph_module
+    nodes = {"pub": {"tags": ["tag:db"], "endpoint": "192.0.2.11:51820", "relay": True,
+                     "lighthouse": True},
+             "n1": {"owner": "alice@example.com"}, "n2": {"owner": "alice@example.com"}}
+    b = make(tmp_path, nodes, {"tagOwners": {"tag:db": []}, "acls": [
+        {"action": "accept", "src": ["alice@example.com"], "dst": ["alice@example.com:*"]}]})
+    assert graph_module.collect(b).pairs[("n1", "n2")] == ("relay", "pub")
+    live = {"n2": {"peers": {"n1": {"path": "direct (punched)"}}}}
+    g = graph_module.collect(b, live)
+    assert g.pairs[("n1", "n2")] == ("punched", "pub")
+    assert "lighthouse" in g.nodes["pub"].roles
+    assert 'data-connection="punched"' in graph_module.svg(g)
+    assert '"n1" -- "n2" [color="#1565c0", style=solid, label="punched"]' in graph_module.dot(g)
