@@ -9,7 +9,8 @@ cd "$(dirname "$0")"
 
 APT_PACKAGES=(wireguard-tools wireguard-go nftables openssh-server openssh-client iproute2
               netcat-openbsd util-linux procps python3 python3-venv tcpdump iputils-ping
-              iperf3 chromium dnsmasq-base python3-nacl git debootstrap systemd-container)
+              iperf3 chromium dnsmasq-base python3-nacl git debootstrap systemd-container
+              conntrack)
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 
@@ -95,6 +96,9 @@ demo() {
     install; activate
     wgmesh lab up
     ansible-playbook site.yml
+    # Lab hosts have no systemd to run the NAT traversal agent: the lab starts it.
+    wgmesh lab agents
+    sleep 5  # home1 and branch1 punch a direct path meanwhile
     echo "== what the mesh looks like now (playbooks/status.yml)"
     ansible-playbook playbooks/status.yml
     echo
