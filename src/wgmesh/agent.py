@@ -169,6 +169,9 @@ class Agent:
         try:
             mtime = os.stat(self.bundle_path).st_mtime
         except OSError:
+            if self.mtime == 0.0:
+                log(f"waiting for {self.bundle_path} (wgmesh_apply writes it)")
+                self.mtime = -1.0
             return False
         if mtime == self.mtime:
             return bool(self.part)

@@ -254,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=Path("/etc/wgmesh/pull.json"))
     p.set_defaults(func=cmd_host_pull)
 
+    p = sub.add_parser("agent", help="on a host: the NAT traversal agent (lighthouse answers, "
+                       "direct paths for relayed pairs); wgmesh-agent.service runs the same "
+                       "code")
+    p.add_argument("--state-dir", default="/var/lib/wgmesh", metavar="DIR",
+                   help="where wgmesh_apply keeps bundle.json (default %(default)s)")
+    p.set_defaults(func=cmd_agent)
+
     p = sub.add_parser("status", help="does every host run what the inputs say (runs "
                        "playbooks/status.yml; exit code 2 on drift)")
     p.add_argument("-i", "--inventory", metavar="PATH",
@@ -818,6 +825,12 @@ def cmd_host_enrol(args) -> int:
         print(f"pull mode: {pull.install(conf)}", file=sys.stderr)
     print(public)
     return 0
+
+
+def cmd_agent(args) -> int:
+    from wgmesh import agent
+
+    return agent.main(["--state-dir", args.state_dir])
 
 
 def cmd_status(args) -> int:

@@ -142,26 +142,26 @@ exec /run/wg.real "$@"
 
 
 def test_a_failed_apply_returns_the_host_to_its_last_good_bundle(mesh, tmp_path):
-    """home1 gets a new peer and new set elements; its `wg set` of peers fails after the new
-    table has loaded. The host must end exactly as before the run, the task must name the
-    cause, and the next run must apply the new bundle."""
+    """home2 gets a new peer (pub2) and new set elements; its `wg set` of peers fails after
+    the new table has loaded. The host must end exactly as before the run, the task must name
+    the cause, and the next run must apply the new bundle."""
     new = policy_with(mesh, tmp_path, '"src": ["group:ops"], "dst": ["tag:db:22"]',
-                      '"src": ["group:ops", "alice@example.com"], "dst": ["tag:db:22"]')
-    before = snapshot(mesh, "home1")
-    with wrapped(mesh, "home1", "wg", WG_FAILS_ONCE):
+                      '"src": ["group:ops", "bob@example.com"], "dst": ["tag:db:22"]')
+    before = snapshot(mesh, "home2")
+    with wrapped(mesh, "home2", "wg", WG_FAILS_ONCE):
         run = mesh.playbook("-e", f"wgmesh_policy_file={new}")
     assert run.returncode != 0
     out = " ".join(run.stdout.split())
     assert "injected failure" in out and "returned to the last good bundle" in out, out[-3000:]
-    assert recap(run.stdout)["home1"]["failed"] == 1
-    assert snapshot(mesh, "home1") == before
+    assert recap(run.stdout)["home2"]["failed"] == 1
+    assert snapshot(mesh, "home2") == before
 
     again = mesh.playbook("-e", f"wgmesh_policy_file={new}")
     assert again.returncode == 0, again.stdout[-3000:]
-    after = snapshot(mesh, "home1")
+    after = snapshot(mesh, "home2")
     assert after["hash"] != before["hash"] and after["peers"] != before["peers"]
     assert mesh.playbook().returncode == 0
-    assert snapshot(mesh, "home1") == before  # the original policy, back again
+    assert snapshot(mesh, "home2") == before  # the original policy, back again
 
 
 def test_a_broken_mesh_is_the_meshs_error_before_any_host_is_touched(mesh, tmp_path):
@@ -181,13 +181,13 @@ def test_a_broken_mesh_is_the_meshs_error_before_any_host_is_touched(mesh, tmp_p
 def test_batches_limit_and_tags(mesh):
     run = mesh.playbook("-e", "wgmesh_serial=2")
     assert run.returncode == 0, run.stdout[-3000:]
-    assert run.stdout.count("TASK [wgmesh : Compile the mesh once for this batch") == 3
+    assert run.stdout.count("TASK [wgmesh : Compile the mesh once for this batch") == 4
     assert all(c["changed"] == 0 for c in recap(run.stdout).values())
 
     limited = mesh.playbook("-l", "home1")
     assert limited.returncode == 0, limited.stdout[-3000:]
-    assert ("--limit leaves 5 host(s) of the mesh out of this run: cafe1, home2, pub1, pub2, "
-            "pub3" in " ".join((limited.stdout + limited.stderr).split()))
+    assert ("--limit leaves 6 host(s) of the mesh out of this run: branch1, cafe1, home2, pub1, "
+            "pub2, pub3" in " ".join((limited.stdout + limited.stderr).split()))
 
     tags = mesh.playbook("--list-tags").stdout
     for tag in ("wgmesh_keys", "wgmesh_apply", "wgmesh_packages"):
@@ -272,8 +272,8 @@ def test_a_join_and_a_leave_in_one_run_drop_no_packet_of_other_flows(mesh):
 
 
 def test_a_failed_canary_returns_its_batch_and_stops_the_run(mesh, tmp_path):
-    """A policy change applied in batches of two with the canary on. cafe1 and home1 (the
-    first batch) reach each other through the relay pub1; a fault outside wgmesh drops
+    """A policy change applied in batches of three with the canary on. cafe1 and home1 (the
+    first batch, with branch1) reach each other through the relay pub1; a fault outside wgmesh drops
     cafe1's packets to the relay, so cafe1's ping to home1, which the policy allows, goes
     unanswered: the batch returns to its previous bundles and no later batch is touched."""
     new = policy_with(mesh, tmp_path, '"src": ["group:ops"], "dst": ["tag:db:22"]',
@@ -284,13 +284,14 @@ def test_a_failed_canary_returns_its_batch_and_stops_the_run(mesh, tmp_path):
              f" ip daddr {pub1} udp dport 51821 drop\n }}\n}}\n")
     mesh.run("cafe1", "nft", "-f", "-", stdin=fault)
     try:
-        run = mesh.playbook("-e", f"wgmesh_policy_file={new}", "-e", "wgmesh_serial=2",
+        run = mesh.playbook("-e", f"wgmesh_policy_file={new}", "-e", "wgmesh_serial=3",
                             "-e", "wgmesh_canary=true")
     finally:
         mesh.run("cafe1", "nft", "delete", "table", "inet", "fault")
     assert run.returncode != 0
     out = " ".join(run.stdout.split())
-    assert "Canary failed, the batch (cafe1, home1) is back on its previous bundles" in out
+    assert ("Canary failed, the batch (branch1, cafe1, home1) is back on its previous bundles"
+            in out)
     assert "cafe1: ping home1: no answer, policy allows" in out
     # home1's bundle changed with the policy, and is back; later batches never ran.
     assert snapshot(mesh, "home1") == before["home1"]
@@ -299,7 +300,7 @@ def test_a_failed_canary_returns_its_batch_and_stops_the_run(mesh, tmp_path):
     assert "TASK [wgmesh : Make the host's WireGuard key" in run.stdout
     assert "home2" not in recap(run.stdout)
 
-    ok = mesh.playbook("-e", f"wgmesh_policy_file={new}", "-e", "wgmesh_serial=2",
+    ok = mesh.playbook("-e", f"wgmesh_policy_file={new}", "-e", "wgmesh_serial=3",
                        "-e", "wgmesh_canary=true")
     assert ok.returncode == 0, ok.stdout[-3000:]
     assert snapshot(mesh, "home1")["hash"] != before["home1"]["hash"]

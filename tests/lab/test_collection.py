@@ -80,7 +80,7 @@ def test_the_collection_builds_offline_and_runs_by_fully_qualified_names(tmp_pat
                                  capture_output=True, text=True, timeout=600, env=env)
             assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
             hosts = recap(run.stdout)
-            assert set(hosts) == {"pub1", "pub2", "pub3", "home1", "home2", "cafe1"}
+            assert set(hosts) == {"pub1", "pub2", "pub3", "home1", "home2", "cafe1", "branch1"}
             assert any(h["changed"] for h in hosts.values()) is expect_change
         peers = subprocess.run(lab.exec_argv("pub1", ["wg", "show", "wg0", "peers"]),
                                capture_output=True, text=True).stdout.split()

@@ -155,26 +155,28 @@ def test_a_reboot_after_a_failed_apply_brings_up_the_last_good_bundle(mesh, tmp_
 
 
 def test_an_ssh_connection_cut_mid_apply_leaves_a_whole_bundle(mesh, tmp_path):
-    """The connection drops while home1 applies: the apply finishes on the host (it is
-    one transaction that does not depend on the connection), the run names the host, and
-    the host runs either bundle whole, never a mix; the next run converges."""
-    new = policy_with(mesh, tmp_path, *CHANGE)
-    before = snapshot(mesh, "home1")
-    with wrapped(mesh, "home1", "wg", SSH_CUT):
+    """The connection drops while home2 applies (it gains pub2 as a peer): the apply
+    finishes on the host (it is one transaction that does not depend on the connection), the
+    run names the host, and the host runs either bundle whole, never a mix; the next run
+    converges."""
+    new = policy_with(mesh, tmp_path, CHANGE[0],
+                      '"src": ["group:ops", "bob@example.com"], "dst": ["tag:db:22"]')
+    before = snapshot(mesh, "home2")
+    with wrapped(mesh, "home2", "wg", SSH_CUT):
         run = mesh.playbook("-e", f"wgmesh_policy_file={new}")
     assert run.returncode != 0
-    counts = recap(run.stdout)["home1"]
+    counts = recap(run.stdout)["home2"]
     assert counts["unreachable"] + counts["failed"] == 1, counts
     # Whole: either the old bundle, or the new one with files, table, peers and record
     # agreeing (a check-mode apply of the new bundle then finds nothing to change).
-    after = snapshot(mesh, "home1")
+    after = snapshot(mesh, "home2")
     if after != before:
-        assert after["hash"] == intended(mesh, new)["home1"]
-        check = mesh.playbook("--check", "-l", "home1,localhost",
+        assert after["hash"] == intended(mesh, new)["home2"]
+        check = mesh.playbook("--check", "-l", "home2,localhost",
                               "-e", f"wgmesh_policy_file={new}")
-        assert check.returncode == 0 and recap(check.stdout)["home1"]["changed"] == 0, \
+        assert check.returncode == 0 and recap(check.stdout)["home2"]["changed"] == 0, \
             check.stdout[-3000:]
     again = mesh.playbook("-e", f"wgmesh_policy_file={new}")
     assert again.returncode == 0, again.stdout[-3000:]
-    assert running(mesh, "home1") == intended(mesh, new)["home1"]
+    assert running(mesh, "home2") == intended(mesh, new)["home2"]
     assert mesh.playbook().returncode == 0
