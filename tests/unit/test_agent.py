@@ -152,3 +152,21 @@ def test_a_punch_that_does_not_work_returns_to_the_relay_with_backoff():
 def test_a_malformed_agent_part_is_refused(change):
     with pytest.raises((ValueError, KeyError, TypeError)):
         ag.check_bundle_part({**NODE, **change})
+
+
+def test_wgmesh_agent_waits_for_its_bundle(tmp_path):
+    """`wgmesh agent` (docs/relay.md) is the service's program: before wgmesh_apply wrote a
+    bundle it waits, and says so."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    wgmesh = str(Path(sys.executable).parent / "wgmesh")
+    proc = subprocess.Popen([wgmesh, "agent", "--state-dir", str(tmp_path)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert line == f"wgmesh agent: waiting for {tmp_path}/bundle.json (wgmesh_apply writes it)\n"
