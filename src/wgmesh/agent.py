@@ -162,6 +162,8 @@ class Agent:
         self.verdicts: dict[str, tuple[str, float]] = {}
         self.asks: dict[str, list[float]] = {}
         self.endpoint_cache: tuple[float, dict] = (0.0, {})
+        self.live_at = 0.0  # when wg(8) was last asked for the peers' endpoints
+        self.status_text, self.status_at = "", 0.0
 
     # -- bundle ------------------------------------------------------------------------
     def load(self) -> bool:
@@ -405,6 +407,9 @@ class Agent:
             self.next_ask = now + (ASK_EVERY if busy else ASK_IDLE)
         if not self.peers:
             return
+        # wg(8) is asked every tick only while a punch is under way; once a second otherwise.
+        look = (any(p.state == "trying" for p in self.peers.values())
+                or now - self.live_at >= PROBE_DIRECT)
         live = None
         for peer in self.peers.values():
             if peer.state == "relay":
@@ -415,9 +420,9 @@ class Agent:
                     self.start(peer, now, tell=not asked)
                     peer.punch_asked = 0.0
                 continue
-            if live is None:
-                live = self.wg.endpoints()
-            have = live.get(peer.key)
+            if live is None and look:
+                live, self.live_at = self.wg.endpoints(), now
+            have = live.get(peer.key) if live is not None else None
             if peer.state == "trying":
                 if have != peer.target:
                     # A packet that came over the relay moved it back: not direct yet.
@@ -465,11 +470,17 @@ class Agent:
                 "last_event_at": iso(p.last_event[1]) if p.last_event else None,
                 "candidate": p.candidate["endpoint"] if p.candidate else None,
                 "peer_nat": p.candidate["verdict"] if p.candidate else None}
-        status = {"updated": iso(now), "pid": os.getpid(),
+        status = {"pid": os.getpid(),
                   "nat": self.verdict(now) if self.part.get("lighthouses") else None,
                   "seen": {a: you for a, (you, when) in self.seen.items()
                            if now - when < SEEN_FRESH},
                   "clients": len(self.part.get("clients", {})), "peers": peers}
+        # Written when something changed, and every 30 s to show the agent is alive.
+        text = json.dumps(status, sort_keys=True)
+        if text == self.status_text and now - self.status_at < 30:
+            return
+        self.status_text, self.status_at = text, now
+        status["updated"] = iso(now)
         tmp = self.status_path + ".tmp"
         try:
             with open(tmp, "w") as f:

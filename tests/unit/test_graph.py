@@ -83,7 +83,7 @@ def test_the_lab_page_as_chromium_draws_it(tmp_path):
     got = measure(page)
     assert got["problems"] == []
     assert set(got["nodes"]) == {"pub1", "pub2", "pub3", "home1", "home2", "cafe1", "branch1"}
-    assert got["nodes"]["pub1"] == "relay; exit node"
+    assert got["nodes"]["pub1"] == "relay; lighthouse; exit node"
     assert got["nodes"]["pub3"] == "router 198.51.100.128/26"
     pairs = {(a, b): (how, relay, dash) for a, b, how, relay, dash in got["pairs"]}
     assert pairs[("home1", "home2")][:2] == ("lan", None)
