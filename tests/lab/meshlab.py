@@ -113,6 +113,27 @@ class MeshLab(LabSession):
             procs.append(p)
         return procs
 
+    def reversing_listener(self, node: str, address: str, port: int,
+                           count: int) -> subprocess.Popen:
+        """A TCP listener on ``node`` that answers ``count`` connections with their first
+        message reversed (marker tests); returned once it listens."""
+        p = self.spawn(node, (
+            "import socket\n"
+            "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+            f"s.bind(('{address}', {port})); s.listen(); print('ready', flush=True)\n"
+            f"for _ in range({count}):\n"
+            "    c, _ = s.accept(); data = c.recv(200); c.sendall(data[::-1]); c.close()\n"))
+        assert p.stdout.readline().strip() == "ready", p.stderr.read()
+        return p
+
+    def send_marker(self, src: str, address: str, port: int, marker: str) -> str:
+        """``marker`` over TCP from ``src``; the answer of a reversing listener."""
+        return self.python(src, f"""
+import socket
+s = socket.create_connection(("{address}", {port}), timeout=5)
+s.sendall(b"{marker}"); print(s.recv(200).decode())
+""").stdout.strip()
+
     def probe(self, src: str, probes: list[tuple[str, str, str, int | None]]) -> dict:
         out = self.run(src, PY, "-c", PROBE, json.dumps(probes), timeout=60)
         return json.loads(out.stdout)

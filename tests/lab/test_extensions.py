@@ -275,25 +275,14 @@ def test_nat_to_nat_pair_goes_through_a_relay_that_sees_no_plaintext(mesh, tmp_p
     cafe1 = {p["name"]: p for p in plan["hosts"]["cafe1"]["peers"]}
     assert cafe1["home1"]["connection"] == "relay" and cafe1["home1"]["relay"] == "pub1"
     home1 = plan["hosts"]["home1"]["addresses"][0]
-    listener = mesh.spawn("home1", (
-        "import socket, sys\n"
-        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-        f"s.bind(('{home1}', 8080)); s.listen(); print('ready', flush=True)\n"
-        "for _ in range(5):\n"
-        "    c, _ = s.accept(); data = c.recv(200); c.sendall(data[::-1]); c.close()\n"))
+    listener = mesh.reversing_listener("home1", home1, 8080, 5)
     # Packet-buffered captures into pub1's private /tmp, read from the lab's side after.
     captures = {i: mesh.start("pub1", ["tcpdump", "-U", "-w", f"/tmp/relay-{i}.pcap", "-ni",
                                        i, "udp"]) for i in ("eth0", "wg0-hop")}
     try:
-        assert listener.stdout.readline().strip() == "ready"
         time.sleep(1)  # let tcpdump attach
         for _ in range(5):
-            out = mesh.python("cafe1", f"""
-import socket
-s = socket.create_connection(("{home1}", 8080), timeout=5)
-s.sendall(b"{MARKER}"); print(s.recv(200).decode())
-""")
-            assert out.stdout.strip() == MARKER[::-1]
+            assert mesh.send_marker("cafe1", home1, 8080, MARKER) == MARKER[::-1]
         time.sleep(1)
     finally:
         for p in captures.values():

@@ -125,22 +125,11 @@ def test_pair_behind_two_nats_goes_direct_within_seconds(mesh, tmp_path):
                                         f"host {home1_hop} or host 192.0.2.23 or "
                                         f"host {branch1_hop}"]))
     home1_ip = mesh.mesh_address("home1")
-    listener = mesh.spawn("home1", (
-        "import socket\n"
-        "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-        f"s.bind(('{home1_ip}', 8080)); s.listen(); print('ready', flush=True)\n"
-        "for _ in range(3):\n"
-        "    c, _ = s.accept(); data = c.recv(200); c.sendall(data[::-1]); c.close()\n"))
+    listener = mesh.reversing_listener("home1", home1_ip, 8080, 3)
     try:
-        assert listener.stdout.readline().strip() == "ready"
         time.sleep(1)  # let tcpdump attach
         for _ in range(3):
-            out = mesh.python("branch1", f"""
-import socket
-s = socket.create_connection(("{home1_ip}", 8080), timeout=5)
-s.sendall(b"{MARKER}"); print(s.recv(200).decode())
-""")
-            assert out.stdout.strip() == MARKER[::-1]
+            assert mesh.send_marker("branch1", home1_ip, 8080, MARKER) == MARKER[::-1]
         time.sleep(1)
     finally:
         for p in captures:
