@@ -1083,7 +1083,8 @@ class Host:
     def sync_agent(self, b: dict, check_mode: bool) -> list[str]:
         """Install, start or remove the agent, after the bundle it reads is recorded."""
         run, actions, changed = self.run, [], False
-        for path, text, mode in self.agent_files(b):
+        files = self.agent_files(b)
+        for path, text, mode in files:
             old = read(path)
             if old != text:
                 changed = True
@@ -1096,7 +1097,7 @@ class Host:
                     else:
                         os.makedirs(os.path.dirname(path), exist_ok=True)
                         write_atomic(path, text, mode)
-        if self.service != "systemd" or b.get("agent") is None or not self.agent_files(b):
+        if self.service != "systemd" or b.get("agent") is None or not files:
             if changed and not check_mode and self.service == "systemd":
                 run("systemctl", "daemon-reload")
             return actions
