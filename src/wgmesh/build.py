@@ -208,7 +208,9 @@ def _run_test(b: Build, test: PolicyTest) -> list[str]:
                             dst = b.compiler.endpoint_of(dst.node, family=src.addr.version)
                         elif src.node:
                             src = b.compiler.endpoint_of(src.node, family=dst.addr.version)
-                    verdict = ev.check(src, dst, proto, int(port))
+                    # Tailscale's meaning: the network rules (port 22 of a node that runs
+                    # SSH policy is also the ssh rules' business: sshTests judge those).
+                    verdict = ev.network(src, dst, proto, int(port))
                     if verdict.allow != expect:
                         who = src.node or src.user or ",".join(sorted(src.tags)) or str(src.addr)
                         to = dst.node or str(dst.addr or host)
@@ -348,7 +350,8 @@ def query_endpoints(b: Build, text: str) -> list[Endpoint]:
     if text in b.compiler.index or text in b.policy.hosts or grammar.ip_address(text):
         return [parse_query_endpoint(b, text)]
     if text.startswith("tag:"):
-        if text not in b.policy.tag_owners:
+        if text not in b.policy.tag_owners and not any(text in n.tags
+                                                       for n in b.mesh.nodes.values()):
             raise ValueError(f'tag "{text}" is not in the policy\'s tagOwners')
         sel = Selector(Kind.TAG, text, text)
     elif text.startswith("group:"):

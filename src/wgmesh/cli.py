@@ -959,6 +959,9 @@ def _decide(b, ev, src, dst, named: tuple[bool, bool], proto_name: str, port) ->
     out = {"src": _who(src), "dst": _who(dst), "allow": verdict.allow, "rule": verdict.rule}
     if verdict.rule:
         out["line"] = verdict.line
+    out["answered_by"] = verdict.answered_by
+    if verdict.ssh_rule:
+        out["ssh_rule"] = verdict.ssh_rule
     if verdict.note:
         out["note"] = verdict.note
     return out

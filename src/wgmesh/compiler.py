@@ -277,7 +277,7 @@ class Compiler(Resolution):
                 **self.filter_sets.direction("out", tuple(out_sig)),
                 **disjoint_sets(fwd)} if filters else {}
         ssh = None
-        if self.policy.ssh and filters:
+        if self.ssh_hosts and filters:
             self._restrict_ssh(h, sets)
         if self.ssh_hosts & bit and node.managed:
             ssh = [(self.names[s], str(self.alloc[self.names[s]].ipv4),

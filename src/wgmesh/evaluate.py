@@ -8,7 +8,7 @@ rendered sets against it (``wgmesh eval`` and the policy's ``tests`` use it too)
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from wgmesh.intervals import in_ranges
@@ -35,6 +35,10 @@ class Verdict:
     rule: str | None = None
     line: int = 0
     note: str = ""  # why a packet a network rule allows is refused anyway
+    # Which rules answer: "network" (acls, grants), or "ssh" for port 22 of a node that runs
+    # SSH policy (then ssh_rule is the ssh rule that lets the source in, if one does).
+    answered_by: str = "network"
+    ssh_rule: str | None = None
 
 
 class Evaluator:
@@ -72,14 +76,24 @@ class Evaluator:
         return self._identity_or_prefix(sel, ep)
 
     def check(self, src: Endpoint, dst: Endpoint, proto: int, port: int | None) -> Verdict:
-        verdict = self._network(src, dst, proto, port)
-        if (verdict.allow and proto == 6 and port == self.res.SSH_PORT
-                and dst.node is not None
-                and self.res.ssh_hosts >> self.res.index[dst.node] & 1
-                and self.ssh_rule(src, dst) is None):
-            return Verdict(False, note=f"{verdict.rule} allows it, but {dst.node} is "
-                           "SSH-managed: port 22 needs an ssh rule too")
-        return verdict
+        """What the filters do with the packet: the network rules, and on port 22 of a node
+        that runs SSH policy the ssh rules too."""
+        verdict = self.network(src, dst, proto, port)
+        if not (proto == 6 and port == self.res.SSH_PORT and dst.node is not None):
+            return verdict
+        i = self.res.index[dst.node]
+        if not self.res.ssh_hosts >> i & 1:
+            if verdict.allow and self.res.ssh_named >> i & 1:
+                return replace(verdict, note=f"{dst.node} does not run SSH policy "
+                               "(ssh_policy): the network rules alone decide port 22")
+            return verdict
+        if not verdict.allow:
+            return replace(verdict, answered_by="ssh")
+        ssh = self.ssh_rule(src, dst)
+        if ssh is None:
+            return Verdict(False, note=f"{verdict.rule} allows it, but {dst.node} runs SSH "
+                           "policy: port 22 needs an ssh rule too", answered_by="ssh")
+        return replace(verdict, answered_by="ssh", ssh_rule=ssh)
 
     def ssh_rule(self, src: Endpoint, dst: Endpoint) -> str | None:
         """The first ssh rule that lets node ``src`` log in to node ``dst``, read from the
@@ -113,7 +127,7 @@ class Evaluator:
             return not dst.tags and dst.user == sel.name
         return sel.matches_identity(dst.user, dst.tags, self.groups)
 
-    def _network(self, src: Endpoint, dst: Endpoint, proto: int, port: int | None) -> Verdict:
+    def network(self, src: Endpoint, dst: Endpoint, proto: int, port: int | None) -> Verdict:
         if (src.addr is not None and dst.addr is not None
                 and src.addr.version != dst.addr.version):
             return Verdict(False)

@@ -23,8 +23,9 @@ IFNAME_MAX = 15
 HOP_SUFFIX = "-hop"
 
 NODE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
-# Tailscale logins are e-mail addresses or provider forms such as alice@github.
-USER = re.compile(r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?",
+# Tailscale logins are e-mail addresses or provider forms such as alice@github; Headscale
+# writes a user with no domain as alice@ (its policies say "username must contain @").
+USER = re.compile(r"[A-Za-z0-9._%+-]{1,64}@(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?)?",
                   re.ASCII)
 TAG = re.compile(r"tag:[A-Za-z][A-Za-z0-9-]{0,62}", re.ASCII)
 GROUP = re.compile(r"group:[A-Za-z0-9][A-Za-z0-9._-]{0,62}", re.ASCII)

@@ -46,13 +46,16 @@ NETWORK_DEFAULTS: dict[str, Any] = {
     # Hosts the policy lets reach them (UDP 53) resolve the domain through them and keep
     # their own resolver for everything else.
     "split_dns": {},
+    # SSH over the mesh follows the policy's ssh rules only on nodes that opt in (as with
+    # `tailscale set --ssh`): the default for managed nodes; a node's ssh_policy overrides it.
+    "ssh_policy": False,
 }
 
 NODE_KEYS = {
     "ansible_host", "owner", "tags", "address", "address6", "endpoint", "site", "lan_address",
     "advertise_routes", "approved_routes", "advertise_exit_node", "approved_exit_node",
     "use_exit_node", "relay", "managed", "public_key", "expires", "description", "listen_port",
-    "route_snat", "failover_for", "lighthouse",
+    "route_snat", "failover_for", "lighthouse", "ssh_policy",
 }
 
 
@@ -71,6 +74,7 @@ class Network:
     management_networks: tuple[IPNet, ...] = ()
     key_max_age_days: int = 0
     split_dns: tuple[tuple[str, tuple[IPAddr, ...]], ...] = ()
+    ssh_policy: bool = False
 
     @property
     def hop_interface(self) -> str:
@@ -103,6 +107,8 @@ class Node:
     route_snat: bool = True
     # This router backs up another for the same prefixes (only the primary is used by peers).
     failover_for: str | None = None
+    # Its sshd and port 22 over the mesh follow the policy's ssh rules (docs/policy.md, SSH).
+    ssh_policy: bool = False
     managed: bool = True
     public_key: str | None = None
     expires: dt.date | None = None
@@ -276,6 +282,10 @@ def _network(src: YamlSource, root: Any) -> Network:
                   "use a /64 (or larger) outside ipv6_pool, e.g. fd7a:115c:a1e1::/64")
     out["management_networks"] = _management_networks(src, values, at, out)
     out["split_dns"] = _split_dns(src, values, at, node)
+    if not isinstance(values["ssh_policy"], bool):
+        src.error(*at("ssh_policy"), "network.ssh_policy",
+                  f"must be true or false, not {type_name(values['ssh_policy'])}")
+        out["ssh_policy"] = False
     if not grammar.matches(grammar.DOMAIN, values["domain"]):
         src.error(*at("domain"), "network.domain", f"{type_name(values['domain'])} is not a "
                   "DNS domain", "use lower-case labels separated by dots, e.g. mesh.internal")
@@ -431,7 +441,8 @@ def _node(src: YamlSource, name: str, spec: Any, path: str, network: Network) ->
     values["owner"] = text("owner")
     if values["owner"] is not None and not grammar.matches(grammar.USER, values["owner"]):
         bad("owner", f'owner "{values["owner"]}" is not a user',
-            "write it in e-mail form: alice@example.com")
+            "write it in e-mail form, alice@example.com (a Headscale user with no domain: "
+            "alice@)")
         values["owner"] = None
     tags = spec.get("tags", [])
     if not isinstance(tags, list):
@@ -529,6 +540,10 @@ def _node(src: YamlSource, name: str, spec: Any, path: str, network: Network) ->
     for key in ("advertise_exit_node", "approved_exit_node", "relay", "lighthouse"):
         values[key] = flag(key)
     values["route_snat"] = flag("route_snat", True)
+    values["ssh_policy"] = flag("ssh_policy", network.ssh_policy and values["managed"])
+    if values["ssh_policy"] and not values["managed"]:
+        bad("ssh_policy", "wgmesh runs no sshd on a device Ansible does not manage",
+            "remove ssh_policy from this node")
     for key in ("failover_for", "use_exit_node"):
         values[key] = text(key, grammar.NODE_NAME, "a node name")
     if values["failover_for"] == name:

@@ -247,6 +247,9 @@ class Plan:
     # node, change, as (who it acts as), reaches (the destinations it gains), widens.
     identities: list[dict] = field(default_factory=list)
     names: list[dict] = field(default_factory=list)  # the mesh domain, split DNS
+    # Nodes whose SSH over the mesh starts or stops following the ssh rules: node, ssh_policy
+    # ("on" or "off"). Off widens: the ssh rules no longer narrow who sshd lets log in.
+    ssh_policy: list[dict] = field(default_factory=list)
     tests: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     groups: dict[str, list[str]] = field(default_factory=dict)  # user -> groups (either state)
@@ -260,6 +263,7 @@ class Plan:
         s = self.signing or {}
         return (any(c.kind == "gains" for c in self.access)
                 or any(i["widens"] for i in self.identities) or bool(self.names)
+                or any(c["ssh_policy"] == "off" for c in self.ssh_policy)
                 or any(r["change"] == "added" for r in self.routes + self.exit_nodes)
                 or bool(s.get("admins_added")) or s.get("threshold_lowered", False))
 
@@ -268,7 +272,7 @@ class Plan:
         s = self.signing or {}
         return bool(self.joined or self.left or self.expired or self.access or self.peers
                     or self.routes or self.exit_nodes or self.keys or self.tests
-                    or self.identities or self.names
+                    or self.identities or self.names or self.ssh_policy
                     or s.get("admins_added") or s.get("admins_removed")
                     or s.get("threshold_from") != s.get("threshold"))
 
@@ -390,8 +394,16 @@ def compare(old: Build, new: Build, base: str, head: str) -> Plan:
     plan.left = sorted(set(old.mesh.nodes) - set(new.mesh.nodes))
     plan.expired = sorted(set(n.expired) - set(o.expired) - set(plan.joined))
     acc_old, acc_new = access(old), access(new)
+    plan.ssh_policy = [{"node": name, "ssh_policy": "on" if n.ssh_hosts >> n.index[name] & 1
+                        else "off"}
+                       for name in sorted(set(o.names) & set(n.names))
+                       if (o.ssh_hosts >> o.index[name] ^ n.ssh_hosts >> n.index[name]) & 1]
+    # Logins on a node that starts or stops running SSH policy are not gained or lost (sshd's
+    # own keys decided them before, or decide them now): the ssh_policy change says so.
+    toggled = {c["node"] for c in plan.ssh_policy}
     plan.access = access_changes(acc_old, acc_new) + login_changes(
-        ssh_logins(old), ssh_logins(new))
+        *({src: {d: c for d, c in row.items() if d not in toggled} for src, row in
+           ssh_logins(build).items()} for build in (old, new)))
     # Every node, devices Ansible does not manage too (their exported configuration changes).
     with fewer_gc_passes():
         old_hosts = {h: o.host(h, filters=False) for h in o.names}
@@ -457,7 +469,7 @@ def to_json(plan: Plan) -> dict:
         "widened": plan.widened, "changed": plan.changed,
         "nodes": {"joined": plan.joined, "left": plan.left, "expired": plan.expired,
                   "key_changed": plan.keys},
-        "identities": plan.identities, "names": plan.names,
+        "identities": plan.identities, "names": plan.names, "ssh_policy": plan.ssh_policy,
         "access": [{"source": c.source, "change": c.kind, "destinations": c.destinations,
                     "ports": c.ports} for c in plan.access],
         "peers": plan.peers, "routes": plan.routes, "exit_nodes": plan.exit_nodes,
@@ -539,6 +551,14 @@ def to_markdown(plan: Plan, limit: int = 200) -> str:
         for c in plan.names:
             lines.append(f"- {_md(c['what'])}: {_md(c['from'] or 'none')} -> "
                          f"{_md(c['to'] or 'none')}")
+        lines.append("")
+    if plan.ssh_policy:
+        lines.append("#### SSH over the mesh")
+        for c in plan.ssh_policy:
+            lines.append(f"- {_md(c['node'])}: " + (
+                "the ssh rules now decide who logs in, and as whom" if c["ssh_policy"] == "on"
+                else "**the ssh rules no longer apply (widens)**: port 22 follows the network "
+                "rules, and sshd lets in whoever its own keys let in"))
         lines.append("")
     if plan.access:
         lines += ["#### Access", "", "| source | | destinations | ports |", "|---|---|---|---|"]

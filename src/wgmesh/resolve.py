@@ -82,6 +82,7 @@ class Resolution:
         self.rules = [self._rule_data(r) for r in policy.rules]
         self.exit_blocked: set[int] = set()
         self._check_exit_use()
+        self._warnings += self.ssh_warnings()
         for i in self.exit_blocked:
             self.exit_users[self.nodes[i].use_exit_node] &= ~(1 << i)
 
@@ -115,17 +116,27 @@ class Resolution:
                    for o in self.policy.tag_owners.get(tag, ()))
 
     def _check_tags(self) -> None:
+        # A tag the policy does not declare stays on the node, as Tailscale keeps it on a
+        # device whose tag left tagOwners: it has no owner to check, and no rule can name it
+        # (a rule naming it is an error), so the node is matched as tagged and nothing else.
+        undeclared: dict[str, list[str]] = defaultdict(list)
         for name in self.names:
             node = self.mesh.nodes[name]
             for tag in node.tags:
                 if tag not in self.policy.tag_owners:
-                    self._mesh_error(name, "tags", f'tag not found: "{tag}"',
-                                     f'declare "{tag}" in the policy\'s tagOwners')
+                    undeclared[tag].append(name)
                 elif node.owner and not self._owner_may_assign(node, tag):
                     self._mesh_error(
                         name, "tags", f'{node.owner} may not assign "{tag}"',
                         f'add the owner (or a group of theirs) to tagOwners["{tag}"], or '
                         "remove owner: to declare an owner-less server")
+        for tag, names in sorted(undeclared.items()):
+            shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more"
+                                             if len(names) > 10 else "")
+            self._warnings.append(
+                f'tag "{tag}" of {shown} is not declared in the policy\'s tagOwners: it has '
+                'no owner, and only "*" and autogroup:tagged match it (declare it, or remove '
+                "it from the node)")
 
     def _approvals(self) -> tuple[dict[int, set], set[int]]:
         """Router -> its approved prefixes, and the approved exit nodes."""
@@ -377,9 +388,10 @@ class Resolution:
                                      f'autogroup:internet, so it does not use exit node "{target}"')
 
     # SSH -----------------------------------------------------------------------------
-    # A node named as destination by an ssh rule is SSH-managed: over the mesh, TCP port 22
-    # reaches it only from sources an ssh rule lets in (and a network rule allows), and its
-    # sshd lets each source log in only as the users the rules name.
+    # A managed node that opts in (ssh_policy, as `tailscale set --ssh`) is SSH-managed: over
+    # the mesh, TCP port 22 reaches it only from sources an ssh rule lets in (and a network
+    # rule allows), and its sshd lets each source log in only as the users the rules name.
+    # Elsewhere port 22 follows the network rules alone, whatever the ssh rules say.
     SSH_PORT = 22
 
     @functools.cached_property
@@ -407,12 +419,39 @@ class Resolution:
         return sum(m for m in self.user_mask.values() if m & src)  # disjoint per user
 
     @functools.cached_property
-    def ssh_hosts(self) -> int:
-        """The SSH-managed nodes (devices Ansible does not manage run no sshd of ours)."""
+    def ssh_named(self) -> int:
+        """The nodes some ssh rule names as destination."""
         mask = 0
         for src, dst, self_dst in self._ssh:
             mask |= dst | (self._self_targets(src) if self_dst else 0)
-        return mask & ~sum(1 << i for i, n in enumerate(self.nodes) if not n.managed)
+        return mask
+
+    @functools.cached_property
+    def ssh_hosts(self) -> int:
+        """The SSH-managed nodes: those that opted in (only managed nodes can)."""
+        return sum(1 << i for i, n in enumerate(self.nodes) if n.ssh_policy)
+
+    def ssh_warnings(self) -> list[str]:
+        """Opt-in and ssh rules that disagree: both are allowed, and both surprise someone."""
+        out = []
+        managed = sum(1 << i for i, n in enumerate(self.nodes) if n.managed)
+        ignored = bits(self.ssh_named & managed & ~self.ssh_hosts)
+        if ignored:
+            out.append(self._listed(ignored, "ssh rules name {} as destination, but "
+                                    "ssh_policy is off there: port 22 over the mesh follows "
+                                    "the network rules alone (set ssh_policy: true on the "
+                                    "node, or network.ssh_policy)"))
+        closed = bits(self.ssh_hosts & ~self.ssh_named)
+        if closed:
+            out.append(self._listed(closed, "ssh_policy is on for {}, but no ssh rule names "
+                                    "it as destination: nobody may use SSH to it over the "
+                                    "mesh"))
+        return out
+
+    def _listed(self, nodes: list[int], text: str, shown: int = 10) -> str:
+        names = [self.names[i] for i in nodes]
+        return text.format(", ".join(names[:shown])
+                           + (f" and {len(names) - shown} more" if len(names) > shown else ""))
 
     def own_devices(self, i: int) -> int:
         """The untagged nodes of node i's owner (what autogroup:self means for it)."""

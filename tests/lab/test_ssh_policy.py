@@ -1,6 +1,6 @@
-"""The policy's ssh rules on the lab: carol (group:ops) may log in to tag:db (pub2) over the
-mesh as any user but root; tag:web (pub1) has a network rule for pub2's port 22 but no ssh
-rule, so the filter refuses it and so would sshd. A change of the rules reaches the running
+"""The policy's ssh rules on the lab, on pub2 (tag:db), which opts in to SSH policy: carol
+(group:ops) may log in to it over the mesh as any user but root; tag:web (pub1) has a
+network rule for pub2's port 22 but no ssh rule, so the filter refuses it and so would sshd. A change of the rules reaches the running
 sshd (a reload), and the management path (Ansible as root over the underlay) never changes.
 
 pub2 runs a second sshd on its mesh address, configured like Debian's (drop-ins included);
@@ -41,8 +41,11 @@ def lab(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sshpolicy")
     (tmp / "inv").mkdir()
     (tmp / "ssh.hujson").write_text(policy())
+    # pub2 opts in to SSH policy (as with `tailscale set --ssh`); no other node does.
     mesh = (REPO / "inventories/lab/mesh.yml").read_text().replace(
-        "../../policies/lab.hujson", str(tmp / "ssh.hujson"))
+        "../../policies/lab.hujson", str(tmp / "ssh.hujson")).replace(
+        "    tags: [tag:db]\n", "    tags: [tag:db]\n    ssh_policy: true\n", 1)
+    assert "ssh_policy: true" in mesh
     lab = MeshLab(tmp / "inv", "wgs", mesh=mesh)
     lab.policy_file = tmp / "ssh.hujson"
     lab.lab.down()
@@ -134,3 +137,22 @@ def test_a_rule_change_reaches_the_running_sshd(lab):
         apply(lab)
     rc, out = ssh(lab, "cafe1", "root")
     assert rc == 255 and "Permission denied" in out
+
+
+def test_a_node_that_stops_running_ssh_policy_follows_the_network_rules(lab):
+    """pub2 opts out: its drop-in goes, sshd reloads, and pub1's network rule for port 22
+    lets it in over the mesh (sshd's own keys decide the login); opting in again closes it."""
+    mesh_file = lab.inventory / "mesh.yml"
+    opted_in = mesh_file.read_text()
+    mesh_file.write_text(opted_in.replace("    ssh_policy: true\n", "", 1))
+    try:
+        run = apply(lab)
+        assert "reload sshd" in run.stdout
+        assert lab.run("pub2", "test", "-e", "/etc/ssh/sshd_config.d/wgmesh.conf",
+                       check=False).returncode == 1
+        assert ssh(lab, "pub1", "tester") == (0, "tester")
+    finally:
+        mesh_file.write_text(opted_in)
+        apply(lab)
+    rc, out = ssh(lab, "pub1", "tester")
+    assert rc == 255 and "timed out" in out

@@ -64,23 +64,46 @@ def test_q3_revoking_alice_is_removing_her_from_both_groups(tmp_path):
     assert allowed(b, "bob-laptop", "web1", port=443)  # nobody else lost anything
 
 
-def test_q4_carol_ssh_to_prod_web_needs_a_network_rule_and_an_ssh_rule(tmp_path, article):
+def test_q4_carol_ssh_to_prod_web_needs_a_network_rule(tmp_path, article):
+    """With the servers' own sshd (no ssh_policy), port 22 is the network rules' business:
+    carol, on call, reaches prod-db's port 22 and not prod-web's; a network rule gives her
+    prod-web's."""
+    assert allowed(article, "carol-laptop", "db1", port=22)
     assert not allowed(article, "carol-laptop", "web1", port=22)
     changed = POLICY.replace(
         '{"action": "accept", "src": ["tag:prod-web"],',
         '{"action": "accept", "src": ["carol@example.com"], "dst": ["tag:prod-web:22"]},\n'
-        '    {"action": "accept", "src": ["tag:prod-web"],').replace(
-        '"ssh": [', '"ssh": [\n    {"action": "accept", "src": ["carol@example.com"], '
-        '"dst": ["tag:prod-web"], "users": ["ubuntu"]},').replace(
-        '{"src": "carol@example.com", "dst": ["tag:prod-web"], "deny": ["ubuntu"]},', "")
+        '    {"action": "accept", "src": ["tag:prod-web"],')
     b = make(tmp_path, NODES, changed)
     assert allowed(b, "carol-laptop", "web1", port=22)
     assert not allowed(b, "carol-laptop", "web1", port=443)
     assert "web1" in peers(b, "carol-laptop")
-    assert len(b.policy.ssh) == 3
-    # The network rule alone does not open port 22 of an SSH-managed host.
-    network_only = changed.replace('    {"action": "accept", "src": ["carol@example.com"], '
-                                   '"dst": ["tag:prod-web"], "users": ["ubuntu"]},', "")
-    (tmp_path / "n").mkdir()
-    assert not allowed(make(tmp_path / "n", NODES, network_only), "carol-laptop", "web1",
-                       port=22)
+
+
+def test_q4_on_servers_that_run_ssh_policy_logins_need_an_ssh_rule_too(tmp_path):
+    """The servers opt in (ssh_policy, as `tailscale set --ssh`): carol's network rule to
+    prod-db's port 22 stands (the article's test of it passes unchanged, as at Tailscale),
+    but no ssh rule lets her in, so the filter refuses her and eval says the ssh rules
+    answered. An ssh rule for her opens it, with the logins it names."""
+    nodes = {n: dict(spec, ssh_policy=True) if "tags" in spec else spec
+             for n, spec in NODES.items()}
+    b = make(tmp_path, nodes, POLICY)  # the policy's tests and sshTests hold
+    comp = b.compiler
+    assert not allowed(b, "carol-laptop", "db1", port=22)
+    assert allowed(b, "carol-laptop", "db1", port=5432)
+    assert allowed(b, "alice-laptop", "db1", port=22)  # an engineer, on call too
+    verdict = b.evaluator.check(comp.endpoint_of("carol-laptop"), comp.endpoint_of("db1"),
+                                6, 22)
+    assert (verdict.allow, verdict.answered_by) == (False, "ssh")
+    assert verdict.note == "acls[1] allows it, but db1 runs SSH policy: port 22 needs an ssh " \
+                           "rule too"
+    on_call = POLICY.replace('"ssh": [', '"ssh": [\n    {"action": "accept", "src": '
+                             '["group:on-call"], "dst": ["tag:prod-db"], '
+                             '"users": ["autogroup:nonroot"]},').replace(
+        '"deny": ["root", "ubuntu"]}', '"deny": ["root"]}')
+    (tmp_path / "o").mkdir()
+    b = make(tmp_path / "o", nodes, on_call)
+    assert allowed(b, "carol-laptop", "db1", port=22)
+    assert not allowed(b, "carol-laptop", "web1", port=22)
+    assert b.compiler.ssh_logins(b.compiler.index["db1"],
+                                 b.compiler.index["carol-laptop"]) == ((), True)

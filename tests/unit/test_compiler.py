@@ -53,6 +53,53 @@ def test_owner_must_be_a_tag_owner(tmp_path):
         make(tmp_path, {"s": {"owner": "bob@example.com", "tags": ["tag:web"]}}, pol())
 
 
+def test_a_tag_the_policy_does_not_declare_stays_on_its_node_with_a_warning(tmp_path):
+    """As Tailscale keeps a tag on a device after it left tagOwners: the node is tagged (no
+    longer its owner's), has no owner check, and only autogroup:tagged and "*" match it."""
+    nodes = {"laptop": {"owner": "alice@example.com"},
+             "old": {"owner": "bob@example.com", "tags": ["tag:retired"],
+                     "endpoint": "192.0.2.3:51820"},
+             "db": {"tags": ["tag:db", "tag:retired"], "endpoint": "192.0.2.4:51820"}}
+    b = make(tmp_path, nodes, pol(acls=[
+        {"action": "accept", "src": ["autogroup:tagged"], "dst": ["alice@example.com:80"]},
+        {"action": "accept", "src": ["bob@example.com"], "dst": ["tag:db:5432"]},
+        {"action": "accept", "src": ["alice@example.com"], "dst": ["tag:db:5432"]}]))
+    assert allowed(b, "old", "laptop", port=80) and allowed(b, "db", "laptop", port=80)
+    assert not allowed(b, "old", "db", port=5432)  # tagged: no longer bob's
+    assert allowed(b, "laptop", "db", port=5432)  # its declared tag still matches
+    assert b.compiler.warnings == [
+        'tag "tag:retired" of db, old is not declared in the policy\'s tagOwners: it has no '
+        'owner, and only "*" and autogroup:tagged match it (declare it, or remove it from '
+        "the node)"]
+    answers = subprocess.run([WGMESH, "eval", "-i", str(tmp_path)], input=json.dumps(
+        {"src": "tag:retired", "dst": "laptop", "proto": "tcp", "port": 80}) + "\n",
+        capture_output=True, text=True, check=True).stdout
+    assert json.loads(answers)["allow"] is True  # eval takes the tag the nodes carry
+    # A rule may not name it: Tailscale refuses that policy too.
+    (tmp_path / "r").mkdir()
+    with pytest.raises(InputError, match=r'tag not found: "tag:retired"'):
+        make(tmp_path / "r", nodes, pol(acls=[
+            {"action": "accept", "src": ["tag:retired"], "dst": ["*:*"]}]))
+
+
+def test_headscale_users_with_no_domain_are_users(tmp_path):
+    """Headscale writes a user with no domain as alice@ in policies (and mesh.yml owners are
+    spelt the same): groups, rules, tagOwners, tests and eval take it."""
+    nodes = {"a1": {"owner": "alice@"}, "b1": {"owner": "bob@"},
+             "srv": {"owner": "alice@", "tags": ["tag:web"], "endpoint": "192.0.2.9:51820"}}
+    policy = """{"groups": {"group:eng": ["alice@"]}, "tagOwners": {"tag:web": ["group:eng"]},
+      "acls": [{"action": "accept", "src": ["group:eng"], "dst": ["tag:web:22"]},
+               {"action": "accept", "src": ["tag:web"], "dst": ["bob@:80"]}],
+      "tests": [{"src": "alice@", "accept": ["srv:22"]}, {"src": "bob@", "deny": ["srv:22"]}]}"""
+    b = make(tmp_path, nodes, policy)
+    assert allowed(b, "a1", "srv") and not allowed(b, "b1", "srv")
+    assert allowed(b, "srv", "b1", port=80) and not allowed(b, "srv", "a1", port=80)
+    eval_out = subprocess.run([WGMESH, "eval", "-i", str(tmp_path)], input=json.dumps(
+        {"src": "bob@", "dst": "srv", "proto": "tcp", "port": 22}) + "\n",
+        capture_output=True, text=True, check=True).stdout
+    assert json.loads(eval_out)["allow"] is False
+
+
 def test_autogroup_self_reaches_only_the_users_own_untagged_devices(tmp_path):
     nodes = {"a1": {"owner": "alice@example.com"},
              "a2": {"owner": "alice@example.com", "endpoint": "192.0.2.2:51820"},

@@ -1,6 +1,7 @@
-"""The policy's ssh rules, compiled: port 22 of SSH-managed nodes opens only where a network
-rule and an ssh rule both allow, in the rendered sets at both ends exactly as `eval` decides,
-and each host's sshd drop-in names the logins each source may use."""
+"""The policy's ssh rules, compiled: on nodes that run SSH policy (ssh_policy, their choice as
+in Tailscale), port 22 opens only where a network rule and an ssh rule both allow, in the
+rendered sets at both ends exactly as `eval` decides, and each such host's sshd drop-in names
+the logins each source may use. Elsewhere port 22 follows the network rules alone."""
 
 import pytest
 from meshkit import allowed, lookup, make, parse_sets
@@ -8,11 +9,11 @@ from meshkit import allowed, lookup, make, parse_sets
 from wgmesh import render
 
 NODES = {
-    "alice-laptop": {"owner": "alice@example.com"},
-    "alice-desk": {"owner": "alice@example.com"},
-    "bob-laptop": {"owner": "bob@example.org"},
-    "web1": {"tags": ["tag:web"], "endpoint": "192.0.2.11:51820"},
-    "db1": {"tags": ["tag:db"], "endpoint": "192.0.2.12:51820"},
+    "alice-laptop": {"owner": "alice@example.com", "ssh_policy": True},
+    "alice-desk": {"owner": "alice@example.com", "ssh_policy": True},
+    "bob-laptop": {"owner": "bob@example.org", "ssh_policy": True},
+    "web1": {"tags": ["tag:web"], "endpoint": "192.0.2.11:51820", "ssh_policy": True},
+    "db1": {"tags": ["tag:db"], "endpoint": "192.0.2.12:51820", "ssh_policy": True},
     "ci1": {"tags": ["tag:ci"], "endpoint": "192.0.2.13:51820"},
 }
 POLICY = """{
@@ -48,11 +49,17 @@ def test_port_22_opens_only_where_an_ssh_rule_lets_in(mesh):
     # Other ports, UDP 22 and nodes no ssh rule names keep the network rule's answer.
     assert allowed(mesh, "web1", "db1", port=5432)
     assert allowed(mesh, "web1", "db1", proto="udp", port=22)
-    assert allowed(mesh, "db1", "ci1")  # ci1 is no ssh destination: plain sshd, not ours
-    verdict = mesh.evaluator.check(mesh.compiler.endpoint_of("web1"),
-                                   mesh.compiler.endpoint_of("db1"), 6, 22)
-    assert verdict.note == "acls[0] allows it, but db1 is SSH-managed: port 22 needs an " \
-                           "ssh rule too"
+    assert allowed(mesh, "db1", "ci1")  # ci1 does not run SSH policy: plain sshd, not ours
+    ev, comp = mesh.evaluator, mesh.compiler
+    verdict = ev.check(comp.endpoint_of("web1"), comp.endpoint_of("db1"), 6, 22)
+    assert (verdict.allow, verdict.answered_by, verdict.note) == (
+        False, "ssh", "acls[0] allows it, but db1 runs SSH policy: port 22 needs an ssh "
+        "rule too")
+    verdict = ev.check(comp.endpoint_of("ci1"), comp.endpoint_of("db1"), 6, 22)
+    assert (verdict.allow, verdict.rule, verdict.answered_by, verdict.ssh_rule) == (
+        True, "acls[0]", "ssh", "ssh[2]")
+    verdict = ev.check(comp.endpoint_of("db1"), comp.endpoint_of("ci1"), 6, 22)
+    assert (verdict.allow, verdict.answered_by, verdict.ssh_rule) == (True, "network", None)
 
 
 def test_rendered_sets_agree_with_eval_at_both_ends(mesh):
@@ -150,7 +157,7 @@ def test_a_router_forwards_no_subnet_source_to_port_22_of_an_ssh_managed_node(tm
     address outside the mesh); the router's forwarding set agrees, other ports still pass."""
     nodes = {"gw": {"tags": ["tag:router"], "endpoint": "192.0.2.1:51820",
                     "advertise_routes": ["192.168.1.0/24"]},
-             "web1": {"tags": ["tag:web"], "endpoint": "192.0.2.2:51820"},
+             "web1": {"tags": ["tag:web"], "endpoint": "192.0.2.2:51820", "ssh_policy": True},
              "alice": {"owner": "alice@example.com"}}
     policy = """{"tagOwners": {"tag:router": [], "tag:web": []},
       "autoApprovers": {"routes": {"192.168.1.0/24": ["tag:router"]}},
@@ -166,3 +173,98 @@ def test_a_router_forwards_no_subnet_source_to_port_22_of_an_ssh_managed_node(tm
         want = b.evaluator.check(lan, web, 6, port).allow
         assert want is (port == 80)
         assert lookup(fwd, (int(lan.addr), int(web.addr), 6, port)) is want
+
+
+def test_ssh_rules_apply_only_where_the_node_opted_in(tmp_path):
+    """The same policy with nobody opted in: port 22 is the network rules' alone, no sshd
+    drop-in is written, and the compile warns about the ssh rules that name such nodes."""
+    nodes = {name: {k: v for k, v in spec.items() if k != "ssh_policy"}
+             for name, spec in NODES.items()}
+    b = make(tmp_path, nodes, POLICY)
+    comp = b.compiler
+    assert comp.ssh_hosts == 0
+    assert allowed(b, "alice-laptop", "db1") and allowed(b, "web1", "db1")
+    assert all(render.sshd_dropin(comp.host(n)) is None for n in comp.names)
+    verdict = b.evaluator.check(comp.endpoint_of("alice-laptop"), comp.endpoint_of("web1"),
+                                6, 22)
+    assert (verdict.allow, verdict.answered_by) == (True, "network")
+    assert verdict.note == ("web1 does not run SSH policy (ssh_policy): the network rules "
+                            "alone decide port 22")
+    assert ("ssh rules name alice-desk, alice-laptop, bob-laptop, db1, web1 as destination, "
+            "but ssh_policy is off there: port 22 over the mesh follows the network rules "
+            "alone (set ssh_policy: true on the node, or network.ssh_policy)") in comp.warnings
+
+
+def test_network_ssh_policy_is_the_default_and_a_node_may_opt_out(tmp_path):
+    nodes = {name: {k: v for k, v in spec.items() if k != "ssh_policy"}
+             for name, spec in NODES.items()}
+    nodes["bob-laptop"]["ssh_policy"] = False
+    nodes["carol-phone"] = {"owner": "carol@example.com", "managed": False,
+                            "public_key": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="}
+    b = make(tmp_path, nodes, POLICY, network={"ssh_policy": True})
+    comp = b.compiler
+    on = {n for n in comp.names if comp.ssh_hosts >> comp.index[n] & 1}
+    # Every managed node but bob's laptop; a device wgmesh does not manage runs no sshd of ours.
+    assert on == {"alice-laptop", "alice-desk", "web1", "db1", "ci1"}
+    # ci1 opted in (the default) and no ssh rule names it: nobody gets port 22 over the mesh.
+    assert not allowed(b, "db1", "ci1") and allowed(b, "db1", "ci1", port=80)
+    assert "DenyUsers *" in render.sshd_dropin(comp.host("ci1"))
+    assert ("ssh_policy is on for ci1, but no ssh rule names it as destination: nobody may "
+            "use SSH to it over the mesh") in comp.warnings
+    assert allowed(b, "alice-laptop", "bob-laptop")  # opted out: the network rule decides
+
+
+def test_a_device_wgmesh_does_not_manage_cannot_opt_in(tmp_path):
+    from wgmesh.errors import InputError
+
+    nodes = {"carol-phone": {"owner": "carol@example.com", "managed": False,
+                             "ssh_policy": True,
+                             "public_key": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="}}
+    with pytest.raises(InputError) as refused:
+        make(tmp_path, nodes, POLICY)
+    assert "nodes.carol-phone.ssh_policy: wgmesh runs no sshd on a device Ansible does not " \
+           "manage" in str(refused.value)
+    (tmp_path / "n").mkdir()
+    with pytest.raises(InputError) as refused:
+        make(tmp_path / "n", NODES, POLICY, network={"ssh_policy": "yes"})
+    assert 'network.ssh_policy: must be true or false, not "yes"' in str(refused.value)
+
+
+def test_policy_tests_judge_the_network_rules_and_ssh_tests_the_logins(tmp_path):
+    """As in Tailscale: a `tests` accept of port 22 holds when a network rule allows it,
+    though db1 runs SSH policy and no ssh rule lets alice in (the filter refuses her, and
+    eval says the ssh rules answered); sshTests judge the logins."""
+    tests = ('"tests": [{"src": "alice@example.com", "accept": ["db1:22"], '
+             '"deny": []}],\n  "sshTests": [{"src": "alice@example.com", "dst": ["db1"], '
+             '"deny": ["root", "deploy"]}],\n')
+    b = make(tmp_path, NODES, POLICY.replace('"ssh": [', tests + '  "ssh": [', 1))
+    assert not allowed(b, "alice-laptop", "db1")
+    narrowed = POLICY.replace('"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]',
+                              '"acls": [{"action": "accept", "src": ["*"], "dst": ["*:80"]}]')
+    (tmp_path / "w").mkdir()
+    from wgmesh.build import PolicyTestFailure
+
+    with pytest.raises(PolicyTestFailure) as failure:
+        make(tmp_path / "w", NODES, narrowed.replace('"ssh": [', tests + '  "ssh": [', 1))
+    assert [p.message for p in failure.value.problems] == [
+        "test failed: alice-desk -> db1:22 is denied, expected accept",
+        "test failed: alice-laptop -> db1:22 is denied, expected accept"]
+
+
+def test_plan_names_a_node_that_stops_running_ssh_policy_as_widening(tmp_path):
+    from wgmesh import plan
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "head").mkdir()
+    base = make(tmp_path / "base", NODES, POLICY)
+    nodes = dict(NODES, db1={**NODES["db1"], "ssh_policy": False})
+    head = make(tmp_path / "head", nodes, POLICY)
+    p = plan.compare(base, head, "base", "head")
+    assert p.ssh_policy == [{"node": "db1", "ssh_policy": "off"}]
+    assert p.widened and p.exit_code == plan.WIDENED
+    assert ("alice@example.com", "gains", ["db1"], ["tcp 22"]) in [
+        (c.source, c.kind, c.destinations, c.ports) for c in p.access]
+    assert "**the ssh rules no longer apply (widens)**" in plan.to_markdown(p)
+    back = plan.compare(head, base, "head", "base")
+    assert back.ssh_policy == [{"node": "db1", "ssh_policy": "on"}] and not back.widened
+    assert not [c for c in back.access if c.kind == "gains"]
