@@ -162,8 +162,11 @@ def _element_block(key: str, boxes: tuple[Box, ...], family: int) -> str:
 def nftables(host: HostOutput, net: Network) -> str:
     """The host's table, replaced whole and atomically by ``nft -f``.
 
-    Every packet on the mesh interfaces is checked against the sets, not only the first of
-    a connection, so a change that takes access away also ends connections already open.
+    A connection is checked against the sets until one of its packets passes; the pass
+    marks it (conntrack mark) with this table's generation, a number derived from the
+    table's text, and its later packets pass on the mark alone. A new table has another
+    generation, so after a change every open connection is checked again on its next
+    packet: a change that takes access away also ends connections already open.
     Replies are checked with their fields reversed against the other direction's sets (a
     reply's source and source port are its connection's destination and port). Mesh
     addresses exist only on the mesh interfaces: from or for one elsewhere, a packet is
@@ -275,6 +278,8 @@ def nftables(host: HostOutput, net: Network) -> str:
             agent_rule = [f"        ip {peer} @agent4 udp sport {port} udp dport {port} accept"]
         lines += [f"    chain {chain} {{",
                   *_STATE,
+                  # Checked against this very table already (see the docstring).
+                  f"        ct mark {GENERATION} accept",
                   *agent_rule,
                   # A reply tries its connection's sets first and, failing them, its own.
                   f"        ct direction reply jump {chain}_reply",
@@ -294,8 +299,20 @@ def nftables(host: HostOutput, net: Network) -> str:
             "    }",
         ]
     lines.append("}")
-    return "\n".join(lines) + "\n"
+    # The generation: 32 bits of the table's digest (with the placeholder in it), never 0
+    # (the mark of a connection nothing marked).
+    digest = hashlib.sha256()
+    for line in lines:
+        digest.update(line.encode() + b"\n")
+    generation = f"{int.from_bytes(digest.digest()[:4], 'big') or 1:#010x}"
+    return "".join((line.replace(GENERATION, generation) if GENERATION in line else line)
+                   + "\n" for line in lines)
 
+
+# Stands for the table's generation until the text around it is complete.
+GENERATION = "%generation%"
+# A connection that passes the sets is marked with the generation on its way through.
+PASS = f"ct mark set {GENERATION} accept"
 
 # ICMP errors about a connection (unreachable, packet too big) pass with it.
 _STATE = ("        ct state vmap { invalid : drop, related : accept }",)
@@ -315,12 +332,12 @@ def _policy_rules(direction: str, reverse: str) -> tuple[list[str], list[str]]:
         orig = back = {4: f"ip {peer}", 6: f"ip6 {peer}"}
     own, replies = [], []
     for f, icmp in ((4, "icmp"), (6, "icmpv6")):
-        own += [f"        {icmp} type echo-request {orig[f]} @ping_{direction}{f} accept",
-                f"        {orig[f]} . meta l4proto . th dport @{direction}{f} accept",
-                f"        {orig[f]} . meta l4proto @{direction}{f}p accept"]
-        replies += [f"        {icmp} type echo-reply {back[f]} @ping_{reverse}{f} accept",
-                    f"        {back[f]} . meta l4proto . th sport @{reverse}{f} accept",
-                    f"        {back[f]} . meta l4proto @{reverse}{f}p accept"]
+        own += [f"        {icmp} type echo-request {orig[f]} @ping_{direction}{f} {PASS}",
+                f"        {orig[f]} . meta l4proto . th dport @{direction}{f} {PASS}",
+                f"        {orig[f]} . meta l4proto @{direction}{f}p {PASS}"]
+        replies += [f"        {icmp} type echo-reply {back[f]} @ping_{reverse}{f} {PASS}",
+                    f"        {back[f]} . meta l4proto . th sport @{reverse}{f} {PASS}",
+                    f"        {back[f]} . meta l4proto @{reverse}{f}p {PASS}"]
     return own, replies
 
 

@@ -185,6 +185,18 @@ for src in ("{home1}", None):
     assert "from-bob" in received and "from-forged" not in received
 
 
+def generation(mesh, host: str) -> int:
+    """The generation of the table the host runs (docs/nftables.md)."""
+    table = mesh.run(host, "nft", "list", "chain", "inet", "wgmesh", "mesh_in").stdout
+    return int(re.search(r"ct mark (0x[0-9a-f]+) accept", table).group(1), 16)
+
+
+def connection_marks(mesh, host: str, *match: str) -> set[int]:
+    """The conntrack marks of the host's connections that ``conntrack -L`` options match."""
+    out = mesh.run(host, "conntrack", "-L", *match).stdout
+    return {int(m) for m in re.findall(r"\bmark=(\d+)", out)}
+
+
 def test_revoking_access_ends_open_connections_and_spares_other_flows(mesh):
     """alice (home1) holds a TCP connection to bob's (home2) port 8080 while a run applies a
     policy that moves the rule to 8081 (the two stay peers, so only the filter can end it).
@@ -206,11 +218,20 @@ def test_revoking_access_ends_open_connections_and_spares_other_flows(mesh):
     (mesh.inventory / "mesh.yml").write_text(original.replace(lab_policy, str(policy)))
     try:
         time.sleep(2)
+        # The connection passes on its table's generation (the fast path) at both ends.
+        for host in ("home1", "home2"):
+            assert connection_marks(mesh, host, "-p", "tcp", "--dport", "8080", "--state",
+                                    "ESTABLISHED") == {generation(mesh, host)}
+        before = generation(mesh, "home1")
         start = time.time()
         run = mesh.playbook()
         end = time.time()
         assert run.returncode == 0, run.stdout[-3000:]
         time.sleep(3)
+        # A new table, a new generation: the ping flow, checked again, carries it now.
+        assert generation(mesh, "home1") != before
+        assert connection_marks(mesh, "home1", "-p", "icmp", "-d", pub1) == {
+            generation(mesh, "home1")}
     finally:
         mesh.stop(hold)
         os.killpg(pings.pid, signal.SIGINT)  # ping prints its summary and ends
