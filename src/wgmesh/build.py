@@ -344,6 +344,25 @@ def parse_query_endpoint(b: Build, text: str) -> Endpoint:
     return comp.endpoint_of(text)
 
 
+def known_users(b: Build) -> set[str]:
+    """Every user the inputs name: node owners, group members, users in rules and tagOwners."""
+    users = {n.owner for n in b.mesh.nodes.values() if n.owner}
+    users.update(u for members in b.policy.groups.values() for u in members)
+    selectors = [sel for r in (*b.policy.rules, *b.policy.ssh) for sel in (*r.src, *r.dst)]
+    selectors += [sel for owners in b.policy.tag_owners.values() for sel in owners]
+    users.update(sel.name for sel in selectors if sel.kind is Kind.USER)
+    return users
+
+
+def unknown_user_hint(users: set[str], text: str) -> str | None:
+    """For a user none of ``users`` (``known_users``) is, a typo most likely: what it stands
+    for, and the closest user that exists."""
+    if not grammar.matches(grammar.USER, text) or text in users:
+        return None
+    return (f'no node, group or rule names the user "{text}" (it stands for a user with no '
+            f"device); {did_you_mean(text, users)}")
+
+
 def query_endpoints(b: Build, text: str) -> list[Endpoint]:
     """What an eval query names: one node, host alias or address, or every device of a
     user, group or tag (an identity with no device stands for itself)."""

@@ -22,9 +22,11 @@ from wgmesh import grammar, render
 from wgmesh.build import (
     PolicyTestFailure,
     build,
+    known_users,
     policy_test_failures,
     query_endpoints,
     source_commit,
+    unknown_user_hint,
 )
 from wgmesh.compiler import fewer_gc_passes
 from wgmesh.errors import InputError, LabError, Problem, escape, write_atomic
@@ -60,6 +62,16 @@ def default_inventory() -> str:
                               "inventory = DIR under [defaults] in ansible.cfg")])
 
 
+# Exit codes, the same for every command (the README's table; plan's 3 and 4 live in plan.py).
+EXIT_OK = 0
+EXIT_FAILED = 1  # a check failed: a policy test, a stale lockfile (--locked), a lab step
+EXIT_INPUT = 2  # usage or input error: nothing was changed or judged
+EXIT_DRIFT = 5  # status: a host does not run what the inputs say
+EXIT_UNREACHED = 6  # status: a host could not be reached, or the status run itself failed
+# What playbooks/status.yml says of a host that drifts.
+DRIFT_MESSAGE = "does not run what the inputs say"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -70,17 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     except PolicyTestFailure as exc:
         for problem in exc.problems:
             print(f"error: {problem}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except render.RenderError as exc:
         print(f"error: {escape(str(exc))}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     _mesh_args(p)
     p.add_argument("--locked", action="store_true",
                    help="fail (exit 1) if mesh.lock.yml would change")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON report on stdout (errors, test failures, warnings), for "
+                   "tools; the exit code is the same")
     p.set_defaults(func=cmd_check)
     p = sub.add_parser("test", help="run the policy's tests and show each result")
     _mesh_args(p)
@@ -261,8 +276,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where wgmesh_apply keeps bundle.json (default %(default)s)")
     p.set_defaults(func=cmd_agent)
 
+    p = sub.add_parser("completion", help="print a shell completion script: "
+                       "eval \"$(wgmesh completion bash)\", or save the zsh one as _wgmesh "
+                       "in a folder of $fpath")
+    p.add_argument("shell", choices=("bash", "zsh"))
+    p.set_defaults(func=cmd_completion)
+
     p = sub.add_parser("status", help="does every host run what the inputs say (runs "
-                       "playbooks/status.yml; exit code 2 on drift)")
+                       f"playbooks/status.yml; exit code {EXIT_DRIFT} on drift, "
+                       f"{EXIT_UNREACHED} when a host is not reached)")
     p.add_argument("-i", "--inventory", metavar="PATH",
                    help="inventory folder with mesh.yml (default: ansible.cfg's inventory)")
     p.add_argument("-l", "--limit", metavar="HOSTS", help="only these hosts (Ansible pattern)")
@@ -308,24 +330,29 @@ def _build(args, run_tests: bool = True):
     return build(args.inventory, args.policy, today=args.today, run_tests=run_tests)
 
 
-def _warn(b) -> None:
-    for w in b.compiler.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    for n in b.compiler.expired:
-        print(f"warning: node {n} has expired and is left out", file=sys.stderr)
+def _warnings(b) -> list[str]:
+    """Everything a compile warns of, one line each."""
+    out = list(b.compiler.warnings)
+    out += [f"node {n} has expired and is left out" for n in b.compiler.expired]
     if b.lock.allocated:
-        print(f"warning: {len(b.lock.allocated)} node(s) have no address in {b.lock.path} yet "
-              f"({', '.join(b.lock.allocated[:5])}{', ...' if len(b.lock.allocated) > 5 else ''}"
-              "): shown with the addresses `wgmesh lock` (or a site.yml run) would pin",
-              file=sys.stderr)
+        out.append(f"{len(b.lock.allocated)} node(s) have no address in {b.lock.path} yet "
+                   f"({', '.join(b.lock.allocated[:5])}"
+                   f"{', ...' if len(b.lock.allocated) > 5 else ''}"
+                   "): shown with the addresses `wgmesh lock` (or a site.yml run) would pin")
+    return out
 
 
-def _warn_unsigned(b) -> None:
+def _warn(b) -> None:
+    for w in _warnings(b):
+        print(f"warning: {w}", file=sys.stderr)
+
+
+def _unsigned_warnings(b) -> list[str]:
     """A signed mesh whose manifest does not (yet) cover these inputs: hosts will refuse."""
     from wgmesh import signing
 
     if b.mesh.signing is None:
-        return
+        return []
     path = b.mesh.signing.manifest_path
     if b.manifest is None:
         why = [f"there is no {path}"]
@@ -335,9 +362,13 @@ def _warn_unsigned(b) -> None:
             signing.verify(b.manifest, signing.trust_of(b))
         except signing.Refused as exc:
             why.append(str(exc))
-    for line in why:
-        print(f"warning: signed mesh: {line}; hosts refuse these inputs until `wgmesh "
-              "manifest create` and enough `wgmesh manifest sign`", file=sys.stderr)
+    return [f"signed mesh: {line}; hosts refuse these inputs until `wgmesh manifest create` "
+            "and enough `wgmesh manifest sign`" for line in why]
+
+
+def _warn_unsigned(b) -> None:
+    for w in _unsigned_warnings(b):
+        print(f"warning: {w}", file=sys.stderr)
 
 
 def cmd_init(args) -> int:
@@ -352,10 +383,12 @@ Next, in {args.dir}:
   2. policies/prod.hujson: who may reach what.
   3. wgmesh check; ansible-inventory --graph; ansible-playbook site.yml --check
   4. ansible-playbook site.yml, then commit (the lockfile too): see docs/gitops.md.""")
-    return 0
+    return EXIT_OK
 
 
 def cmd_check(args) -> int:
+    if args.json:
+        return _check_json(args)
     b = _build(args)
     with fewer_gc_passes():  # what only a host's compile finds (output limits) fails here too
         for name in b.compiler.names:
@@ -364,11 +397,42 @@ def cmd_check(args) -> int:
     _warn_unsigned(b)
     if args.locked and b.lock.changed:
         print(f"error: {b.lock.path} is out of date (run: wgmesh lock)", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(f"ok: {len(b.compiler.names)} nodes, {len(b.policy.rules)} rules, "
           f"{len(b.policy.tests)} policy tests passed"
           + (f", {len(b.policy.ssh_tests)} ssh tests passed" if b.policy.ssh_tests else ""))
-    return 0
+    return EXIT_OK
+
+
+def _check_json(args) -> int:
+    """`check --json`: one JSON document on stdout, whatever the outcome, with the exit code
+    the text form has."""
+    report: dict = {"ok": False, "exit_code": EXIT_OK, "errors": [], "test_failures": [],
+                    "warnings": []}
+
+    def problems(exc) -> list[dict]:
+        return [{"file": p.file, "line": p.line, "column": p.column, "path": p.path,
+                 "message": p.message, "fix": p.fix} for p in exc.problems]
+
+    try:
+        b = _build(args)
+        with fewer_gc_passes():
+            for name in b.compiler.names:
+                b.compiler.host(name)
+    except InputError as exc:
+        report.update(exit_code=EXIT_INPUT, errors=problems(exc))
+    except PolicyTestFailure as exc:
+        report.update(exit_code=EXIT_FAILED, test_failures=problems(exc))
+    else:
+        stale = bool(args.locked and b.lock.changed)
+        report.update(
+            ok=not stale, exit_code=EXIT_FAILED if stale else EXIT_OK,
+            nodes=len(b.compiler.names), rules=len(b.policy.rules),
+            tests_passed=len(b.policy.tests), ssh_tests_passed=len(b.policy.ssh_tests),
+            expired=list(b.compiler.expired), lockfile_current=not b.lock.changed,
+            warnings=_warnings(b) + _unsigned_warnings(b))
+    print(json.dumps(report, indent=2))
+    return report["exit_code"]
 
 
 def cmd_test(args) -> int:
@@ -382,13 +446,13 @@ def cmd_test(args) -> int:
     for p in failures:
         print(f"error: {p}", file=sys.stderr)
     print(f"{len(tests) - len(failed)} passed, {len(failed)} failed")
-    return 1 if failures else 0
+    return EXIT_FAILED if failures else EXIT_OK
 
 
 def cmd_lock(args) -> int:
     b = _build(args, run_tests=False)
     print(f"{b.lock.path}: {'written' if b.lock.save() else 'unchanged'}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_render(args) -> int:
@@ -399,7 +463,7 @@ def cmd_render(args) -> int:
     if args.host:
         if args.host not in comp.index:
             print(f'error: no node "{args.host}" in {b.mesh.path}', file=sys.stderr)
-            return 2
+            return EXIT_INPUT
         names = [args.host]
     else:
         names = [n for n in comp.names if b.mesh.nodes[n].managed]
@@ -413,7 +477,7 @@ def cmd_render(args) -> int:
         for line in left_out:
             print(f"# not reachable from this device: {line}")
         _warn(b)
-        return 0
+        return EXIT_OK
     with fewer_gc_passes():
         hosts = map(comp.host, names)
         if args.json:
@@ -430,7 +494,7 @@ def cmd_render(args) -> int:
                     print(f"### {h.name}: {where}")
                     print(text)
     _warn(b)
-    return 0
+    return EXIT_OK
 
 
 def _host_files(h, net) -> list[tuple[str, str, str]]:
@@ -527,12 +591,12 @@ def cmd_device_config(args) -> int:
     if node is None or node.managed:
         print(f"error: {args.name} is not a device (managed: false) in {b.mesh.path}",
               file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     private = device.read_private_key(args.key_file) if args.key_file else None
     if private and device.public_of(private) != b.alloc[args.name].public_key:
         print(f"error: {args.key_file} is not {args.name}'s key (its public key differs from "
               "the one in mesh.yml)", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     return _export(args, b, private)
 
 
@@ -553,7 +617,7 @@ def _configuration(args, b, private: str | None) -> tuple[str, list[str], object
 def _export(args, b, private: str | None, made: tuple | None = None) -> int:
     if args.name in b.compiler.expired:
         print(f"error: {args.name} has expired and has no peers", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     text, left_out, code = made or _configuration(args, b, private)
     print(text)
     for line in left_out:
@@ -565,12 +629,12 @@ def _export(args, b, private: str | None, made: tuple | None = None) -> int:
             continue
         if code is None:
             print("error: no QR code without the private key (--key-file)", file=sys.stderr)
-            return 2
+            return EXIT_INPUT
         buf = io.BytesIO()
         code.save(buf, kind=kind, scale=6)
         write_atomic(path, buf.getvalue(), 0o600)
     _warn(b)
-    return 0
+    return EXIT_OK
 
 
 def cmd_kit(args) -> int:
@@ -580,13 +644,13 @@ def cmd_kit(args) -> int:
     for v in pythons:
         if not re.fullmatch(r"3\.1[1-3]", v):
             print(f"error: --python {v}: wgmesh runs on Python 3.11 to 3.13", file=sys.stderr)
-            return 2
+            return EXIT_INPUT
     manifest = kit.build(args.out, pythons, debs=not args.no_debs)
     print(f"kit in {args.out}: wgmesh {manifest['wgmesh_commit'][:12]}, "
           f"{sum(1 for f in manifest['files'] if f.startswith('wheels/'))} wheels for Python "
           f"{', '.join(pythons)}, {len(manifest['debian_packages'])} Debian packages; "
           f"install with: sh {args.out}/install.sh")
-    return 0
+    return EXIT_OK
 
 
 def _kit_trust(args) -> dict:
@@ -610,14 +674,14 @@ def cmd_kit_sign(args) -> int:
     name = args.name or next((n for n, k in trust["admins"].items() if k == mine), None)
     if name is None or trust["admins"].get(name) != mine:
         print(f"error: {args.key} is not the key of an admin of this mesh", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     try:
         kit.sign(args.kit, name, args.key)
     except signing.Refused as exc:
         print(f"error: {args.kit}: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(f"{args.kit}: signed by {name}", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def cmd_kit_verify(args) -> int:
@@ -628,10 +692,10 @@ def cmd_kit_verify(args) -> int:
         valid = kit.verify(args.kit, trust)
     except signing.Refused as exc:
         print(f"refused: {args.kit}: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print(f"{args.kit}: every file as SHA256SUMS states it, signed by {', '.join(valid)} "
           f"(threshold {trust['threshold']}): install it with sh {args.kit}/install.sh")
-    return 0
+    return EXIT_OK
 
 
 def cmd_admin_keygen(args) -> int:
@@ -639,12 +703,12 @@ def cmd_admin_keygen(args) -> int:
 
     if args.out.exists():
         print(f"error: {args.out} exists: an admin key is never overwritten", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     public = signing.new_admin_key(args.out)
     print(public)
     print(f"private key in {args.out} (mode 0600): keep it off the repository and the CI; "
           "add the public key to mesh.yml's signing.admins", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
 def cmd_manifest_create(args) -> int:
@@ -655,24 +719,24 @@ def cmd_manifest_create(args) -> int:
     if b.lock.changed:
         print(f"error: {b.lock.path} is not up to date with mesh.yml: run `wgmesh lock` (and "
               "enrol new hosts) first, then create the manifest", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     old = b.manifest["manifest"]["serial"] if b.manifest else 0
     serial = args.serial if args.serial is not None else old + 1
     if serial <= old:
         print(f"error: serial {serial} is not above the current one ({old}): hosts would "
               "refuse it", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     if b.manifest and b.today.isoformat() < b.manifest["manifest"]["date"]:
         print(f"error: {b.today} is earlier than the current manifest's date "
               f"({b.manifest['manifest']['date']}): hosts would refuse it (a node that "
               "expired would come back)", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     data = {"manifest": signing.compile_body(b, serial, b.today), "signatures": {}}
     signing.save(b.mesh.signing.manifest_path, data)
     print(f"{b.mesh.signing.manifest_path}: serial {serial}, as of {b.today}, "
           f"{len(data['manifest']['bundles'])} host bundles; needs "
           f"{b.mesh.signing.threshold} signatures (`wgmesh manifest sign --key FILE`)")
-    return 0
+    return EXIT_OK
 
 
 def _signed_build(args):
@@ -708,12 +772,12 @@ def cmd_manifest_sign(args) -> int:
             print(f"error: {b.mesh.signing.manifest_path}: {line}", file=sys.stderr)
         print("error: nothing signed: make it again with `wgmesh manifest create`",
               file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     try:
         name = signing.sign(b.manifest, key)
     except signing.Refused as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     body = b.manifest["manifest"]
     # What the signer vouches for, against the manifest committed before (hosts run that).
     print(f"manifest serial {body['serial']}, dated {body['date']} (hosts judge node expiry "
@@ -725,7 +789,7 @@ def cmd_manifest_sign(args) -> int:
     signing.save(b.mesh.signing.manifest_path, b.manifest)
     print(f"signed serial {body['serial']} as {name}: {len(b.manifest['signatures'])} of "
           f"{body['trust']['threshold']} needed")
-    return 0
+    return EXIT_OK
 
 
 def cmd_manifest_verify(args) -> int:
@@ -744,11 +808,11 @@ def cmd_manifest_verify(args) -> int:
     if stale:
         for line in stale:
             print(f"refused: serial {body['serial']}: {line}")
-        return 1
+        return EXIT_FAILED
     print(f"ok: serial {body['serial']} as of {body['date']}, signed by {', '.join(names)} "
           f"({trust['threshold']} needed); states these inputs and "
           f"{len(body['bundles'])} bundles")
-    return 0
+    return EXIT_OK
 
 
 def cmd_manifest_trust(args) -> int:
@@ -757,9 +821,9 @@ def cmd_manifest_trust(args) -> int:
     b = _build(args, run_tests=False)
     if b.mesh.signing is None:
         print(f"error: {b.mesh.path} has no signing section", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     print(json.dumps(signing.trust_of(b), indent=1, sort_keys=True))
-    return 0
+    return EXIT_OK
 
 
 def cmd_enrol(args) -> int:
@@ -767,22 +831,22 @@ def cmd_enrol(args) -> int:
 
     if not grammar.public_key(args.public_key):
         print(f"error: {args.public_key[:60]!r} is not a WireGuard public key", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     try:
         b = build(args.inventory, args.policy, run_tests=False,
                   keys={args.node: args.public_key})
     except KeyMismatch as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     if args.node not in b.mesh.nodes or not b.mesh.nodes[args.node].managed:
         print(f"error: {args.node} is not a managed node of {b.mesh.path}: add it there first",
               file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     changed = b.lock.save()
     print(f"{args.node}: public key {args.public_key} "
           f"{'pinned in' if changed else 'already pinned in'} {b.lock.path}; commit it" +
           (", then make and sign a new manifest" if b.mesh.signing else ""))
-    return 0
+    return EXIT_OK
 
 
 def cmd_host_pull(args) -> int:
@@ -798,11 +862,11 @@ def cmd_host_enrol(args) -> int:
     if args.pull:
         if not (args.node and args.inventory):
             print("error: --pull needs --node and --inventory", file=sys.stderr)
-            return 2
+            return EXIT_INPUT
         conf = pull.settings(args.pull, args.node, args.inventory, args.branch, args.every)
     if not grammar.matches(grammar.IFNAME, args.interface):
         print(f"error: {args.interface!r} is not an interface name", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     trust = None  # checked before anything is written
     if args.trust and args.trust_file.exists():
         print(f"{args.trust_file} kept: only a manifest its admins signed changes it",
@@ -824,7 +888,27 @@ def cmd_host_enrol(args) -> int:
     if conf is not None:
         print(f"pull mode: {pull.install(conf)}", file=sys.stderr)
     print(public)
-    return 0
+    return EXIT_OK
+
+
+def cmd_completion(args) -> int:
+    import shtab
+
+    parser = build_parser()
+    # Paths complete as paths: every option or argument that takes one says so by its
+    # metavar or type.
+    todo = [parser]
+    while todo:
+        p = todo.pop()
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                todo += action.choices.values()
+            elif action.metavar == "DIR":
+                action.complete = shtab.DIRECTORY
+            elif action.metavar in ("PATH", "FILE") or action.type is Path:
+                action.complete = shtab.FILE
+    print(shtab.complete(parser, shell=args.shell), end="")
+    return EXIT_OK
 
 
 def cmd_agent(args) -> int:
@@ -843,12 +927,22 @@ def cmd_status(args) -> int:
     if project is None:
         print("error: no wgmesh project (ansible.cfg and playbooks/status.yml) here or above",
               file=sys.stderr)
-        return 2
+        return EXIT_INPUT
     argv = [str(Path(sys.executable).parent / "ansible-playbook"),
             "-i", str(Path(args.inventory).resolve()), "playbooks/status.yml"]
     if args.limit:
         argv += ["--limit", args.limit]
-    return subprocess.run(argv, cwd=project, check=False).returncode
+    # The play's report as it comes, and its verdict: drift (the play's own assertion) is
+    # told apart from a host that was not reached or a run that broke.
+    drift = False
+    with subprocess.Popen(argv, cwd=project, stdout=subprocess.PIPE, text=True,
+                          bufsize=1) as play:
+        for line in play.stdout:
+            sys.stdout.write(line)
+            drift = drift or DRIFT_MESSAGE in line
+    if play.returncode == 0:
+        return EXIT_OK
+    return EXIT_DRIFT if drift else EXIT_UNREACHED
 
 
 def cmd_plan(args) -> int:
@@ -906,7 +1000,7 @@ def cmd_graph(args) -> int:
     else:
         sys.stdout.write(text)
     _warn(b)
-    return 0
+    return EXIT_OK
 
 
 def cmd_eval(args) -> int:
@@ -914,6 +1008,7 @@ def cmd_eval(args) -> int:
     answer's "allow" holds when every pair is allowed, and "pairs" lists each one."""
     b = _build(args)
     ev = b.evaluator
+    users = known_users(b)
     bad = 0
     for lineno, line in enumerate(sys.stdin, 1):
         if not line.strip():
@@ -933,11 +1028,14 @@ def cmd_eval(args) -> int:
                 out = {**q, **{k: v for k, v in pairs[0].items() if k not in ("src", "dst")}}
             else:
                 out = {**q, "allow": all(p["allow"] for p in pairs), "pairs": pairs}
+            hints = [h for k in ("src", "dst") if (h := unknown_user_hint(users, str(q[k])))]
+            if hints:
+                out["hint"] = "; ".join(hints)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             bad += 1
             out = {"error": f"line {lineno}: {exc}", "input": line.strip()}
         print(json.dumps(out), flush=True)
-    return 2 if bad else 0
+    return EXIT_INPUT if bad else EXIT_OK
 
 
 def _decide(b, ev, src, dst, named: tuple[bool, bool], proto_name: str, port) -> dict:
@@ -990,7 +1088,7 @@ def cmd_lab_up(args) -> int:
     lab.up()
     print(f"lab {lab.topo.name} up in {time.monotonic() - start:.2f} s")
     _print_status(lab)
-    return 0
+    return EXIT_OK
 
 
 def cmd_lab_down(args) -> int:
@@ -998,13 +1096,13 @@ def cmd_lab_down(args) -> int:
     start = time.monotonic()
     lab.down()
     print(f"lab {lab.topo.name} down in {time.monotonic() - start:.2f} s")
-    return 0
+    return EXIT_OK
 
 
 def cmd_lab_status(args) -> int:
     lab = _lab(args)
     rows = _print_status(lab)
-    return 0 if all(r.state.startswith("up") for r in rows) else 1
+    return EXIT_OK if all(r.state.startswith("up") for r in rows) else EXIT_FAILED
 
 
 def _print_status(lab):
@@ -1020,7 +1118,7 @@ def cmd_lab_agents(args) -> int:
     started = lab.start_agents()
     print("agents started on: " + (", ".join(started) if started else "none (running, or "
                                    "not installed: run site.yml first)"))
-    return 0
+    return EXIT_OK
 
 
 def cmd_lab_exec(args) -> int:
@@ -1028,7 +1126,7 @@ def cmd_lab_exec(args) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     argv = lab.exec_argv(args.node, command or ["/bin/bash", "-l"])
     os.execvp(argv[0], argv)
-    return 1  # not reached
+    return EXIT_FAILED  # not reached
 
 
 if __name__ == "__main__":

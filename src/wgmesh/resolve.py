@@ -83,6 +83,7 @@ class Resolution:
         self.exit_blocked: set[int] = set()
         self._check_exit_use()
         self._warnings += self.ssh_warnings()
+        self._warnings += self._unnamed_nodes() + self._shared_endpoints()
         for i in self.exit_blocked:
             self.exit_users[self.nodes[i].use_exit_node] &= ~(1 << i)
 
@@ -107,6 +108,36 @@ class Resolution:
                                  "new key on it and pin that")
             else:
                 seen[key] = name
+
+    def _unnamed_nodes(self) -> list[str]:
+        """Nodes no rule names, by owner, group or tag (a misspelt owner, most often): they
+        get no peers, unless they relay, route or tell NATed nodes their mappings."""
+        named = 0
+        for rd in self.rules:
+            named |= self.all_mask if rd.self_dst else rd.any_src | rd.any_dst
+        serving = sum(1 << i for i, n in enumerate(self.nodes)
+                      if n.relay or n.lighthouse or n.advertise_routes or n.advertise_exit_node)
+        unnamed = bits(self.all_mask & ~named & ~serving & ~self.ssh_named)
+        if not unnamed:
+            return []
+        return [self._listed(unnamed, "no network rule of the policy names {} (by owner, group "
+                             "or tag): no peers, nothing reaches them (a misspelt owner?)")]
+
+    def _shared_endpoints(self) -> list[str]:
+        """Two nodes cannot both be reached at one host:port: one of the endpoints is wrong."""
+        seen: dict[str, str] = {}
+        out = []
+        for name in self.names:
+            ep = self.mesh.nodes[name].endpoint
+            if ep is None:
+                continue
+            key = ep.lower()
+            if key in seen:
+                out.append(f"{name} has the endpoint of {seen[key]} ({ep}): peers send both "
+                           "nodes' packets to one place, so one of them is unreachable")
+            else:
+                seen[key] = name
+        return out
 
     def _owner_may_assign(self, node: Node, tag: str) -> bool:
         """Whether the node's owner (or a tag it has) owns ``tag``. The node is tagged, so

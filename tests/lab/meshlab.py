@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -351,8 +353,60 @@ def counters_moved(before: dict[str, int], after: dict[str, int]) -> dict[str, i
     return {k: after[k] - before.get(k, 0) for k in sorted(after) if after[k] != before.get(k, 0)}
 
 
+# A table of the tests' own (never wgmesh's) that asks nftables to trace a flow's packets
+# through every hook and rule, wgmesh's included: `nft monitor trace` then prints each
+# packet's headers (ICMP sequence numbers among them) and every verdict it met.
+TRACE_TABLE = """table inet wgmesh_trace
+delete table inet wgmesh_trace
+table inet wgmesh_trace {{
+    chain pre {{ type filter hook prerouting priority raw - 10; {match} meta nftrace set 1; }}
+    chain out {{ type filter hook output priority raw - 10; {match} meta nftrace set 1; }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def traced(mesh, nodes: tuple[str, ...], match: str):
+    """Trace the packets ``match`` (nft expressions) selects on ``nodes`` while the block
+    runs; the yielded dict then holds each node's `nft monitor trace` output."""
+    procs = {}
+    traces: dict[str, str] = {}
+    try:
+        for node in nodes:
+            procs[node] = mesh.record(node, ["nft", "monitor", "trace"])
+        time.sleep(0.3)  # the monitor listens before the first packet is marked
+        for node in nodes:
+            mesh.run(node, "nft", "-f", "-", stdin=TRACE_TABLE.format(match=match))
+        yield traces
+    finally:
+        for node in procs:
+            mesh.run(node, "nft", "delete", "table", "inet", "wgmesh_trace", check=False)
+        for node, proc in procs.items():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            traces[node] = mesh.recorded(proc, timeout=10)
+
+
+def echoes(a: str, b: str) -> str:
+    """The nft match of the ICMP echoes between two IPv4 addresses, for ``traced``."""
+    return f"ip saddr {{ {a}, {b} }} ip daddr {{ {a}, {b} }} meta l4proto icmp"
+
+
+def echo_trace(traces: dict[str, str], seq: int) -> str:
+    """Every traced event of the ICMP echoes (request and reply) with this sequence
+    number, node by node: where a lost ping went, hook by hook and rule by rule."""
+    out = []
+    for node, text in traces.items():
+        ids = set(re.findall(rf"^trace id (\w+) .*icmpv?6? sequence {seq}\b", text, re.M))
+        lines = [line for line in text.splitlines()
+                 if line.split()[2:3] and line.split()[2] in ids]
+        out.append(f"{node}: " + (" | ".join(lines) if lines else "no traced packet"))
+    return "\n".join(out)
+
+
 def check_untouched_flow(output: str, run_started: float, allowed: int = 0,
-                         counters: tuple[dict, dict] | None = None) -> None:
+                         counters: tuple[dict, dict] | None = None,
+                         traces: dict[str, str] | None = None) -> None:
     """The pings (`ping -D`) of a flow a run does not touch: at least 500 replies and at
     most ``allowed`` lost. A loss that is allowed is still reported, as a warning with its
     time into the run and the path's counters that moved (``path_counters`` before and
@@ -372,6 +426,8 @@ def check_untouched_flow(output: str, run_started: float, allowed: int = 0,
             if ("icmp_seq=" in line and " ttl=" not in line) or "sendmsg" in line][:3]
     if said:
         moved += "; ping said: " + " | ".join(said)
+    for n in lost if traces else ():
+        moved += f"; trace of seq {n}:\n{echo_trace(traces, n)}"
     assert replies > 500 and len(lost) <= allowed, (replies, lost, when, moved)
     if lost:
         warnings.warn(f"{len(lost)} ping(s) of {replies + len(lost)} lost on an untouched "

@@ -1,7 +1,9 @@
 """The policy's ssh rules on the lab, on pub2 (tag:db), which opts in to SSH policy: carol
 (group:ops) may log in to it over the mesh as any user but root; tag:web (pub1) has a
-network rule for pub2's port 22 but no ssh rule, so the filter refuses it and so would sshd. A change of the rules reaches the running
-sshd (a reload), and the management path (Ansible as root over the underlay) never changes.
+network rule for pub2's port 22 but no ssh rule, so the filter refuses it and so would sshd.
+A change of the rules reaches the running sshd (a reload), and the management path (Ansible
+as root over the underlay) never changes; when pub2 opts out, the network rules alone
+decide its port 22.
 
 pub2 runs a second sshd on its mesh address, configured like Debian's (drop-ins included);
 the lab's own sshd stays on the underlay address for Ansible."""

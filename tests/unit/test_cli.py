@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import os
 import re
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def test_render_all_check_locked_and_lock(tmp_path):
     out = subprocess.run([WGMESH, "check", "--locked", "-i", str(inv)], capture_output=True,
                          text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout == "ok: 5 nodes, 3 rules, 5 policy tests passed, 3 ssh tests passed\n"
+    assert out.stdout == "ok: 5 nodes, 3 rules, 5 policy tests passed, 2 ssh tests passed\n"
     dest = tmp_path / "out"
     out = subprocess.run([WGMESH, "render", "-i", str(inv), "--all", "--out", str(dest)],
                          capture_output=True, text=True)
@@ -88,7 +89,7 @@ def test_failing_policy_test_exits_1(tmp_path):
                                            '"deny": ["tag:prod-db:5432"]'))
     out = subprocess.run([WGMESH, "test", "-i", str(inv)], capture_output=True, text=True)
     assert out.returncode == 1
-    assert "FAIL tests[2]" in out.stdout and "7 passed, 1 failed" in out.stdout
+    assert "FAIL tests[2]" in out.stdout and "6 passed, 1 failed" in out.stdout
     assert "web1 -> db1:5432 is allowed (by acls[2]), expected deny" in out.stderr
 
 
@@ -269,3 +270,107 @@ def test_the_readmes_eval_example_answers_as_shown():
     assert out.returncode == 0, out.stderr
     answer = json.loads(out.stdout)
     assert '"allow": true' in shown and answer["allow"] is True
+
+
+STATUS_PLAY = """- name: Status
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Judge
+      ansible.builtin.fail:
+        msg: "{{ inventory_hostname }} %s"
+      when: inventory_hostname == 'bad'
+"""
+
+
+@pytest.mark.parametrize(("host", "says", "code"), [
+    ("ansible_connection=local", "does not run what the inputs say", 0),  # 'good' passes
+    ("ansible_connection=local", "does not run what the inputs say", 5),
+    ("ansible_connection=local", "broke in some other way", 6),
+    ("ansible_host=127.0.0.1 ansible_port=1 ansible_connection=ssh", "", 6),  # unreachable
+])
+def test_status_tells_drift_from_a_host_not_reached(tmp_path, host, says, code):
+    """`wgmesh status` exits 5 when the status play finds drift, 6 when a host is not
+    reached or the run breaks otherwise, 0 when all is well (README's table)."""
+    (tmp_path / "playbooks").mkdir()
+    (tmp_path / "ansible.cfg").write_text("[inventory]\nenable_plugins = ini\n")
+    (tmp_path / "playbooks/status.yml").write_text(STATUS_PLAY % says)
+    name = "good" if code == 0 else "bad"
+    (tmp_path / "hosts.ini").write_text(
+        f"{name} {host} ansible_python_interpreter={sys.executable}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    out = subprocess.run([WGMESH, "status", "-i", str(tmp_path / "hosts.ini")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == code, out.stdout[-2000:]
+    assert "PLAY RECAP" in out.stdout  # the play's own report comes through
+
+
+def test_check_json_reports_errors_test_failures_and_warnings(tmp_path):
+    inv = copy_example(tmp_path)
+    ok = subprocess.run([WGMESH, "check", "--json", "-i", str(inv)], capture_output=True,
+                        text=True)
+    report = json.loads(ok.stdout)
+    assert ok.returncode == 0 and report["ok"] is True and report["exit_code"] == 0
+    assert (report["nodes"], report["tests_passed"], report["ssh_tests_passed"]) == (5, 5, 2)
+    assert report["errors"] == [] and report["test_failures"] == []
+    mesh = inv / "mesh.yml"
+    good = mesh.read_text()
+    mesh.write_text(good.replace("owner: bob@example.com\n    tags", "owner: bob\n    tags"))
+    bad = subprocess.run([WGMESH, "check", "--json", "-i", str(inv)], capture_output=True,
+                         text=True)
+    report = json.loads(bad.stdout)
+    assert bad.returncode == 2 and report["exit_code"] == 2 and not report["ok"]
+    [error] = report["errors"]
+    assert error["path"] == "nodes.web1.owner" and error["line"] > 0
+    assert error["message"] == 'owner "bob" is not a user'
+    policy = inv / "article.hujson"
+    mesh.write_text(good)
+    policy.write_text(policy.read_text().replace(
+        '{"src": "bob@example.com", "accept": ["tag:prod-web:443"]',
+        '{"src": "bob@example.com", "accept": ["tag:prod-db:443"]'))
+    failed = subprocess.run([WGMESH, "check", "--json", "-i", str(inv)], capture_output=True,
+                            text=True)
+    report = json.loads(failed.stdout)
+    assert failed.returncode == 1 and report["exit_code"] == 1
+    assert [f["message"] for f in report["test_failures"]] == [
+        "test failed: bob-laptop -> db1:443 is denied, expected accept"]
+
+
+def test_the_readme_exit_code_table_is_the_code():
+    from wgmesh import cli, plan
+
+    table = dict(re.findall(r"^\| (\d) \| (.+) \|$", (REPO / "README.md").read_text(), re.M))
+    assert sorted(map(int, table)) == [0, 1, 2, 3, 4, 5, 6]
+    assert (cli.EXIT_OK, cli.EXIT_FAILED, cli.EXIT_INPUT, plan.CHANGED, plan.WIDENED,
+            cli.EXIT_DRIFT, cli.EXIT_UNREACHED) == (0, 1, 2, 3, 4, 5, 6)
+    assert "drift" in table["5"] and "not reached" in table["6"] and "widens" in table["4"]
+
+
+def test_shell_completion_completes_commands_options_and_paths(tmp_path):
+    """The bash script, sourced in a real bash, completes subcommands, options and
+    inventory paths; the zsh one is valid zsh that compinit registers for wgmesh."""
+    script = subprocess.run([WGMESH, "completion", "bash"], capture_output=True, text=True,
+                            check=True).stdout
+    (tmp_path / "wgmesh.bash").write_text(script)
+    (tmp_path / "inventories" / "example").mkdir(parents=True)
+
+    def complete(*words: str) -> list[str]:
+        words_text = " ".join(f"'{w}'" for w in words)
+        out = subprocess.run(
+            ["bash", "-c", f"source wgmesh.bash; COMP_WORDS=({words_text}); "
+             f"COMP_CWORD={len(words) - 1}; _shtab_wgmesh; printf '%s\\n' \"${{COMPREPLY[@]}}\""],
+            cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+        return out.split()
+
+    assert complete("wgmesh", "ch") == ["check"]
+    assert complete("wgmesh", "check", "--lo") == ["--locked"]
+    assert complete("wgmesh", "lab", "") == ["up", "down", "status", "agents", "exec"]
+    assert complete("wgmesh", "check", "-i", "inventories/ex") == ["inventories/example"]
+    zsh = subprocess.run([WGMESH, "completion", "zsh"], capture_output=True, text=True,
+                         check=True).stdout
+    (tmp_path / "_wgmesh").write_text(zsh)
+    registered = subprocess.run(
+        ["zsh", "-f", "-c", f"fpath=({tmp_path} $fpath); autoload -Uz compinit; "
+         f"compinit -u -d {tmp_path}/.zcompdump; print ${{_comps[wgmesh]}}"],
+        capture_output=True, text=True, check=True).stdout
+    assert registered.strip() == "_wgmesh"

@@ -82,6 +82,33 @@ def test_a_tag_the_policy_does_not_declare_stays_on_its_node_with_a_warning(tmp_
             {"action": "accept", "src": ["tag:retired"], "dst": ["*:*"]}]))
 
 
+def test_silent_mistakes_are_warned_about(tmp_path):
+    """A misspelt owner leaves a node that no rule names (no peers, no error otherwise), and
+    two nodes on one endpoint cannot both be reached: both pass the checks, with a warning.
+    eval names the closest user for one no input names."""
+    nodes = {"a": {"owner": "alice@example.com"},
+             "b": {"owner": "alice@exmaple.com"},  # the typo
+             "s1": {"tags": ["tag:db"], "endpoint": "192.0.2.7:51820"},
+             "s2": {"tags": ["tag:db"], "endpoint": "192.0.2.7:51820"},
+             "r": {"tags": ["tag:router"], "endpoint": "192.0.2.8:51820", "relay": True}}
+    b = make(tmp_path, nodes, pol(acls=[
+        {"action": "accept", "src": ["group:eng"], "dst": ["tag:db:5432"]}]))
+    assert b.compiler.warnings == [  # the relay r is named by no rule, and is no mistake
+        "no network rule of the policy names b (by owner, group or tag): no peers, nothing "
+        "reaches them (a misspelt owner?)",
+        "s2 has the endpoint of s1 (192.0.2.7:51820): peers send both nodes' packets to one "
+        "place, so one of them is unreachable"]
+    answers = subprocess.run([WGMESH, "eval", "-i", str(tmp_path)], input="".join(
+        json.dumps({"src": src, "dst": "s1", "proto": "tcp", "port": 5432}) + "\n"
+        for src in ("alice@exampel.com", "alice@example.com")),
+        capture_output=True, text=True, check=True).stdout.splitlines()
+    typo, right = map(json.loads, answers)
+    assert typo["allow"] is False and typo["hint"] == (
+        'no node, group or rule names the user "alice@exampel.com" (it stands for a user with '
+        'no device); did you mean "alice@example.com"?')
+    assert right["allow"] is True and "hint" not in right
+
+
 def test_headscale_users_with_no_domain_are_users(tmp_path):
     """Headscale writes a user with no domain as alice@ in policies (and mesh.yml owners are
     spelt the same): groups, rules, tagOwners, tests and eval take it."""
@@ -167,7 +194,9 @@ def test_an_app_grant_gives_no_network_access(tmp_path):
     b = make(tmp_path, nodes, pol(grants=[{"src": ["group:eng"], "dst": ["tag:db"], "app": cap}]))
     assert not allowed(b, "a", "d", "tcp", 443) and peers(b, "a") == []
     assert b.compiler.warnings == ["policy.hujson:1: grants[0]: app capabilities are not "
-                                   "enforced by wgmesh (they give no network access)"]
+                                   "enforced by wgmesh (they give no network access)",
+                                   "no network rule of the policy names a, d (by owner, group "
+                                   "or tag): no peers, nothing reaches them (a misspelt owner?)"]
     b = make(tmp_path, nodes, pol(grants=[
         {"src": ["group:eng"], "dst": ["tag:db"], "ip": ["tcp:443"], "app": cap}]))
     assert allowed(b, "a", "d", "tcp", 443) and not allowed(b, "a", "d", "tcp", 22)
@@ -220,7 +249,9 @@ def test_subnet_routes_are_used_only_once_approved_and_filtered_by_policy(tmp_pa
         autoApprovers={"routes": {"198.51.100.0/24": ["tag:router"]}},
         acls=[{"action": "accept", "src": ["group:eng"], "dst": ["198.51.100.130:22"]}]))
     assert b.compiler.warnings == ["r: advertised route 203.0.113.0/24 is not approved and "
-                                   "is not used"]
+                                   "is not used",
+                                   "no network rule of the policy names b (by owner, group "
+                                   "or tag): no peers, nothing reaches them (a misspelt owner?)"]
     a_peers = {p.name: p for p in b.compiler.host("a").peers}
     assert "198.51.100.128/26" in a_peers["r"].allowed_ips
     assert "203.0.113.0/24" not in a_peers["r"].allowed_ips

@@ -150,7 +150,7 @@ def test_a_key_file_that_cannot_be_new_changes_nothing(inv, tmp_path):
     # A device the mesh refuses (a tag its owner may not assign) leaves no key file behind.
     key = tmp_path / "dana.key"
     out = wg("device", "add", "dana-tablet", "--owner", "carol@example.com", "--tag",
-             "tag:nobody", "--key-out", str(key), inv=inv)
+             "tag:prod-db", "--key-out", str(key), inv=inv)
     assert out.returncode == 2 and not key.exists(), out.stderr
     assert {p: p.read_bytes() for p in inputs} == inputs
 
