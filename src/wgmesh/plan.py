@@ -173,9 +173,20 @@ def ssh_logins(b: Build) -> dict[str, dict[str, Ports]]:
 
 
 def _port_text(proto: str, ranges: list[tuple[int, int]]) -> str:
+    """Ports as a reader says them: a list, or "every port but ..." when that is shorter
+    (a rule for every port less an ssh restriction is "tcp * but 22", not "0-21,23-65535")."""
     if ranges == [(0, 65535)]:
         return proto if proto in ("icmp",) or proto.startswith("proto ") else f"{proto} *"
-    return proto + " " + ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in ranges)
+
+    def listed(rs):
+        return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in rs)
+
+    missing = subtract([(0, 65535)], ranges)
+    if missing == [(0, 0)]:  # port 0 is no port: "every port" is 1-65535
+        return f"{proto} *"
+    if len(missing) < len(ranges):
+        return f"{proto} * but {listed(missing)}"
+    return f"{proto} {listed(ranges)}"
 
 
 def _ports_minus(a: Ports, b: Ports) -> Ports:
