@@ -276,6 +276,10 @@ def nftables(host: HostOutput, net: Network) -> str:
             peer = "saddr" if direction == "in" else "daddr"
             port = host.agent.port
             agent_rule = [f"        ip {peer} @agent4 udp sport {port} udp dport {port} accept"]
+        # The kernel's own link-local chatter on the interface (router solicitations,
+        # multicast listener reports to ff02::/16) has no peer to go to: dropped, and not
+        # counted with what the policy refuses.
+        chatter = ["        ip6 daddr ff02::/16 drop"] if direction == "out" else []
         lines += [f"    chain {chain} {{",
                   *_STATE,
                   # Checked against this very table already (see the docstring).
@@ -284,6 +288,7 @@ def nftables(host: HostOutput, net: Network) -> str:
                   # A reply tries its connection's sets first and, failing them, its own.
                   f"        ct direction reply jump {chain}_reply",
                   *orig,
+                  *chatter,
                   f'        counter name "{dropped}" drop',
                   "    }",
                   f"    chain {chain}_reply {{",

@@ -22,11 +22,20 @@ RULE = ('{"action": "accept", "src": ["group:ops"], "dst": ["tag:db"], '
 NETWORK = '{"action": "accept", "src": ["tag:web"], "proto": "tcp", "dst": ["tag:db:22"]},'
 
 
+# As at Tailscale, `tests` judge the network rules (which now let tag:web reach port 22) and
+# sshTests the logins (which no ssh rule gives tag:web).
+TESTS = ('{"src": "tag:web", "accept": ["tag:db:5432"], "deny": ["tag:db:22"]}',
+         '{"src": "tag:web", "accept": ["tag:db:5432", "tag:db:22"]}')
+SSH_TESTS = '"sshTests": [{"src": "tag:web", "dst": ["tag:db"], "deny": ["root", "tester"]}],'
+
+
 def policy(users: str = '["autogroup:nonroot"]') -> str:
     text = (REPO / "policies/lab.hujson").read_text()
     text = text.replace('"acls": [', '"acls": [\n    ' + NETWORK, 1)
+    assert TESTS[0] in text
+    text = text.replace(*TESTS)
     rule = RULE.replace('["autogroup:nonroot"]', users)
-    return text.replace('"tests": [', f'"ssh": [{rule}],\n  "tests": [', 1)
+    return text.replace('"tests": [', f'"ssh": [{rule}],\n  {SSH_TESTS}\n  "tests": [', 1)
 
 
 def sshd_config(address: str) -> str:
