@@ -281,9 +281,12 @@ def nftables(host: HostOutput, net: Network) -> str:
         # counted with what the policy refuses.
         chatter = ["        ip6 daddr ff02::/16 drop"] if direction == "out" else []
         lines += [f"    chain {chain} {{",
-                  *_STATE,
-                  # Checked against this very table already (see the docstring).
+                  # Checked against this very table already (see the docstring). First: a
+                  # packet conntrack finds invalid belongs to no connection, so it has no
+                  # mark and goes on to be dropped; an ICMP error about a connection carries
+                  # that connection's mark.
                   f"        ct mark {GENERATION} accept",
+                  *_STATE,
                   *agent_rule,
                   # A reply tries its connection's sets first and, failing them, its own.
                   f"        ct direction reply jump {chain}_reply",

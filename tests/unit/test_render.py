@@ -30,8 +30,8 @@ def test_every_pass_of_the_sets_marks_the_connection_with_the_generation(tmp_pat
     assert int(generation, 16) != 0  # the mark of a connection nothing marked
     found = chains(text)
     for name in ("mesh_in", "mesh_out", "mesh_fwd"):
-        # The fast path comes right after the state map, before any set is looked up.
-        assert found[name][1] == f"ct mark {generation} accept", found[name]
+        # The fast path comes first, before the state map and any set lookup.
+        assert found[name][0] == f"ct mark {generation} accept", found[name]
         for line in found[name] + found[f"{name}_reply"]:
             if "@" in line:  # a set lookup: passing it marks the connection
                 assert line.endswith(f" ct mark set {generation} accept"), line
