@@ -77,11 +77,12 @@ def _outside_pools(b: Build, ranges: dict[int, list]) -> bool:
     return any(subtract(ranges[f], b.compiler.pools[f]) for f in (4, 6))
 
 
-def access(b: Build) -> dict[str, dict[str, Ports]]:
+def access(b: Build, rules_of: dict | None = None) -> dict[str, dict[str, Ports]]:
     """Source -> destination -> protocol -> port ranges, for every rule of the policy.
     Sources are identities (see ``_principal``) and subnet selectors; destinations are node
     names and the policy's words for addresses outside the mesh (prefixes, host aliases, IP
-    sets, autogroup:internet, "*")."""
+    sets, autogroup:internet, "*"). ``rules_of``, if given, gets (source, destination) -> the
+    rules that grant something there (as "file:line (path)")."""
     comp = b.compiler
     out: dict[str, dict[str, Ports]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     principals: dict[int, dict[str, int]] = {}  # source mask -> principal -> its nodes
@@ -125,6 +126,9 @@ def access(b: Build) -> dict[str, dict[str, Ports]]:
                 cell = row[dst]
                 for proto, lo, hi in ports:
                     cell[proto].append((lo, hi))
+                if rules_of is not None:
+                    rules_of.setdefault((src, dst), set()).add(
+                        f"{b.policy.path.name}:{rd.rule.line} ({rd.rule.origin})")
     result = {s: {d: {p: merge_ranges(r) for p, r in cell.items()} for d, cell in row.items()}
               for s, row in out.items()}
     if comp.ssh_hosts:
@@ -205,7 +209,12 @@ class Change:
     source: str
     kind: str  # gains | loses
     destinations: list[str]
-    ports: list[str]
+    ports: list[str]  # in words: "tcp 22", "tcp * but 22", "ssh as root"
+    ranges: Ports = field(default_factory=dict)  # the same as protocol -> port ranges
+    logins: list[str] = field(default_factory=list)  # ssh logins gained or lost
+    # The rules behind it: for a gain, the head's rules that grant it; for a loss, the base's
+    # rules that granted it ("file:line (path)").
+    rules: list[str] = field(default_factory=list)
 
 
 def access_changes(old: dict[str, dict[str, Ports]],
@@ -215,14 +224,17 @@ def access_changes(old: dict[str, dict[str, Ports]],
         for kind, a, b in (("gains", new.get(src, {}), old.get(src, {})),
                            ("loses", old.get(src, {}), new.get(src, {}))):
             grouped: dict[tuple[str, ...], list[str]] = defaultdict(list)
+            ranges: dict[tuple[str, ...], Ports] = {}
             for dst in sorted(a):
                 if a[dst] == b.get(dst):
                     continue
                 diff = _ports_minus(a[dst], b.get(dst, {}))
                 if diff:
-                    grouped[tuple(_port_text(p, diff[p]) for p in sorted(diff))].append(dst)
+                    key = tuple(_port_text(p, diff[p]) for p in sorted(diff))
+                    grouped[key].append(dst)
+                    ranges[key] = {p: diff[p] for p in sorted(diff)}
             for ports, dsts in sorted(grouped.items(), key=lambda kv: kv[1]):
-                out.append(Change(src, kind, dsts, list(ports)))
+                out.append(Change(src, kind, dsts, list(ports), ranges=ranges[ports]))
     return out
 
 
@@ -237,7 +249,8 @@ def login_changes(old: dict, new: dict) -> list[Change]:
                 if diff:
                     grouped[tuple(f"ssh as {u}" for u in diff)].append(dst)
             for logins, dsts in sorted(grouped.items(), key=lambda kv: kv[1]):
-                out.append(Change(src, kind, dsts, list(logins)))
+                out.append(Change(src, kind, dsts, list(logins),
+                                  logins=[u.removeprefix("ssh as ") for u in logins]))
     return out
 
 
@@ -404,7 +417,9 @@ def compare(old: Build, new: Build, base: str, head: str) -> Plan:
     plan.joined = sorted(set(new.mesh.nodes) - set(old.mesh.nodes))
     plan.left = sorted(set(old.mesh.nodes) - set(new.mesh.nodes))
     plan.expired = sorted(set(n.expired) - set(o.expired) - set(plan.joined))
-    acc_old, acc_new = access(old), access(new)
+    rules_old: dict = {}
+    rules_new: dict = {}
+    acc_old, acc_new = access(old, rules_old), access(new, rules_new)
     plan.ssh_policy = [{"node": name, "ssh_policy": "on" if n.ssh_hosts >> n.index[name] & 1
                         else "off"}
                        for name in sorted(set(o.names) & set(n.names))
@@ -415,6 +430,11 @@ def compare(old: Build, new: Build, base: str, head: str) -> Plan:
     plan.access = access_changes(acc_old, acc_new) + login_changes(
         *({src: {d: c for d, c in row.items() if d not in toggled} for src, row in
            ssh_logins(build).items()} for build in (old, new)))
+    for c in plan.access:
+        if not c.logins:
+            behind = rules_new if c.kind == "gains" else rules_old
+            c.rules = sorted({r for d in c.destinations for r in behind.get((c.source, d), ())},
+                             key=_rule_order)
     # Every node, devices Ansible does not manage too (their exported configuration changes).
     with fewer_gc_passes():
         old_hosts = {h: o.host(h, filters=False) for h in o.names}
@@ -468,6 +488,13 @@ def compare(old: Build, new: Build, base: str, head: str) -> Plan:
     return plan
 
 
+def _rule_order(text: str) -> tuple:
+    """ "file:line (path)" in file and line order."""
+    name, _, rest = text.partition(":")
+    line = rest.split(" ", 1)[0]
+    return (name, int(line) if line.isdigit() else 0, text)
+
+
 def _origin_order(origin: str) -> tuple:
     head, _, rest = origin.partition("[")
     return (head, int(rest.rstrip("]")) if rest.rstrip("]").isdigit() else 0)
@@ -482,7 +509,9 @@ def to_json(plan: Plan) -> dict:
                   "key_changed": plan.keys},
         "identities": plan.identities, "names": plan.names, "ssh_policy": plan.ssh_policy,
         "access": [{"source": c.source, "change": c.kind, "destinations": c.destinations,
-                    "ports": c.ports} for c in plan.access],
+                    "ports": {p: [list(r) for r in rs] for p, rs in c.ranges.items()},
+                    "logins": c.logins, "ports_text": c.ports, "rules": c.rules}
+                   for c in plan.access],
         "peers": plan.peers, "routes": plan.routes, "exit_nodes": plan.exit_nodes,
         "tests": plan.tests, "warnings": plan.warnings, "groups": plan.groups,
         "signing": plan.signing,
@@ -572,15 +601,16 @@ def to_markdown(plan: Plan, limit: int = 200) -> str:
                 "rules, and sshd lets in whoever its own keys let in"))
         lines.append("")
     if plan.access:
-        lines += ["#### Access", "", "| source | | destinations | ports |", "|---|---|---|---|"]
+        lines += ["#### Access", "", "| source | | destinations | ports | rules |",
+                  "|---|---|---|---|---|"]
         for c in plan.access[:limit]:
             sign = "gains" if c.kind == "gains" else "loses"
             who = c.source + (f" ({', '.join(plan.groups[c.source])})"
                               if plan.groups.get(c.source) else "")
             lines.append(f"| {_md(who)} | {sign} | {_md(', '.join(c.destinations))} | "
-                         f"{_md('; '.join(c.ports))} |")
+                         f"{_md('; '.join(c.ports))} | {_mds(c.rules)} |")
         if len(plan.access) > limit:
-            lines.append(f"| ... | | {len(plan.access) - limit} more in the JSON plan | |")
+            lines.append(f"| ... | | {len(plan.access) - limit} more in the JSON plan | | |")
         lines.append("")
     if plan.routes or plan.exit_nodes:
         lines.append("#### Routes and exit nodes")

@@ -121,12 +121,17 @@ def test_cli_against_a_git_ref_and_a_directory(two, tmp_path):
                          text=True)
     assert out.returncode == 3, out.stderr
     doc = json.loads(out.stdout)
+    # Ports as ranges (and in words), with the rule behind the loss: the base's line 15.
     assert doc["access"] == [{"source": "carol@example.com", "change": "loses",
-                              "destinations": ["legacy"], "ports": ["tcp 22", "udp 22"]}]
+                              "destinations": ["legacy"],
+                              "ports": {"tcp": [[22, 22]], "udp": [[22, 22]]}, "logins": [],
+                              "ports_text": ["tcp 22", "udp 22"],
+                              "rules": ["policy.hujson:15 (acls[2])"]}]
     assert doc["head"].endswith("+changes")
     out = subprocess.run([*args, "--base", str(head)], cwd=repo, capture_output=True, text=True)
     assert out.returncode == 3
-    assert "| `carol@example.com (group:ops)` | loses | `legacy` | `tcp 22; udp 22` |" in out.stdout
+    assert ("| `carol@example.com (group:ops)` | loses | `legacy` | `tcp 22; udp 22` | "
+            "`policy.hujson:15 (acls[2])` |") in out.stdout
     bad = subprocess.run([*args, "--base", "no-such-ref"], cwd=repo, capture_output=True,
                          text=True)
     assert bad.returncode == 2 and 'git ref "no-such-ref"' in bad.stderr
