@@ -48,7 +48,12 @@ def load_yaml(path: Path, name: str) -> Any:
     return data
 
 
-class _FastLoader(yaml.CSafeLoader):
+# libyaml's loader where PyYAML was built with it; else PyYAML's own, in pure Python (the
+# same results, more slowly).
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _FastLoader(_SAFE_LOADER):
     """libyaml with the scalar types of ruamel's round-trip loader (YAML 1.2 booleans, ints
     and floats, plus timestamps), and duplicate keys refused, so both read a file alike."""
 
