@@ -579,6 +579,15 @@ def cmd_device_add(args) -> int:
     b.lock.allocated = []  # pinned now
     print(f"{args.name} added to {path} (managed: false, public key {public}); "
           f"address pinned in {b.lock.path}. Commit both.", file=sys.stderr)
+    unknown = [line for line in (made[1] if made else []) if "not known yet" in line]
+    if unknown:
+        keep = (f"the key is in {args.key_out}" if args.key_out else
+                "wgmesh keeps no copy of the private key printed below: save it now to a file "
+                "(or remove the device from mesh.yml and add it again with --key-out FILE)")
+        print(f"warning: {len(unknown)} of its peers have no public key yet (their hosts have "
+              f"not run site.yml), so this configuration leaves them out; {keep}; after "
+              f"site.yml, `wgmesh device config {args.name} --key-file FILE` gives the whole "
+              "configuration", file=sys.stderr)
     return _export(args, b, private, made)
 
 

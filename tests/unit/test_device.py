@@ -187,3 +187,32 @@ def test_a_configuration_too_large_for_a_qr_code_is_refused_before_anything_is_w
              "--no-qr", inv=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("[Peer]") == 30 and "█" not in out.stdout
+
+
+def test_a_device_enrolled_before_its_peers_have_keys_is_told_how_to_get_them_later(tmp_path):
+    """The servers have not run site.yml: the configuration leaves them out, and `device
+    add` says so, and how to export the whole configuration once they have (with the key
+    kept where the user chose)."""
+    shutil.copy(REPO / "inventories/example/mesh.yml", tmp_path / "mesh.yml")
+    shutil.copy(REPO / "policies/article.hujson", tmp_path / "article.hujson")
+    text = (tmp_path / "mesh.yml").read_text().replace("../../policies/", "")
+    (tmp_path / "mesh.yml").write_text(text)
+    key = tmp_path / "dana.key"
+    out = wg("device", "add", "dana-phone", "--owner", "alice@example.com", "--no-qr",
+             "--key-out", str(key), inv=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (f"warning: 2 of its peers have no public key yet (their hosts have not run "
+            f"site.yml), so this configuration leaves them out; the key is in {key}; after "
+            "site.yml, `wgmesh device config dana-phone --key-file FILE` gives the whole "
+            "configuration") in out.stderr
+    assert "[Peer]" not in out.stdout
+    # The servers run site.yml (their keys are pinned); the export now holds both peers.
+    lock = yaml.safe_load((tmp_path / "mesh.lock.yml").read_text())
+    for node, public in KEYS.items():
+        lock["nodes"][node]["public_key"] = public
+    (tmp_path / "mesh.lock.yml").write_text(yaml.safe_dump(lock))
+    full = wg("device", "config", "dana-phone", "--key-file", str(key), "--no-qr",
+              inv=tmp_path)
+    assert full.returncode == 0, full.stderr
+    assert full.stdout.count("[Peer]") == 2 and KEYS["web1"] in full.stdout
+    assert f"PrivateKey = {key.read_text().strip()}" in full.stdout
