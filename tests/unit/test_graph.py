@@ -113,6 +113,9 @@ def test_svg_and_dot(tmp_path):
     assert dot.startswith("graph wgmesh {") and dot.rstrip().endswith("}")
     assert '"cafe1" -- "home1" [color="#ef6c00", style=dashed, label="relay pub1"];' in dot
     assert 'subgraph cluster_0 { label="home";' in dot
+    # docs/graph.md's pipe: Graphviz (dev.sh installs it) draws the file as a PNG.
+    png = subprocess.run(["dot", "-Tpng"], input=dot.encode(), capture_output=True, check=True)
+    assert png.stdout.startswith(b"\x89PNG\r\n\x1a\n") and len(png.stdout) > 10_000
 
 
 def test_live_agent_state_draws_a_punched_pair_as_direct(tmp_path):
