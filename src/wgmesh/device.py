@@ -22,7 +22,7 @@ from wgmesh.compiler import HostOutput
 from wgmesh.errors import InputError, Problem, write_atomic
 from wgmesh.mesh import Network
 from wgmesh.mesh import resolve_path as resolve_mesh_path
-from wgmesh.render import _peer_block, clean, clean_key
+from wgmesh.render import clean, clean_key, peer_block
 
 
 def new_key_pair() -> tuple[str, str]:
@@ -111,7 +111,7 @@ def client_config(host: HostOutput, net: Network, private_key: str | None
             left_out.append(f"{peer.name}: its public key is not known yet (run site.yml, "
                             "then export again)")
         else:
-            lines.append(_peer_block(peer))
+            lines.append(peer_block(peer))
     return "\n".join(lines) + "\n", left_out
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from wgmesh.build import Build
 from wgmesh.compiler import fewer_gc_passes
 from wgmesh.intervals import merge_ranges
-from wgmesh.plan import _port_text, _principal, _routes, access
+from wgmesh.plan import access, port_text, principal, route_roles
 
 # A pair the agents moved from its relay to a direct path is drawn as direct (``--live``).
 COLORS = {"lan": "#2e7d32", "direct": "#1565c0", "punched": "#1565c0", "relay": "#ef6c00"}
@@ -50,7 +50,7 @@ def collect(b: Build, live: dict[str, dict] | None = None) -> Graph:
     relayed pairs that run direct now as ``punched``."""
     comp = b.compiler
     routes = defaultdict(list)
-    for (router, prefix), role in sorted(_routes(b).items()):
+    for (router, prefix), role in sorted(route_roles(b).items()):
         routes[router].append(prefix + ("" if role == "primary" else f" ({role})"))
     exits = {comp.names[i] for i in comp.exits}
     users = defaultdict(list)
@@ -218,14 +218,14 @@ def policy_matrix(b: Build) -> tuple[list[str], list[str], dict[tuple[str, str],
     """Rows (sources), columns (destinations by tag, owner or address) and the ports in
     each cell, from the same resolved rules as the filters."""
     comp = b.compiler
-    as_principal = {name: _principal(b, i) for i, name in enumerate(comp.names)}
+    as_principal = {name: principal(b, i) for i, name in enumerate(comp.names)}
     cells: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for src, row in access(b).items():
         for dst, ports in row.items():
             col = as_principal.get(dst, dst)
             for proto, ranges in ports.items():
                 cells[(src, col)][proto] += ranges
-    text = {k: "; ".join(_port_text(p, merge_ranges(r)) for p, r in sorted(v.items()))
+    text = {k: "; ".join(port_text(p, merge_ranges(r)) for p, r in sorted(v.items()))
             for k, v in cells.items()}
     rows = sorted({s for s, _ in text}, key=lambda s: (s.startswith("tag:"), s))
     cols = sorted({d for _, d in text}, key=lambda d: (not d.startswith("tag:"), d))

@@ -65,7 +65,7 @@ def export_ref(ref: str, repo: Path, into: Path) -> Path:
 
 
 # Access in names ----------------------------------------------------------------------
-def _principal(b: Build, i: int) -> str:
+def principal(b: Build, i: int) -> str:
     """Who a node acts as in the policy: its tags when tagged, else its owner, else itself."""
     node = b.compiler.nodes[i]
     if node.tags:
@@ -79,7 +79,7 @@ def _outside_pools(b: Build, ranges: dict[int, list]) -> bool:
 
 def access(b: Build, rules_of: dict | None = None) -> dict[str, dict[str, Ports]]:
     """Source -> destination -> protocol -> port ranges, for every rule of the policy.
-    Sources are identities (see ``_principal``) and subnet selectors; destinations are node
+    Sources are identities (see ``principal``) and subnet selectors; destinations are node
     names and the policy's words for addresses outside the mesh (prefixes, host aliases, IP
     sets, autogroup:internet, "*"). ``rules_of``, if given, gets (source, destination) -> the
     rules that grant something there (as "file:line (path)")."""
@@ -91,7 +91,7 @@ def access(b: Build, rules_of: dict | None = None) -> dict[str, dict[str, Ports]
         if mask not in principals:
             got: dict[str, int] = defaultdict(int)
             for i in bits(mask):
-                got[_principal(b, i)] |= 1 << i
+                got[principal(b, i)] |= 1 << i
             principals[mask] = dict(got)
         return principals[mask]
 
@@ -141,8 +141,8 @@ def _ssh_port(b: Build, result: dict, principals: dict[int, dict[str, int]]) -> 
     comp = b.compiler
     mask_of: dict[str, int] = defaultdict(int)
     for by in principals.values():
-        for principal, mask in by.items():
-            mask_of[principal] |= mask
+        for who, mask in by.items():
+            mask_of[who] |= mask
     sources: dict[int, int] = {}
     for src, row in result.items():
         for dst, cell in row.items():
@@ -169,14 +169,14 @@ def ssh_logins(b: Build) -> dict[str, dict[str, Ports]]:
     for h in bits(comp.ssh_hosts):
         for s in bits(comp.ssh_sources(h)):
             logins, nonroot = comp.ssh_logins(h, s)
-            cell = out[_principal(b, s)][comp.names[h]]["ssh"]
+            cell = out[principal(b, s)][comp.names[h]]["ssh"]
             cell.update(logins)
             if nonroot:
                 cell.add("any user but root")
     return {p: {d: {"ssh": sorted(c["ssh"])} for d, c in row.items()} for p, row in out.items()}
 
 
-def _port_text(proto: str, ranges: list[tuple[int, int]]) -> str:
+def port_text(proto: str, ranges: list[tuple[int, int]]) -> str:
     """Ports as a reader says them: a list, or "every port but ..." when that is shorter
     (a rule for every port less an ssh restriction is "tcp * but 22", not "0-21,23-65535")."""
     if ranges == [(0, 65535)]:
@@ -230,7 +230,7 @@ def access_changes(old: dict[str, dict[str, Ports]],
                     continue
                 diff = _ports_minus(a[dst], b.get(dst, {}))
                 if diff:
-                    key = tuple(_port_text(p, diff[p]) for p in sorted(diff))
+                    key = tuple(port_text(p, diff[p]) for p in sorted(diff))
                     grouped[key].append(dst)
                     ranges[key] = {p: diff[p] for p in sorted(diff)}
             for ports, dsts in sorted(grouped.items(), key=lambda kv: kv[1]):
@@ -314,7 +314,7 @@ def _test_outcomes(b: Build) -> dict[str, str]:
             for t in [*b.policy.tests, *b.policy.ssh_tests]}
 
 
-def _routes(b: Build) -> dict[tuple[str, str], str]:
+def route_roles(b: Build) -> dict[tuple[str, str], str]:
     """(router, prefix) -> "primary" or "standby" for every approved route."""
     comp = b.compiler
     out = {}
@@ -376,14 +376,14 @@ def _identities(old: Build, new: Build, plan: Plan, acc_old: dict, acc_new: dict
     for change, names in (("joins", plan.joined), ("new key", plan.keys),
                           ("is no longer expired", back)):
         for name in names:
-            who = _principal(new, n.index[name])
+            who = principal(new, n.index[name])
             reaches = _gains({}, acc_new.get(who, {}))
             reached_by = sorted(src for src, dests in acc_new.items() if name in dests)
             out.append({"node": name, "change": change, "as": who, "was": None,
                         "reaches": reaches, "reached_by": reached_by,
                         "widens": bool(reaches or reached_by)})
     for name in sorted(set(o.names) & set(n.names)):
-        was, who = _principal(old, o.index[name]), _principal(new, n.index[name])
+        was, who = principal(old, o.index[name]), principal(new, n.index[name])
         if was == who:
             continue
         # (What reaches it is by node name: the access table shows who gains it.)
@@ -446,7 +446,7 @@ def compare(old: Build, new: Build, base: str, head: str) -> Plan:
             continue  # a node that joins or leaves: listed as such
         if before != after:
             plan.peers[host] = {"gains": sorted(after - before), "loses": sorted(before - after)}
-    r_old, r_new = _routes(old), _routes(new)
+    r_old, r_new = route_roles(old), route_roles(new)
     for key in sorted(set(r_old) | set(r_new)):
         router, prefix = key
         if key not in r_old:

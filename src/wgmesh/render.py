@@ -370,7 +370,7 @@ def wg_quick(host: HostOutput, net: Network) -> str:
     if host.uses_exit_node:
         lines += management_rules(net)
     for peer in host.peers:
-        lines.append(_peer_block(peer))
+        lines.append(peer_block(peer))
     return "\n".join(lines) + "\n"
 
 
@@ -389,7 +389,7 @@ def management_rules(net: Network) -> list[str]:
 
 
 @functools.lru_cache(maxsize=1 << 16)
-def _peer_block(peer: Peer) -> str:
+def peer_block(peer: Peer) -> str:
     """One [Peer] section; hosts that see a peer alike share its object, so it is made once."""
     clean(peer.name, peer.connection, *peer.roles, *peer.allowed_ips)
     if peer.relay:
@@ -462,7 +462,7 @@ _ITEM_DEPTH = 4
 
 def host_json(host: HostOutput, net: Network) -> dict[str, Any]:
     """A host's part of the plan. Peers, names and set elements are shared between hosts,
-    so their text is made once (as ``_peer_block`` does for wg-quick)."""
+    so their text is made once (as ``peer_block`` does for wg-quick)."""
     return {
         "name": host.name,
         "addresses": [str(host.ipv4), str(host.ipv6)],

@@ -280,10 +280,10 @@ def test_name_resolution_changes_are_shown_and_widen(two):
 def test_ports_are_written_as_a_reader_says_them():
     """Complements as complements: a rule for every port, less port 22 of a node that runs
     SSH policy, is "tcp * but 22", not "tcp 0-21,23-65535"; short lists stay lists."""
-    from wgmesh.plan import _port_text
+    from wgmesh.plan import port_text
 
-    assert _port_text("tcp", [(0, 21), (23, 65535)]) == "tcp * but 22"
-    assert _port_text("tcp", [(0, 21), (23, 5431), (5433, 65535)]) == "tcp * but 22,5432"
-    assert _port_text("tcp", [(1, 65535)]) == "tcp *"  # port 0 is no port
-    assert _port_text("tcp", [(22, 22), (80, 80), (8000, 8100)]) == "tcp 22,80,8000-8100"
-    assert _port_text("icmp", [(0, 65535)]) == "icmp"
+    assert port_text("tcp", [(0, 21), (23, 65535)]) == "tcp * but 22"
+    assert port_text("tcp", [(0, 21), (23, 5431), (5433, 65535)]) == "tcp * but 22,5432"
+    assert port_text("tcp", [(1, 65535)]) == "tcp *"  # port 0 is no port
+    assert port_text("tcp", [(22, 22), (80, 80), (8000, 8100)]) == "tcp 22,80,8000-8100"
+    assert port_text("icmp", [(0, 65535)]) == "icmp"
