@@ -40,7 +40,7 @@ USERS = {"pub1": "root", "home1": "wgadmin"}
 RULESET = "/etc/wgmesh/nftables.nft"
 # Split DNS through systemd-resolved: corp.example is answered by a nameserver on the office
 # LAN, which group:eng (home1's owner) may reach; and an ssh rule that makes pub1's sshd
-# take a drop-in (reloaded through systemd).
+# take a drop-in (reloaded through systemd), pub1 running SSH policy.
 DNS_RULE = '{"action": "accept", "src": ["group:eng"], "dst": ["legacy:53"]},'
 SSH_RULE = '{"action": "accept", "src": ["group:eng"], "dst": ["tag:web"], "users": ["root"]}'
 SPLIT = "network:\n  split_dns:\n    corp.example: [198.51.100.130]\nnodes:\n"
@@ -62,6 +62,8 @@ def mesh(tmp_path_factory):
     (tmp / "policy.hujson").write_text(policy)
     mesh = (REPO / "inventories/lab/mesh.yml").read_text().replace(
         "../../policies/lab.hujson", str(tmp / "policy.hujson")).replace("nodes:\n", SPLIT, 1)
+    mesh = mesh.replace("    tags: [tag:web]\n", "    tags: [tag:web]\n    ssh_policy: true\n", 1)
+    assert "ssh_policy: true" in mesh
     (tmp / "inv").mkdir()
     lab = MeshLab(tmp / "inv", "wgd", topology=tmp / "topology.yml", mesh=mesh)
     lab.lab.down()
