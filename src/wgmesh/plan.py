@@ -82,7 +82,7 @@ def access(b: Build, rules_of: dict | None = None) -> dict[str, dict[str, Ports]
     Sources are identities (see ``principal``) and subnet selectors; destinations are node
     names and the policy's words for addresses outside the mesh (prefixes, host aliases, IP
     sets, autogroup:internet, "*"). ``rules_of``, if given, gets (source, destination) -> the
-    rules that grant something there (as "file:line (path)")."""
+    indexes (in the compiler's rules) of the rules that grant something there."""
     comp = b.compiler
     out: dict[str, dict[str, Ports]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     principals: dict[int, dict[str, int]] = {}  # source mask -> principal -> its nodes
@@ -95,7 +95,7 @@ def access(b: Build, rules_of: dict | None = None) -> dict[str, dict[str, Ports]
             principals[mask] = dict(got)
         return principals[mask]
 
-    for rd in comp.rules:
+    for k, rd in enumerate(comp.rules):
         ports: list[tuple[str, int, int]] = []
         for (p, _p), (lo, hi) in rd.port_boxes:
             ports.append((PROTO_NAMES.get(p, str(p)), lo, hi))
@@ -127,8 +127,7 @@ def access(b: Build, rules_of: dict | None = None) -> dict[str, dict[str, Ports]
                 for proto, lo, hi in ports:
                     cell[proto].append((lo, hi))
                 if rules_of is not None:
-                    rules_of.setdefault((src, dst), set()).add(
-                        f"{b.policy.path.name}:{rd.rule.line} ({rd.rule.origin})")
+                    rules_of.setdefault((src, dst), set()).add(k)
     result = {s: {d: {p: merge_ranges(r) for p, r in cell.items()} for d, cell in row.items()}
               for s, row in out.items()}
     if comp.ssh_hosts:
@@ -432,9 +431,11 @@ def compare(old: Build, new: Build, base: str, head: str) -> Plan:
            ssh_logins(build).items()} for build in (old, new)))
     for c in plan.access:
         if not c.logins:
-            behind = rules_new if c.kind == "gains" else rules_old
-            c.rules = sorted({r for d in c.destinations for r in behind.get((c.source, d), ())},
-                             key=_rule_order)
+            build, behind = (new, rules_new) if c.kind == "gains" else (old, rules_old)
+            ks = sorted({k for d in c.destinations for k in behind.get((c.source, d), ())},
+                        key=lambda k: build.compiler.rules[k].rule.line)
+            c.rules = [f"{build.policy.path.name}:{build.compiler.rules[k].rule.line} "
+                       f"({build.compiler.rules[k].rule.origin})" for k in ks]
     # Every node, devices Ansible does not manage too (their exported configuration changes).
     with fewer_gc_passes():
         old_hosts = {h: o.host(h, filters=False) for h in o.names}
@@ -486,13 +487,6 @@ def compare(old: Build, new: Build, base: str, head: str) -> Plan:
     plan.groups = {u: sorted(g) for u, g in sorted(groups.items())
                    if any(c.source == u for c in plan.access)}
     return plan
-
-
-def _rule_order(text: str) -> tuple:
-    """ "file:line (path)" in file and line order."""
-    name, _, rest = text.partition(":")
-    line = rest.split(" ", 1)[0]
-    return (name, int(line) if line.isdigit() else 0, text)
 
 
 def _origin_order(origin: str) -> tuple:
