@@ -389,10 +389,7 @@ Next, in {args.dir}:
 def cmd_check(args) -> int:
     if args.json:
         return _check_json(args)
-    b = _build(args)
-    with fewer_gc_passes():  # what only a host's compile finds (output limits) fails here too
-        for name in b.compiler.names:
-            b.compiler.host(name)
+    b = _checked_build(args)
     _warn(b)
     _warn_unsigned(b)
     if args.locked and b.lock.changed:
@@ -402,6 +399,16 @@ def cmd_check(args) -> int:
           f"{len(b.policy.tests)} policy tests passed"
           + (f", {len(b.policy.ssh_tests)} ssh tests passed" if b.policy.ssh_tests else ""))
     return EXIT_OK
+
+
+def _checked_build(args):
+    """The inputs built and every host compiled: what only a host's compile finds (output
+    limits) fails `check` too."""
+    b = _build(args)
+    with fewer_gc_passes():
+        for name in b.compiler.names:
+            b.compiler.host(name)
+    return b
 
 
 def _check_json(args) -> int:
@@ -415,10 +422,7 @@ def _check_json(args) -> int:
                  "message": p.message, "fix": p.fix} for p in exc.problems]
 
     try:
-        b = _build(args)
-        with fewer_gc_passes():
-            for name in b.compiler.names:
-                b.compiler.host(name)
+        b = _checked_build(args)
     except InputError as exc:
         report.update(exit_code=EXIT_INPUT, errors=problems(exc))
     except PolicyTestFailure as exc:
