@@ -39,6 +39,10 @@ description:
     split domains from their nameservers and everything else from the resolvers
     C(/etc/resolv.conf) named before (kept in C(/etc/wgmesh)); C(/etc/resolv.conf) is restored
     when the bundle has no split DNS any more.
+  - The mesh resolver (a node with C(resolver) set in mesh.yml) - a dnsmasq of its own, from the
+    bundle's C(resolver_conf) written to C(/etc/wgmesh/resolver.conf), on the node's mesh
+    addresses only; restarted when its configuration changes, stopped and removed when the
+    bundle has none.
   - Where systemd runs the interfaces, installs a drop-in for C(wg-quick@) that, before an
     interface starts, puts back the files of the last bundle that applied whole (so a host
     rebooted half way through an apply comes back on its last good bundle).
@@ -1022,6 +1026,64 @@ def sync_dnsmasq(run: Runner, dns: dict | None, check_mode: bool) -> list[str]:
     return actions
 
 
+# The mesh resolver (render.RESOLVER_CONF, _PID): the controller renders its configuration,
+# checked here line by line: an option with a plain value, or the header comment.
+RESOLVER_CONF = "/etc/wgmesh/resolver.conf"
+RESOLVER_PID = "/run/wgmesh-resolver.pid"
+RESOLVER_LINE = re.compile(r"[a-z-]{1,20}(=[A-Za-z0-9._:/,=-]{1,300})?")
+
+
+def check_resolver_conf(text: object) -> None:
+    lines = text.splitlines() if isinstance(text, str) else []
+    if not (lines and lines[0].startswith("# wgmesh: the mesh resolver")
+            and all(RESOLVER_LINE.fullmatch(line) for line in lines[1:])
+            and f"pid-file={RESOLVER_PID}" in lines):
+        raise ApplyError("the bundle's resolver configuration is malformed")
+
+
+def resolver_pid() -> int | None:
+    try:
+        pid = int((read(RESOLVER_PID) or "").strip())
+    except ValueError:
+        return None
+    return pid if "dnsmasq" in (read(f"/proc/{pid}/comm") or "") else None
+
+
+def stop_resolver() -> None:
+    pid = resolver_pid()
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(50):
+            if not os.path.exists(f"/proc/{pid}"):
+                break
+            time.sleep(0.05)
+
+
+def sync_resolver(run: Runner, conf: str | None, check_mode: bool) -> list[str]:
+    """The mesh resolver runs the bundle's configuration, or does not run at all."""
+    if conf is None:
+        if resolver_pid() is None and not os.path.exists(RESOLVER_CONF):
+            return []
+        if not check_mode:
+            stop_resolver()
+            write_atomic(RESOLVER_CONF, None, 0o644)
+        return ["stop the mesh resolver"]
+    if shutil.which("dnsmasq") is None:
+        raise ApplyError("the mesh resolver needs dnsmasq: install dnsmasq-base "
+                         "(wgmesh_manage_packages does)")
+    actions = []
+    if read(RESOLVER_CONF) != conf:
+        actions.append(f"write {RESOLVER_CONF}")
+        if not check_mode:
+            write_atomic(RESOLVER_CONF, conf, 0o644)
+    if actions or resolver_pid() is None:
+        actions.append("start the mesh resolver (dnsmasq)")
+        if not check_mode:
+            stop_resolver()
+            run("dnsmasq", f"--conf-file={RESOLVER_CONF}")
+    return actions
+
+
 def reload_sshd(run: Runner, pidfile: str) -> str:
     """sshd re-reads its configuration (open sessions stay): through systemd where systemd
     runs it (Debian's ssh.service, elsewhere sshd.service), so the unit's own reload runs and
@@ -1201,6 +1263,7 @@ class Host:
             actions += sync_resolved(run, wg, b.get("dns"), check_mode)
         else:
             actions += sync_dnsmasq(run, b.get("dns"), check_mode)
+        actions += sync_resolver(run, b.get("resolver_conf"), check_mode)
         return actions
 
     def leave(self, interface: str, hop_interface: str, check_mode: bool,
@@ -1220,6 +1283,7 @@ class Host:
             run.rc("systemctl", "disable", "--now", AGENT_SERVICE)
         if not resolved_runs():  # (resolved forgets a link's DNS when the link goes)
             actions += sync_dnsmasq(run, None, check_mode)
+        actions += sync_resolver(run, None, check_mode)
         if os.path.exists(self.sshd_dropin):
             actions.append(f"remove {self.sshd_dropin}")
             if not check_mode:
@@ -1422,6 +1486,8 @@ def check_bundle(b: dict) -> None:
             check_dns(b["dns"])
         except ValueError as exc:
             raise ApplyError(f"the bundle's split DNS has a bad nameserver: {exc}") from exc
+    if b.get("resolver_conf") is not None:
+        check_resolver_conf(b["resolver_conf"])
     agent = b.get("agent")
     if agent is not None and not (
             isinstance(agent, dict) and isinstance(agent.get("port"), int)

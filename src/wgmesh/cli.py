@@ -128,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true")
     p.add_argument("--out", metavar="DIR", type=Path,
                    help="with --all: write every file of each host's bundle to DIR/<host>/ "
-                   "(wg-quick files, nftables.nft, hosts, sysctl, sshd, split-dns) "
+                   "(wg-quick files, nftables.nft, hosts, sysctl, sshd, split-dns, "
+                   "resolver.conf) "
                    "and plan.json")
     p.add_argument("--json", action="store_true", help="the JSON document instead of files")
     p.set_defaults(func=cmd_render)
@@ -520,6 +521,9 @@ def _host_files(h, net) -> list[tuple[str, str, str]]:
     if dns:
         files.append((f"split DNS (resolvectl on {net.interface}, or wgmesh's dnsmasq)",
                       "split-dns", dns))
+    resolver = render.resolver_conf(h)
+    if resolver:
+        files.append((render.RESOLVER_CONF, "resolver.conf", resolver))
     return files
 
 

@@ -101,6 +101,18 @@ class Agent:
 
 
 @dataclass
+class Resolver:
+    """The mesh resolver on one node (docs/routing.md, Names): it listens on the node's mesh
+    ``addresses`` and answers ``records`` (name, fqdn, IPv4, IPv6) for every node, the split
+    domains the node itself may reach from their nameservers, other names from its own."""
+
+    addresses: tuple[str, str]
+    domain: str
+    records: list[tuple[str, str, str, str]]
+    split: dict[str, list[str]]
+
+
+@dataclass
 class HostOutput:
     name: str
     node: Node
@@ -122,6 +134,9 @@ class HostOutput:
     ssh: list[tuple[str, str, str, tuple[str, ...], bool]] | None = None
     dns: dict[str, list[str]] | None = None  # split domain -> nameservers it may reach
     agent: Agent | None = None
+    resolver: Resolver | None = None
+    # A device's DNS servers: the mesh resolvers it reaches on UDP 53 (its only resolvers).
+    dns_servers: tuple[str, ...] = ()
 
 
 class Compiler(Resolution):
@@ -149,6 +164,12 @@ class Compiler(Resolution):
         self.dns: dict[int, dict[str, list[str]]] = {}
         if self.net.split_dns:
             self._check_split_dns()
+        # Device -> the mesh resolvers' addresses its policy lets it ask (UDP 53).
+        self.resolvers = [i for i, n in enumerate(self.nodes) if n.resolver]
+        self._dns_servers: dict[int, list[tuple[int, str]]] = {}
+        self._no_resolver: list[str] = []
+        if self.resolvers:
+            self._find_dns_servers()
         if self.problems:
             raise InputError(self.problems)
 
@@ -184,6 +205,38 @@ class Compiler(Resolution):
                     f"no node may reach its nameservers ({', '.join(map(str, servers))}) on "
                     "UDP port 53", f'allow it in the policy, e.g. {{"action": "accept", '
                     f'"src": ["group:..."], "dst": ["{servers[0]}:53"]}}'))
+
+    def _find_dns_servers(self) -> None:
+        """Each device's mesh resolvers, per address family the policy lets it ask on UDP
+        port 53; devices that may ask none are named in a warning (names do not resolve
+        there)."""
+        ev = Evaluator(self)
+        for h, node in enumerate(self.nodes):
+            if node.managed:
+                continue
+            got = [(r, str(self.endpoint_of(self.names[r], f).addr))
+                   for r in self.resolvers for f in FAMILIES
+                   if ev.check(self.endpoint_of(self.names[h], f),
+                               self.endpoint_of(self.names[r], f), 17, 53).allow]
+            if got:
+                self._dns_servers[h] = got
+            else:
+                self._no_resolver.append(self.names[h])
+
+    def _resolver(self, h: int) -> Resolver:
+        """Split domains: those whose nameservers the node may reach through the mesh, or
+        that sit in the prefixes it routes (its own LAN, reached without the mesh)."""
+        name = self.names[h]
+        records = [(n, f"{n}.{self.net.domain}", str(self.alloc[n].ipv4),
+                    str(self.alloc[n].ipv6)) for n in sorted(self.names)]
+        mine = self.approved.get(h, ())
+        split = dict(self.dns.get(h) or {})
+        for domain, servers in self.net.split_dns:
+            local = [str(a) for a in servers if any(a in net for net in mine)]
+            if local and domain not in split:
+                split[domain] = local
+        return Resolver((str(self.alloc[name].ipv4), str(self.alloc[name].ipv6)),
+                        self.net.domain, records, split)
 
     def _check_hop_addresses(self) -> None:
         """Hop addresses are derived from mesh IPv6 addresses; two nodes must not share one,
@@ -336,7 +389,12 @@ class Compiler(Resolution):
                           uses_exit_node=node.use_exit_node if exit_idx is not None else None,
                           unreachable=tuple(unreachable), ssh=ssh,
                           dns=(self.dns.get(h) or None) if node.managed else None,
-                          agent=agent)
+                          agent=agent,
+                          resolver=self._resolver(h) if node.resolver else None,
+                          # Only resolvers it has a peer entry for (not behind NAT both).
+                          dns_servers=tuple(a for r, a in self._dns_servers.get(h, ())
+                                            if any(p.name == self.names[r]
+                                                   for p in out_peers)))
 
     @functools.cached_property
     def _punchers(self) -> dict[str, list[str]]:
@@ -436,6 +494,13 @@ class Compiler(Resolution):
                 + ", ".join(self._dns_unreached[:10])
                 + (" and more" if len(self._dns_unreached) > 10 else "")]
                if self._dns_unreached else [])
+        if self._no_resolver:
+            dns.append(f"mesh resolver: {len(self._no_resolver)} device(s) may not ask any "
+                       "resolver (UDP 53), so mesh names do not resolve there: "
+                       + ", ".join(self._no_resolver[:10])
+                       + (" and more" if len(self._no_resolver) > 10 else "")
+                       + ' (allow it, e.g. {"action": "accept", "src": ["group:..."], "proto": '
+                       '"udp", "dst": ["<resolver>:53"]})')
         if not self._dead_count:
             return list(self._warnings) + dns
         shown = ", ".join(f"{a} and {b}" for a, b in self._dead_first)

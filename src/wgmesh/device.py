@@ -103,6 +103,13 @@ def client_config(host: HostOutput, net: Network, private_key: str | None
         lines.append("# PrivateKey: the device keeps the key made at enrolment; wgmesh never "
                      "stored it")
     lines += [f"Address = {host.ipv4}/32, {host.ipv6}/128", f"MTU = {net.mtu}"]
+    # The mesh resolvers it may ask (of the peers this configuration holds), then the mesh
+    # domain to search, for bare node names.
+    held = {a for p in host.peers if p.public_key for a in p.allowed_ips}
+    servers = [a for a in host.dns_servers if f"{a}/32" in held or f"{a}/128" in held]
+    if servers:
+        clean(*servers, net.domain)
+        lines.append(f"DNS = {', '.join(servers)}, {net.domain}")
     left_out = [f"{name}: both sides are behind NAT and a WireGuard app cannot use a relay "
                 "(give one of them an endpoint, or put them on one site)"
                 for name in host.unreachable]

@@ -55,7 +55,7 @@ NODE_KEYS = {
     "ansible_host", "owner", "tags", "address", "address6", "endpoint", "site", "lan_address",
     "advertise_routes", "approved_routes", "advertise_exit_node", "approved_exit_node",
     "use_exit_node", "relay", "managed", "public_key", "expires", "description", "listen_port",
-    "route_snat", "failover_for", "lighthouse", "ssh_policy",
+    "route_snat", "failover_for", "lighthouse", "ssh_policy", "resolver",
 }
 
 
@@ -109,6 +109,9 @@ class Node:
     failover_for: str | None = None
     # Its sshd and port 22 over the mesh follow the policy's ssh rules (docs/policy.md, SSH).
     ssh_policy: bool = False
+    # Answers DNS on its mesh addresses (docs/routing.md, Names): every node's name, the split
+    # domains it reaches, everything else from its own resolvers. Devices list it as DNS.
+    resolver: bool = False
     managed: bool = True
     public_key: str | None = None
     expires: dt.date | None = None
@@ -537,13 +540,16 @@ def _node(src: YamlSource, name: str, spec: Any, path: str, network: Network) ->
         if r not in values.get("advertise_routes", ()):
             bad("approved_routes", f"{r} is approved but not advertised",
                 "approve only routes listed in advertise_routes")
-    for key in ("advertise_exit_node", "approved_exit_node", "relay", "lighthouse"):
+    for key in ("advertise_exit_node", "approved_exit_node", "relay", "lighthouse", "resolver"):
         values[key] = flag(key)
     values["route_snat"] = flag("route_snat", True)
     values["ssh_policy"] = flag("ssh_policy", network.ssh_policy and values["managed"])
     if values["ssh_policy"] and not values["managed"]:
         bad("ssh_policy", "wgmesh runs no sshd on a device Ansible does not manage",
             "remove ssh_policy from this node")
+    if values["resolver"] and not values["managed"]:
+        bad("resolver", "wgmesh runs no resolver on a device Ansible does not manage",
+            "make a managed node the resolver")
     for key in ("failover_for", "use_exit_node"):
         values[key] = text(key, grammar.NODE_NAME, "a node name")
     if values["failover_for"] == name:

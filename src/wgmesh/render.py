@@ -55,6 +55,14 @@ def split_dns_hook(dns: dict[str, list[str]]) -> str:
             f"elif [ -e {DNSMASQ_CONF} ] && ! pgrep -x -F {DNSMASQ_PID} dnsmasq >/dev/null; "
             f"then dnsmasq --conf-file={DNSMASQ_CONF}; fi || true")
 
+# The mesh resolver (docs/routing.md, Names): a dnsmasq of its own on the node's mesh
+# addresses, started again with the interface (at boot too) when it does not run.
+RESOLVER_CONF = "/etc/wgmesh/resolver.conf"
+RESOLVER_PID = "/run/wgmesh-resolver.pid"
+RESOLVER_HOOK = (f"PostUp = if [ -e {RESOLVER_CONF} ] && ! pgrep -x -F {RESOLVER_PID} dnsmasq "
+                 f">/dev/null; then dnsmasq --conf-file={RESOLVER_CONF}; fi || true")
+
+
 # What one value in a rendered file may be made of: names, addresses, prefixes, endpoints,
 # keys. No space, quote, '#', ';', '$', brace or control character, so no value can end a
 # line, start a comment, leave a quoted string or add a command, whatever passed the loaders.
@@ -367,6 +375,8 @@ def wg_quick(host: HostOutput, net: Network) -> str:
     dns = _split_dns(host)
     if dns:
         lines.append(split_dns_hook(dns))
+    if host.resolver:
+        lines.append(RESOLVER_HOOK)
     if host.uses_exit_node:
         lines += management_rules(net)
     for peer in host.peers:
@@ -615,6 +625,25 @@ def _split_dns(host: HostOutput) -> dict[str, list[str]] | None:
     return host.dns
 
 
+def resolver_conf(host: HostOutput) -> str | None:
+    """The mesh resolver's dnsmasq configuration: it listens on the mesh addresses only
+    (bind-dynamic: it may start before they exist), answers every node's name and nothing
+    else under the mesh domain, asks the split domains' nameservers for those, and its
+    host's own resolvers for the rest. Never a bare name upstream."""
+    r = host.resolver
+    if r is None:
+        return None
+    clean(host.name, r.domain, *r.addresses, *(v for rec in r.records for v in rec),
+          *r.split, *(s for servers in r.split.values() for s in servers))
+    lines = [f"# wgmesh: the mesh resolver on {host.name}. Generated; holds no secret.",
+             *(f"listen-address={a}" for a in r.addresses), "bind-dynamic", "port=53",
+             f"pid-file={RESOLVER_PID}", "no-hosts", "domain-needed",
+             "resolv-file=/etc/resolv.conf", "cache-size=1000", f"local=/{r.domain}/",
+             *(f"host-record={','.join(rec)}" for rec in r.records),
+             *(f"server=/{d}/{s}" for d in sorted(r.split) for s in r.split[d])]
+    return "\n".join(lines) + "\n"
+
+
 def agent_json(host: HostOutput) -> dict[str, Any]:
     """The agent's part of a bundle: every value checked here and again on the host."""
     a = host.agent
@@ -663,6 +692,8 @@ def bundle(host: HostOutput, net: Network, public_key: str | None,
     }
     if host.agent:
         body["agent"] = agent_json(host)
+    if host.resolver:
+        body["resolver_conf"] = resolver_conf(host)
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     body["hash"] = hashlib.sha256(text.encode()).hexdigest()[:16]
     body["commit"] = commit

@@ -44,6 +44,13 @@ RULESET = "/etc/wgmesh/nftables.nft"
 DNS_RULE = '{"action": "accept", "src": ["group:eng"], "dst": ["legacy:53"]},'
 SSH_RULE = '{"action": "accept", "src": ["group:eng"], "dst": ["tag:web"], "users": ["root"]}'
 SPLIT = "network:\n  split_dns:\n    corp.example: [198.51.100.130]\nnodes:\n"
+# The mesh resolver on pub3 (the office router), which alice's group may ask (UDP 53); a
+# laptop outside the mesh that boots systemd with systemd-resolved runs alice's phone1
+# configuration with plain wg-quick (whose DNS line goes to resolvconf, here resolved's).
+RESOLVER_RULE = ('{"action": "accept", "src": ["group:eng"], "proto": "udp", '
+                 '"dst": ["tag:router:53"]},')
+LAPTOP = ("  laptop: {interfaces: {internet: 192.0.2.90}, wireguard: false, init: systemd, "
+          "release: bookworm, description: a device's machine outside the mesh}\n")
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +63,17 @@ def mesh(tmp_path_factory):
                               topology, flags=re.M)
         assert n == 1, host
     tmp = tmp_path_factory.mktemp("systemd")
-    (tmp / "topology.yml").write_text(topology)
+    (tmp / "topology.yml").write_text(topology + LAPTOP)
     policy = (REPO / "policies/lab.hujson").read_text().replace(
-        '"acls": [', f'"ssh": [{SSH_RULE}],\n  "acls": [\n    {DNS_RULE}', 1)
+        '"acls": [', f'"ssh": [{SSH_RULE}],\n  "acls": [\n    {DNS_RULE}\n    {RESOLVER_RULE}',
+        1)
     (tmp / "policy.hujson").write_text(policy)
     mesh = (REPO / "inventories/lab/mesh.yml").read_text().replace(
         "../../policies/lab.hujson", str(tmp / "policy.hujson")).replace("nodes:\n", SPLIT, 1)
     mesh = mesh.replace("    tags: [tag:web]\n", "    tags: [tag:web]\n    ssh_policy: true\n", 1)
-    assert "ssh_policy: true" in mesh
+    mesh = mesh.replace("    tags: [tag:router]\n", "    tags: [tag:router]\n    resolver: true\n",
+                        1)
+    assert "ssh_policy: true" in mesh and "resolver: true" in mesh
     (tmp / "inv").mkdir()
     lab = MeshLab(tmp / "inv", "wgd", topology=tmp / "topology.yml", mesh=mesh)
     lab.lab.down()
@@ -71,6 +81,10 @@ def mesh(tmp_path_factory):
     nameserver = lab.start("legacy", dnsmasq("198.51.100.130", "db.corp.example",
                                              "198.51.100.140"))
     try:
+        lab.phone_key = tmp / "phone1.key"
+        added = lab.wgmesh("device", "add", "phone1", "--owner", "alice@example.com",
+                           "--key-out", str(lab.phone_key), "--no-qr")
+        assert added.returncode == 0, added.stderr
         run = lab.playbook()
         assert run.returncode == 0, run.stdout[-3000:]
         lab.settle()
@@ -143,6 +157,40 @@ def test_split_dns_goes_through_systemd_resolved_and_sshd_reloads_through_system
                     check=False).returncode == 0
     ssh = journal(mesh, "pub1", "ssh.service")
     assert "Reloaded" in ssh or "Reloading" in ssh, ssh[-2000:]
+
+
+def test_a_device_with_plain_wg_quick_resolves_names_through_the_mesh_resolver(mesh):
+    """phone1's exported configuration names pub3's resolver as DNS; on the laptop (systemd
+    with resolved, outside the mesh) plain `wg-quick up` hands it to resolvconf, and the
+    laptop then resolves a node's name, a bare name (the mesh domain is its search domain)
+    and the split domain, whose nameserver only pub3 reaches. The resolver listens on the
+    mesh addresses only."""
+    conf = mesh.wgmesh("device", "config", "phone1", "--key-file", str(mesh.phone_key),
+                       "--no-qr")
+    assert conf.returncode == 0, conf.stderr
+    plan = mesh.plan()["hosts"]
+    pub3 = plan["pub3"]["addresses"]
+    assert f"DNS = {pub3[0]}, {pub3[1]}, mesh.internal\n" in conf.stdout, conf.stdout
+    mesh.run("laptop", "sh", "-c", "umask 077 && cat > /etc/wireguard/phone.conf",
+             stdin=conf.stdout)
+    up = mesh.run("laptop", "wg-quick", "up", "phone", check=False, timeout=30)
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        link = mesh.run("laptop", "resolvectl", "dns", "phone").stdout
+        assert pub3[0] in link, link
+        for name, want in (("pub2.mesh.internal", plan["pub2"]["addresses"][0]),
+                           ("home1", plan["home1"]["addresses"][0]),
+                           ("db.corp.example", "198.51.100.140")):
+            got = mesh.run("laptop", "getent", "ahostsv4", name, check=False, timeout=20)
+            assert got.stdout.split()[:1] == [want], (name, got.stdout, got.stderr)
+        missing = mesh.run("laptop", "getent", "ahostsv4", "nosuch.mesh.internal",
+                           check=False, timeout=20)
+        assert missing.returncode == 2, missing.stdout
+        sockets = mesh.run("pub3", "ss", "-Hlunp", "sport", "=", ":53").stdout
+        bound = sorted(line.split()[3] for line in sockets.splitlines() if "dnsmasq" in line)
+        assert bound == sorted([f"{pub3[0]}:53", f"[{pub3[1]}]:53"]), sockets
+    finally:
+        mesh.run("laptop", "wg-quick", "down", "phone", check=False, timeout=30)
 
 
 def test_rotation_and_status_on_systemd_hosts(mesh):

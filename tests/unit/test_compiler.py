@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from meshkit import allowed, lookup, make, parse_sets, peers
+from meshkit import allowed, fake_key, lookup, make, parse_sets, peers, plugin
 
 from wgmesh import render
+from wgmesh.device import client_config
 from wgmesh.errors import InputError
 
 TAGS = {"tag:web": ["group:eng"], "tag:db": [], "tag:router": [], "tag:exit": []}
@@ -589,3 +590,64 @@ def test_lighthouses_and_the_nodes_behind_nat_they_help(tmp_path):
 def test_a_lighthouse_needs_an_endpoint(tmp_path):
     with pytest.raises(InputError, match="a lighthouse needs a public endpoint"):
         make(tmp_path, {"a": {"owner": "alice@example.com", "lighthouse": True}}, pol())
+
+
+def test_a_mesh_resolver_is_the_dns_of_the_devices_the_policy_lets_ask_it(tmp_path):
+    """A resolver node answers every node's name on its mesh addresses, the split domain
+    whose nameserver sits in the prefix it routes, and its own resolvers' names for the rest;
+    a device gets it as DNS (with the mesh domain to search) only when the policy lets it
+    ask on UDP 53, and a device that may ask no resolver is named in a warning."""
+    nodes = {"ns": {"tags": ["tag:dns"], "endpoint": "192.0.2.9:51820", "resolver": True,
+                    "advertise_routes": ["198.51.100.0/24"]},
+             "a": {"owner": "alice@example.com"},
+             "phone": {"owner": "alice@example.com", "managed": False,
+                       "public_key": fake_key("phone")},
+             "tablet": {"owner": "bob@example.com", "managed": False,
+                        "public_key": fake_key("tablet")}}
+    rules = [{"action": "accept", "src": ["alice@example.com"], "proto": "udp",
+              "dst": ["tag:dns:53", "198.51.100.53:53"]},
+             {"action": "accept", "src": ["bob@example.com"], "dst": ["tag:dns:80"]}]
+    b = make(tmp_path, nodes, pol(acls=rules, tagOwners={**TAGS, "tag:dns": []}, autoApprovers={
+        "routes": {"198.51.100.0/24": ["tag:dns"]}}),
+        network={"split_dns": {"corp.example": ["198.51.100.53"]}})
+    comp, net = b.compiler, b.mesh.network
+    ns4, ns6 = str(b.alloc["ns"].ipv4), str(b.alloc["ns"].ipv6)
+    phone, tablet, a, ns = (comp.host(n) for n in ("phone", "tablet", "a", "ns"))
+    assert phone.dns_servers == (ns4, ns6)
+    assert f"\nDNS = {ns4}, {ns6}, mesh.internal\n" in client_config(phone, net, None)[0]
+    assert tablet.dns_servers == () and "DNS" not in client_config(tablet, net, None)[0]
+    assert [w for w in comp.warnings if w.startswith("mesh resolver")] == [
+        "mesh resolver: 1 device(s) may not ask any resolver (UDP 53), so mesh names do not "
+        'resolve there: tablet (allow it, e.g. {"action": "accept", "src": ["group:..."], '
+        '"proto": "udp", "dst": ["<resolver>:53"]})']
+    # Managed nodes keep their hosts file and split DNS; only the resolver runs one.
+    assert a.resolver is None and a.dns_servers == ()
+    assert render.RESOLVER_HOOK not in render.wg_quick(a, net)
+    assert "resolver_conf" not in render.bundle(a, net, fake_key("a"))
+    assert render.RESOLVER_HOOK in render.wg_quick(ns, net)
+    conf = render.bundle(ns, net, fake_key("ns"))["resolver_conf"]
+    assert conf == render.resolver_conf(ns)
+    lines = conf.splitlines()
+    assert [x for x in lines if x.startswith("listen-address=")] == [
+        f"listen-address={ns4}", f"listen-address={ns6}"]
+    assert "local=/mesh.internal/" in lines and "server=/corp.example/198.51.100.53" in lines
+    assert f"host-record=phone,phone.mesh.internal,{b.alloc['phone'].ipv4}," \
+           f"{b.alloc['phone'].ipv6}" in lines
+    assert len([x for x in lines if x.startswith("host-record=")]) == 4
+    module = plugin("plugins/modules/wgmesh_apply.py")
+    module.check_resolver_conf(conf)
+    for bad in (conf + "conf-file=/tmp/x y\n", conf.replace("# wgmesh", "#"),
+                conf.replace("pid-file", "pidfile"), None):
+        with pytest.raises(module.ApplyError, match="resolver configuration is malformed"):
+            module.check_resolver_conf(bad)
+    assert (module.RESOLVER_CONF, module.RESOLVER_PID) == (render.RESOLVER_CONF,
+                                                           render.RESOLVER_PID)
+
+
+def test_a_resolver_runs_only_where_ansible_does(tmp_path):
+    nodes = {"a": {"owner": "alice@example.com"},
+             "p": {"owner": "alice@example.com", "managed": False, "resolver": True,
+                   "public_key": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="}}
+    with pytest.raises(InputError, match="wgmesh runs no resolver on a device Ansible does "
+                                         "not manage"):
+        make(tmp_path, nodes, pol())
