@@ -7,13 +7,13 @@ changes nothing, and the commit. Then the merge jobs of the CI files it wrote, i
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import BIN, REPO, copy_topology
+from docmd import block
 from meshlab import recap
 
 from wgmesh.lab.runtime import Lab
@@ -26,10 +26,8 @@ SERVERS = {"gw1": "pub1", "web1": "pub2", "db1": "home1"}
 
 
 def readme_steps() -> list[str]:
-    text = (REPO / "README.md").read_text()
-    section = text.split("\n## Your own mesh\n", 1)[1].split("\n## ", 1)[0]
-    block = re.search(r"\n\n((?:    .*\n)+)", section).group(1)
-    return [line[4:] for line in block.splitlines()]
+    """The block as the README shows it (tests/docmd.py), comments kept: "# Edit" is a step."""
+    return list(block("README.md: python3 -m venv ~/wgmesh-venv").lines)
 
 
 def edit_for_the_lab(site: Path, lab: Lab) -> None:

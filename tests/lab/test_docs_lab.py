@@ -1,0 +1,44 @@
+"""The README's lab commands as it shows them (tests/docmd.py): `./dev.sh demo` brings the
+default lab up and runs site.yml on it; then the lab's own commands and the day-to-day
+block (HOST is a lab host), each with the exit code the README claims; the lab goes down
+as the demo says."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+from conftest import BIN, REPO
+from docmd import block
+from meshlab import recap
+
+pytestmark = pytest.mark.lab
+
+BLOCKS = ("README.md: ./dev.sh demo", "README.md: .venv/bin/wgmesh lab status",
+          "README.md: ansible-playbook site.yml --check --diff")
+
+
+def test_the_readmes_lab_commands_run_as_shown():
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "VIRTUAL_ENV"))}
+    env.update(PATH=f"{BIN}:{env['PATH']}", ANSIBLE_NOCOLOR="1")
+    said = {}
+    try:
+        for key in BLOCKS:
+            for cmd in block(key).commands:
+                text = cmd.text.replace("HOST", "pub2")
+                run = subprocess.run(["bash", "-c", text], cwd=REPO, env=env,
+                                     capture_output=True, text=True, timeout=1200)
+                assert run.returncode == cmd.exit, \
+                    f"{cmd}\n{run.stdout[-3000:]}\n{run.stderr[-2000:]}"
+                said[text] = run.stdout
+    finally:
+        subprocess.run([str(BIN / "wgmesh"), "lab", "down"], cwd=REPO, env=env,
+                       capture_output=True)
+    demo = said["./dev.sh demo"]
+    assert recap(demo) and all(r["failed"] == r["unreachable"] == 0
+                               for r in recap(demo).values()), demo[-3000:]
+    assert "pub1" in said[".venv/bin/wgmesh lab status"]
+    assert "peer: " in said[".venv/bin/wgmesh lab exec pub1 -- wg show"]
+    batches = recap(said["ansible-playbook site.yml -e wgmesh_serial=2"])
+    assert batches and all(r["failed"] == 0 for r in batches.values())
