@@ -42,3 +42,20 @@ def test_the_readmes_lab_commands_run_as_shown():
     assert "peer: " in said[".venv/bin/wgmesh lab exec pub1 -- wg show"]
     batches = recap(said["ansible-playbook site.yml -e wgmesh_serial=2"])
     assert batches and all(r["failed"] == 0 for r in batches.values())
+
+
+def test_the_readmes_offline_python_install_runs_as_shown(tmp_path):
+    """README, "Air-gapped sites": the wheels downloaded where PyPI is reachable, then a venv
+    installed from them alone (pip --no-index), in a clone of this repository."""
+    clone = tmp_path / "wgmesh"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "VIRTUAL_ENV"))}
+    env.update(PATH=f"{BIN}:{env['PATH']}", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    for cmd in block("README.md: pip download -d wheels -r constraints.txt pip setuptools"
+                     ).commands:
+        run = subprocess.run(["bash", "-c", cmd.text], cwd=clone, env=env, capture_output=True,
+                             text=True, timeout=1200)
+        assert run.returncode == cmd.exit, f"{cmd}\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}"
+    version = subprocess.run([str(clone / ".venv/bin/wgmesh"), "--version"],
+                             capture_output=True, text=True)
+    assert version.stdout.startswith("wgmesh "), version.stderr

@@ -27,11 +27,11 @@ WHERE = {
     "README.md: ansible-playbook site.yml --check --diff": "tests/lab/test_docs_lab.py",
     "README.md: .venv/bin/wgmesh check  -i inventories/example": "here",
     "README.md: pip download -d wheels -r constraints.txt pip setuptools":
-        "not yet: downloads every wheel (tests/lab/test_kit.py builds a kit that does)",
+        "tests/lab/test_docs_lab.py",
     "docs/air-gap.md: .venv/bin/wgmesh kit --out /media/usb/wgmesh-kit":
         "not yet: a kit of three Pythons (tests/lab/test_kit.py builds one of this Python)",
     "docs/air-gap.md: wgmesh kit-sign /media/usb/wgmesh-kit --key ann.key -i inventories/prod":
-        "not yet: needs a kit and a signed mesh (tests/unit/test_kit_signing.py signs one)",
+        "here",
     "docs/air-gap.md: sha256sum -c SHA256SUMS":
         "not yet: installs Debian packages as root (tests/lab/test_kit.py installs a kit)",
     "docs/devices.md: wgmesh device add alice-phone --owner alice@example.com -i "
@@ -42,8 +42,8 @@ WHERE = {
     "docs/gitops.md: echo '{\"src\": \"group:admins\", \"dst\": \"tag:db\", \"proto\": \"tcp\", "
     "\"port\": 5432}' | wgmesh eval -i inventories/prod": "here",
     "docs/graph.md: wgmesh graph -i inventories/lab --out mesh.html": "here",
-    "docs/scale.md: ansible-galaxy collection build --output-path dist":
-        "not yet: tests/lab/test_collection.py builds and installs the collection its own way",
+    "docs/scale.md: ansible-galaxy collection build --output-path dist": "project",
+    "docs/scale.md: pip wheel --no-deps -w dist .": "project",
     "docs/scale.md: /opt/wgmesh/.venv/bin/wgmesh host enrol --pull "
     "git://git.example.net/mesh.git \\":
         "not yet: placeholders (<public key>); tests/lab/test_pull_signed.py enrols hosts",
@@ -58,18 +58,54 @@ def test_commands_are_shown_in_sh_blocks_only():
 
 
 def test_every_block_of_commands_has_a_place_where_it_runs():
-    keys = {b.key for b in shell_blocks()}
-    # Keys are unique (a block is named by its file and first command) but for the two
-    # scale.md blocks that start alike, which the one entry covers.
-    assert keys == set(WHERE), (sorted(keys - set(WHERE)), sorted(set(WHERE) - keys))
+    keys = [b.key for b in shell_blocks()]
+    assert len(keys) == len(set(keys)), "two blocks start alike: their keys would be one"
+    assert set(keys) == set(WHERE), (sorted(set(keys) - set(WHERE)), sorted(set(WHERE) - set(keys)))
     for key, where in WHERE.items():
-        if where in ("here",) or where.startswith("not yet: "):
+        if where in ("here", "project") or where.startswith("not yet: "):
             continue
         text = (REPO / where).read_text()
         if where == ".ci/run":
             assert "./dev.sh test" in text
             continue
         assert key in text, f"{where} does not run the block {key!r}"
+
+
+# What a reader has in place of the docs' own: the USB stick's mount point, and on "a host"
+# the install folder and trust file (here the site's).
+PLACES = {"/media/usb": "usb", "/opt/wgmesh/.venv/bin/wgmesh": ".venv/bin/wgmesh",
+          "/etc/wgmesh/trust.json": "trust.json"}
+
+
+def signed_site_with_a_kit(site: Path, env: dict) -> None:
+    """What docs/air-gap.md's signing block stands on: a kit on the stick, three admins
+    (keys from `wgmesh admin keygen`) of whom two must sign, and a host's trust file."""
+    from wgmesh import kit
+
+    k = site / "usb/wgmesh-kit"
+    for name, data in (("project.tar", b"project"), ("wheels/wgmesh-0.1-py3-none-any.whl",
+                                                     b"wheel"), ("debs/nft_1_amd64.deb", b"deb")):
+        (k / name).parent.mkdir(parents=True, exist_ok=True)
+        (k / name).write_bytes(data)
+    (k / "install.sh").write_text(kit.INSTALL)
+    subprocess.run(["sh", "-c", "sha256sum $(find . -type f ! -name SHA256SUMS | sort) "
+                    "| sed 's#  ./#  #' > SHA256SUMS"], cwd=k, check=True)
+    admins = {}
+    for name in ("ann", "ben", "cat"):
+        out = subprocess.run(["wgmesh", "admin", "keygen", "--out", f"{name}.key"], cwd=site,
+                             env=env, capture_output=True, text=True, check=True)
+        admins[name] = out.stdout.split()[-1]
+    mesh = site / "inventories/prod/mesh.yml"
+    mesh.write_text(mesh.read_text() + "signing:\n  threshold: 2\n  admins:\n" + "".join(
+        f"    {n}: {key}\n" for n, key in admins.items()))
+    trust = subprocess.run(["wgmesh", "manifest", "trust", "-i", "inventories/prod"], cwd=site,
+                           env=env, capture_output=True, text=True, check=True)
+    (site / "trust.json").write_text(trust.stdout)
+
+
+# What the prose around a block says is in place before it runs.
+PREPARE = {"docs/air-gap.md: wgmesh kit-sign /media/usb/wgmesh-kit --key ann.key -i "
+           "inventories/prod": signed_site_with_a_kit}
 
 
 def sandbox(tmp: Path) -> tuple[Path, dict]:
@@ -103,24 +139,39 @@ def run_block(block: Block, cwd: Path, env: dict, tmp: Path) -> list[tuple[str, 
     exit code and output."""
     script = []
     for i, cmd in enumerate(block.commands):
-        script.append(f"{{ {cmd.text}\n}} >{tmp}/{i}.out 2>&1; echo $? >{tmp}/{i}.rc")
+        text = cmd.text
+        for place, here in PLACES.items():
+            text = text.replace(place, here)
+        script.append(f"{{ {text}\n}} >{tmp}/{i}.out 2>&1; echo $? >{tmp}/{i}.rc")
     subprocess.run(["bash", "-c", "\n".join(script)], cwd=cwd, env=env, check=True,
                    timeout=600)
     return [(str(cmd), int((tmp / f"{i}.rc").read_text()), (tmp / f"{i}.out").read_text())
             for i, cmd in enumerate(block.commands)]
 
 
-@pytest.mark.parametrize("key", [k for k, w in WHERE.items() if w == "here"],
+def project(tmp: Path) -> tuple[Path, dict]:
+    """A clone of this repository at its commit (the project's own commands run in it)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "VIRTUAL_ENV"))}
+    env.update(PATH=f"{BIN}:{env['PATH']}", HOME=str(tmp))
+    clone = tmp / "wgmesh"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True,
+                   capture_output=True)
+    return clone, env
+
+
+@pytest.mark.parametrize("key", [k for k, w in WHERE.items() if w in ("here", "project")],
                          ids=lambda k: k.split(":")[0] + ":" + k.split()[2])
 def test_the_controllers_commands_run_as_shown(tmp_path, key):
-    site, env = sandbox(tmp_path)
+    site, env = (project if WHERE[key] == "project" else sandbox)(tmp_path)
     [block] = [b for b in shell_blocks() if b.key == key]
     # A doc's blocks run in order in one site: run the ones above this one first.
     for earlier in shell_blocks():
         if earlier.doc == block.doc and earlier.line < block.line \
-                and WHERE.get(earlier.key) == "here":
+                and WHERE.get(earlier.key) == WHERE[key]:
             (tmp_path / "earlier").mkdir(exist_ok=True)
             run_block(earlier, site, env, tmp_path / "earlier")
+    if key in PREPARE:
+        PREPARE[key](site, env)
     (tmp_path / "out").mkdir()
     ran = run_block(block, site, env, tmp_path / "out")
     wrong = [(cmd, rc, out[-1500:]) for (cmd, rc, out), c in zip(ran, block.commands, strict=True)
