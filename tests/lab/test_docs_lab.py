@@ -44,6 +44,25 @@ def test_the_readmes_lab_commands_run_as_shown():
     assert batches and all(r["failed"] == 0 for r in batches.values())
 
 
+def test_the_kit_commands_of_docs_air_gap_run_as_shown(tmp_path):
+    """docs/air-gap.md: a kit for this Python, then one for the three Pythons wgmesh runs
+    on, each written where the stick is mounted (here a folder of the test's own), from a
+    clone of this repository; install.sh then finds every file its sums list."""
+    clone = tmp_path / "wgmesh"
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
+    (clone / ".venv").symlink_to(BIN.parent)
+    for i, cmd in enumerate(block("docs/air-gap.md: .venv/bin/wgmesh kit --out "
+                                  "/media/usb/wgmesh-kit").commands):
+        usb = tmp_path / f"usb{i}"
+        run = subprocess.run(["bash", "-c", cmd.text.replace("/media/usb", str(usb))],
+                             cwd=clone, capture_output=True, text=True, timeout=1200)
+        assert run.returncode == cmd.exit, f"{cmd}\n{run.stderr[-2000:]}"
+        sums = subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"],
+                              cwd=usb / "wgmesh-kit", capture_output=True, text=True)
+        assert sums.returncode == 0, sums.stdout
+        assert ("for Python 3.11, 3.12, 3.13" in run.stdout) == ("--python" in cmd.text)
+
+
 def test_the_readmes_offline_python_install_runs_as_shown(tmp_path):
     """README, "Air-gapped sites": the wheels downloaded where PyPI is reachable, then a venv
     installed from them alone (pip --no-index), in a clone of this repository."""

@@ -29,11 +29,12 @@ WHERE = {
     "README.md: pip download -d wheels -r constraints.txt pip setuptools":
         "tests/lab/test_docs_lab.py",
     "docs/air-gap.md: .venv/bin/wgmesh kit --out /media/usb/wgmesh-kit":
-        "not yet: a kit of three Pythons (tests/lab/test_kit.py builds one of this Python)",
+        "tests/lab/test_docs_lab.py",
     "docs/air-gap.md: wgmesh kit-sign /media/usb/wgmesh-kit --key ann.key -i inventories/prod":
         "here",
     "docs/air-gap.md: sha256sum -c SHA256SUMS":
-        "not yet: installs Debian packages as root (tests/lab/test_kit.py installs a kit)",
+        "not yet: installs Debian packages as root and runs site.yml on the reader's hosts "
+        "(tests/lab/test_kit.py and test_systemd.py install kits, Python part only)",
     "docs/devices.md: wgmesh device add alice-phone --owner alice@example.com -i "
     "inventories/prod --key-out alice-phone.key": "here",
     "docs/devices.md: wgmesh device config alice-phone --key-file alice-phone.key -i "
