@@ -51,8 +51,8 @@ def test_the_kit_commands_of_docs_air_gap_run_as_shown(tmp_path):
     clone = tmp_path / "wgmesh"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True)
     (clone / ".venv").symlink_to(BIN.parent)
-    for i, cmd in enumerate(block("docs/air-gap.md: .venv/bin/wgmesh kit --out "
-                                  "/media/usb/wgmesh-kit").commands):
+    kit_block = "docs/air-gap.md: .venv/bin/wgmesh kit --out /media/usb/wgmesh-kit"
+    for i, cmd in enumerate(block(kit_block).commands):
         usb = tmp_path / f"usb{i}"
         run = subprocess.run(["bash", "-c", cmd.text.replace("/media/usb", str(usb))],
                              cwd=clone, capture_output=True, text=True, timeout=1200)
