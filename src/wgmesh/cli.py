@@ -151,6 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--live", metavar="DIR", type=Path,
                    help="the hosts' agent states (NODE.json, as playbooks/status.yml -e "
                    "wgmesh_live_dir=DIR writes them): pairs that run direct now are drawn so")
+    p.add_argument("--group-by", choices=("site", "tag"), default="site",
+                   help="group nodes by site (no site: internet or behind NAT) or by tag "
+                   "(untagged: the owner's first group); past 15 boxes the picture shows "
+                   "the groups")
+    p.add_argument("--node", metavar="NAME", help="draw one node's neighbourhood: it, its "
+                   "peers and how it reaches each")
     p.set_defaults(func=cmd_graph)
     p = sub.add_parser("eval", help="decide JSON-line queries read from stdin")
     _mesh_args(p)
@@ -1006,11 +1012,16 @@ def cmd_graph(args) -> int:
                     raise InputError([Problem(str(path), 0, 0, "", f"not JSON: {exc}",
                                               "copy the host's /var/lib/wgmesh/agent.json "
                                               "as it is")]) from exc
+    if args.node is not None and args.node not in b.mesh.nodes:
+        raise InputError([Problem(str(b.mesh.path), 0, 0, "", f'no node "{args.node}"',
+                                  "name a node of mesh.yml")])
     if args.format == "html":
-        text = graph.page(b, live)
+        text = graph.page(b, live, args.group_by, args.node)
     else:
-        g = graph.collect(b, live)
-        text = graph.svg(g) if args.format == "svg" else graph.dot(g)
+        g = graph.collect(b, live, args.group_by)
+        if args.node is not None:
+            g = graph.neighbourhood(g, args.node)
+        text = graph.picture(g) if args.format == "svg" else graph.dot(g)
     if args.out:
         args.out.write_text(text)
         print(f"wrote {args.out}", file=sys.stderr)
