@@ -72,8 +72,17 @@ if [ -f "$TRUST" ]; then
     "$TARGET/.venv/bin/wgmesh" kit-verify "$KIT" --trust "$TRUST"
 fi
 if [ "$DEBS" = yes ] && [ -d debs ] && [ "$(id -u)" = 0 ]; then
-    apt-get install -y -qq --no-download \
-        $(sed -n 's|^[0-9a-f]\{64\}  \(debs/[^/]*[.]deb\)$|./\1|p' SHA256SUMS)
+    # What hosts and controllers install (debs/wanted), with apt's only source the kit's
+    # packages (debs/Packages indexes them) in lists of their own: the host's lists may name
+    # the same versions in an archive it cannot reach.
+    apt=$(mktemp -d)
+    mkdir "$apt/lists" "$apt/lists/partial" "$apt/parts"
+    echo "deb [trusted=yes] file:$KIT/debs ./" > "$apt/kit.list"
+    set -- -o Dir::Etc::SourceList="$apt/kit.list" -o Dir::Etc::SourceParts="$apt/parts" \
+        -o Dir::State::Lists="$apt/lists"
+    apt-get update -qq "$@"
+    apt-get install -y -qq --no-install-recommends "$@" $(cat debs/wanted)
+    rm -r "$apt"
 fi
 mkdir -p "$TARGET"
 tar -xf "$KIT/project.tar" -C "$TARGET"
@@ -151,6 +160,18 @@ def deb_closure(packages: tuple[str, ...]) -> list[str]:
     return sorted(want)
 
 
+def packages_index(debs: Path) -> str:
+    """The folder's apt index (a flat repository): each package's control fields, where its
+    file is, and the file's size and SHA-256, so apt installs from the kit alone."""
+    out = []
+    for deb in sorted(debs.glob("*.deb")):
+        control = _run(["dpkg-deb", "-f", str(deb)]).stdout.rstrip("\n")
+        data = deb.read_bytes()
+        out.append(f"{control}\nFilename: ./{deb.name}\nSize: {len(data)}\n"
+                   f"SHA256: {hashlib.sha256(data).hexdigest()}\n")
+    return "\n".join(out)
+
+
 def build(out: Path, pythons: list[str], debs: bool = True) -> dict:
     root = project_root()
     out.mkdir(parents=True, exist_ok=True)
@@ -174,6 +195,9 @@ def build(out: Path, pythons: list[str], debs: bool = True) -> dict:
         (out / "debs").mkdir(exist_ok=True)
         packages = deb_closure(HOST_PACKAGES + CONTROLLER_PACKAGES)
         _run(["apt-get", "download", "-qq", *packages], cwd=out / "debs")
+        (out / "debs/Packages").write_text(packages_index(out / "debs"))
+        (out / "debs/wanted").write_text("".join(
+            f"{p}\n" for p in sorted(set(HOST_PACKAGES + CONTROLLER_PACKAGES))))
     (out / "install.sh").write_text(INSTALL)
     (out / "install.sh").chmod(0o755)
     files = sorted(p for p in out.rglob("*") if p.is_file()
