@@ -224,12 +224,27 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-# The same number as wgmesh.render.MANAGEMENT_RULE_PRIORITY: before wg-quick's rules.
-MANAGEMENT_RULE_PRIORITY = 1000
-# wgmesh.render.RULESET_PATH: the table's file, which every wgmesh interface's wg-quick file
-# loads before the interface exists (its PreUp hook), so it is not a choice of the caller.
-RULESET = "/etc/wgmesh/nftables.nft"
-TABLE = ("inet", "wgmesh")
+# What the controller renders and this module must agree on, in one copy (Ansible packs it
+# into this module's payload): the bundle's format and hash, canonical JSON, the paths.
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import (
+    BUNDLE_FORMAT,
+    DNSMASQ_CONF,
+    DNSMASQ_PID,
+    MANAGEMENT_RULE_PRIORITY,
+    RESOLVER_CONF,
+    RESOLVER_PID,
+    RULESET_PATH,
+    TABLE_FAMILY,
+    TABLE_NAME,
+    bundle_digest,
+    bundle_hash,
+    canonical,
+)
+
+# The table's file, which every wgmesh interface's wg-quick file loads before the interface
+# exists (its PreUp hook), so it is not a choice of the caller.
+RULESET = RULESET_PATH
+TABLE = (TABLE_FAMILY, TABLE_NAME)
 
 
 class ApplyError(Exception):
@@ -889,10 +904,8 @@ def check_sshd(config: str, dropin_text: str, dropin: str) -> None:
 
 # Split DNS without systemd-resolved: a dnsmasq of our own on a loopback address answers the
 # split domains from their nameservers and everything else from the resolvers the host had.
-# The mesh interface's wg-quick file starts it again at boot (render.DNSMASQ_CONF, _PID).
+# The mesh interface's wg-quick file starts it again at boot (the contract's DNSMASQ_CONF).
 DNSMASQ_ADDRESS = "127.0.0.153"
-DNSMASQ_CONF = "/etc/wgmesh/dnsmasq.conf"
-DNSMASQ_PID = "/run/wgmesh-dnsmasq.pid"
 # The resolvers /etc/resolv.conf named before (dnsmasq drops root, so not in state_dir).
 UPSTREAM = "/etc/wgmesh/upstream-resolv.conf"
 RESOLV_CONF = "/etc/resolv.conf"
@@ -1026,10 +1039,8 @@ def sync_dnsmasq(run: Runner, dns: dict | None, check_mode: bool) -> list[str]:
     return actions
 
 
-# The mesh resolver (render.RESOLVER_CONF, _PID): the controller renders its configuration,
-# checked here line by line: an option with a plain value, or the header comment.
-RESOLVER_CONF = "/etc/wgmesh/resolver.conf"
-RESOLVER_PID = "/run/wgmesh-resolver.pid"
+# The mesh resolver (the contract's RESOLVER_CONF, _PID): the controller renders its
+# configuration, checked here line by line: an option with a plain value, or the header.
 RESOLVER_LINE = re.compile(r"[a-z-]{1,20}(=[A-Za-z0-9._:/,=-]{1,300})?")
 
 
@@ -1379,10 +1390,6 @@ TRUST_FILE = "/etc/wgmesh/trust.json"
 ADMIN_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
 
 
-def canonical(value) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-
-
 def verify_manifest(signed: dict, trust: dict, b: dict) -> dict:
     """The rules of wgmesh.signing.verify (tests/unit/test_signing.py holds both to the same
     verdicts), plus: the manifest lists this bundle. Returns the trust state to record."""
@@ -1439,10 +1446,9 @@ def verify_manifest(signed: dict, trust: dict, b: dict) -> dict:
         raise ApplyError(f"refused: manifest serial {serial} is dated {date}, earlier than "
                          f"{trust['date']} of the manifest this host runs (an expired node "
                          "would come back)")
-    body_text = canonical({k: v for k, v in b.items() if k not in ("hash", "commit")})
     listed = (body.get("bundles") or {}).get(b["name"]) if isinstance(body.get("bundles"),
                                                                      dict) else None
-    if listed != hashlib.sha256(body_text).hexdigest():
+    if listed != bundle_digest(b):
         raise ApplyError(f"refused: the manifest (serial {serial}) does not list this bundle "
                          f"for {b['name']}: it was not compiled from the signed inputs")
     try:
@@ -1468,9 +1474,9 @@ def check_trust(trust) -> dict:
 
 
 def check_bundle(b: dict) -> None:
-    if b.get("format") != 1:
-        raise ApplyError(f"bundle format {b.get('format')!r} is not 1: update wgmesh on the "
-                         "controller and on this host together")
+    if b.get("format") != BUNDLE_FORMAT:
+        raise ApplyError(f"bundle format {b.get('format')!r} is not {BUNDLE_FORMAT}: update "
+                         "wgmesh on the controller and on this host together")
     for key in ("interface", "hop_interface"):
         if not re.fullmatch(r"[a-zA-Z0-9_.=+-]{1,15}", str(b.get(key))):
             raise ApplyError(f"invalid {key} {b.get(key)!r}")
@@ -1495,9 +1501,7 @@ def check_bundle(b: dict) -> None:
             and all(KEY_TEXT.fullmatch(str(p.get("public_key"))) for p in agent.get("punch", []))):
         raise ApplyError("the bundle's agent part is malformed")
     # The bundle's hash covers its content: a bundle changed on the way is refused.
-    body = {k: v for k, v in b.items() if k not in ("hash", "commit")}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    if hashlib.sha256(text.encode()).hexdigest()[:16] != b.get("hash"):
+    if bundle_hash(b) != b.get("hash"):
         raise ApplyError("the bundle's content does not match its hash")
 
 

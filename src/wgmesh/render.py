@@ -12,20 +12,26 @@ from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any, TextIO
 
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import (
+    BUNDLE_FORMAT,
+    DNSMASQ_CONF,
+    DNSMASQ_PID,
+    MANAGEMENT_RULE_PRIORITY,
+    RESOLVER_CONF,
+    RESOLVER_PID,
+    RULESET_PATH,
+    TABLE_NAME,
+    bundle_hash,
+)
 from wgmesh import grammar
 from wgmesh.compiler import HostOutput, Peer
 from wgmesh.intervals import Box
 from wgmesh.mesh import Network
 from wgmesh.policy import PROTO_NAMES
 
-TABLE = "wgmesh"
-# Priority of the rules that keep management networks on the main table. It must come before
-# wg-quick's exit-node rules, which take the numbers just below the main table's 32766.
-# plugins/modules/wgmesh_apply.py keeps the same number (a unit test checks they agree).
-MANAGEMENT_RULE_PRIORITY = 1000
-# Where a host keeps its table: the file the last good bundle wrote (a rollback writes it
-# back). wgmesh_apply keeps the same path (a unit test checks they agree).
-RULESET_PATH = "/etc/wgmesh/nftables.nft"
+# The paths and numbers hosts share with the controller (the management rules' priority,
+# the table's file, dnsmasq's) are the host contract's (plugins/module_utils).
+TABLE = TABLE_NAME
 # The first thing every wgmesh interface's wg-quick file does, on every path that brings it
 # up (wg-quick@ at boot, `wg-quick up`, wgmesh_apply): load the host's table. wg-quick runs
 # PreUp before it creates the interface and stops at a hook that fails, so a table that is
@@ -42,9 +48,7 @@ HANDSHAKE_HOOK = ('PostUp = wg show %i persistent-keepalive | while read -r peer
 # Split DNS comes back with the interface, at boot too (resolved forgets a link's DNS when
 # the link goes; the dnsmasq wgmesh_apply starts is a process, not a service): per-link DNS
 # where systemd-resolved runs, else that dnsmasq, from the configuration the module wrote,
-# unless it runs. Never stops the interface coming up. wgmesh_apply keeps the same paths.
-DNSMASQ_CONF = "/etc/wgmesh/dnsmasq.conf"
-DNSMASQ_PID = "/run/wgmesh-dnsmasq.pid"
+# unless it runs. Never stops the interface coming up.
 
 
 def split_dns_hook(dns: dict[str, list[str]]) -> str:
@@ -57,8 +61,6 @@ def split_dns_hook(dns: dict[str, list[str]]) -> str:
 
 # The mesh resolver (docs/routing.md, Names): a dnsmasq of its own on the node's mesh
 # addresses, started again with the interface (at boot too) when it does not run.
-RESOLVER_CONF = "/etc/wgmesh/resolver.conf"
-RESOLVER_PID = "/run/wgmesh-resolver.pid"
 RESOLVER_HOOK = (f"PostUp = if [ -e {RESOLVER_CONF} ] && ! pgrep -x -F {RESOLVER_PID} dnsmasq "
                  f">/dev/null; then dnsmasq --conf-file={RESOLVER_CONF}; fi || true")
 
@@ -568,7 +570,6 @@ def plan_json(hosts: dict[str, HostOutput], net: Network, expired: list[str],
 # What a host runs, as one document: the apply module compares the host with it and
 # converges it in one step. Its hash is over content only, so the same state reached from two
 # commits is one bundle; the commit says where the inputs came from.
-BUNDLE_FORMAT = 1
 SYSCTL_FORWARDING = ("# wgmesh: this host forwards for a subnet route or as exit node\n"
                      "net.ipv4.ip_forward = 1\nnet.ipv6.conf.all.forwarding = 1\n")
 
@@ -694,7 +695,6 @@ def bundle(host: HostOutput, net: Network, public_key: str | None,
         body["agent"] = agent_json(host)
     if host.resolver:
         body["resolver_conf"] = resolver_conf(host)
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    body["hash"] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    body["hash"] = bundle_hash(body)
     body["commit"] = commit
     return body

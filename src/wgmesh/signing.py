@@ -32,6 +32,10 @@ from typing import Any
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import (
+    bundle_digest,
+    canonical,
+)
 from wgmesh import grammar, render
 from wgmesh.errors import InputError, Problem, read_text, write_atomic
 
@@ -42,16 +46,6 @@ MAX_MANIFEST_BYTES = 64 << 20
 class Refused(Exception):
     """A manifest a host must not act on (the message says why)."""
 
-
-def canonical(value: Any) -> bytes:
-    """The bytes that are hashed and signed: the one JSON text of a value."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-
-
-def bundle_digest(bundle: dict) -> str:
-    """The full SHA-256 of a bundle's content (its ``hash`` is the first 16 digits)."""
-    body = {k: v for k, v in bundle.items() if k not in ("hash", "commit")}
-    return hashlib.sha256(canonical(body)).hexdigest()
 
 
 def file_digest(path: Path) -> str:

@@ -309,15 +309,9 @@ def test_management_networks_are_kept_only_by_hosts_that_use_an_exit_node(tmp_pa
     assert plan["hosts"]["b"]["management_networks"] == []
 
 
-def test_the_module_keeps_the_renderers_priority_and_table_file():
-    from meshkit import plugin
-
-    module = plugin("plugins/modules/wgmesh_apply.py")
-    assert module.MANAGEMENT_RULE_PRIORITY == render.MANAGEMENT_RULE_PRIORITY
-    # The file every interface loads first is the one the module writes.
-    assert module.RULESET == render.RULESET_PATH
-    assert (module.DNSMASQ_CONF, module.DNSMASQ_PID) == (render.DNSMASQ_CONF, render.DNSMASQ_PID)
-    # And docs/apply.md shows the hook as it is rendered.
+def test_the_hooks_docs_apply_md_shows_are_the_rendered_ones():
+    # The module and the renderer share their paths and numbers through the host contract
+    # (plugins/module_utils/wgmesh_contract.py); docs/apply.md shows the hook as rendered.
     docs = (Path(__file__).resolve().parents[2] / "docs/apply.md").read_text()
     assert f"\n    {render.FILTER_HOOK}\n" in docs
 
@@ -640,8 +634,6 @@ def test_a_mesh_resolver_is_the_dns_of_the_devices_the_policy_lets_ask_it(tmp_pa
                 conf.replace("pid-file", "pidfile"), None):
         with pytest.raises(module.ApplyError, match="resolver configuration is malformed"):
             module.check_resolver_conf(bad)
-    assert (module.RESOLVER_CONF, module.RESOLVER_PID) == (render.RESOLVER_CONF,
-                                                           render.RESOLVER_PID)
 
 
 def test_a_resolver_runs_only_where_ansible_does(tmp_path):

@@ -1,0 +1,49 @@
+"""What the controller and the hosts must agree on, in one copy: a bundle's format and the
+hash over its content, the canonical JSON that is hashed and signed, and the paths and
+numbers both sides name. Standard library only.
+
+The controller (src/wgmesh) imports it as
+``ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract`` (the wgmesh package
+carries the collection); Ansible packs it into the payload of the modules that import it the
+same way, so a host needs no wgmesh install to run them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+# A bundle's format: a host refuses any other (controller and hosts are updated together).
+BUNDLE_FORMAT = 1
+# The bundle's fields its hash does not cover: the hash itself, and the commit it was
+# compiled from (the same content from another commit is the same bundle).
+UNHASHED = ("hash", "commit")
+
+# The host's table and the file every wgmesh interface loads before it exists.
+TABLE_FAMILY, TABLE_NAME = "inet", "wgmesh"
+RULESET_PATH = "/etc/wgmesh/nftables.nft"
+# Routing rules that keep the management networks on the main table while an exit node
+# takes the default route: before wg-quick's own rules.
+MANAGEMENT_RULE_PRIORITY = 1000
+# Split DNS without systemd-resolved: wgmesh's own dnsmasq (its configuration and pid file).
+DNSMASQ_CONF = "/etc/wgmesh/dnsmasq.conf"
+DNSMASQ_PID = "/run/wgmesh-dnsmasq.pid"
+# The mesh resolver on a node with resolver: true.
+RESOLVER_CONF = "/etc/wgmesh/resolver.conf"
+RESOLVER_PID = "/run/wgmesh-resolver.pid"
+
+
+def canonical(value: object) -> bytes:
+    """The one JSON text of a value: what is hashed and signed, on both sides."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def bundle_digest(bundle: dict) -> str:
+    """The full SHA-256 of a bundle's content (manifests list it)."""
+    return hashlib.sha256(canonical({k: v for k, v in bundle.items()
+                                     if k not in UNHASHED})).hexdigest()
+
+
+def bundle_hash(bundle: dict) -> str:
+    """A bundle's ``hash``: the first 16 digits of its digest."""
+    return bundle_digest(bundle)[:16]
