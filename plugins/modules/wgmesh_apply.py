@@ -219,7 +219,6 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -240,6 +239,10 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import
     bundle_hash,
     canonical,
 )
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import (
+    write_atomic as write_file,
+)
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_keys import public_of
 
 # The table's file, which every wgmesh interface's wg-quick file loads before the interface
 # exists (its PreUp hook), so it is not a choice of the caller.
@@ -482,13 +485,9 @@ def management_rules(run: Runner, keep: list[str], need: bool, check_mode: bool)
     return actions
 
 
-def public_key_of(key_file: str, run: Runner) -> str:
+def public_key_of(key_file: str) -> str:
     with open(key_file) as fh:
-        private = fh.read().strip()
-    if shutil.which("wg"):
-        return run("wg", "pubkey", data=private + "\n").strip()
-    from nacl.bindings import crypto_scalarmult_base
-    return base64.b64encode(crypto_scalarmult_base(base64.b64decode(private))).decode()
+        return public_of(fh.read().strip())
 
 
 def sync_interface(run: Runner, iface: str, conf_text: str, key_file: str, service: str,
@@ -516,7 +515,7 @@ def sync_interface(run: Runner, iface: str, conf_text: str, key_file: str, servi
 
     # A key file replaced (rotation, a rebuilt host) while the interface kept the old key.
     running_key = run("wg", "show", iface, "public-key").strip()
-    file_key = public_key_of(key_file, run)
+    file_key = public_key_of(key_file)
     if running_key != file_key:
         actions.append(f"{iface} runs with key {running_key or '(none)'}, the key file holds "
                        f"{file_key}: load the key file")
@@ -759,25 +758,9 @@ def read(path: str) -> str | None:
 
 
 def write_atomic(path: str, text: str | None, mode: int) -> None:
-    """Replace a file whole (a reader sees the old or the new one), or remove it (None)."""
-    if text is None:
-        if os.path.exists(path):
-            os.unlink(path)
-        return
-    directory = os.path.dirname(path)
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Replace a file whole (a reader sees the old or the new one), or remove it (None); its
+    folder is made (0755) when missing."""
+    write_file(path, text, mode, dir_mode=0o755)
 
 
 SYSCTL_PATH = "/etc/sysctl.d/60-wgmesh.conf"
@@ -1603,7 +1586,7 @@ def main() -> None:
         if b["uses_exit_node"]:
             result["ssh_client"] = refuse_exit_over_ssh(host.run, b, b["name"])
         if b["public_key"] and os.path.exists(host.key_file):
-            have = public_key_of(host.key_file, host.run)
+            have = public_key_of(host.key_file)
             if have != b["public_key"]:
                 raise ApplyError(
                     f"{host.key_file} holds the key of public key {have}, but the bundle was "

@@ -69,68 +69,17 @@ has_resolved:
   type: bool
 """
 
-import base64
 import os
 import shutil
 import subprocess
-import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 
-P = 2**255 - 19
-A24 = 121665
-
-
-def _x25519(k: bytes, u: int = 9) -> bytes:
-    """RFC 7748 X25519 scalar multiplication (the last-resort public key derivation)."""
-    s = bytearray(k)
-    s[0] &= 248
-    s[31] &= 127
-    s[31] |= 64
-    scalar = int.from_bytes(s, "little")
-    x1, x2, z2, x3, z3, swap = u, 1, 0, u, 1, 0
-    for t in reversed(range(255)):
-        bit = (scalar >> t) & 1
-        swap ^= bit
-        if swap:
-            x2, x3, z2, z3 = x3, x2, z3, z2
-        swap = bit
-        a, b = (x2 + z2) % P, (x2 - z2) % P
-        aa, bb = a * a % P, b * b % P
-        e = (aa - bb) % P
-        c, d = (x3 + z3) % P, (x3 - z3) % P
-        da, cb = d * a % P, c * b % P
-        x3 = (da + cb) ** 2 % P
-        z3 = x1 * (da - cb) ** 2 % P
-        x2 = aa * bb % P
-        z2 = e * (aa + A24 * e) % P
-    if swap:
-        x2, z2 = x3, z3
-    return (x2 * pow(z2, P - 2, P) % P).to_bytes(32, "little")
-
-
-def generate_private() -> str:
-    wg = shutil.which("wg")
-    if wg:
-        return subprocess.run([wg, "genkey"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-    raw = bytearray(os.urandom(32))
-    raw[0] &= 248
-    raw[31] = (raw[31] & 127) | 64
-    return base64.b64encode(bytes(raw)).decode()
-
-
-def public_of(private: str) -> str:
-    wg = shutil.which("wg")
-    if wg:
-        return subprocess.run([wg, "pubkey"], input=private + "\n", capture_output=True,
-                              text=True, check=True).stdout.strip()
-    raw = base64.b64decode(private)
-    try:
-        from nacl.bindings import crypto_scalarmult_base
-    except ImportError:
-        return base64.b64encode(_x25519(raw)).decode()
-    return base64.b64encode(crypto_scalarmult_base(raw)).decode()
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import write_atomic
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_keys import (
+    generate_private,
+    public_of,
+)
 
 
 def has_nacl() -> bool:
@@ -180,21 +129,8 @@ def main() -> None:
                          has_nacl=has_nacl(), has_resolved=has_resolved())
     try:
         if make:
-            directory = os.path.dirname(path) or "."
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            private = generate_private()
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".wgmesh-key.")
-            try:
-                with os.fdopen(fd, "w") as fh:  # mkstemp creates the file 0600
-                    fh.write(private + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.chown(tmp, 0, 0)
-                os.replace(tmp, path)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+            write_atomic(path, generate_private() + "\n", 0o600, dir_mode=0o700,
+                         owner=(0, 0))
         with open(path) as fh:
             private = fh.read().strip()
         public = public_of(private)

@@ -18,6 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_keys import (
+    public_of as wg_public_of,
+)
 from wgmesh import grammar, render
 from wgmesh.build import (
     PolicyTestFailure,
@@ -616,7 +619,7 @@ def cmd_device_config(args) -> int:
               file=sys.stderr)
         return EXIT_INPUT
     private = device.read_private_key(args.key_file) if args.key_file else None
-    if private and device.public_of(private) != b.alloc[args.name].public_key:
+    if private and wg_public_of(private) != b.alloc[args.name].public_key:
         print(f"error: {args.key_file} is not {args.name}'s key (its public key differs from "
               "the one in mesh.yml)", file=sys.stderr)
         return EXIT_INPUT
@@ -898,7 +901,7 @@ def cmd_host_enrol(args) -> int:
         trust = signing.load_trust(args.trust)
     key = args.key_dir / f"{args.interface}.key"
     if key.exists():
-        public = device.public_of(device.read_private_key(key))
+        public = wg_public_of(device.read_private_key(key))
     else:
         args.key_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         private, public = device.new_key_pair()

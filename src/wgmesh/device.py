@@ -31,8 +31,6 @@ def new_key_pair() -> tuple[str, str]:
     return (base64.b64encode(bytes(sk)).decode(), base64.b64encode(bytes(sk.public_key)).decode())
 
 
-def public_of(private: str) -> str:
-    return base64.b64encode(bytes(PrivateKey(base64.b64decode(private)).public_key)).decode()
 
 
 def read_private_key(path: Path) -> str:

@@ -7,12 +7,14 @@ of its mistakes at once rather than one per CI run.
 from __future__ import annotations
 
 import difflib
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import (
+    write_atomic as write_file,
+)
 
 # Characters that could end a line or steer a terminal: an error names the offending value,
 # and a value must not be able to forge further lines in a CI log.
@@ -93,17 +95,5 @@ def read_text(path: Path, name: str, max_bytes: int) -> str:
 def write_atomic(path: Path, data: str | bytes, mode: int | None) -> None:
     """Write beside the file and rename over it, so a reader sees the old or the new one.
     ``mode``: the new file's (set before the rename: a secret is never readable by others);
-    None keeps the old file's (0644 for a new one)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if mode is None:
-            mode = path.stat().st_mode & 0o777 if path.exists() else 0o644
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    None keeps the old file's (0644 for a new one). The hosts' rule, in one copy."""
+    write_file(path, data, mode)
