@@ -209,9 +209,7 @@ seconds:
   type: float
 """
 
-import base64
 import datetime
-import hashlib
 import ipaddress
 import json
 import os
@@ -237,12 +235,18 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import
     TABLE_NAME,
     bundle_digest,
     bundle_hash,
-    canonical,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import (
     write_atomic as write_file,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_keys import public_of
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
+    Refused,
+    valid_trust,
+)
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
+    verify as verify_signed,
+)
 
 # The table's file, which every wgmesh interface's wg-quick file loads before the interface
 # exists (its PreUp hook), so it is not a choice of the caller.
@@ -1369,88 +1373,35 @@ def refuse_exit_over_ssh(run: Runner, b: dict, host: str) -> str | None:
 
 
 TRUST_FILE = "/etc/wgmesh/trust.json"
-# wgmesh.grammar.NODE_NAME, which mesh.yml's signing.admins names pass.
-ADMIN_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?", re.ASCII)
 
 
 def verify_manifest(signed: dict, trust: dict, b: dict) -> dict:
-    """The rules of wgmesh.signing.verify (tests/unit/test_signing.py holds both to the same
-    verdicts), plus: the manifest lists this bundle. Returns the trust state to record."""
+    """The rules every signed manifest is held to (module_utils/wgmesh_trust, the same the
+    controller uses), plus: the manifest lists this bundle. Returns the trust to record."""
     try:
-        from nacl.exceptions import BadSignatureError
-        from nacl.signing import VerifyKey
+        import nacl.signing  # noqa: F401
     except ImportError as exc:
         raise ApplyError("checking signed manifests needs PyNaCl on the host (Debian: "
                          "python3-nacl; wgmesh_manage_packages installs it)") from exc
-    if not isinstance(signed, dict) or set(signed) != {"manifest", "signatures"}:
-        raise ApplyError("refused: a signed manifest has exactly the keys manifest and "
-                         "signatures")
-    body, sigs = signed["manifest"], signed["signatures"]
-    if not isinstance(body, dict) or body.get("format") != 1 or not isinstance(sigs, dict):
-        raise ApplyError("refused: the manifest's format is not 1")
-    # Signer names reach messages and the trust file: the admin-name grammar, whole string.
-    if not all(ADMIN_NAME.fullmatch(str(n)) and isinstance(v, str) for n, v in sigs.items()):
-        raise ApplyError("refused: a signature is not under an admin's name")
-    serial = body.get("serial")
-    if isinstance(serial, bool) or not isinstance(serial, int) or serial < 1:
-        raise ApplyError("refused: the manifest's serial is not a whole number from 1")
-    admins = trust["admins"]
-    unknown = sorted(set(sigs) - set(admins))
-    if unknown:
-        raise ApplyError(f"refused: the manifest is signed by {', '.join(unknown)}, not an "
-                         "admin this host trusts")
-    message = canonical(body)
-    valid, bad = [], []
-    for name in sorted(sigs):
-        try:
-            VerifyKey(base64.b64decode(admins[name])).verify(message,
-                                                             base64.b64decode(sigs[name]))
-            valid.append(name)
-        except (BadSignatureError, ValueError, TypeError):
-            bad.append(name)
-    if len(valid) < trust["threshold"]:
-        why = f"; not valid for this manifest: {', '.join(bad)}" if bad else ""
-        raise ApplyError(f"refused: the manifest has {len(valid)} valid signature(s) "
-                         f"({', '.join(valid) or 'none'}), {trust['threshold']} needed{why}")
-    digest = hashlib.sha256(message).hexdigest()
-    if serial < trust.get("serial", 0):
-        raise ApplyError(f"refused: manifest serial {serial} is lower than serial "
-                         f"{trust['serial']} this host runs (an older manifest is not taken "
-                         "again)")
-    if serial == trust.get("serial") and digest != trust.get("digest"):
-        raise ApplyError(f"refused: manifest serial {serial} was already used by another "
-                         "manifest")
-    # The date nodes' expiry is judged on only moves forward: an earlier one would bring a
-    # node that expired back.
-    date = body.get("date")
-    if not (isinstance(date, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", date)):
-        raise ApplyError("refused: the manifest's date is not a date (YYYY-MM-DD)")
-    if date < (trust.get("date") or ""):
-        raise ApplyError(f"refused: manifest serial {serial} is dated {date}, earlier than "
-                         f"{trust['date']} of the manifest this host runs (an expired node "
-                         "would come back)")
-    listed = (body.get("bundles") or {}).get(b["name"]) if isinstance(body.get("bundles"),
-                                                                     dict) else None
-    if listed != bundle_digest(b):
+    try:
+        _, digest = verify_signed(signed, trust, trust)
+    except Refused as exc:
+        raise ApplyError(f"refused: {exc}") from exc
+    body = signed["manifest"]
+    serial = body["serial"]
+    if body["bundles"].get(b["name"]) != bundle_digest(b):
         raise ApplyError(f"refused: the manifest (serial {serial}) does not list this bundle "
                          f"for {b['name']}: it was not compiled from the signed inputs")
     try:
-        new = check_trust(body.get("trust"))
+        new = check_trust(body["trust"])
     except ApplyError as exc:
         raise ApplyError("refused: the manifest states no valid admins and threshold") from exc
     return {"admins": new["admins"], "threshold": new["threshold"], "serial": serial,
-            "digest": digest, "date": date}
+            "digest": digest, "date": body["date"]}
 
 
 def check_trust(trust) -> dict:
-    if not (isinstance(trust, dict) and isinstance(trust.get("admins"), dict)
-            and trust["admins"] and isinstance(trust.get("threshold"), int)
-            and not isinstance(trust["threshold"], bool)
-            and 1 <= trust["threshold"] <= len(trust["admins"])
-            and all(KEY_TEXT.fullmatch(str(k)) and ADMIN_NAME.fullmatch(str(n))
-                    for n, k in trust["admins"].items())
-            # One key, one admin: a key under two names would sign twice.
-            and len(set(trust["admins"].values())) == len(trust["admins"])):
+    if not valid_trust(trust):
         raise ApplyError("the trust (admins, each with a key of its own, and threshold) is "
                          "not valid")
     return trust

@@ -262,7 +262,10 @@ def verify_sums(kit: Path) -> None:
 def verify(kit: Path, trust: dict) -> list[str]:
     """The admins whose signatures of the kit hold, when at least the trust's threshold do
     and every file is what SHA256SUMS says; raises Refused otherwise."""
-    from wgmesh.signing import Refused, check_signatures
+    from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
+        Refused,
+        check_signatures,
+    )
 
     path = kit / "SIGNATURES.json"
     if not path.exists():

@@ -20,31 +20,32 @@ is self-contained); tests/unit/test_signing.py holds both to the same verdicts.
 from __future__ import annotations
 
 import base64
-import binascii
 import datetime as dt
 import hashlib
 import json
 import os
 import subprocess
 from pathlib import Path
-from typing import Any
 
-from nacl.exceptions import BadSignatureError
-from nacl.signing import SigningKey, VerifyKey
+from nacl.signing import SigningKey
 
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import (
     bundle_digest,
     canonical,
 )
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
+    FORMAT,
+    Refused,
+    check_shape,
+    valid_trust,
+)
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
+    verify as verify_signed,
+)
 from wgmesh import grammar, render
 from wgmesh.errors import InputError, Problem, read_text, write_atomic
 
-FORMAT = 1
 MAX_MANIFEST_BYTES = 64 << 20
-
-
-class Refused(Exception):
-    """A manifest a host must not act on (the message says why)."""
 
 
 
@@ -64,15 +65,7 @@ def load_trust(path: Path) -> dict:
         trust = json.loads(read_text(path, str(path), 1 << 20))
     except ValueError:
         trust = None
-    admins = trust.get("admins") if isinstance(trust, dict) else None
-    if not (isinstance(admins, dict) and admins
-            and all(grammar.matches(grammar.NODE_NAME, n) and grammar.public_key(k)
-                    for n, k in admins.items())
-            and isinstance(trust.get("threshold"), int)
-            and not isinstance(trust["threshold"], bool)
-            and 1 <= trust["threshold"] <= len(admins)
-            # One key, one admin: a key under two names would sign twice.
-            and len(set(admins.values())) == len(admins)):
+    if not valid_trust(trust):
         raise InputError([Problem(str(path), 1, 1, "", "is not a trust: admins (name to "
                                   "public key, each key once) and a threshold from 1 to "
                                   "their number", "use what `wgmesh manifest trust` prints")])
@@ -161,29 +154,6 @@ def load(path: Path) -> dict:
     return data
 
 
-def check_shape(data: Any) -> None:
-    if not isinstance(data, dict) or set(data) != {"manifest", "signatures"}:
-        raise Refused("a signed manifest has exactly the keys manifest and signatures")
-    body, sigs = data["manifest"], data["signatures"]
-    if not isinstance(body, dict) or body.get("format") != FORMAT:
-        raise Refused(f"the manifest's format is not {FORMAT}")
-    serial = body.get("serial")
-    if isinstance(serial, bool) or not isinstance(serial, int) or serial < 1:
-        raise Refused("the manifest's serial is not a whole number from 1")
-    if not (isinstance(body.get("date"), str)
-            and grammar.matches(grammar.DATE, body["date"])):
-        raise Refused("the manifest's date is not a date (YYYY-MM-DD)")
-    if not isinstance(sigs, dict) or not all(grammar.matches(grammar.NODE_NAME, k)
-                                             and isinstance(v, str) for k, v in sigs.items()):
-        raise Refused("signatures must map admin names to signatures")
-    trust = body.get("trust")
-    if not isinstance(trust, dict) or not isinstance(trust.get("admins"), dict) \
-            or not isinstance(trust.get("threshold"), int):
-        raise Refused("the manifest states no admins and threshold")
-    if not isinstance(body.get("bundles"), dict) or not isinstance(body.get("inputs"), dict):
-        raise Refused("the manifest lists no inputs or bundles")
-
-
 def committed(path: Path) -> dict | None:
     """The manifest as git's HEAD has it (what hosts run until this one takes effect), or
     None outside git or before the first commit of it."""
@@ -241,47 +211,10 @@ def sign(data: dict, key: SigningKey) -> str:
 
 
 def verify(data: dict, trust: dict, seen: dict | None = None) -> list[str]:
-    """Check a signed manifest against a host's trust (admins, threshold) and what it last
-    ran (``seen``: serial and digest). Returns the admins whose signatures hold; raises
-    Refused with the reason otherwise."""
-    check_shape(data)
-    body = data["manifest"]
-    message = canonical(body)
-    valid = check_signatures(message, data["signatures"], trust, "manifest")
-    if seen:
-        digest = hashlib.sha256(message).hexdigest()
-        if body["serial"] < seen["serial"]:
-            raise Refused(f"serial {body['serial']} is lower than serial {seen['serial']} this "
-                          "host runs: an older manifest is not taken again")
-        if body["serial"] == seen["serial"] and digest != seen["digest"]:
-            raise Refused(f"serial {body['serial']} was already used by another manifest")
-        if body["date"] < (seen.get("date") or ""):
-            raise Refused(f"serial {body['serial']} is dated {body['date']}, earlier than "
-                          f"{seen['date']} of the manifest this host runs (an expired node "
-                          "would come back)")
-    return valid
-
-
-def check_signatures(message: bytes, sigs: dict, trust: dict, what: str) -> list[str]:
-    """The admins whose signatures of ``message`` hold, when at least the threshold do and
-    no other key signed; raises Refused with the reason otherwise."""
-    admins = trust["admins"]
-    unknown = sorted(set(sigs) - set(admins))
-    if unknown:
-        raise Refused(f"signed by {', '.join(unknown)}, not an admin this host trusts")
-    valid, bad = [], []
-    for name in sorted(sigs):
-        try:
-            VerifyKey(base64.b64decode(admins[name])).verify(message,
-                                                             base64.b64decode(sigs[name]))
-            valid.append(name)
-        except (BadSignatureError, binascii.Error, ValueError, TypeError):
-            bad.append(name)
-    if len(valid) < trust["threshold"]:
-        why = f"; not valid for this {what}: {', '.join(bad)}" if bad else ""
-        raise Refused(f"{len(valid)} valid signature(s) ({', '.join(valid) or 'none'}), "
-                      f"{trust['threshold']} needed{why}")
-    return valid
+    """Check a signed manifest against a trust (admins, threshold) and what a host last ran
+    (``seen``: serial, digest, date): the hosts' rules (plugins/module_utils/wgmesh_trust).
+    Returns the admins whose signatures hold; raises Refused with the reason otherwise."""
+    return verify_signed(data, trust, seen)[0]
 
 
 def manifest_digest(data: dict) -> str:

@@ -102,6 +102,8 @@ def test_an_admin_signs_only_what_the_inputs_compile_to(mesh, capsys):
 
 
 def test_the_host_module_and_the_core_agree(mesh):
+    """One set of rules (module_utils/wgmesh_trust) on both sides; the module adds that the
+    manifest lists its bundle. Every refusal below, and the reasons hosts give."""
     assert run("manifest", "create", "-i", str(mesh)) == 0
     sign_as(mesh, "ann", "ben")
     b = build(mesh)
