@@ -6,6 +6,7 @@ import os
 import time
 
 try:
+    from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_wireguard import parse_dump
     from wgmesh.build import build
     from wgmesh.policy import PROTOCOLS
 except ImportError as exc:  # pragma: no cover - depends on the controller's environment
@@ -37,11 +38,7 @@ def peer_status(dump: str, host_plan: dict, agent: dict | None = None) -> list[s
     the time of its last upgrade or fallback), endpoint in use, handshake, bytes."""
     punched = (agent or {}).get("peers") or {}
     now = time.time()
-    running = {}
-    for line in dump.splitlines()[1:]:
-        f = line.split("\t")
-        running[f[0]] = {"endpoint": f[2], "handshake": int(f[4]), "rx": int(f[5]),
-                         "tx": int(f[6])}
+    _, running = parse_dump(dump)
     lines = []
     for p in host_plan["peers"]:
         r = running.get(p["public_key"])
@@ -57,7 +54,7 @@ def peer_status(dump: str, host_plan: dict, agent: dict | None = None) -> list[s
                     else path
                 if a.get("last_event"):
                     path += f" ({a['last_event']} at {a['last_event_at']})"
-        lines.append(f"{p['name']} {path}, endpoint {r['endpoint']}, handshake "
+        lines.append(f"{p['name']} {path}, endpoint {r['endpoint'] or '(none)'}, handshake "
                      f"{_age(r['handshake'], now)}, rx/tx {r['rx']}/{r['tx']} B")
     return lines or ["no peers (the policy gives this host none)"]
 

@@ -247,6 +247,7 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
     verify as verify_signed,
 )
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_wireguard import parse_dump
 
 # The table's file, which every wgmesh interface's wg-quick file loads before the interface
 # exists (its PreUp hook), so it is not a choice of the caller.
@@ -320,18 +321,6 @@ def desired_peers(conf: dict) -> dict[str, dict]:
                     "keepalive": int(p.get("persistentkeepalive", ["0"])[0] or 0),
                     "endpoint": p.get("endpoint", [None])[0]}
     return out
-
-
-def running_peers(dump: str) -> tuple[int, dict[str, dict]]:
-    lines = dump.splitlines()
-    port = int(lines[0].split("\t")[2]) if lines else 0
-    out = {}
-    for line in lines[1:]:
-        f = line.split("\t")
-        allowed = set() if f[3] == "(none)" else set(f[3].split(","))
-        out[f[0]] = {"allowed": allowed, "keepalive": 0 if f[7] == "off" else int(f[7]),
-                     "endpoint": None if f[2] == "(none)" else f[2]}
-    return port, out
 
 
 def outside(allowed: set[str], nets: list) -> list[str]:
@@ -527,7 +516,7 @@ def sync_interface(run: Runner, iface: str, conf_text: str, key_file: str, servi
             run("wg", "set", iface, "private-key", key_file)
             start_handshakes(run, iface, want)
 
-    port, have = running_peers(run.output("wg", "show", iface, "dump")[1])
+    port, have = parse_dump(run.output("wg", "show", iface, "dump")[1])
     want_port = int(conf["interface"].get("listenport", ["0"])[0])
     added = sorted(set(want) - set(have))
     removed = sorted(set(have) - set(want))

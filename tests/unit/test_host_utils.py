@@ -5,10 +5,12 @@ import os
 import stat
 
 import pytest
+from meshkit import plugin
 from nacl.bindings import crypto_scalarmult_base
 
 from ansible_collections.wgmesh.mesh.plugins.module_utils import wgmesh_keys
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import write_atomic
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_wireguard import parse_dump
 
 
 def test_x25519_in_plain_python_is_rfc_7748s():
@@ -50,3 +52,30 @@ def test_write_atomic_replaces_whole_keeps_or_sets_the_mode_and_removes(tmp_path
     assert os.listdir(path.parent) == ["f"]  # no temporary file left
     write_atomic(path, None, 0o644)
     assert not path.exists()
+
+
+DUMP = ("cHJpdmF0ZQ==\tpubA=\t51820\toff\n"
+        "pubB=\t(none)\t192.0.2.12:51820\t100.64.0.2/32,fd7a:115c:a1e0::2/128\t1796600000\t"
+        "1234\t5678\t25\n"
+        "pubC=\t(none)\t(none)\t(none)\t0\t0\t0\toff\n")
+
+
+def test_wg_show_dump_is_read_once_for_hosts_and_controller():
+    peer_status = plugin("plugins/filter/wgmesh.py").peer_status
+    port, peers = parse_dump(DUMP)
+    assert port == 51820
+    assert peers["pubB="] == {"endpoint": "192.0.2.12:51820", "handshake": 1796600000,
+                              "allowed": {"100.64.0.2/32", "fd7a:115c:a1e0::2/128"},
+                              "rx": 1234, "tx": 5678, "keepalive": 25}
+    assert peers["pubC="] == {"endpoint": None, "allowed": set(), "handshake": 0, "rx": 0,
+                              "tx": 0, "keepalive": 0}
+    assert parse_dump("") == (0, {})
+    plan = {"peers": [{"name": "b", "public_key": "pubB=", "connection": "direct"},
+                      {"name": "c", "public_key": "pubC=", "connection": "relay",
+                       "relay": "r"},
+                      {"name": "d", "public_key": "pubD=", "connection": "lan"}]}
+    lines = peer_status(DUMP, plan)
+    assert lines[0].startswith("b direct, endpoint 192.0.2.12:51820, handshake ")
+    assert lines[0].endswith("rx/tx 1234/5678 B")
+    assert lines[1].startswith("c relay via r, endpoint (none), handshake never")
+    assert lines[2] == "d          lan     NOT CONFIGURED"
