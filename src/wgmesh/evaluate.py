@@ -7,26 +7,16 @@ rendered sets against it (``wgmesh eval`` and the policy's ``tests`` use it too)
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from wgmesh.intervals import in_ranges
 from wgmesh.policy import ICMP, PORT_PROTOS
+from wgmesh.resolve import Endpoint
 from wgmesh.selectors import Kind, Selector
 
 if TYPE_CHECKING:
     from wgmesh.resolve import Resolution
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """Who or what a packet comes from or goes to."""
-
-    addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None
-    node: str | None = None
-    user: str | None = None
-    tags: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,9 @@ import datetime as dt
 import functools
 import ipaddress
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 from wgmesh.errors import Problem
-from wgmesh.evaluate import Endpoint
-from wgmesh.filters import RuleData
 from wgmesh.intervals import (
     EVERYTHING,
     FAMILIES,
@@ -34,6 +33,41 @@ from wgmesh.selectors import Kind, Selector
 
 # How long before network.key_max_age_days a key's age is announced.
 KEY_AGE_NOTICE_DAYS = 14
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Who or what a packet comes from or goes to."""
+
+    addr: ipaddress.IPv4Address | ipaddress.IPv6Address | None
+    node: str | None = None
+    user: str | None = None
+    tags: frozenset[str] = frozenset()
+
+
+@dataclass
+class RuleData:
+    """One policy rule, resolved against the mesh."""
+
+    rule: Rule
+    src_mask: dict[int, int]  # family -> node mask (nodes whose address of that family matches)
+    dst_mask: dict[int, int]
+    src_ranges: dict[int, list[tuple[int, int]]]
+    dst_ranges: dict[int, list[tuple[int, int]]]  # everything the rule lets sources send to
+    dst_cidr: dict[int, list[tuple[int, int]]]  # prefixes a subnet router may carry
+    self_dst: bool
+    port_boxes: list[tuple[tuple[int, int], tuple[int, int]]]  # (proto, proto), (lo, hi)
+    other_protos: list[int]
+    via: int | None = None  # grants with via: the routers and exit nodes that may carry dst
+    to_internet: bool = False  # names "*" or autogroup:internet: what exit nodes carry
+    any_src: int = field(init=False)  # nodes named as source, either family
+    any_dst: int = field(init=False)
+    self_only: bool = field(init=False)  # autogroup:self is the rule's only destination
+
+    def __post_init__(self) -> None:
+        self.any_src = self.src_mask[4] | self.src_mask[6]
+        self.any_dst = self.dst_mask[4] | self.dst_mask[6]
+        self.self_only = all(d.kind is Kind.SELF for d in self.rule.dst)
 
 
 class Resolution:
