@@ -35,7 +35,7 @@ def test_no_module_of_the_package_imports_back_into_one_that_imports_it():
     def walk(node: str, path: list[str]) -> None:
         for nxt in sorted(graph.get(node, ())):
             if nxt in path:
-                cycles.append(" -> ".join(path[path.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join([*path[path.index(nxt):], nxt]))
             elif nxt in graph and len(path) < 30:
                 walk(nxt, [*path, nxt])
 
