@@ -1,10 +1,12 @@
-"""Golden files: every host's rendered outputs for tests/data/golden-mesh.
+"""Golden files: every host's rendered outputs for tests/data/golden-mesh: its wg-quick file
+(and its relay tunnel's), table, names, sshd drop-in, and the whole bundle the host checks.
 
 A missing or different golden file fails the test and writes the actual output beside it
 (``*.actual``) for review; to accept a reviewed change, run with WGMESH_UPDATE_GOLDEN=1.
 """
 
 import datetime as dt
+import json
 import os
 import shutil
 from pathlib import Path
@@ -37,6 +39,13 @@ def outputs(tmp_path):
         files[f"{name}/wg0.conf"] = render.wg_quick(h, net)
         files[f"{name}/nftables.nft"] = render.nftables(h, net)
         files[f"{name}/hosts"] = render.hosts_block(h)
+        if h.hop:
+            files[f"{name}/wg0-hop.conf"] = render.hop_conf(h, net)
+        if render.sshd_dropin(h):
+            files[f"{name}/sshd.conf"] = render.sshd_dropin(h)
+        if h.node.managed:
+            bundle = render.bundle(h, net, b.alloc[name].public_key, "0" * 40)
+            files[f"{name}/bundle.json"] = json.dumps(bundle, indent=1, sort_keys=True) + "\n"
     return b, files
 
 
