@@ -951,16 +951,18 @@ def our_resolv_conf(original: str) -> str:
                       *kept]) + "\n"
 
 
-def dnsmasq_pid() -> int | None:
+def dnsmasq_pid(pidfile: str) -> int | None:
+    """The pid of the dnsmasq (wgmesh's split-DNS one, or the mesh resolver) whose pid file
+    this is, if it runs."""
     try:
-        pid = int((read(DNSMASQ_PID) or "").strip())
+        pid = int((read(pidfile) or "").strip())
     except ValueError:
         return None
     return pid if "dnsmasq" in (read(f"/proc/{pid}/comm") or "") else None
 
 
-def stop_dnsmasq() -> None:
-    pid = dnsmasq_pid()
+def stop_dnsmasq(pidfile: str) -> None:
+    pid = dnsmasq_pid(pidfile)
     if pid is not None:
         os.kill(pid, signal.SIGTERM)
         for _ in range(50):
@@ -973,10 +975,10 @@ def sync_dnsmasq(run: Runner, dns: dict | None, check_mode: bool) -> list[str]:
     upstream = UPSTREAM
     actions = []
     if not dns:
-        if dnsmasq_pid() is not None or os.path.exists(DNSMASQ_CONF):
+        if dnsmasq_pid(DNSMASQ_PID) is not None or os.path.exists(DNSMASQ_CONF):
             actions.append("stop the split-DNS resolver")
             if not check_mode:
-                stop_dnsmasq()
+                stop_dnsmasq(DNSMASQ_PID)
                 write_atomic(DNSMASQ_CONF, None, 0o644)
         original = read(upstream)
         if original is not None:
@@ -997,7 +999,7 @@ def sync_dnsmasq(run: Runner, dns: dict | None, check_mode: bool) -> list[str]:
         if not check_mode:
             write_atomic(upstream, original, 0o644)
     conf = dnsmasq_conf(dns, upstream)
-    restart = dnsmasq_pid() is None
+    restart = dnsmasq_pid(DNSMASQ_PID) is None
     if read(DNSMASQ_CONF) != conf:
         actions.append(f"write {DNSMASQ_CONF}")
         restart = True
@@ -1006,7 +1008,7 @@ def sync_dnsmasq(run: Runner, dns: dict | None, check_mode: bool) -> list[str]:
     if restart or actions:
         actions.append("start the split-DNS resolver (dnsmasq)")
         if not check_mode:
-            stop_dnsmasq()
+            stop_dnsmasq(DNSMASQ_PID)
             run("dnsmasq", f"--conf-file={DNSMASQ_CONF}")
     if current != our_resolv_conf(original):
         actions.append(f"point {RESOLV_CONF} at the split-DNS resolver")
@@ -1028,31 +1030,13 @@ def check_resolver_conf(text: object) -> None:
         raise ApplyError("the bundle's resolver configuration is malformed")
 
 
-def resolver_pid() -> int | None:
-    try:
-        pid = int((read(RESOLVER_PID) or "").strip())
-    except ValueError:
-        return None
-    return pid if "dnsmasq" in (read(f"/proc/{pid}/comm") or "") else None
-
-
-def stop_resolver() -> None:
-    pid = resolver_pid()
-    if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(50):
-            if not os.path.exists(f"/proc/{pid}"):
-                break
-            time.sleep(0.05)
-
-
 def sync_resolver(run: Runner, conf: str | None, check_mode: bool) -> list[str]:
     """The mesh resolver runs the bundle's configuration, or does not run at all."""
     if conf is None:
-        if resolver_pid() is None and not os.path.exists(RESOLVER_CONF):
+        if dnsmasq_pid(RESOLVER_PID) is None and not os.path.exists(RESOLVER_CONF):
             return []
         if not check_mode:
-            stop_resolver()
+            stop_dnsmasq(RESOLVER_PID)
             write_atomic(RESOLVER_CONF, None, 0o644)
         return ["stop the mesh resolver"]
     if shutil.which("dnsmasq") is None:
@@ -1063,10 +1047,10 @@ def sync_resolver(run: Runner, conf: str | None, check_mode: bool) -> list[str]:
         actions.append(f"write {RESOLVER_CONF}")
         if not check_mode:
             write_atomic(RESOLVER_CONF, conf, 0o644)
-    if actions or resolver_pid() is None:
+    if actions or dnsmasq_pid(RESOLVER_PID) is None:
         actions.append("start the mesh resolver (dnsmasq)")
         if not check_mode:
-            stop_resolver()
+            stop_dnsmasq(RESOLVER_PID)
             run("dnsmasq", f"--conf-file={RESOLVER_CONF}")
     return actions
 
