@@ -31,8 +31,6 @@ def new_key_pair() -> tuple[str, str]:
     return (base64.b64encode(bytes(sk)).decode(), base64.b64encode(bytes(sk.public_key)).decode())
 
 
-
-
 def read_private_key(path: Path) -> str:
     key = path.read_text().strip()
     if not grammar.public_key(key):  # 32 bytes in base64, the same shape as a public key
