@@ -47,3 +47,16 @@ def bundle_digest(bundle: dict) -> str:
 def bundle_hash(bundle: dict) -> str:
     """A bundle's ``hash``: the first 16 digits of its digest."""
     return bundle_digest(bundle)[:16]
+
+
+# The table's named drop counters and why each drops: the policy's three chains, packets
+# with mesh addresses on other interfaces (forged), and the hop interface's relay rules.
+DROP_COUNTERS = {"dropped_in": "policy", "dropped_out": "policy", "dropped_fwd": "policy",
+                 "dropped_underlay": "anti_spoof", "dropped_hop": "relay"}
+# Denied-flow logs (network.log_denied): the policy's drops are copied, headers only and
+# rate-limited, to this nflog group, where the host's monitor names them.
+DENIED_LOG_GROUP = 5747
+DENIED_LOG_PREFIX = "wgmesh denied "  # + the chain's direction: in, out, fwd
+# The monitor: its program and configuration in the state folder.
+MONITOR_PROGRAM = "monitor.pyz"
+MONITOR_CONFIG = "monitor.json"

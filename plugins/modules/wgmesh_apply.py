@@ -231,8 +231,6 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import
     RESOLVER_CONF,
     RESOLVER_PID,
     RULESET_PATH,
-    TABLE_FAMILY,
-    TABLE_NAME,
     bundle_digest,
     bundle_hash,
 )
@@ -240,6 +238,12 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import (
     write_atomic as write_file,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_keys import public_of
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import (
+    LIST_TABLE,
+    TABLE,
+    canonical_table,
+    table_drift,
+)
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
     Refused,
     valid_trust,
@@ -247,12 +251,16 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
     verify as verify_signed,
 )
-from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_wireguard import parse_dump
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_wireguard import (
+    desired_peers,
+    parse_conf,
+    parse_dump,
+    peer_names,
+)
 
 # The table's file, which every wgmesh interface's wg-quick file loads before the interface
 # exists (its PreUp hook), so it is not a choice of the caller.
 RULESET = RULESET_PATH
-TABLE = (TABLE_FAMILY, TABLE_NAME)
 
 
 class ApplyError(Exception):
@@ -290,37 +298,6 @@ KEY_TEXT = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
 def redact(text: str) -> str:
     """Command output safe to report: every key-shaped string replaced."""
     return KEY_TEXT.sub("(key redacted)", text)
-
-
-def parse_conf(text: str) -> dict:
-    """[Interface] and [Peer] sections of a wg(8)/wg-quick file, keys lower-cased."""
-    conf = {"interface": {}, "peers": []}
-    section = None
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        if line.lower() == "[interface]":
-            section = conf["interface"]
-        elif line.lower() == "[peer]":
-            section = {}
-            conf["peers"].append(section)
-        elif "=" in line and section is not None:
-            key, value = (x.strip() for x in line.split("=", 1))
-            section.setdefault(key.lower(), []).append(value)
-    return conf
-
-
-def desired_peers(conf: dict) -> dict[str, dict]:
-    out = {}
-    for p in conf["peers"]:
-        key = p["publickey"][0]
-        allowed = {a.strip() for v in p.get("allowedips", []) for a in v.split(",")
-                   if a.strip()}
-        out[key] = {"allowed": allowed,
-                    "keepalive": int(p.get("persistentkeepalive", ["0"])[0] or 0),
-                    "endpoint": p.get("endpoint", [None])[0]}
-    return out
 
 
 def outside(allowed: set[str], nets: list) -> list[str]:
@@ -630,12 +607,6 @@ def start_handshakes(run: Runner, iface: str, want: dict[str, dict]) -> None:
                 str(peer["keepalive"]))
 
 
-def peer_names(conf_text: str) -> dict[str, str]:
-    """Public key -> peer name, from the comment the renderer puts above each key."""
-    return {key: name for name, key in re.findall(
-        r"^# (\S+) \(.*\n\s*PublicKey = (\S+)", conf_text, re.M)}
-
-
 def take_down(run: Runner, iface: str, service: str, conf_path: str,
               check_mode: bool) -> list[str]:
     actions = []
@@ -651,74 +622,10 @@ def take_down(run: Runner, iface: str, service: str, conf_path: str,
     return actions
 
 
-# The loaded table, as nft prints it, without what changes by itself (counters, handles):
-# what is compared with the table recorded right after the last load.
 def live_table(run: Runner) -> str | None:
-    rc, text = run.output("nft", "-j", "list", "table", *TABLE)
-    if rc != 0:
-        return None
-    out = []
-    for item in json.loads(text)["nftables"]:
-        kind, body = next(iter(item.items()))
-        if kind == "metainfo":
-            continue
-        body = {k: v for k, v in body.items() if k not in ("handle", "packets", "bytes")}
-        if kind == "rule":
-            # An anonymous counter's figures change with traffic; a named one is a reference.
-            body["expr"] = [{"counter": None} if isinstance(e.get("counter"), dict) else e
-                            for e in body.get("expr", [])]
-        out.append({kind: body})
-    return json.dumps(out, sort_keys=True, separators=(",", ":"))
-
-
-def _element_text(e) -> str:
-    return json.dumps(e, sort_keys=True, separators=(",", ":"))
-
-
-def table_drift(recorded: str, live: str | None) -> list[str]:
-    """The differences between the table as loaded and as it is now, in words."""
-    if live is None:
-        return [f"table {' '.join(TABLE)} is not loaded"]
-    if live == recorded:
-        return []
-    words = []
-
-    def index(items):
-        out = {}
-        for item in items:
-            kind, body = next(iter(item.items()))
-            if kind == "rule":
-                out.setdefault(("chain rules", body["chain"]), []).append(_element_text(body))
-            else:
-                out[(kind, body.get("name", ""))] = body
-        return out
-
-    want, have = index(json.loads(recorded)), index(json.loads(live))
-    for key in sorted(set(want) | set(have)):
-        kind, name = key
-        if key not in have:
-            words.append(f"{kind} {name} is missing")
-        elif key not in want:
-            words.append(f"{kind} {name} is not in the bundle")
-        elif kind == "set":
-            w = {_element_text(e) for e in want[key].get("elem", [])}
-            h = {_element_text(e) for e in have[key].get("elem", [])}
-            extra, missing = sorted(h - w), sorted(w - h)
-            if extra:
-                words.append(f"set {name} has {len(extra)} element(s) not in the bundle: "
-                             + ", ".join(extra[:3]) + (" ..." if len(extra) > 3 else ""))
-            if missing:
-                words.append(f"set {name} lacks {len(missing)} element(s) of the bundle: "
-                             + ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else ""))
-            rest = ({k: v for k, v in want[key].items() if k != "elem"},
-                    {k: v for k, v in have[key].items() if k != "elem"})
-            if rest[0] != rest[1]:
-                words.append(f"set {name} is declared differently")
-        elif want[key] != have[key]:
-            words.append(f"chain {name}: {len(have[key])} rules differ from the bundle's "
-                         f"{len(want[key])}" if kind == "chain rules"
-                         else f"{kind} {name} differs from the bundle")
-    return words
+    """The loaded table as canonical_table gives it; None when it is not loaded."""
+    rc, text = run.output(*LIST_TABLE)
+    return canonical_table(text) if rc == 0 else None
 
 
 HOSTS_MARK = "# {} wgmesh {} (managed by Ansible)"

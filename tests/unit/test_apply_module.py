@@ -70,36 +70,6 @@ def test_hosts_block_is_replaced_in_place_and_removed():
                      "# END wgmesh wg0 (managed by Ansible)\n")
 
 
-def table(elements, rules=("accept",)):
-    """A table as live_table gives it: normalized nft JSON."""
-    return json.dumps([
-        {"table": {"family": "inet", "name": "wgmesh"}},
-        {"set": {"family": "inet", "name": "in4", "table": "wgmesh", "elem": elements}},
-        *({"rule": {"family": "inet", "chain": "input", "expr": [r]}} for r in rules)],
-        sort_keys=True, separators=(",", ":"))
-
-
-def test_table_drift_names_the_elements_and_rules():
-    want = table([{"concat": ["100.64.0.1", "tcp", 22]}])
-    assert apply.table_drift(want, want) == []
-    extra = table([{"concat": ["100.64.0.1", "tcp", 22]}, {"concat": ["100.64.0.9", "tcp", 5432]}])
-    words = apply.table_drift(want, extra)
-    assert words == ['set in4 has 1 element(s) not in the bundle: '
-                     '{"concat":["100.64.0.9","tcp",5432]}']
-    assert apply.table_drift(want, table([])) == [
-        'set in4 lacks 1 element(s) of the bundle: {"concat":["100.64.0.1","tcp",22]}']
-    assert apply.table_drift(want, table([{"concat": ["100.64.0.1", "tcp", 22]}],
-                                         rules=("accept", "drop"))) == [
-        "chain input: 2 rules differ from the bundle's 1"]
-    assert apply.table_drift(want, None) == ["table inet wgmesh is not loaded"]
-
-
-def test_peer_names_come_from_the_rendered_comments(tmp_path):
-    b = bundle_of(tmp_path)
-    names = apply.peer_names(b["wg_conf"])
-    assert sorted(names.values()) == ["b"]
-
-
 class Recorder:
     """A Runner that records commands instead of running them."""
 

@@ -1,8 +1,10 @@
 """plugins/module_utils: the helpers hosts and the controller share (one copy each)."""
 
 import base64
+import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 from meshkit import plugin
@@ -10,7 +12,14 @@ from nacl.bindings import crypto_scalarmult_base
 
 from ansible_collections.wgmesh.mesh.plugins.module_utils import wgmesh_keys
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import write_atomic
-from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_wireguard import parse_dump
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import table_drift
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_wireguard import (
+    parse_dump,
+    peer_names,
+    peer_paths,
+)
+
+TESTS = Path(__file__).resolve().parents[1]
 
 
 def test_x25519_in_plain_python_is_rfc_7748s():
@@ -79,3 +88,38 @@ def test_wg_show_dump_is_read_once_for_hosts_and_controller():
     assert lines[0].endswith("rx/tx 1234/5678 B")
     assert lines[1].startswith("c relay via r, endpoint (none), handshake never")
     assert lines[2] == "d          lan     NOT CONFIGURED"
+
+
+def table(elements, rules=("accept",)):
+    """A table as live_table gives it: normalized nft JSON."""
+    return json.dumps([
+        {"table": {"family": "inet", "name": "wgmesh"}},
+        {"set": {"family": "inet", "name": "in4", "table": "wgmesh", "elem": elements}},
+        *({"rule": {"family": "inet", "chain": "input", "expr": [r]}} for r in rules)],
+        sort_keys=True, separators=(",", ":"))
+
+
+def test_table_drift_names_the_elements_and_rules():
+    want = table([{"concat": ["100.64.0.1", "tcp", 22]}])
+    assert table_drift(want, want) == []
+    extra = table([{"concat": ["100.64.0.1", "tcp", 22]}, {"concat": ["100.64.0.9", "tcp", 5432]}])
+    words = table_drift(want, extra)
+    assert words == ['set in4 has 1 element(s) not in the bundle: '
+                     '{"concat":["100.64.0.9","tcp",5432]}']
+    assert table_drift(want, table([])) == [
+        'set in4 lacks 1 element(s) of the bundle: {"concat":["100.64.0.1","tcp",22]}']
+    assert table_drift(want, table([{"concat": ["100.64.0.1", "tcp", 22]}],
+                                         rules=("accept", "drop"))) == [
+        "chain input: 2 rules differ from the bundle's 1"]
+    assert table_drift(want, None) == ["table inet wgmesh is not loaded"]
+
+
+def test_peer_paths_come_from_the_rendered_comments():
+    """Name, connection and relay of each peer, roles or not (golden alice-desktop)."""
+    conf = (TESTS / "golden" / "alice-desktop" / "wg0.conf").read_text()
+    paths = peer_paths(conf)
+    assert sorted((p["name"], p["connection"], p["relay"]) for p in paths.values()) == [
+        ("alice-laptop", "lan", None), ("bob-laptop", "relay", "web1"),
+        ("office-gw", "direct", None), ("web1", "direct", None)]
+    assert sorted(peer_names(conf).values()) == ["alice-laptop", "bob-laptop", "office-gw",
+                                                 "web1"]

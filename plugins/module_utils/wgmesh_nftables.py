@@ -1,0 +1,93 @@
+"""The host's nftables table as nft(8) prints it in JSON: its rules without what changes by
+itself, the differences from the table as loaded, and its named counters. Read by
+wgmesh_apply (drift, repair) and the monitor (metrics). Standard library only."""
+
+from __future__ import annotations
+
+import json
+
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import (
+    TABLE_FAMILY,
+    TABLE_NAME,
+)
+
+TABLE = (TABLE_FAMILY, TABLE_NAME)
+LIST_TABLE = ("nft", "-j", "list", "table", *TABLE)
+
+
+def canonical_table(nft_json: str) -> str:
+    """``nft -j list table`` output without what changes by itself (counters, handles):
+    what is compared with the table recorded right after the last load."""
+    out = []
+    for item in json.loads(nft_json)["nftables"]:
+        kind, body = next(iter(item.items()))
+        if kind == "metainfo":
+            continue
+        body = {k: v for k, v in body.items() if k not in ("handle", "packets", "bytes")}
+        if kind == "rule":
+            # An anonymous counter's figures change with traffic; a named one is a reference.
+            body["expr"] = [{"counter": None} if isinstance(e.get("counter"), dict) else e
+                            for e in body.get("expr", [])]
+        out.append({kind: body})
+    return json.dumps(out, sort_keys=True, separators=(",", ":"))
+
+
+def named_counters(nft_json: str) -> dict[str, tuple[int, int]]:
+    """The table's named counters: name -> (packets, bytes)."""
+    out = {}
+    for item in json.loads(nft_json)["nftables"]:
+        c = item.get("counter")
+        if c is not None:
+            out[c["name"]] = (int(c.get("packets", 0)), int(c.get("bytes", 0)))
+    return out
+
+
+def _element_text(e) -> str:
+    return json.dumps(e, sort_keys=True, separators=(",", ":"))
+
+
+def table_drift(recorded: str, live: str | None) -> list[str]:
+    """The differences between the table as loaded and as it is now (both as
+    canonical_table gives them; live None: not loaded), in words."""
+    if live is None:
+        return [f"table {' '.join(TABLE)} is not loaded"]
+    if live == recorded:
+        return []
+    words = []
+
+    def index(items):
+        out = {}
+        for item in items:
+            kind, body = next(iter(item.items()))
+            if kind == "rule":
+                out.setdefault(("chain rules", body["chain"]), []).append(_element_text(body))
+            else:
+                out[(kind, body.get("name", ""))] = body
+        return out
+
+    want, have = index(json.loads(recorded)), index(json.loads(live))
+    for key in sorted(set(want) | set(have)):
+        kind, name = key
+        if key not in have:
+            words.append(f"{kind} {name} is missing")
+        elif key not in want:
+            words.append(f"{kind} {name} is not in the bundle")
+        elif kind == "set":
+            w = {_element_text(e) for e in want[key].get("elem", [])}
+            h = {_element_text(e) for e in have[key].get("elem", [])}
+            extra, missing = sorted(h - w), sorted(w - h)
+            if extra:
+                words.append(f"set {name} has {len(extra)} element(s) not in the bundle: "
+                             + ", ".join(extra[:3]) + (" ..." if len(extra) > 3 else ""))
+            if missing:
+                words.append(f"set {name} lacks {len(missing)} element(s) of the bundle: "
+                             + ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else ""))
+            rest = ({k: v for k, v in want[key].items() if k != "elem"},
+                    {k: v for k, v in have[key].items() if k != "elem"})
+            if rest[0] != rest[1]:
+                words.append(f"set {name} is declared differently")
+        elif want[key] != have[key]:
+            words.append(f"chain {name}: {len(have[key])} rules differ from the bundle's "
+                         f"{len(want[key])}" if kind == "chain rules"
+                         else f"{kind} {name} differs from the bundle")
+    return words
