@@ -10,7 +10,7 @@ cd "$(dirname "$0")"
 APT_PACKAGES=(wireguard-tools wireguard-go nftables openssh-server openssh-client iproute2
               netcat-openbsd util-linux procps python3 python3-venv tcpdump iputils-ping
               iperf3 chromium dnsmasq-base python3-nacl git debootstrap systemd-container
-              conntrack zsh graphviz)
+              conntrack zsh graphviz prometheus)
 PYTHON=${PYTHON:-python3}
 VENV=.venv
 

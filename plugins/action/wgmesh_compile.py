@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
 try:
-    from wgmesh import agent, render, signing
+    from wgmesh import programs, render, signing
     from wgmesh.build import KeyMismatch, PolicyTestFailure, build, source_commit
     from wgmesh.compiler import fewer_gc_passes
     from wgmesh.errors import InputError
@@ -122,8 +123,10 @@ class ActionModule(ActionBase):
         )
         if any("agent" in h.get("bundle", {}) for h in out.values()):
             # The NAT traversal agent hosts install (wgmesh_apply's agent_program).
-            with open(agent.__file__, encoding="utf-8") as fh:
-                result["agent_program"] = fh.read()
+            result["agent_program"] = programs.agent_program()
+        if any("bundle" in h for h in out.values()):
+            # The monitor every host runs (wgmesh_apply's monitor_program).
+            result["monitor_program"] = base64.b64encode(programs.monitor_program()).decode()
         if b.mesh.signing is not None:
             result.update(manifest=b.manifest, trust=signing.trust_of(b),
                           serial=b.manifest["manifest"]["serial"])

@@ -49,6 +49,8 @@ def bundle_hash(bundle: dict) -> str:
     return bundle_digest(bundle)[:16]
 
 
+# The names of the IP protocols the policy and the denied-flow log write by name.
+PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "ipv6-icmp", 132: "sctp"}
 # The table's named drop counters and why each drops: the policy's three chains, packets
 # with mesh addresses on other interfaces (forged), and the hop interface's relay rules.
 DROP_COUNTERS = {"dropped_in": "policy", "dropped_out": "policy", "dropped_fwd": "policy",

@@ -137,6 +137,26 @@ options:
         elsewhere the host's supervisor runs C(python3 STATE_DIR/agent.py).
       - C(wgmesh_compile) returns it as C(agent_program).
     type: str
+  monitor_program:
+    description:
+      - The monitor (a zip application of this collection's module_utils, base64), installed
+        as C(monitor.pyz) in I(state_dir) on every host that runs a bundle. It writes the
+        node_exporter textfile I(metrics_textfile) every I(metrics_interval) seconds and
+        logs the flows the policy denies (C(network.log_denied) in mesh.yml). Where systemd
+        runs, the module installs, enables and (re)starts C(wgmesh-monitor.service);
+        elsewhere the host's supervisor runs C(python3 STATE_DIR/monitor.pyz).
+      - C(wgmesh_compile) returns it as C(monitor_program).
+    type: str
+  metrics_textfile:
+    description:
+      - The node_exporter textfile the monitor writes (whole, by rename); empty for none.
+        The default is the folder Debian's prometheus-node-exporter reads.
+    type: str
+    default: /var/lib/prometheus/node-exporter/wgmesh.prom
+  metrics_interval:
+    description: Seconds between two writes of I(metrics_textfile) (1 to 3600).
+    type: int
+    default: 15
   root:
     description:
       - Write the bundle's files (and the names block, and the bundle as the record of what
@@ -209,6 +229,7 @@ seconds:
   type: float
 """
 
+import base64
 import datetime
 import ipaddress
 import json
@@ -228,6 +249,8 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import
     DNSMASQ_CONF,
     DNSMASQ_PID,
     MANAGEMENT_RULE_PRIORITY,
+    MONITOR_CONFIG,
+    MONITOR_PROGRAM,
     RESOLVER_CONF,
     RESOLVER_PID,
     RULESET_PATH,
@@ -238,6 +261,9 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import (
     write_atomic as write_file,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_keys import public_of
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_metrics import (
+    valid_monitor_part,
+)
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import (
     LIST_TABLE,
     TABLE,
@@ -657,7 +683,15 @@ def read(path: str) -> str | None:
         return None
 
 
-def write_atomic(path: str, text: str | None, mode: int) -> None:
+def read_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
+def write_atomic(path: str, text: str | bytes | None, mode: int) -> None:
     """Replace a file whole (a reader sees the old or the new one), or remove it (None); its
     folder is made (0755) when missing."""
     write_file(path, text, mode, dir_mode=0o755)
@@ -731,22 +765,35 @@ PLAIN_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
 
 AGENT_PROGRAM = "agent.py"
 AGENT_SERVICE = "wgmesh-agent.service"
-AGENT_UNIT = "/etc/systemd/system/" + AGENT_SERVICE
+MONITOR_SERVICE = "wgmesh-monitor.service"
+UNITS = "/etc/systemd/system/"
+# The programs a host runs beside its interface: state-folder file, service, what it does,
+# and what its service may do (capabilities, socket families).
+PROGRAMS = {
+    "agent": (AGENT_PROGRAM, AGENT_SERVICE, "direct paths between nodes behind NAT",
+              "CAP_NET_ADMIN CAP_NET_RAW", "AF_UNIX AF_INET AF_INET6 AF_NETLINK"),
+    "monitor": (MONITOR_PROGRAM, MONITOR_SERVICE, "metrics and denied-flow logs",
+                "CAP_NET_ADMIN", "AF_UNIX AF_NETLINK"),
+}
+DEFAULT_TEXTFILE = "/var/lib/prometheus/node-exporter/wgmesh.prom"
 
 
-def agent_unit(state_dir: str, interface: str) -> str:
-    """The agent as a service, with what it needs and no more: wg(8) (CAP_NET_ADMIN), a
-    socket bound to the mesh interface (CAP_NET_RAW), its status file in state_dir."""
+def program_unit(kind: str, state_dir: str, interface: str, writable: str = "") -> str:
+    """A program as a service, with what it needs and no more: wg(8) and nft(8)
+    (CAP_NET_ADMIN; the agent's socket bound to the mesh interface: CAP_NET_RAW), its files
+    in state_dir (and ``writable``)."""
+    program, _, what, caps, families = PROGRAMS[kind]
     return (
-        "[Unit]\nDescription=wgmesh agent: direct paths between nodes behind NAT\n"
+        f"[Unit]\nDescription=wgmesh {kind}: {what}\n"
         f"After=network-online.target wg-quick@{interface}.service\nWants=network-online.target\n\n"
-        f"[Service]\nExecStart=/usr/bin/python3 {os.path.join(state_dir, AGENT_PROGRAM)} "
+        f"[Service]\nExecStart=/usr/bin/python3 {os.path.join(state_dir, program)} "
         f"--state-dir {state_dir}\nRestart=always\nRestartSec=2\n"
-        "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW\nNoNewPrivileges=yes\n"
-        f"ProtectSystem=strict\nReadWritePaths={state_dir} -/run/wireguard\n"
+        f"CapabilityBoundingSet={caps}\nNoNewPrivileges=yes\n"
+        f"ProtectSystem=strict\nReadWritePaths={state_dir} -/run/wireguard"
+        f"{' ' + writable if writable else ''}\n"
         "ProtectHome=yes\nPrivateTmp=yes\nProtectKernelModules=yes\n"
-        "ProtectControlGroups=yes\nRestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 "
-        "AF_NETLINK\nLockPersonality=yes\nMemoryDenyWriteExecute=yes\n\n"
+        f"ProtectControlGroups=yes\nRestrictAddressFamilies={families}\n"
+        "LockPersonality=yes\nMemoryDenyWriteExecute=yes\n\n"
         "[Install]\nWantedBy=multi-user.target\n")
 
 
@@ -993,6 +1040,9 @@ class Host:
         self.sshd_pidfile = p["sshd_pidfile"]
         self.hosts_file, self.state_dir = p["hosts_file"], p["state_dir"]
         self.agent_program = p.get("agent_program")
+        monitor = p.get("monitor_program")
+        self.monitor_program = base64.b64decode(monitor) if monitor is not None else None
+        self.textfile, self.metrics_interval = p["metrics_textfile"], p["metrics_interval"]
         service = p["service"]
         if service == "auto":
             service = "systemd" if os.path.isdir("/run/systemd/system") else "wg-quick"
@@ -1007,47 +1057,65 @@ class Host:
                       (LAST_GOOD_DROPIN, last_good_dropin(self.state_dir), 0o644)]
         return files
 
-    def agent_files(self, b: dict) -> list[tuple[str, str | None, int]]:
-        """The agent's program and (where systemd runs) its unit; none without an agent
-        part. Without the program (an older controller) what is installed stays."""
-        wanted = b.get("agent") is not None
-        if wanted and self.agent_program is None:
-            return []
-        program = os.path.join(self.state_dir, AGENT_PROGRAM)
-        files = [(program, self.agent_program if wanted else None, 0o644)]
-        if self.service == "systemd":
-            files.append((AGENT_UNIT, agent_unit(self.state_dir, b["interface"]) if wanted
-                          else None, 0o644))
-        return files
+    def program_files(self, b: dict | None) -> dict[str, list[tuple[str, object, int]]]:
+        """Per program, its files (content None: removed) and, where systemd runs, its unit.
+        The agent runs where the bundle has an agent part, the monitor wherever a bundle
+        runs; without the program (an older controller) what is installed stays."""
+        out: dict[str, list[tuple[str, object, int]]] = {}
+        for kind, given in (("agent", self.agent_program), ("monitor", self.monitor_program)):
+            wanted = b is not None and (kind == "monitor" or b.get("agent") is not None)
+            if wanted and given is None:
+                continue
+            program, service = PROGRAMS[kind][:2]
+            files: list[tuple[str, object, int]] = [
+                (os.path.join(self.state_dir, program), given if wanted else None, 0o644)]
+            writable = ""
+            if kind == "monitor":
+                config = {"textfile": self.textfile, "interval": self.metrics_interval,
+                          "key_file": self.key_file}
+                files.append((os.path.join(self.state_dir, MONITOR_CONFIG),
+                              json.dumps(config, indent=1) + "\n" if wanted else None, 0o644))
+                writable = f"-{os.path.dirname(self.textfile)}" if self.textfile else ""
+            if self.service == "systemd":
+                files.append((UNITS + service, program_unit(
+                    kind, self.state_dir, b["interface"], writable) if wanted else None, 0o644))
+            out[kind] = files
+        return out
 
-    def sync_agent(self, b: dict, check_mode: bool) -> list[str]:
-        """Install, start or remove the agent, after the bundle it reads is recorded."""
-        run, actions, changed = self.run, [], False
-        files = self.agent_files(b)
-        for path, text, mode in files:
-            old = read(path)
-            if old != text:
+    def sync_programs(self, b: dict | None, check_mode: bool) -> list[str]:
+        """Install, (re)start or remove the agent and the monitor, after the bundle they
+        read is recorded (b None: the host leaves, both go)."""
+        run, actions = self.run, []
+        for kind, files in self.program_files(b).items():
+            service, changed = PROGRAMS[kind][1], False
+            for path, content, mode in files:
+                data = content.encode() if isinstance(content, str) else content
+                if read_bytes(path) == data:
+                    continue
                 changed = True
-                actions.append(f"{'write' if text is not None else 'remove'} {path}")
+                actions.append(f"{'write' if data is not None else 'remove'} {path}")
+                if check_mode:
+                    continue
+                if data is None and path == UNITS + service:
+                    run.rc("systemctl", "disable", "--now", service)
+                write_atomic(path, data, mode)
+            wanted = files[0][1] is not None
+            if self.service != "systemd":
+                continue
+            if not wanted:
+                if changed and not check_mode:
+                    run("systemctl", "daemon-reload")
+                continue
+            active = run.rc("systemctl", "is-active", "--quiet", service) == 0
+            if changed or not active:
+                actions.append(f"{'restart' if active else 'start'} {service}")
                 if not check_mode:
-                    if text is None:
-                        if path == AGENT_UNIT:
-                            run.rc("systemctl", "disable", "--now", AGENT_SERVICE)
-                        os.unlink(path)
-                    else:
-                        os.makedirs(os.path.dirname(path), exist_ok=True)
-                        write_atomic(path, text, mode)
-        if self.service != "systemd" or b.get("agent") is None or not files:
-            if changed and not check_mode and self.service == "systemd":
-                run("systemctl", "daemon-reload")
-            return actions
-        active = run.rc("systemctl", "is-active", "--quiet", AGENT_SERVICE) == 0
-        if changed or not active:
-            actions.append(f"{'restart' if active else 'start'} {AGENT_SERVICE}")
-            if not check_mode:
-                run("systemctl", "daemon-reload")
-                run("systemctl", "enable", AGENT_SERVICE)
-                run("systemctl", "restart", AGENT_SERVICE)
+                    run("systemctl", "daemon-reload")
+                    run("systemctl", "enable", service)
+                    run("systemctl", "restart", service)
+        if b is not None and self.textfile and not check_mode:
+            # The monitor's service may write only to a folder that exists.
+            os.makedirs(os.path.dirname(self.textfile), mode=0o755, exist_ok=True)
         return actions
 
     def state(self) -> dict:
@@ -1156,9 +1224,8 @@ class Host:
             if not check_mode:
                 run("nft", "delete", "table", *TABLE)
         forwarded = os.path.exists(SYSCTL_PATH)
-        dropin_installed = os.path.exists(LAST_GOOD_DROPIN) or os.path.exists(AGENT_UNIT)
-        if os.path.exists(AGENT_UNIT) and not check_mode:
-            run.rc("systemctl", "disable", "--now", AGENT_SERVICE)
+        dropin_installed = os.path.exists(LAST_GOOD_DROPIN)
+        actions += self.sync_programs(None, check_mode)
         if not resolved_runs():  # (resolved forgets a link's DNS when the link goes)
             actions += sync_dnsmasq(run, None, check_mode)
         actions += sync_resolver(run, None, check_mode)
@@ -1169,10 +1236,11 @@ class Host:
                 actions.append(reload_sshd(run, self.sshd_pidfile))
         for path in (f"/etc/wireguard/{interface}.conf", f"/etc/wireguard/{hop_interface}.conf",
                      RULESET, SYSCTL_PATH, *([] if keep_key else [self.key_file]),
-                     LAST_GOOD_DROPIN, LAST_GOOD_SCRIPT, AGENT_UNIT,
+                     LAST_GOOD_DROPIN, LAST_GOOD_SCRIPT,
+                     *([self.textfile] if self.textfile else []),
                      *(os.path.join(self.state_dir, f) for f in (
                          "state.json", "bundle.json", "previous.json", LAST_GOOD_FILES,
-                         AGENT_PROGRAM, "agent.json"))):
+                         "agent.json", "denied.json"))):
             if os.path.exists(path):
                 actions.append(f"remove {path}")
                 if not check_mode:
@@ -1314,6 +1382,8 @@ def check_bundle(b: dict) -> None:
             and all(isinstance(agent.get(k, []), list) for k in ("lighthouses", "punch"))
             and all(KEY_TEXT.fullmatch(str(p.get("public_key"))) for p in agent.get("punch", []))):
         raise ApplyError("the bundle's agent part is malformed")
+    if b.get("monitor") is not None and not valid_monitor_part(b["monitor"]):
+        raise ApplyError("the bundle's monitor part is malformed")
     # The bundle's hash covers its content: a bundle changed on the way is refused.
     if bundle_hash(b) != b.get("hash"):
         raise ApplyError("the bundle's content does not match its hash")
@@ -1340,6 +1410,9 @@ def main() -> None:
             "sshd_pidfile": {"type": "path", "default": "/run/sshd.pid"},
             "root": {"type": "path"},
             "agent_program": {"type": "str"},
+            "monitor_program": {"type": "str"},
+            "metrics_textfile": {"type": "str", "default": DEFAULT_TEXTFILE},
+            "metrics_interval": {"type": "int", "default": 15},
             "manifest": {"type": "dict"},
             "trust": {"type": "dict"},
             "trust_file": {"type": "path", "default": TRUST_FILE},
@@ -1351,9 +1424,13 @@ def main() -> None:
         module.fail_json(msg="wgmesh needs root on this host (WireGuard keys, interfaces, "
                          "nftables): connect as root, or as a user with sudo and "
                          "ansible_become: true (group_vars/all.yml beside mesh.yml)")
-    if not PLAIN_PATH.fullmatch(module.params["state_dir"]):
-        module.fail_json(msg=f"state_dir {module.params['state_dir']!r} is not a plain absolute "
-                         "path (letters, digits, '.', '_', '-' and '/')")
+    for name in ("state_dir", "metrics_textfile"):  # both land on a systemd command line
+        value = module.params[name]
+        if not PLAIN_PATH.fullmatch(value) and (name == "state_dir" or value):
+            module.fail_json(msg=f"{name} {value!r} is not a plain absolute path (letters, "
+                             "digits, '.', '_', '-' and '/')")
+    if not 1 <= module.params["metrics_interval"] <= 3600:
+        module.fail_json(msg="metrics_interval must be 1 to 3600 seconds")
     host = Host(module)
     check_mode = module.check_mode
     before = host.state()
@@ -1439,7 +1516,7 @@ def main() -> None:
         actions = host.converge(b, check_mode)
         if not check_mode and (actions or before.get("hash") != b["hash"]):
             host.record(b)
-        actions += host.sync_agent(b, check_mode)
+        actions += host.sync_programs(b, check_mode)
     except (ApplyError, OSError) as exc:
         cause = str(exc)
         last = host.last_good()

@@ -116,6 +116,11 @@ agent_program:
   description: The NAT traversal agent's program (wgmesh_apply's I(agent_program)).
   returned: when a bundle has an agent part (the mesh has lighthouses and relayed pairs)
   type: str
+monitor_program:
+  description: The monitor's program, a zip application in base64 (wgmesh_apply's
+    I(monitor_program)).
+  returned: when a host has a bundle
+  type: str
 serial:
   description: The manifest's serial.
   returned: when mesh.yml has a signing section

@@ -1147,8 +1147,9 @@ def _print_status(lab):
 def cmd_lab_agents(args) -> int:
     lab = _lab(args)
     started = lab.start_agents()
-    print("agents started on: " + (", ".join(started) if started else "none (running, or "
-                                   "not installed: run site.yml first)"))
+    print("agent and monitor started on: " + (", ".join(started) if started else
+                                              "none (running, or not installed: run "
+                                              "site.yml first)"))
     return EXIT_OK
 
 

@@ -49,6 +49,9 @@ NETWORK_DEFAULTS: dict[str, Any] = {
     # SSH over the mesh follows the policy's ssh rules only on nodes that opt in (as with
     # `tailscale set --ssh`): the default for managed nodes; a node's ssh_policy overrides it.
     "ssh_policy": False,
+    # Denied-flow logs: each host's monitor logs the packets the policy drops (headers only,
+    # at most 10 a second per host), with their nodes, protocol and port.
+    "log_denied": False,
 }
 
 NODE_KEYS = {
@@ -75,6 +78,7 @@ class Network:
     key_max_age_days: int = 0
     split_dns: tuple[tuple[str, tuple[IPAddr, ...]], ...] = ()
     ssh_policy: bool = False
+    log_denied: bool = False
 
     @property
     def hop_interface(self) -> str:
@@ -285,10 +289,11 @@ def _network(src: YamlSource, root: Any) -> Network:
                   "use a /64 (or larger) outside ipv6_pool, e.g. fd7a:115c:a1e1::/64")
     out["management_networks"] = _management_networks(src, values, at, out)
     out["split_dns"] = _split_dns(src, values, at, node)
-    if not isinstance(values["ssh_policy"], bool):
-        src.error(*at("ssh_policy"), "network.ssh_policy",
-                  f"must be true or false, not {type_name(values['ssh_policy'])}")
-        out["ssh_policy"] = False
+    for key in ("ssh_policy", "log_denied"):
+        if not isinstance(values[key], bool):
+            src.error(*at(key), f"network.{key}",
+                      f"must be true or false, not {type_name(values[key])}")
+            out[key] = False
     if not grammar.matches(grammar.DOMAIN, values["domain"]):
         src.error(*at("domain"), "network.domain", f"{type_name(values['domain'])} is not a "
                   "DNS domain", "use lower-case labels separated by dots, e.g. mesh.internal")

@@ -23,7 +23,6 @@ PROTOCOLS = {
     "icmp": 1, "igmp": 2, "ipv4": 4, "ip-in-ip": 4, "tcp": 6, "egp": 8, "igp": 9, "udp": 17,
     "gre": 47, "esp": 50, "ah": 51, "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132, "fc": 133,
 }
-PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "ipv6-icmp", 132: "sctp"}
 DEFAULT_PROTOS = frozenset({6, 17, 1, 58})  # no proto: TCP, UDP, ICMP, ICMPv6
 PORT_PROTOS = frozenset({6, 17, 132})
 ALL_PORTS = ((0, 65535),)

@@ -14,9 +14,12 @@ from typing import Any, TextIO
 
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import (
     BUNDLE_FORMAT,
+    DENIED_LOG_GROUP,
+    DENIED_LOG_PREFIX,
     DNSMASQ_CONF,
     DNSMASQ_PID,
     MANAGEMENT_RULE_PRIORITY,
+    PROTO_NAMES,
     RESOLVER_CONF,
     RESOLVER_PID,
     RULESET_PATH,
@@ -27,7 +30,6 @@ from wgmesh import grammar
 from wgmesh.compiler import HostOutput, Peer
 from wgmesh.intervals import Box
 from wgmesh.mesh import Network
-from wgmesh.policy import PROTO_NAMES
 
 # The paths and numbers hosts share with the controller (the management rules' priority,
 # the table's file, dnsmasq's) are the host contract's (plugins/module_utils).
@@ -219,6 +221,8 @@ def nftables(host: HostOutput, net: Network) -> str:
                   f"        elements = {{ {', '.join(agents)} }}", "    }"]
     for name in ("dropped_in", "dropped_out", "dropped_fwd", "dropped_underlay", "dropped_hop"):
         lines.append(f"    counter {name} {{ }}")
+    if net.log_denied:
+        lines.append(f"    limit {DENIED_LOG_LIMIT} {{ rate 10/second burst 20 packets }}")
 
     v4, v6 = net.ipv4_pool, f"{{ {net.ipv6_pool}, {net.relay_pool} }}"
     forged = 'counter name "dropped_underlay" drop'
@@ -302,6 +306,7 @@ def nftables(host: HostOutput, net: Network) -> str:
                   f"        ct direction reply jump {chain}_reply",
                   *orig,
                   *chatter,
+                  *(_denied_log(direction) if net.log_denied else []),
                   f'        counter name "{dropped}" drop',
                   "    }",
                   f"    chain {chain}_reply {{",
@@ -325,6 +330,18 @@ def nftables(host: HostOutput, net: Network) -> str:
     generation = f"{int.from_bytes(digest.digest()[:4], 'big') or 1:#010x}"
     return "".join((line.replace(GENERATION, generation) if GENERATION in line else line)
                    + "\n" for line in lines)
+
+
+DENIED_LOG_LIMIT = "denied_log"
+
+
+def _denied_log(direction: str) -> list[str]:
+    """Copy a packet the policy drops to the monitor's nflog group, under the host's shared
+    rate limit: its headers up to the transport ports and no further (IPv4 without options:
+    24 bytes; IPv6: 44), so no payload byte leaves the kernel."""
+    return [f'        meta nfproto {family} limit name "{DENIED_LOG_LIMIT}" log prefix '
+            f'"{DENIED_LOG_PREFIX}{direction}" group {DENIED_LOG_GROUP} snaplen {snaplen}'
+            for family, snaplen in (("ipv4", 24), ("ipv6", 44))]
 
 
 # Stands for the table's generation until the text around it is complete.
@@ -695,6 +712,11 @@ def bundle(host: HostOutput, net: Network, public_key: str | None,
         body["agent"] = agent_json(host)
     if host.resolver:
         body["resolver_conf"] = resolver_conf(host)
+    if net.key_max_age_days or host.node.expires:
+        # What the monitor reports of the key and the node's end (wgmesh_metrics).
+        body["monitor"] = {"key_max_age_days": net.key_max_age_days,
+                           "expires": host.node.expires.isoformat() if host.node.expires
+                           else None}
     body["hash"] = bundle_hash(body)
     body["commit"] = commit
     return body

@@ -240,8 +240,24 @@ def test_the_agent_part_of_a_bundle_is_checked(tmp_path):
                                .encode()).hexdigest()[:16]
     with pytest.raises(apply.ApplyError, match="agent part is malformed"):
         apply.check_bundle(b)
-    unit = apply.agent_unit("/var/lib/wgmesh", "wg0")
+    unit = apply.program_unit("agent", "/var/lib/wgmesh", "wg0")
     assert "ExecStart=/usr/bin/python3 /var/lib/wgmesh/agent.py --state-dir /var/lib/wgmesh" \
         in unit
     assert "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW" in unit
     assert "After=network-online.target wg-quick@wg0.service" in unit
+
+
+def test_the_monitor_part_of_a_bundle_is_checked_and_its_unit_may_write_the_textfile(tmp_path):
+    for part in ({"key_max_age_days": 90, "expires": "2027-13-01"},
+                 {"key_max_age_days": "90", "expires": None},
+                 {"key_max_age_days": 90, "expires": None, "textfile": "/etc/shadow"}):
+        b = bundle_of(tmp_path)
+        b["monitor"] = part
+        b["hash"] = apply.bundle_hash(b)
+        with pytest.raises(apply.ApplyError, match="monitor part is malformed"):
+            apply.check_bundle(b)
+    unit = apply.program_unit("monitor", "/var/lib/wgmesh", "wg0", "-/var/lib/node-exporter")
+    assert "ExecStart=/usr/bin/python3 /var/lib/wgmesh/monitor.pyz --state-dir " \
+           "/var/lib/wgmesh" in unit
+    assert "CapabilityBoundingSet=CAP_NET_ADMIN\n" in unit
+    assert "ReadWritePaths=/var/lib/wgmesh -/run/wireguard -/var/lib/node-exporter\n" in unit

@@ -499,23 +499,26 @@ class Lab:
         return rows
 
     def start_agents(self, only: list[str] | None = None) -> list[str]:
-        """Start the NAT traversal agent where wgmesh_apply installed it and systemd does
-        not run it (namespace hosts have no init system): a runner the host's PID 1 adopts,
-        logging to /var/log/wgmesh-agent.log. Hosts whose agent runs already are left."""
+        """Start the NAT traversal agent and the monitor where wgmesh_apply installed them
+        and systemd does not run them (namespace hosts have no init system): runners the
+        host's PID 1 adopts, logging to /var/log/wgmesh-agent.log and wgmesh-monitor.log.
+        Programs that run already are left; hosts where one started are returned."""
         started = []
         for h in self.topo.hosts.values():
             if not h.wireguard or h.init == "systemd" or (only and h.name not in only):
                 continue
-            if not (self.host_dir(h.name) / "var.upper" / AGENT_PROGRAM).exists():
-                continue
-            running = subprocess.run(self.exec_argv(h.name, ["pgrep", "-f", AGENT_COMMAND]),
-                                     capture_output=True)
-            if running.returncode == 0:
-                continue
-            run(*self.exec_argv(h.name, ["setsid", "-f", "sh", "-c",
-                                         f"exec {AGENT_COMMAND} >>/var/log/wgmesh-agent.log "
-                                         "2>&1 </dev/null"]))
-            started.append(h.name)
+            for program, log in PROGRAMS:
+                if not (self.host_dir(h.name) / "var.upper" / program).exists():
+                    continue
+                command = f"python3 /var/{program}"
+                running = subprocess.run(self.exec_argv(h.name, ["pgrep", "-f", command]),
+                                         capture_output=True)
+                if running.returncode == 0:
+                    continue
+                run(*self.exec_argv(h.name, ["setsid", "-f", "sh", "-c",
+                                             f"exec {command} >>{log} 2>&1 </dev/null"]))
+                if h.name not in started:
+                    started.append(h.name)
         return started
 
     def exec_argv(self, node: str, command: list[str]) -> list[str]:
@@ -583,8 +586,9 @@ def sshd_config(host: Host) -> str:
 
 
 # Where wgmesh_apply installs the agent (under the host's own /var), and how it runs there.
-AGENT_PROGRAM = "lib/wgmesh/agent.py"
-AGENT_COMMAND = "python3 /var/" + AGENT_PROGRAM
+# The programs wgmesh_apply installs in the state folder, and their logs.
+PROGRAMS = (("lib/wgmesh/agent.py", "/var/log/wgmesh-agent.log"),
+            ("lib/wgmesh/monitor.pyz", "/var/log/wgmesh-monitor.log"))
 
 
 def nat_ruleset(r: Router) -> str:
