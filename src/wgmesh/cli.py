@@ -21,7 +21,7 @@ from pathlib import Path
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_keys import (
     public_of as wg_public_of,
 )
-from wgmesh import grammar, render
+from wgmesh import grammar, render, why
 from wgmesh.build import (
     PolicyTestFailure,
     build,
@@ -33,7 +33,6 @@ from wgmesh.build import (
 )
 from wgmesh.compiler import fewer_gc_passes
 from wgmesh.errors import InputError, LabError, Problem, escape, write_atomic
-from wgmesh.policy import PROTOCOLS
 
 
 def default_inventory() -> str:
@@ -164,6 +163,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="decide JSON-line queries read from stdin")
     _mesh_args(p)
     p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("why", help="why SRC may or may not reach DST: the policy's rule, the "
+                       "path, and with --live what both hosts see (exit code 0: it passes)")
+    p.add_argument("src", metavar="SRC", help="the source node")
+    p.add_argument("dst", metavar="DST", help="the destination: a node, host alias or address")
+    p.add_argument("what", metavar="PORT/PROTO", nargs="?",
+                   help="5432/tcp, 53/udp, a bare port (TCP) or icmp (the default: a ping)")
+    p.add_argument("--live", action="store_true", help="ask both hosts (runs "
+                   "playbooks/why.yml): drift, the handshake, a probe, the drops it caused "
+                   "and the denied-flow log")
+    _mesh_args(p)
+    p.set_defaults(func=cmd_why)
 
     device = sub.add_parser("device", help="devices wgmesh does not manage (phones...): "
                             "enrol one, export its configuration")
@@ -943,16 +953,22 @@ def cmd_agent(args) -> int:
     return agent.main(["--state-dir", args.state_dir])
 
 
-def cmd_status(args) -> int:
-    """The status play, from the project folder (the one with ansible.cfg and playbooks/,
-    found upward from here): its report, and its exit code for CI and monitoring."""
+def _project(play: str) -> Path | None:
+    """The project folder (the one with ansible.cfg and ``play``), found upward from here."""
     here = Path.cwd().resolve()
     project = next((d for d in (here, *here.parents)
-                    if (d / "ansible.cfg").is_file() and (d / "playbooks/status.yml").is_file()),
-                   None)
+                    if (d / "ansible.cfg").is_file() and (d / play).is_file()), None)
     if project is None:
-        print("error: no wgmesh project (ansible.cfg and playbooks/status.yml) here or above",
+        print(f"error: no wgmesh project (ansible.cfg and {play}) here or above",
               file=sys.stderr)
+    return project
+
+
+def cmd_status(args) -> int:
+    """The status play, from the project folder: its report, and its exit code for CI and
+    monitoring."""
+    project = _project("playbooks/status.yml")
+    if project is None:
         return EXIT_INPUT
     argv = [str(Path(sys.executable).parent / "ansible-playbook"),
             "-i", str(Path(args.inventory).resolve()), "playbooks/status.yml"]
@@ -969,6 +985,46 @@ def cmd_status(args) -> int:
     if play.returncode == 0:
         return EXIT_OK
     return EXIT_DRIFT if drift else EXIT_UNREACHED
+
+
+def cmd_why(args) -> int:
+    b = _build(args, run_tests=False)
+    try:
+        flow = why.parse_flow(args.src, args.dst, args.what)
+        answer = why.compiled(b, flow)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    if args.live:
+        hosts = [n for n in (flow.src, flow.dst) if n in b.compiler.index]
+        project = _project("playbooks/why.yml")
+        if project is None:
+            return EXIT_INPUT
+        probe = why.probe_argv(flow, answer.address)
+        with tempfile.TemporaryDirectory(prefix="wgmesh-why-") as tmp:
+            argv = [str(Path(sys.executable).parent / "ansible-playbook"), "playbooks/why.yml",
+                    "-e", json.dumps({"wgmesh_why_src": flow.src,
+                                      "wgmesh_why_dst": hosts[-1], "wgmesh_why_probe": probe,
+                                      "wgmesh_why_dir": tmp})]
+            if args.inventory:
+                argv[1:1] = ["-i", str(Path(args.inventory).resolve())]
+            play = subprocess.run(argv, cwd=project, capture_output=True, text=True)
+            raw = {n: json.loads((Path(tmp) / f"{n}.json").read_text())
+                   for n in hosts if (Path(tmp) / f"{n}.json").is_file()}
+        if play.returncode != 0 or not raw:
+            print(play.stdout[-2000:], file=sys.stderr)
+            print("error: the hosts did not answer (playbooks/why.yml failed)", file=sys.stderr)
+            return EXIT_UNREACHED
+        facts = {n: why.host_facts(r, render.wg_quick(b.compiler.host(n), b.mesh.network),
+                                   probe if n == flow.src else [])
+                 for n, r in raw.items()}
+        why.judge(answer, facts)
+    policy = Path(b.policy.path).resolve()
+    shown = policy.relative_to(Path.cwd().resolve()) if policy.is_relative_to(Path.cwd()
+                                                                              .resolve()) \
+        else policy
+    print("\n".join(answer.lines(str(shown))))
+    return EXIT_OK if answer.passes else EXIT_FAILED
 
 
 def cmd_plan(args) -> int:
@@ -1038,7 +1094,6 @@ def cmd_eval(args) -> int:
     """One JSON line per query. A user, group or tag stands for each of its devices: the
     answer's "allow" holds when every pair is allowed, and "pairs" lists each one."""
     b = _build(args)
-    ev = b.evaluator
     users = known_users(b)
     bad = 0
     for lineno, line in enumerate(sys.stdin, 1):
@@ -1054,7 +1109,7 @@ def cmd_eval(args) -> int:
             # address given as such may not.
             named = tuple(str(q[k]) not in b.policy.hosts and not grammar.ip_address(str(q[k]))
                           for k in ("src", "dst"))
-            pairs = [_decide(b, ev, s, d, named, proto_name, port) for s in srcs for d in dsts]
+            pairs = [why.decide(b, s, d, named, proto_name, port) for s in srcs for d in dsts]
             if len(pairs) == 1:
                 out = {**q, **{k: v for k, v in pairs[0].items() if k not in ("src", "dst")}}
             else:
@@ -1067,37 +1122,6 @@ def cmd_eval(args) -> int:
             out = {"error": f"line {lineno}: {exc}", "input": line.strip()}
         print(json.dumps(out), flush=True)
     return EXIT_INPUT if bad else EXIT_OK
-
-
-def _decide(b, ev, src, dst, named: tuple[bool, bool], proto_name: str, port) -> dict:
-    """One pair's verdict; a node named stands for its address of the other side's family."""
-    if src.addr is not None and dst.addr is not None and src.addr.version != dst.addr.version:
-        if src.node and named[0]:
-            src = b.compiler.endpoint_of(src.node, dst.addr.version)
-        elif dst.node and named[1]:
-            dst = b.compiler.endpoint_of(dst.node, src.addr.version)
-        else:
-            raise ValueError("src and dst are addresses of different families")
-    proto = PROTOCOLS[proto_name]
-    addr = src.addr if src.addr is not None else dst.addr
-    if proto == 1 and addr is not None and addr.version == 6:
-        proto = 58
-    if proto in (6, 17, 132) and not isinstance(port, int):
-        raise ValueError(f"{proto_name} needs a port number")
-    verdict = ev.check(src, dst, proto, port)
-    out = {"src": _who(src), "dst": _who(dst), "allow": verdict.allow, "rule": verdict.rule}
-    if verdict.rule:
-        out["line"] = verdict.line
-    out["answered_by"] = verdict.answered_by
-    if verdict.ssh_rule:
-        out["ssh_rule"] = verdict.ssh_rule
-    if verdict.note:
-        out["note"] = verdict.note
-    return out
-
-
-def _who(ep) -> str:
-    return ep.node or ep.user or ",".join(sorted(ep.tags)) or str(ep.addr)
 
 
 def _topology_arg(p: argparse.ArgumentParser) -> None:

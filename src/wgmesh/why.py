@@ -1,0 +1,252 @@
+"""``wgmesh why SRC DST [PORT/PROTO]``: whether the policy, the path or a host refuses a flow.
+
+From the compiled mesh alone: the policy's verdict (the rule that allows it, or none), and
+the path the source's configuration gives the pair (lan, direct, relay via X, a subnet
+router, or none: the policy relates them in neither direction, so neither holds the other
+as a peer). With ``--live`` (playbooks/why.yml) the two hosts add what they see: drift from
+their bundles, the pair's endpoint and latest handshake, a probe from the source, the drop
+counters that moved while it ran, and the denied-flow log lines it left.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import time
+from dataclasses import dataclass, field
+
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_monitor import flow_line
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import named_counters
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_wireguard import (
+    parse_dump,
+    peer_names,
+)
+from wgmesh.build import Build
+from wgmesh.policy import PROTOCOLS
+from wgmesh.resolve import Endpoint
+
+
+@dataclass
+class Flow:
+    src: str
+    dst: str
+    proto: str = "icmp"
+    port: int | None = None
+
+    def text(self) -> str:
+        return self.proto + (f"/{self.port}" if self.port is not None else "")
+
+
+def parse_flow(src: str, dst: str, what: str | None) -> Flow:
+    """``PORT/PROTO`` (``5432/tcp``), a bare ``PORT`` (TCP), ``icmp``, or nothing (ping)."""
+    if not what:
+        return Flow(src, dst)
+    port_text, _, proto = what.partition("/")
+    if not proto and not port_text.isdigit():
+        port_text, proto = "", port_text
+    proto = (proto or "tcp").lower()
+    if proto not in PROTOCOLS:
+        raise ValueError(f'"{proto}" is not a protocol (tcp, udp, sctp, icmp, ...)')
+    if proto in ("tcp", "udp", "sctp"):
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f'"{what}" needs a port from 1 to 65535, as in 5432/{proto}')
+        return Flow(src, dst, proto, int(port_text))
+    if port_text:
+        raise ValueError(f'{proto} has no port: write "{proto}"')
+    return Flow(src, dst, proto)
+
+
+def decide(b: Build, src: Endpoint, dst: Endpoint, named: tuple[bool, bool], proto_name: str,
+           port) -> dict:
+    """One pair's verdict (as ``wgmesh eval`` gives it); a node named stands for its address
+    of the other side's family."""
+    if src.addr is not None and dst.addr is not None and src.addr.version != dst.addr.version:
+        if src.node and named[0]:
+            src = b.compiler.endpoint_of(src.node, dst.addr.version)
+        elif dst.node and named[1]:
+            dst = b.compiler.endpoint_of(dst.node, src.addr.version)
+        else:
+            raise ValueError("src and dst are addresses of different families")
+    proto = PROTOCOLS[proto_name]
+    addr = src.addr if src.addr is not None else dst.addr
+    if proto == 1 and addr is not None and addr.version == 6:
+        proto = 58
+    if proto in (6, 17, 132) and not isinstance(port, int):
+        raise ValueError(f"{proto_name} needs a port number")
+    verdict = b.evaluator.check(src, dst, proto, port)
+    out = {"src": who(src), "dst": who(dst), "allow": verdict.allow, "rule": verdict.rule}
+    if verdict.rule:
+        out["line"] = verdict.line
+    out["answered_by"] = verdict.answered_by
+    if verdict.ssh_rule:
+        out["ssh_rule"] = verdict.ssh_rule
+    if verdict.note:
+        out["note"] = verdict.note
+    return out
+
+
+def who(ep: Endpoint) -> str:
+    return ep.node or ep.user or ",".join(sorted(ep.tags)) or str(ep.addr)
+
+
+@dataclass
+class Answer:
+    flow: Flow
+    verdict: dict
+    path: str  # in words
+    peer: str | None  # the node whose key carries the flow from the source (None: none)
+    address: str  # the destination address probed
+    live: list[str] = field(default_factory=list)  # what the hosts said (judge)
+    refused: list[str] = field(default_factory=list)  # who refused, by judge
+
+    @property
+    def passes(self) -> bool:
+        return self.verdict["allow"] and not self.refused
+
+    def lines(self, policy_file: str) -> list[str]:
+        v = self.verdict
+        where = f" ({policy_file}:{v['line']})" if v.get("line") else ""
+        if v["allow"]:
+            policy = f"allows it: {v['rule']}{where}"
+        elif v.get("note"):
+            policy = f"denies it: {v['note']}"
+        else:
+            policy = "denies it: no rule allows it (default deny)"
+        if v.get("answered_by") == "ssh":
+            policy += f"; SSH policy answers port 22 here (ssh rule {v.get('ssh_rule')})"
+        return [f"{self.flow.src} -> {self.flow.dst} ({self.address}) {self.flow.text()}",
+                f"  policy: {policy}", f"  path:   {self.path}", *self.live]
+
+
+def compiled(b: Build, flow: Flow) -> Answer:
+    """The answer from the inputs alone."""
+    comp = b.compiler
+    if flow.src not in comp.index:
+        raise ValueError(f'"{flow.src}" is not a node of the mesh')
+    src = comp.endpoint_of(flow.src)
+    dst = comp.endpoint_of(flow.dst)
+    named = (True, flow.dst in comp.index)
+    verdict = decide(b, src, dst, named, flow.proto, flow.port)
+    host = comp.host(flow.src)
+    address = str(dst.addr)
+    peer = next((p for p in host.peers if p.name == flow.dst), None)
+    if peer is None:  # a routed destination: the peer whose allowed IPs hold it
+        peer = next((p for p in host.peers if _routes(p.allowed_ips, dst.addr)), None)
+    if peer is None:
+        path = (f"none: {flow.src} does not hold {flow.dst} as a peer (the policy relates "
+                "them in neither direction)" if dst.node else
+                f"none: no peer of {flow.src} routes {address}")
+        return Answer(flow, verdict, path, None, address)
+    how = {"lan": "direct, on the LAN", "direct": "direct"}.get(
+        peer.connection, f"relayed via {peer.relay}" if peer.relay else peer.connection)
+    if peer.name != flow.dst:
+        how = f"through {peer.name} (it routes {address}), {how}"
+    endpoint = f", endpoint {peer.endpoint}" if peer.endpoint else ", no endpoint (it calls in)"
+    return Answer(flow, verdict, how + endpoint, peer.name, address)
+
+
+def _routes(allowed_ips: list[str], addr) -> bool:
+    """Whether a prefix (not a single address) among ``allowed_ips`` holds ``addr``."""
+    for text in allowed_ips:
+        net = ipaddress.ip_network(text, strict=False)
+        if net.version == addr.version and net.prefixlen < addr.max_prefixlen and addr in net:
+            return True
+    return False
+
+
+def _age(epoch: int, now: float) -> str:
+    return "never" if not epoch else f"{int(now - epoch)} s ago"
+
+
+def judge(answer: Answer, facts: dict[str, dict], now: float | None = None) -> None:
+    """Lines from the two hosts' facts (playbooks/why.yml writes one JSON per host: drift,
+    the peer's endpoint and handshake, counters before and after the probe, the probe's
+    result, the denied flows logged), ending with who refused: the policy, a host (drift,
+    its filter against the policy), the path, or the destination itself. Sets the answer's
+    ``live`` lines and ``refused``."""
+    now = time.time() if now is None else now
+    flow, lines, drifted, dropped = answer.flow, [], [], []
+    no_handshake = False
+    for node in (flow.src, flow.dst):
+        f = facts.get(node)
+        if f is None:
+            continue
+        if f.get("drift"):
+            lines.append(f"  {node}: DRIFTS from its bundle: " + "; ".join(f["drift"]))
+            drifted.append(node)
+        peer_name = answer.peer if node == flow.src else flow.src
+        p = (f.get("peers") or {}).get(peer_name)
+        if p is not None:
+            lines.append(f"  {node}: peer {peer_name}, endpoint {p.get('endpoint') or '(none)'}"
+                         f", handshake {_age(p.get('handshake', 0), now)}")
+            no_handshake = no_handshake or not p.get("handshake")
+        moved = {k: v - f.get("before", {}).get(k, 0) for k, v in f.get("after", {}).items()}
+        moved = {k: v for k, v in moved.items() if v > 0}
+        if moved:
+            lines.append(f"  {node}: drops during the probe: "
+                         + ", ".join(f"{k} +{v}" for k, v in sorted(moved.items())))
+        if any(k in ("dropped_in", "dropped_out", "dropped_fwd") for k in moved):
+            dropped.append(node)
+        lines += [f"  {node}: logged: {d}" for d in f.get("denied", [])]
+    probe = facts.get(flow.src, {}).get("probe")
+    if probe is not None:
+        result = {True: "answered", False: "no answer", None: "sent (UDP: no answer to wait for)"}
+        lines.insert(0, f"  probe:  {probe['command']}: {result[probe['ok']]}")
+    allow, passed = answer.verdict["allow"], probe is not None and probe["ok"] is True
+    blame = [f"{n} does not run its bundle (site.yml repairs it)" for n in drifted]
+    if not allow:
+        blame.append("the policy" + (f", enforced by {' and '.join(dropped)}'s filter"
+                                     if dropped else ""))
+        if passed:
+            blame.append("yet the probe passed: the hosts do not enforce the policy")
+    elif probe is not None and probe["ok"] is False:
+        if dropped:
+            blame.append(f"{' and '.join(dropped)}'s filter, against the policy")
+        elif answer.peer is None:
+            blame.append("the path: the source holds no peer for the destination")
+        elif no_handshake:
+            blame.append(f"the path: no handshake with {answer.peer}")
+        elif not blame:
+            blame.append("the destination: no drop on either host and the path is up "
+                         "(is the service listening?)")
+    lines.append("  refused by: " + ("; ".join(blame) if blame else "nothing, it passes"))
+    answer.live, answer.refused = lines, blame
+
+
+def probe_argv(flow: Flow, address: str) -> list[str]:
+    """The source's probe: a TCP connection, one ping, or nothing (UDP and SCTP have no
+    answer to wait for; their drops still show in the counters and the log)."""
+    if flow.proto == "tcp":
+        return ["nc", "-z", "-w", "2", address, str(flow.port)]
+    if flow.proto in ("icmp", "ipv6-icmp", "icmpv6"):
+        return ["ping", "-c", "1", "-W", "2", address]
+    if flow.proto == "udp":
+        return ["nc", "-zu", "-w", "1", address, str(flow.port)]
+    return []
+
+
+def host_facts(raw: dict, wg_conf: str, probe: list[str]) -> dict:
+    """What playbooks/why.yml brought back from one host, read: drift, peers by name, drop
+    counters (packets) before and after, the denied flows logged meanwhile, the probe."""
+    names = peer_names(wg_conf)
+    peers = {}
+    if raw.get("dump"):
+        for key, p in parse_dump(raw["dump"])[1].items():
+            if key in names:
+                peers[names[key]] = {"endpoint": p["endpoint"], "handshake": p["handshake"]}
+
+    def counters(text):
+        return {k: v[0] for k, v in named_counters(text).items()} if text else {}
+
+    def denied(text):
+        return json.loads(text) if text else []
+    before = denied(raw.get("denied_before"))
+    out = {"drift": list(raw.get("drift") or []), "peers": peers,
+           "before": counters(raw.get("before")), "after": counters(raw.get("after")),
+           "denied": [flow_line(d) for d in denied(raw.get("denied_after")) if d not in before]}
+    rc = raw.get("probe_rc")
+    if probe and rc not in (None, ""):
+        # A UDP probe has no answer to wait for: sent, not judged.
+        out["probe"] = {"command": " ".join(probe),
+                        "ok": None if probe[:2] == ["nc", "-zu"] else int(rc) == 0}
+    return out
