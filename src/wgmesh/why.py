@@ -130,8 +130,10 @@ def compiled(b: Build, flow: Flow) -> Answer:
     host = comp.host(flow.src)
     address = str(dst.addr)
     peer = next((p for p in host.peers if p.name == flow.dst), None)
-    if peer is None:  # a routed destination: the peer whose allowed IPs hold it
-        peer = next((p for p in host.peers if _routes(p.allowed_ips, dst.addr)), None)
+    if peer is None:  # a routed destination: the peer with the longest prefix that holds it
+        routes = [(_route(p.allowed_ips, dst.addr), i) for i, p in enumerate(host.peers)]
+        best = max((r for r in routes if r[0] >= 0), default=None)
+        peer = host.peers[best[1]] if best else None
     if peer is None:
         path = (f"none: {flow.src} does not hold {flow.dst} as a peer (the policy relates "
                 "them in neither direction)" if dst.node else
@@ -145,13 +147,15 @@ def compiled(b: Build, flow: Flow) -> Answer:
     return Answer(flow, verdict, how + endpoint, peer.name, address)
 
 
-def _routes(allowed_ips: list[str], addr) -> bool:
-    """Whether a prefix (not a single address) among ``allowed_ips`` holds ``addr``."""
+def _route(allowed_ips: list[str], addr) -> int:
+    """The length of the longest prefix (not a single address) among ``allowed_ips`` that
+    holds ``addr``; -1 for none."""
+    best = -1
     for text in allowed_ips:
         net = ipaddress.ip_network(text, strict=False)
         if net.version == addr.version and net.prefixlen < addr.max_prefixlen and addr in net:
-            return True
-    return False
+            best = max(best, net.prefixlen)
+    return best
 
 
 def _age(epoch: int, now: float) -> str:
