@@ -15,7 +15,6 @@ import re
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import DROP_COUNTERS
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import (
     canonical_table,
-    named_counters,
     table_drift,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_wireguard import (
@@ -41,8 +40,8 @@ METRICS = {
     "wgmesh_peer_receive_bytes_total": ("counter", "Bytes received from a peer."),
     "wgmesh_peer_transmit_bytes_total": ("counter", "Bytes sent to a peer."),
     "wgmesh_peer_persistent_keepalive_seconds": ("gauge", "A peer's keepalive (0: off)."),
-    "wgmesh_peer_endpoint_changes_total": ("counter", "Times a peer's endpoint changed since "
-                                                      "the monitor started."),
+    "wgmesh_peer_endpoint_changes_total": ("counter", "Times the monitor saw a peer's "
+                                                      "endpoint change."),
     "wgmesh_dropped_packets_total": ("counter", "Packets the filter dropped, by counter and "
                                                 "reason (policy, anti_spoof, relay)."),
     "wgmesh_dropped_bytes_total": ("counter", "Bytes the filter dropped, by counter and "
@@ -53,8 +52,8 @@ METRICS = {
                                                      "key_max_age_days (absent: no limit)."),
     "wgmesh_node_expiry_timestamp_seconds": ("gauge", "The node's expires date, when it "
                                                       "leaves the mesh (absent: never)."),
-    "wgmesh_denied_flows_logged_total": ("counter", "Denied flows the monitor logged since it "
-                                                    "started, by direction."),
+    "wgmesh_denied_flows_logged_total": ("counter", "Denied flows the monitor logged, by "
+                                                    "direction."),
     "wgmesh_textfile_refresh_timestamp_seconds": ("gauge", "When this file was written."),
 }
 
@@ -96,11 +95,21 @@ def _day(date: str | None) -> int | None:
     return calendar.timegm(datetime.date.fromisoformat(date).timetuple())
 
 
-def samples(bundle: dict, state: dict, dump: str | None, table: str | None,
+def table_differs(state: dict, table: str | None) -> bool:
+    """Whether the loaded table (``nft -j list table``; None: not loaded) differs from the
+    one recorded when the bundle was applied."""
+    if table is None:
+        return True
+    return bool(table_drift(state["table"], canonical_table(table))) if state.get("table") \
+        else False
+
+
+def samples(bundle: dict, state: dict, dump: str | None, counters: dict[str, tuple[int, int]],
+            table_drifts: bool,
             agent: dict | None, key_mtime: float | None, endpoint_changes: dict[str, int],
             denied: dict[str, int], now: float) -> list[tuple[str, dict, float]]:
-    """(metric, labels, value) of one host; ``dump`` and ``table`` None when the interface
-    or the table is missing."""
+    """(metric, labels, value) of one host; ``dump`` None when the interface is missing;
+    ``counters`` the table's (named_counters), ``table_drifts`` table_differs'."""
     node = bundle["name"]
     out: list[tuple[str, dict, float]] = [
         ("wgmesh_info", {"node": node, "interface": bundle["interface"],
@@ -118,8 +127,7 @@ def samples(bundle: dict, state: dict, dump: str | None, table: str | None,
         want[k]["allowed"] != have[k]["allowed"] for k in want if k in have)
     listen = conf["interface"].get("listenport")
     drift = drift or (listen is not None and int(listen[0]) != port)
-    live = canonical_table(table) if table is not None else None
-    drift = drift or bool(table_drift(state["table"], live) if state.get("table") else live)
+    drift = drift or table_drifts
     out.append(("wgmesh_drift", {}, int(drift)))
     out.append(("wgmesh_peers", {}, len(want)))
     punched = (agent or {}).get("peers") or {}
@@ -136,7 +144,6 @@ def samples(bundle: dict, state: dict, dump: str | None, table: str | None,
                 ("wgmesh_peer_receive_bytes_total", {"peer": name}, r["rx"]),
                 ("wgmesh_peer_transmit_bytes_total", {"peer": name}, r["tx"]),
                 ("wgmesh_peer_persistent_keepalive_seconds", {"peer": name}, r["keepalive"])]
-    counters = named_counters(table) if table is not None else {}
     for counter, reason in DROP_COUNTERS.items():
         if counter in counters:
             labels = {"counter": counter[len("dropped_"):], "reason": reason}

@@ -40,11 +40,18 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_metrics import 
     endpoints_moved,
     exposition,
     samples,
+    table_differs,
 )
-from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import LIST_TABLE
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import (
+    LIST_COUNTERS,
+    LIST_TABLE,
+    named_counters,
+    ruleset_generation,
+)
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_wireguard import peer_names
 
 DENIED_KEPT = 100  # the last denied flows kept in denied.json
+MONITOR_STATE = "monitor-state.json"
 # nfnetlink_log (linux/netfilter/nfnetlink_log.h)
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_ULOG = 4
@@ -66,13 +73,20 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _output(*argv: str) -> str | None:
-    """A command's output; None when it fails or is not installed."""
-    try:
-        p = subprocess.run(argv, capture_output=True, text=True)
-    except FileNotFoundError:
-        return None
-    return p.stdout if p.returncode == 0 else None
+def _outputs(*commands: tuple[str, ...]) -> list[str | None]:
+    """The commands' outputs, run side by side; None for one that fails or is missing."""
+    procs = []
+    for argv in commands:
+        try:
+            procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE,
+                                          stderr=subprocess.DEVNULL, text=True))
+        except FileNotFoundError:
+            procs.append(None)
+    out = []
+    for p in procs:
+        text = p.communicate()[0] if p is not None else None
+        out.append(text if p is not None and p.returncode == 0 else None)
+    return out
 
 
 class Monitor:
@@ -82,13 +96,18 @@ class Monitor:
         self.textfile = config.get("textfile") or ""
         self.interval = float(config.get("interval", 15))
         self.key_file = config.get("key_file")
-        self.endpoints: dict[str, str] = {}
-        self.endpoint_changes: dict[str, int] = {}
-        self.denied_counts: dict[str, int] = {}
+        # The counters, kept across restarts and shared with --once (monitor-state.json).
+        kept = self._json(MONITOR_STATE) or {}
+        self.endpoints: dict[str, str] = kept.get("endpoints", {})
+        self.endpoint_changes: dict[str, int] = kept.get("endpoint_changes", {})
+        self.denied_counts: dict[str, int] = kept.get("denied", {})
+        # [ruleset generation, the apply it was compared with, whether the table differed]
+        # of the last listing of the whole table
+        self.checked: list = kept.get("checked", [None, None, True])
         self.denied: list[dict] = json.loads(
             _read(os.path.join(state_dir, "denied.json")) or "[]")[-DENIED_KEPT:]
 
-    def _json(self, name: str) -> dict | None:
+    def _json(self, name: str):
         text = _read(os.path.join(self.state_dir, name))
         return json.loads(text) if text else None
 
@@ -98,18 +117,32 @@ class Monitor:
         bundle, state = self._json("bundle.json"), self._json("state.json")
         if bundle is None or state is None or not self.textfile:
             return False
-        dump = _output("wg", "show", bundle["interface"], "dump")
-        table = _output(*LIST_TABLE)
+        # The whole table is listed (and compared) only after the ruleset changed; its
+        # counters are read every time.
+        generation, applied = ruleset_generation(), [state.get("hash"), state.get("applied")]
+        if generation is None or [generation, applied] != self.checked[:2]:
+            dump, table = _outputs(("wg", "show", bundle["interface"], "dump"), LIST_TABLE)
+            counters = named_counters(table) if table is not None else {}
+            self.checked = [generation, applied, table_differs(state, table)]
+        else:
+            dump, listed = _outputs(("wg", "show", bundle["interface"], "dump"), LIST_COUNTERS)
+            counters = named_counters(listed) if listed is not None else {}
         self.endpoints = endpoints_moved(self.endpoints, dump, peer_names(bundle["wg_conf"]),
                                          self.endpoint_changes)
         try:
             key_mtime = os.stat(self.key_file).st_mtime if self.key_file else None
         except FileNotFoundError:
             key_mtime = None
-        rows = samples(bundle, state, dump, table, self._json("agent.json"), key_mtime,
-                       self.endpoint_changes, self.denied_counts, time.time())
+        self.keep()
+        rows = samples(bundle, state, dump, counters, self.checked[2], self._json("agent.json"),
+                       key_mtime, self.endpoint_changes, self.denied_counts, time.time())
         write_atomic(self.textfile, exposition(rows), 0o644, dir_mode=0o755)
         return True
+
+    def keep(self) -> None:
+        write_atomic(os.path.join(self.state_dir, MONITOR_STATE), json.dumps(
+            {"endpoints": self.endpoints, "endpoint_changes": self.endpoint_changes,
+             "denied": self.denied_counts, "checked": self.checked}), 0o600)
 
     def names(self) -> dict[str, str]:
         """Mesh address -> node name, from the bundle's hosts block."""
@@ -126,10 +159,13 @@ class Monitor:
         if flow is None:
             return
         flow["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        kept = self._json(MONITOR_STATE) or {}
+        self.denied_counts = kept.get("denied", self.denied_counts)
         self.denied_counts[flow["direction"]] = self.denied_counts.get(flow["direction"], 0) + 1
         print(flow_line(flow), flush=True)
         self.denied = [*self.denied, flow][-DENIED_KEPT:]
         write_atomic(os.path.join(self.state_dir, "denied.json"), json.dumps(self.denied), 0o600)
+        self.keep()
 
 
 def denied_flow(prefix: str, packet: bytes, names: dict[str, str]) -> dict | None:

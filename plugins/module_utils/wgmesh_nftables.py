@@ -5,6 +5,8 @@ wgmesh_apply (drift, repair) and the monitor (metrics). Standard library only.""
 from __future__ import annotations
 
 import json
+import socket
+import struct
 
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import (
     TABLE_FAMILY,
@@ -13,6 +15,40 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import
 
 TABLE = (TABLE_FAMILY, TABLE_NAME)
 LIST_TABLE = ("nft", "-j", "list", "table", *TABLE)
+LIST_COUNTERS = ("nft", "-j", "list", "counters", "table", *TABLE)
+# nf_tables over netlink (linux/netfilter/nf_tables.h): the ruleset's generation, which every
+# committed change of any table in the namespace moves on.
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_GETGEN, NFT_MSG_NEWGEN = 16, 15
+NFTA_GEN_ID = 1
+
+
+def ruleset_generation() -> int | None:
+    """The namespace's nf_tables generation (None when it cannot be read): while it stays
+    the same, no table has changed, so the costly listing of the whole table is skipped."""
+    try:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER) as sock:
+            sock.bind((0, 0))
+            sock.settimeout(2)
+            body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
+            sock.send(struct.pack("=IHHII", 16 + len(body),
+                                  (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, 1, 0, 0) + body)
+            data = sock.recv(4096)
+    except OSError:
+        return None
+    if len(data) < 20 or struct.unpack_from("=H", data, 4)[0] != (
+            (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN):
+        return None
+    at, end = 20, min(len(data), struct.unpack_from("=I", data)[0])
+    while at + 4 <= end:
+        size, kind = struct.unpack_from("=HH", data, at)
+        if size < 4:
+            break
+        if kind & 0x7FFF == NFTA_GEN_ID and size >= 8:
+            return struct.unpack_from("!I", data, at + 4)[0]
+        at += (size + 3) & ~3
+    return None
 
 
 def canonical_table(nft_json: str) -> str:

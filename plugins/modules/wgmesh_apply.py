@@ -1240,7 +1240,7 @@ class Host:
                      *([self.textfile] if self.textfile else []),
                      *(os.path.join(self.state_dir, f) for f in (
                          "state.json", "bundle.json", "previous.json", LAST_GOOD_FILES,
-                         "agent.json", "denied.json"))):
+                         "agent.json", "denied.json", "monitor-state.json"))):
             if os.path.exists(path):
                 actions.append(f"remove {path}")
                 if not check_mode:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import calendar
 import ipaddress
 import json
+import os
 import re
 import shutil
 import struct
@@ -24,13 +25,18 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_metrics import 
     endpoints_moved,
     exposition,
     samples,
+    table_differs,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_monitor import (
     denied_flow,
     flow_line,
     nflog_packets,
 )
-from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import canonical_table
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import (
+    canonical_table,
+    named_counters,
+    ruleset_generation,
+)
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_wireguard import peer_paths
 from wgmesh.programs import monitor_program
 
@@ -70,9 +76,11 @@ def host_rows(name="alice-desktop", **changes):
     table = table_json(COUNTERS)
     state = {"hash": b["hash"], "commit": "abc123", "applied": "2027-01-15T08:00:00Z",
              "table": canonical_table(table)}
-    args = {"bundle": b, "state": state, "dump": dump_of(b), "table": table, "agent": None,
-            "key_mtime": 1_790_000_000.0, "endpoint_changes": {}, "denied": {"in": 2},
-            "now": NOW} | changes
+    table = changes.pop("table", table)
+    args = {"bundle": b, "state": state, "dump": dump_of(b), "agent": None,
+            "counters": named_counters(table) if table else {},
+            "table_drifts": table_differs(state, table), "key_mtime": 1_790_000_000.0,
+            "endpoint_changes": {}, "denied": {"in": 2}, "now": NOW} | changes
     return samples(**args)
 
 
@@ -226,3 +234,30 @@ def test_the_monitor_program_runs_from_its_zip_alone(tmp_path):
     # No interface and no table here: both are reported, as drift.
     assert "wgmesh_interface_up 0\n" in text and "wgmesh_drift 1\n" in text
     assert 'wgmesh_info{node="db1",interface="wg0",bundle="' + b["hash"] in text
+
+
+def test_the_ruleset_generation_moves_with_every_change(tmp_path):
+    """The monitor lists the whole table only when this number moved (a namespace of its
+    own, so nothing else changes it meanwhile)."""
+    script = (
+        "import sys; sys.path[:0] = sys.argv[1:]\n"
+        "from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import "
+        "ruleset_generation as g\n"
+        "import subprocess\n"
+        "a = g(); b = g()\n"
+        "subprocess.run(['nft', 'add', 'table', 'inet', 'scratch'], check=True)\n"
+        "c = g()\n"
+        "subprocess.run(['nft', 'add', 'set', 'inet', 'scratch', 's', '{ type ipv4_addr; }'],"
+        " check=True)\n"
+        "d = g()\n"
+        "print(a, b, c, d)\n")
+    ns = f"wgmesh-gen-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        out = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", script,
+                              *sys.path], capture_output=True, text=True, check=True).stdout
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=True)
+    a, b, c, d = (int(x) for x in out.split())
+    assert a == b and c > b and d > c
+    assert isinstance(ruleset_generation(), int)

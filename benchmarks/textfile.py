@@ -1,0 +1,131 @@
+"""The monitor's textfile refresh on a lab host with a large bundle.
+
+    .venv/bin/python benchmarks/textfile.py [--peers 1000] [--rounds 20]
+
+The hub of benchmarks/apply.py's mesh (N peers, 10 tags, 3 ports each) is applied on the lab
+host "web" (a lab of its own, wgtxb) with the monitor, and every peer's public key made up,
+so `wg show dump` lists N peers. Then the monitor's refresh (wg show dump, the table's
+counters, drift against the bundle, the textfile written by rename) runs ``--rounds`` times
+in one process on the host: the first lists and compares the whole table (as after any
+change of the ruleset), the others see the same ruleset generation and read the counters
+only. Then once as its own process (`monitor.pyz --once`, Python's start included).
+Printed: peers, textfile size and series, the refresh times. Target (issue 31): under
+100 ms per refresh at 1,000 peers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from apply import write_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "lab"))
+sys.path.insert(0, str(REPO / "tests" / "unit"))
+
+from meshkit import fake_key  # noqa: E402
+from meshlab import MeshLab  # noqa: E402
+
+from wgmesh import programs, render  # noqa: E402
+from wgmesh.build import build  # noqa: E402
+
+PLAY = """
+- hosts: web
+  gather_facts: false
+  vars_files: [bundle.yml]
+  tasks:
+    - name: Apply the hub's bundle with the monitor
+      wgmesh_apply:
+        bundle: "{{ bench_bundle }}"
+        key_file: /etc/wireguard/wg0.key
+        monitor_program: "{{ bench_monitor }}"
+        metrics_textfile: /var/lib/prometheus/node-exporter/wgmesh.prom
+"""
+
+TIMED = """
+import json, statistics, sys, time
+sys.path.insert(0, "/var/lib/wgmesh/monitor.pyz")
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_monitor import Monitor
+m = Monitor("/var/lib/wgmesh")
+times = []
+for _ in range(int(sys.argv[1])):
+    t0 = time.perf_counter()
+    assert m.refresh()
+    times.append(time.perf_counter() - t0)
+print(json.dumps({"first": times[0], "median": statistics.median(times[1:]),
+                  "worst": max(times[1:])}))
+if sys.argv[2] == "profile":
+    import cProfile, pstats, subprocess
+    for argv in (["wg", "show", "wg0", "dump"], ["nft", "-j", "list", "table", "inet", "wgmesh"],
+                 ["nft", "-j", "list", "counters", "table", "inet", "wgmesh"]):
+        t0 = time.perf_counter()
+        subprocess.run(argv, capture_output=True)
+        print(" ".join(argv), f"{(time.perf_counter() - t0) * 1000:.0f} ms", file=sys.stderr)
+    cProfile.run("m.refresh()", "/tmp/refresh.prof")
+    pstats.Stats("/tmp/refresh.prof", stream=sys.stderr).sort_stats("cumulative").print_stats(18)
+"""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--peers", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--profile", action="store_true", help="and where one refresh's "
+                        "time goes (cProfile, on standard error)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "inputs").mkdir()
+        (d / "lab").mkdir()
+        lab = MeshLab(d / "lab", "wgtxb")
+        lab.lab.down()
+        lab.lab.up()
+        try:
+            key = lab.run("web", "sh", "-c", "umask 077; mkdir -p /etc/wireguard; wg genkey "
+                          "> /etc/wireguard/wg0.key; wg pubkey < /etc/wireguard/wg0.key"
+                          ).stdout.strip()
+            write_inputs(d / "inputs", args.peers)
+            nodes = build(d / "inputs", run_tests=False).mesh.nodes
+            keys = {n: fake_key(n) for n in nodes if n != "hub"} | {"hub": key}
+            b = build(d / "inputs", run_tests=False, keys=keys)
+            bundle = render.bundle(b.compiler.host("hub"), b.mesh.network, key)
+            monitor = base64.b64encode(programs.monitor_program()).decode()
+            (d / "inputs" / "bundle.yml").write_text(json.dumps(
+                {"bench_bundle": bundle, "bench_monitor": monitor}))
+            play = d / "inputs" / "apply.yml"
+            play.write_text(PLAY)
+            run = lab.playbook(play=play)
+            assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+            # The lab has no systemd: nothing runs the monitor but this benchmark.
+            timing = lab.run("web", "python3", "-c", TIMED, str(args.rounds),
+                             "profile" if args.profile else "-", timeout=300)
+            timed = json.loads(timing.stdout)
+            if args.profile:
+                print(timing.stderr, file=sys.stderr)
+            t0 = time.monotonic()
+            lab.run("web", "python3", "/var/lib/wgmesh/monitor.pyz", "--once")
+            once = time.monotonic() - t0
+            text = lab.run("web", "cat", "/var/lib/prometheus/node-exporter/wgmesh.prom").stdout
+            series = sum(1 for line in text.splitlines() if not line.startswith("#"))
+            peers = text.count("wgmesh_peer_last_handshake_timestamp_seconds{")
+            print(f"hub: {peers} peers, textfile {len(text) / 2**10:.0f} KiB, {series} series")
+            print(f"  refresh after the table changed (the whole table listed and compared): "
+                  f"{timed['first'] * 1000:.0f} ms")
+            print(f"  refresh otherwise (counters only; {args.rounds - 1} rounds): median "
+                  f"{timed['median'] * 1000:.0f} ms, worst {timed['worst'] * 1000:.0f} ms "
+                  "(target: under 100 ms at 1,000 peers)")
+            print(f"  monitor.pyz --once, as its own process (with the lab's exec): "
+                  f"{once * 1000:.0f} ms")
+        finally:
+            lab.lab.down()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
