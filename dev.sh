@@ -96,7 +96,7 @@ demo() {
     install; activate
     wgmesh lab up
     ansible-playbook site.yml
-    # Lab hosts have no systemd to run the NAT traversal agent: the lab starts it.
+    # Lab hosts have no systemd to run the NAT traversal agent and the monitor: the lab starts them.
     wgmesh lab agents
     sleep 5  # home1 and branch1 punch a direct path meanwhile
     echo "== what the mesh looks like now (playbooks/status.yml)"

@@ -15,7 +15,7 @@ DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 # is a command hidden from the tests).
 COMMAND = re.compile(r"(\$ )?([\w./~-]*/)?(wgmesh|ansible[\w-]*|\./dev\.sh|git|pip|python3|sh|"
                      r"echo|cd|export|sha256sum|dot|sudo|apt-get|nft|wg|wg-quick|ip|"
-                     r"systemctl|journalctl|PATH=\S+)(\s|$)")
+                     r"systemctl|journalctl|promtool|PATH=\S+)(\s|$)")
 COMMENT = re.compile(r"\s+#(\s.*)?$|^#.*$")
 
 

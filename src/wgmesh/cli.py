@@ -66,7 +66,7 @@ def default_inventory() -> str:
 
 # Exit codes, the same for every command (the README's table; plan's 3 and 4 live in plan.py).
 EXIT_OK = 0
-EXIT_FAILED = 1  # a check failed: a policy test, a stale lockfile (--locked), a lab step
+EXIT_FAILED = 1  # a check failed: a policy test, a stale lockfile (--locked), a lab step, why
 EXIT_INPUT = 2  # usage or input error: nothing was changed or judged
 EXIT_DRIFT = 5  # status: a host does not run what the inputs say
 EXIT_UNREACHED = 6  # status: a host could not be reached, or the status run itself failed
@@ -316,8 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("up", cmd_lab_up, "create the lab (idempotent) and print its hosts"),
         ("down", cmd_lab_down, "remove every namespace, link, process and file of the lab"),
         ("status", cmd_lab_status, "show each node and whether it runs"),
-        ("agents", cmd_lab_agents, "start the NAT traversal agent on the hosts that have it "
-         "and no systemd to run it (after site.yml)"),
+        ("agents", cmd_lab_agents, "start the NAT traversal agent and the monitor on the "
+         "hosts that have them and no systemd to run them (after site.yml)"),
     ]:
         p = lab_sub.add_parser(name, help=text)
         _topology_arg(p)

@@ -290,10 +290,11 @@ def nftables(host: HostOutput, net: Network) -> str:
             peer = "saddr" if direction == "in" else "daddr"
             port = host.agent.port
             agent_rule = [f"        ip {peer} @agent4 udp sport {port} udp dport {port} accept"]
-        # The kernel's own link-local chatter on the interface (router solicitations,
-        # multicast listener reports to ff02::/16) has no peer to go to: dropped, and not
-        # counted with what the policy refuses.
-        chatter = ["        ip6 daddr ff02::/16 drop"] if direction == "out" else []
+        # The kernel's own multicast chatter on the interface (router solicitations and
+        # listener reports to ff02::/16, IGMP reports to 224.0.0.22) has no peer to go to:
+        # dropped, and neither counted nor logged with what the policy refuses.
+        chatter = ["        ip daddr 224.0.0.0/4 drop",
+                   "        ip6 daddr ff02::/16 drop"] if direction == "out" else []
         lines += [f"    chain {chain} {{",
                   # Checked against this very table already (see the docstring). First: a
                   # packet conntrack finds invalid belongs to no connection, so it has no

@@ -217,16 +217,33 @@ def judge(answer: Answer, facts: dict[str, dict], now: float | None = None) -> N
     answer.live, answer.refused = lines, blame
 
 
+# The probes run with the host's python3 (which Ansible needs anyway), not nc, which a
+# minimal host may lack: a TCP connection (exit 0 when it is accepted), one UDP datagram.
+TCP_PROBE = ("import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), "
+             "timeout=2).close()")
+UDP_PROBE = ("import socket, sys; socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else "
+             "socket.AF_INET, socket.SOCK_DGRAM).sendto(b'wgmesh why', (sys.argv[1], "
+             "int(sys.argv[2])))")
+
+
 def probe_argv(flow: Flow, address: str) -> list[str]:
-    """The source's probe: a TCP connection, one ping, or nothing (UDP and SCTP have no
-    answer to wait for; their drops still show in the counters and the log)."""
+    """The source's probe: a TCP connection, one ping, one UDP datagram (no answer to wait
+    for), or nothing (SCTP; its drops still show in the counters and the log)."""
     if flow.proto == "tcp":
-        return ["nc", "-z", "-w", "2", address, str(flow.port)]
+        return ["python3", "-c", TCP_PROBE, address, str(flow.port)]
     if flow.proto in ("icmp", "ipv6-icmp", "icmpv6"):
         return ["ping", "-c", "1", "-W", "2", address]
     if flow.proto == "udp":
-        return ["nc", "-zu", "-w", "1", address, str(flow.port)]
+        return ["python3", "-c", UDP_PROBE, address, str(flow.port)]
     return []
+
+
+def probe_text(probe: list[str]) -> str:
+    """How the answer shows a probe."""
+    if probe[:2] == ["python3", "-c"]:
+        kind = "tcp connect" if probe[2] == TCP_PROBE else "udp datagram to"
+        return f"{kind} {probe[3]} port {probe[4]}"
+    return " ".join(probe)
 
 
 def host_facts(raw: dict, wg_conf: str, probe: list[str]) -> dict:
@@ -251,6 +268,6 @@ def host_facts(raw: dict, wg_conf: str, probe: list[str]) -> dict:
     rc = raw.get("probe_rc")
     if probe and rc not in (None, ""):
         # A UDP probe has no answer to wait for: sent, not judged.
-        out["probe"] = {"command": " ".join(probe),
-                        "ok": None if probe[:2] == ["nc", "-zu"] else int(rc) == 0}
+        out["probe"] = {"command": probe_text(probe),
+                        "ok": None if probe[2:3] == [UDP_PROBE] else int(rc) == 0}
     return out

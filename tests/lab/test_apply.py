@@ -206,7 +206,8 @@ def test_expired_and_removed_nodes_leave_their_hosts_clean(mesh):
     mesh_file = mesh.inventory / "mesh.yml"
     original = mesh_file.read_text()
     gone = ("ip link show wg0 2>/dev/null; nft list table inet wgmesh 2>/dev/null; "
-            "find /etc/wireguard /etc/wgmesh /var/lib/wgmesh -type f 2>/dev/null; "
+            "find /etc/wireguard /etc/wgmesh /var/lib/wgmesh /var/lib/prometheus -type f "
+            "2>/dev/null; "
             "grep wgmesh /etc/hosts; true")
     try:
         # pub3 expired yesterday; pub2 left mesh.yml (its host stays in the inventory);

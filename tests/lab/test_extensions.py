@@ -204,7 +204,7 @@ def test_management_networks_stay_off_the_exit_node(mesh, tmp_path):
     rule = f"to {web} lookup main"
     try:
         mesh_file.write_text(original.replace(
-            "nodes:\n", f"network:\n  management_networks: [{web}/32]\nnodes:\n", 1))
+            "network:\n", f"network:\n  management_networks: [{web}/32]\n", 1))
         run = mesh.playbook()
         assert run.returncode == 0, run.stdout[-3000:]
         assert rule in mesh.run("home2", "ip", "rule", "show", "priority", "1000").stdout

@@ -97,7 +97,8 @@ def test_pair_behind_two_nats_goes_direct_within_seconds(mesh, tmp_path):
 
     started = mesh.wgmesh("lab", "agents")  # as README and docs/lab.md show it
     assert started.returncode == 0, started.stderr
-    assert started.stdout == "agents started on: pub1, pub2, home1, cafe1, branch1\n"
+    assert started.stdout == ("agent and monitor started on: pub1, pub2, pub3, home1, home2, "
+                              "cafe1, branch1\n")
     took = wait_for(lambda: both_direct(mesh), 20)
     assert took is not None and took < 10, (agent(mesh, "home1"), agent(mesh, "branch1"))
     print(f"\nhome1 <-> branch1 direct {took:.1f} s after the agents started")

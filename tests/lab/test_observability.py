@@ -11,7 +11,8 @@ import time
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, ansible_env
+from docmd import block
 from meshlab import MeshLab
 
 pytestmark = pytest.mark.lab
@@ -180,9 +181,14 @@ def why(mesh, *args: str) -> subprocess.CompletedProcess:
 
 def test_why_names_the_refusing_rule_the_relay_path_and_a_drifted_host(mesh):
     home1, pub3 = mesh.mesh_address("home1"), mesh.mesh_address("pub3")
-    # 1. The policy refuses, and the source's filter enforces it.
-    denied = why(mesh, "home1", "pub3", "5432/tcp")
-    assert denied.returncode == 1, denied.stdout + denied.stderr
+    # 1. The policy refuses, and the source's filter enforces it: as docs/observability.md
+    # shows it, on this lab's inventory.
+    [cmd] = block("docs/observability.md: wgmesh why home1 pub3 5432/tcp --live -i "
+                  "inventories/lab").commands
+    denied = subprocess.run(["bash", "-c", cmd.text.replace("inventories/lab",
+                                                            str(mesh.inventory))],
+                            cwd=REPO, env=ansible_env(), capture_output=True, text=True)
+    assert denied.returncode == cmd.exit == 1, denied.stdout + denied.stderr
     assert "  policy: denies it: no rule allows it (default deny)\n" in denied.stdout
     assert f"  home1: logged: denied out: home1 ({home1}) -> pub3 ({pub3}) tcp/5432\n" \
         in denied.stdout
@@ -198,7 +204,7 @@ def test_why_names_the_refusing_rule_the_relay_path_and_a_drifted_host(mesh):
     assert re.search(r"  policy: allows it: acls\[\d+\] \(.*lab.hujson:\d+\)\n",
                      relayed.stdout)
     assert "  path:   relayed via pub1, endpoint [fd7a:115c:a1e1::" in relayed.stdout
-    assert f"  probe:  nc -z -w 2 {home1} 8080: answered\n" in relayed.stdout
+    assert f"  probe:  tcp connect {home1} port 8080: answered\n" in relayed.stdout
     assert relayed.stdout.endswith("  refused by: nothing, it passes\n")
 
     # 3. Allowed, but pub2's table lost the element that lets pub1 in: the host refuses.

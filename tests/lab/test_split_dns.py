@@ -13,7 +13,8 @@ from meshlab import MeshLab, reboot
 pytestmark = pytest.mark.lab
 
 RULE = '{"action": "accept", "src": ["group:eng"], "dst": ["legacy:53"]},'
-SPLIT = "network:\n  split_dns:\n    corp.example: [198.51.100.130]\nnodes:\n"
+# Under the lab mesh's own network section.
+SPLIT = "network:\n  split_dns:\n    corp.example: [198.51.100.130]\n"
 BEFORE = "nameserver 192.0.2.80\nsearch example.net\n"
 
 
@@ -32,7 +33,7 @@ def lab(tmp_path_factory):
                                                                 '"acls": [\n    ' + RULE, 1)
     (tmp / "dns.hujson").write_text(policy)
     mesh = (REPO / "inventories/lab/mesh.yml").read_text().replace(
-        "../../policies/lab.hujson", str(tmp / "dns.hujson")).replace("nodes:\n", SPLIT, 1)
+        "../../policies/lab.hujson", str(tmp / "dns.hujson")).replace("network:\n", SPLIT, 1)
     lab = MeshLab(tmp / "inv", "wgx", mesh=mesh)
     lab.mesh_text = (tmp / "inv/mesh.yml").read_text()  # as MeshLab wrote it for this lab
     lab.lab.down()
@@ -90,7 +91,7 @@ def test_split_dns_comes_back_with_the_interface_after_a_reboot(lab):
 def test_second_run_changes_nothing_and_removal_restores_the_resolver(lab, tmp_path):
     again = lab.playbook()
     assert again.returncode == 0 and "changed=0" in again.stdout, again.stdout[-2000:]
-    (lab.inventory / "mesh.yml").write_text(lab.mesh_text.replace(SPLIT, "nodes:\n", 1))
+    (lab.inventory / "mesh.yml").write_text(lab.mesh_text.replace(SPLIT, "network:\n", 1))
     try:
         run = lab.playbook()
         assert run.returncode == 0, run.stdout[-3000:]

@@ -44,7 +44,8 @@ RULESET = "/etc/wgmesh/nftables.nft"
 # take a drop-in (reloaded through systemd), pub1 running SSH policy.
 DNS_RULE = '{"action": "accept", "src": ["group:eng"], "dst": ["legacy:53"]},'
 SSH_RULE = '{"action": "accept", "src": ["group:eng"], "dst": ["tag:web"], "users": ["root"]}'
-SPLIT = "network:\n  split_dns:\n    corp.example: [198.51.100.130]\nnodes:\n"
+# Under the lab mesh's own network section.
+SPLIT = "network:\n  split_dns:\n    corp.example: [198.51.100.130]\n"
 # The mesh resolver on pub3 (the office router), which alice's group may ask (UDP 53); a
 # laptop outside the mesh that boots systemd with systemd-resolved runs alice's phone1
 # configuration with plain wg-quick (whose DNS line goes to resolvconf, here resolved's).
@@ -70,7 +71,7 @@ def mesh(tmp_path_factory):
         1)
     (tmp / "policy.hujson").write_text(policy)
     mesh = (REPO / "inventories/lab/mesh.yml").read_text().replace(
-        "../../policies/lab.hujson", str(tmp / "policy.hujson")).replace("nodes:\n", SPLIT, 1)
+        "../../policies/lab.hujson", str(tmp / "policy.hujson")).replace("network:\n", SPLIT, 1)
     mesh = mesh.replace("    tags: [tag:web]\n", "    tags: [tag:web]\n    ssh_policy: true\n", 1)
     mesh = mesh.replace("    tags: [tag:router]\n", "    tags: [tag:router]\n    resolver: true\n",
                         1)
@@ -139,6 +140,41 @@ def test_the_agent_runs_as_a_confined_service_and_punches_from_a_systemd_host(me
         time.sleep(0.2)
     assert direct(), journal(mesh, "home1", "wgmesh-agent.service")
     assert "home1: direct at" in mesh.run("branch1", "cat", "/var/log/wgmesh-agent.log").stdout
+
+
+def test_the_monitor_runs_as_a_confined_service_and_logs_denied_flows_to_the_journal(mesh):
+    """The role installed wgmesh-monitor.service on the systemd hosts: it keeps
+    CAP_NET_ADMIN only, writes the textfile on its own, and its journal names a flow the
+    policy denies (docs/observability.md's host block, run on home1)."""
+    for node in SYSTEMD_HOSTS:
+        unit = "wgmesh-monitor.service"
+        assert mesh.run(node, "systemctl", "is-enabled", unit).stdout.strip() == "enabled"
+        shown = mesh.run(node, "systemctl", "show", unit, "-p", "CapabilityBoundingSet",
+                         "-p", "ProtectSystem").stdout.splitlines()
+        assert dict(line.split("=", 1) for line in shown) == {
+            "CapabilityBoundingSet": "cap_net_admin", "ProtectSystem": "strict"}, shown
+    home1, pub3 = mesh.mesh_address("home1"), mesh.mesh_address("pub3")
+    refused = mesh.python("home1", "import socket\n"
+                          f"socket.create_connection(('{pub3}', 5432), timeout=1)", check=False)
+    assert "TimeoutError" in refused.stderr, refused.stderr  # dropped, not refused
+    line = f"denied out: home1 ({home1}) -> pub3 ({pub3}) tcp/5432"
+    deadline = time.monotonic() + 20  # the service's own refresh: every 15 s
+    while time.monotonic() < deadline and not (
+            line in journal(mesh, "home1", "wgmesh-monitor.service")
+            and "wgmesh_denied_flows_logged_total{direction=\"out\"} 0" not in mesh.run(
+                "home1", "cat", "/var/lib/prometheus/node-exporter/wgmesh.prom").stdout):
+        time.sleep(0.5)
+    said = []
+    for cmd in block("docs/observability.md: systemctl is-active wgmesh-monitor").commands:
+        run = mesh.run("home1", "sh", "-c", cmd.text, check=False)
+        assert run.returncode == cmd.exit, (cmd.text, run.stdout, run.stderr)
+        said.append(run.stdout)
+    active, textfile, logged = said
+    assert active.strip() == "active"
+    assert 'wgmesh_info{node="home1",interface="wg0"' in textfile
+    assert "wgmesh_drift 0\n" in textfile and "wgmesh_interface_up 1\n" in textfile
+    assert "wgmesh_denied_flows_logged_total{direction=\"out\"} 0" not in textfile
+    assert line in logged
 
 
 def resolved_link(mesh, node: str) -> tuple[str, str]:

@@ -211,7 +211,7 @@ def test_render_shows_every_file_the_bundle_writes(tmp_path):
         r"^lockfile: .*$", "lockfile: mesh.lock.yml",
         (REPO / "inventories/lab/mesh.yml").read_text(), flags=re.M).replace(
         "../../policies/lab.hujson", "lab.hujson").replace(
-        "nodes:\n", "network:\n  split_dns:\n    corp.example: [198.51.100.130]\nnodes:\n", 1))
+        "network:\n", "network:\n  split_dns:\n    corp.example: [198.51.100.130]\n", 1))
     seen = set()
     for inv, names in ((example, ("db1", "web1")), (lab, ("pub1", "pub3", "home1"))):
         b = build(inv, run_tests=False)

@@ -43,6 +43,11 @@ WHERE = {
     "docs/gitops.md: echo '{\"src\": \"group:admins\", \"dst\": \"tag:db\", \"proto\": \"tcp\", "
     "\"port\": 5432}' | wgmesh eval -i inventories/prod": "here",
     "docs/graph.md: wgmesh graph -i inventories/lab --out mesh.html": "here",
+    "docs/observability.md: promtool check rules docs/monitoring/alerts.yml": "project",
+    "docs/observability.md: systemctl is-active wgmesh-monitor": "tests/lab/test_systemd.py",
+    "docs/observability.md: wgmesh why home1 pub3 5432/tcp -i inventories/lab": "here",
+    "docs/observability.md: wgmesh why home1 pub3 5432/tcp --live -i inventories/lab":
+        "tests/lab/test_observability.py",
     "docs/scale.md: ansible-galaxy collection build --output-path dist": "project",
     "docs/scale.md: pip wheel --no-deps -w dist .": "project",
     "docs/scale.md: /opt/wgmesh/.venv/bin/wgmesh host enrol --pull "

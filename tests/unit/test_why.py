@@ -120,13 +120,15 @@ def test_what_a_host_brought_back_is_read(golden):
            "before": json.dumps(counters), "after": json.dumps(counters),
            "denied_before": json.dumps([old]), "denied_after": json.dumps([old, new]),
            "probe_rc": "1"}
-    f = why.host_facts(raw, conf, ["nc", "-z", "-w", "2", "100.64.0.8", "443"])
+    f = why.host_facts(raw, conf, why.probe_argv(why.Flow("db1", "web1", "tcp", 443),
+                                                 "100.64.0.8"))
     assert f["peers"] == {"carol-phone": {"endpoint": "192.0.2.11:51820",
                                           "handshake": 1700000000}}
     assert f["before"] == {"dropped_in": 7} and f["denied"] == ["denied in: a -> b tcp/443"]
-    assert f["probe"] == {"command": "nc -z -w 2 100.64.0.8 443", "ok": False}
-    udp = why.host_facts(raw | {"probe_rc": "0"}, conf, ["nc", "-zu", "-w", "1", "x", "53"])
-    assert udp["probe"]["ok"] is None
+    assert f["probe"] == {"command": "tcp connect 100.64.0.8 port 443", "ok": False}
+    udp = why.host_facts(raw | {"probe_rc": "0"}, conf,
+                         why.probe_argv(why.Flow("db1", "web1", "udp", 53), "100.64.0.8"))
+    assert udp["probe"] == {"command": "udp datagram to 100.64.0.8 port 53", "ok": None}
 
 
 def test_the_command_exits_0_only_when_the_flow_passes():
@@ -138,3 +140,22 @@ def test_the_command_exits_0_only_when_the_flow_passes():
     assert run("alice-desktop", "bob-laptop", "8080/tcp").returncode == 1
     bad = run("alice-desktop", "bob-laptop", "22/icmp")
     assert bad.returncode == 2 and "icmp has no port" in bad.stderr
+
+
+def test_the_probes_run_with_python_alone(tmp_path):
+    """A TCP probe exits 0 only when a listener accepts; the UDP probe sends (both as the
+    source host runs them, with its python3)."""
+    import socket
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    tcp = why.probe_argv(why.Flow("a", "b", "tcp", port), "127.0.0.1")
+    assert subprocess.run([sys.executable, *tcp[1:]]).returncode == 0
+    listener.close()
+    assert subprocess.run([sys.executable, *tcp[1:]], capture_output=True).returncode != 0
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    receiver.bind(("127.0.0.1", 0))
+    udp = why.probe_argv(why.Flow("a", "b", "udp", receiver.getsockname()[1]), "127.0.0.1")
+    assert subprocess.run([sys.executable, *udp[1:]]).returncode == 0
+    assert receiver.recv(100) == b"wgmesh why"
+    receiver.close()
+    assert why.probe_argv(why.Flow("a", "b", "icmp"), "10.0.0.1")[0] == "ping"
