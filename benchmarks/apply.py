@@ -64,6 +64,18 @@ def write_inputs(d: Path, n: int) -> None:
         {"tagOwners": {t: [] for t in tags}, "acls": acls}))
 
 
+def hub_bundle(lab: MeshLab, inputs: Path, peers: int) -> tuple[dict, dict]:
+    """The compiled mesh of ``peers`` nodes (write_inputs) and the hub's bundle, with the key
+    the lab host "web" makes for it (every other key made up)."""
+    key = lab.run("web", "sh", "-c", "umask 077; mkdir -p /etc/wireguard; wg genkey "
+                  "> /etc/wireguard/wg0.key; wg pubkey < /etc/wireguard/wg0.key").stdout.strip()
+    write_inputs(inputs, peers)
+    nodes = build(inputs, run_tests=False).mesh.nodes
+    keys = {n: fake_key(n) for n in nodes if n != "hub"} | {"hub": key}
+    b = build(inputs, run_tests=False, keys=keys)
+    return b, render.bundle(b.compiler.host("hub"), b.mesh.network, key)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peers", type=int, default=1000)
@@ -78,15 +90,8 @@ def main() -> int:
         lab.lab.down()
         lab.lab.up()
         try:
-            key = lab.run("web", "sh", "-c", "umask 077; mkdir -p /etc/wireguard; wg genkey "
-                          "> /etc/wireguard/wg0.key; wg pubkey < /etc/wireguard/wg0.key"
-                          ).stdout.strip()
-            write_inputs(d / "inputs", args.peers)
-            nodes = build(d / "inputs", run_tests=False).mesh.nodes
-            keys = {n: fake_key(n) for n in nodes if n != "hub"} | {"hub": key}
-            b = build(d / "inputs", run_tests=False, keys=keys)
+            b, bundle = hub_bundle(lab, d / "inputs", args.peers)
             h = b.compiler.host("hub")
-            bundle = render.bundle(h, b.mesh.network, key)
             elements = len(re.findall(r"\. tcp \.", bundle["nftables"]))
             # Not in the inventory folder: Ansible reads every file there as a source.
             (d / "inputs" / "bundle.yml").write_text(json.dumps({"bench_bundle": bundle}))

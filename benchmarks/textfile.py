@@ -23,17 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from apply import write_inputs
+from apply import MeshLab, hub_bundle
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "lab"))
-sys.path.insert(0, str(REPO / "tests" / "unit"))
-
-from meshkit import fake_key  # noqa: E402
-from meshlab import MeshLab  # noqa: E402
-
-from wgmesh import programs, render  # noqa: E402
-from wgmesh.build import build  # noqa: E402
+from wgmesh import programs
 
 PLAY = """
 - hosts: web
@@ -87,14 +79,7 @@ def main() -> int:
         lab.lab.down()
         lab.lab.up()
         try:
-            key = lab.run("web", "sh", "-c", "umask 077; mkdir -p /etc/wireguard; wg genkey "
-                          "> /etc/wireguard/wg0.key; wg pubkey < /etc/wireguard/wg0.key"
-                          ).stdout.strip()
-            write_inputs(d / "inputs", args.peers)
-            nodes = build(d / "inputs", run_tests=False).mesh.nodes
-            keys = {n: fake_key(n) for n in nodes if n != "hub"} | {"hub": key}
-            b = build(d / "inputs", run_tests=False, keys=keys)
-            bundle = render.bundle(b.compiler.host("hub"), b.mesh.network, key)
+            _, bundle = hub_bundle(lab, d / "inputs", args.peers)
             monitor = base64.b64encode(programs.monitor_program()).decode()
             (d / "inputs" / "bundle.yml").write_text(json.dumps(
                 {"bench_bundle": bundle, "bench_monitor": monitor}))
