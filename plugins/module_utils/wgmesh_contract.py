@@ -51,10 +51,12 @@ def bundle_hash(bundle: dict) -> str:
 
 # The names of the IP protocols the policy and the denied-flow log write by name.
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "ipv6-icmp", 132: "sctp"}
-# The table's named drop counters and why each drops: the policy's three chains, packets
-# with mesh addresses on other interfaces (forged), and the hop interface's relay rules.
+# The table's named drop counters and why each drops: the policy's three chains; packets with
+# mesh addresses on other interfaces (forged); on a relay, packets of pairs it does not
+# relay; on the hop interface, anything but end-to-end WireGuard (the relayed underlay).
 DROP_COUNTERS = {"dropped_in": "policy", "dropped_out": "policy", "dropped_fwd": "policy",
-                 "dropped_underlay": "anti_spoof", "dropped_hop": "relay"}
+                 "dropped_underlay": "anti_spoof", "dropped_relay": "relay",
+                 "dropped_hop": "underlay"}
 # Denied-flow logs (network.log_denied): the policy's drops are copied, headers only and
 # rate-limited, to this nflog group, where the host's monitor names them.
 DENIED_LOG_GROUP = 5747

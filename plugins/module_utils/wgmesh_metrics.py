@@ -43,7 +43,8 @@ METRICS = {
     "wgmesh_peer_endpoint_changes_total": ("counter", "Times the monitor saw a peer's "
                                                       "endpoint change."),
     "wgmesh_dropped_packets_total": ("counter", "Packets the filter dropped, by counter and "
-                                                "reason (policy, anti_spoof, relay)."),
+                                                "reason (policy, anti_spoof, relay, "
+                                                "underlay)."),
     "wgmesh_dropped_bytes_total": ("counter", "Bytes the filter dropped, by counter and "
                                               "reason."),
     "wgmesh_key_created_timestamp_seconds": ("gauge", "When the host's private key was "

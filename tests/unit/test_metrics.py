@@ -19,6 +19,7 @@ import pytest
 
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import (
     DENIED_LOG_PREFIX,
+    DROP_COUNTERS,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_metrics import (
     METRICS,
@@ -261,3 +262,22 @@ def test_the_ruleset_generation_moves_with_every_change(tmp_path):
     a, b, c, d = (int(x) for x in out.split())
     assert a == b and c > b and d > c
     assert isinstance(ruleset_generation(), int)
+
+
+def test_every_drop_counter_a_table_declares_has_a_reason():
+    """The names the renderer gives its counters are the ones the monitor knows (a relay's
+    table, web1's, has them all)."""
+    declared = set()
+    for table in GOLDEN.glob("*/nftables.nft"):
+        declared |= set(re.findall(r"^    counter (\w+) \{ \}$", table.read_text(), re.M))
+    assert declared == set(DROP_COUNTERS)
+    relay = golden_bundle("web1")
+    counters = dict.fromkeys(DROP_COUNTERS, (2, 100))
+    table = table_json(counters)
+    state = {"hash": relay["hash"], "table": canonical_table(table)}
+    rows = samples(relay, state, dump_of(relay), named_counters(table), False, None, None, {},
+                   {}, NOW)
+    assert {(lab["counter"], lab["reason"]) for n, lab, _ in rows
+            if n == "wgmesh_dropped_packets_total"} == {
+        ("in", "policy"), ("out", "policy"), ("fwd", "policy"), ("underlay", "anti_spoof"),
+        ("relay", "relay"), ("hop", "underlay")}
