@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import importlib.util
 import json
 import os
 import shlex
@@ -14,17 +13,16 @@ import tempfile
 
 from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
-from ansible.plugins.loader import module_loader
 
-
-def _module_code():
-    """The module's own functions (bundle check, file list, names block), so the two ways
-    of writing a bundle cannot disagree about what it holds."""
-    path = module_loader.find_plugin("wgmesh_apply")
-    spec = importlib.util.spec_from_file_location("wgmesh_apply_module", path)
-    code = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(code)
-    return code
+# The module's own rules (bundle check, file list, names block), so the two ways of writing
+# a bundle cannot disagree about what it holds.
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_bundle import (
+    SSHD_DROPIN,
+    BundleError,
+    bundle_files,
+    check_bundle,
+    with_hosts_block,
+)
 
 
 class ActionModule(ActionBase):
@@ -38,13 +36,12 @@ class ActionModule(ActionBase):
                                                task_vars=task_vars))
             self._remove_tmp_path(self._connection._shell.tmpdir)
             return result
-        code = _module_code()
         b = args.get("bundle")
         if not isinstance(b, dict):
             raise AnsibleActionFail("bundle is required")
         try:
-            code.check_bundle(b)
-        except code.ApplyError as exc:
+            check_bundle(b)
+        except BundleError as exc:
             raise AnsibleActionFail(str(exc)) from exc
         root = args["root"]
 
@@ -53,12 +50,11 @@ class ActionModule(ActionBase):
 
         hosts = under(args.get("hosts_file") or "/etc/hosts")
         state = under(os.path.join(args.get("state_dir") or "/var/lib/wgmesh", "bundle.json"))
-        dropin = args.get("sshd_dropin") or code.SSHD_DROPIN
-        files = [(under(p), text, mode)
-                 for p, text, mode in code.bundle_files(b, dropin)]
+        dropin = args.get("sshd_dropin") or SSHD_DROPIN
+        files = [(under(p), text, mode) for p, text, mode in bundle_files(b, dropin)]
         have = self._read([p for p, _, _ in files] + [hosts])
-        files.append((hosts, code.with_hosts_block(have[hosts] or "", b["interface"],
-                                                   b["hosts_block"] or None), 0o644))
+        files.append((hosts, with_hosts_block(have[hosts] or "", b["interface"],
+                                              b["hosts_block"] or None), 0o644))
         changes = [(p, text, mode) for p, text, mode in files if have[p] != text]
         actions = [f"{'write' if text is not None else 'remove'} {p}" for p, text, _ in changes]
         if changes and not self._task.check_mode:

@@ -244,8 +244,16 @@ from ansible.module_utils.basic import AnsibleModule
 
 # What the controller renders and this module must agree on, in one copy (Ansible packs it
 # into this module's payload): the bundle's format and hash, canonical JSON, the paths.
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_bundle import (
+    KEY_TEXT,
+    SSHD_DROPIN,
+    SYSCTL_PATH,
+    BundleError,
+    bundle_files,
+    check_bundle,
+    with_hosts_block,
+)
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import (
-    BUNDLE_FORMAT,
     DNSMASQ_CONF,
     DNSMASQ_PID,
     MANAGEMENT_RULE_PRIORITY,
@@ -255,15 +263,11 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import
     RESOLVER_PID,
     RULESET_PATH,
     bundle_digest,
-    bundle_hash,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import (
     write_atomic as write_file,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_keys import public_of
-from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_metrics import (
-    valid_monitor_part,
-)
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import (
     LIST_TABLE,
     TABLE,
@@ -316,11 +320,8 @@ class Runner:
         return done.returncode, done.stdout
 
 
-# Anything shaped like a WireGuard key (private or public): wg and wg-quick may echo the line
-# of a configuration they refuse, and that line can hold the private key.
-KEY_TEXT = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
-
-
+# wg and wg-quick may echo the line of a configuration they refuse, and that line can hold
+# the private key: their output is reported with every key-shaped string replaced.
 def redact(text: str) -> str:
     """Command output safe to report: every key-shaped string replaced."""
     return KEY_TEXT.sub("(key redacted)", text)
@@ -654,27 +655,6 @@ def live_table(run: Runner) -> str | None:
     return canonical_table(text) if rc == 0 else None
 
 
-HOSTS_MARK = "# {} wgmesh {} (managed by Ansible)"
-
-
-def with_hosts_block(text: str, iface: str, block: str | None) -> str:
-    """The hosts file with our block replaced (None: removed). The markers are the ones
-    Ansible's blockinfile used, so files written by earlier versions are taken over."""
-    begin, end = HOSTS_MARK.format("BEGIN", iface), HOSTS_MARK.format("END", iface)
-    lines = text.splitlines(keepends=True)
-    try:
-        i = lines.index(begin + "\n")
-        j = lines.index(end + "\n", i)
-        del lines[i:j + 1]
-    except ValueError:
-        i = len(lines)
-    if block is not None:
-        if i == len(lines) and lines and not lines[-1].endswith("\n"):
-            lines[-1] += "\n"
-        lines[i:i] = [begin + "\n", block, end + "\n"]
-    return "".join(lines)
-
-
 def read(path: str) -> str | None:
     try:
         with open(path) as fh:
@@ -697,21 +677,10 @@ def write_atomic(path: str, text: str | bytes | None, mode: int) -> None:
     write_file(path, text, mode, dir_mode=0o755)
 
 
-SYSCTL_PATH = "/etc/sysctl.d/60-wgmesh.conf"
 FORWARDING = {"/proc/sys/net/ipv4/ip_forward": "1",
               "/proc/sys/net/ipv6/conf/all/forwarding": "1"}
 
 
-SSHD_DROPIN = "/etc/ssh/sshd_config.d/wgmesh.conf"
-
-
-def bundle_files(b: dict, sshd_dropin: str = SSHD_DROPIN) -> list[tuple[str, str | None, int]]:
-    """(path, content or None for absent, mode) of every file a bundle makes."""
-    return [(f"/etc/wireguard/{b['interface']}.conf", b["wg_conf"], 0o600),
-            (f"/etc/wireguard/{b['hop_interface']}.conf", b["hop_conf"], 0o600),
-            (RULESET, b["nftables"], 0o644),
-            (SYSCTL_PATH, b["sysctl"], 0o644),
-            (sshd_dropin, b.get("sshd"), 0o644)]
 
 
 # A reboot half way through an apply may leave files of two bundles on disk. Where systemd
@@ -839,23 +808,6 @@ DNSMASQ_ADDRESS = "127.0.0.153"
 # The resolvers /etc/resolv.conf named before (dnsmasq drops root, so not in state_dir).
 UPSTREAM = "/etc/wgmesh/upstream-resolv.conf"
 RESOLV_CONF = "/etc/resolv.conf"
-DOMAIN_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}"
-                       r"[a-z0-9])?)*")
-
-
-def check_dns(dns: dict) -> None:
-    for domain, servers in dns.items():
-        if not DOMAIN_RE.fullmatch(domain) or not isinstance(servers, list) or not servers:
-            raise ApplyError(f"the bundle's split DNS entry {domain!r} is not a domain with "
-                             "nameservers")
-        for server in servers:
-            # Whole-string: an address with a scope id (or anything else) never reaches
-            # dnsmasq's configuration.
-            if not isinstance(server, str) or not re.fullmatch(r"[0-9A-Fa-f:.]{2,45}", server):
-                raise ApplyError(f"the bundle's nameserver {server!r} is not an address")
-            ipaddress.ip_address(server)
-
-
 def resolved_runs() -> bool:
     return os.path.isdir("/run/systemd/resolve") and shutil.which("resolvectl") is not None
 
@@ -969,19 +921,6 @@ def sync_dnsmasq(run: Runner, dns: dict | None, check_mode: bool) -> list[str]:
         if not check_mode:
             write_system_file(RESOLV_CONF, our_resolv_conf(original))
     return actions
-
-
-# The mesh resolver (the contract's RESOLVER_CONF, _PID): the controller renders its
-# configuration, checked here line by line: an option with a plain value, or the header.
-RESOLVER_LINE = re.compile(r"[a-z-]{1,20}(=[A-Za-z0-9._:/,=-]{1,300})?")
-
-
-def check_resolver_conf(text: object) -> None:
-    lines = text.splitlines() if isinstance(text, str) else []
-    if not (lines and lines[0].startswith("# wgmesh: the mesh resolver")
-            and all(RESOLVER_LINE.fullmatch(line) for line in lines[1:])
-            and f"pid-file={RESOLVER_PID}" in lines):
-        raise ApplyError("the bundle's resolver configuration is malformed")
 
 
 def sync_resolver(run: Runner, conf: str | None, check_mode: bool) -> list[str]:
@@ -1355,40 +1294,6 @@ def check_trust(trust) -> dict:
     return trust
 
 
-def check_bundle(b: dict) -> None:
-    if b.get("format") != BUNDLE_FORMAT:
-        raise ApplyError(f"bundle format {b.get('format')!r} is not {BUNDLE_FORMAT}: update "
-                         "wgmesh on the controller and on this host together")
-    for key in ("interface", "hop_interface"):
-        if not re.fullmatch(r"[a-zA-Z0-9_.=+-]{1,15}", str(b.get(key))):
-            raise ApplyError(f"invalid {key} {b.get(key)!r}")
-    for key in ("wg_conf", "nftables", "hosts_block"):
-        if not isinstance(b.get(key), str):
-            raise ApplyError(f"the bundle has no {key}")
-    if b.get("sshd") is not None and not isinstance(b["sshd"], str):
-        raise ApplyError("the bundle's sshd rules are not text")
-    if b.get("dns") is not None:
-        if not isinstance(b["dns"], dict):
-            raise ApplyError("the bundle's split DNS is not a mapping")
-        try:
-            check_dns(b["dns"])
-        except ValueError as exc:
-            raise ApplyError(f"the bundle's split DNS has a bad nameserver: {exc}") from exc
-    if b.get("resolver_conf") is not None:
-        check_resolver_conf(b["resolver_conf"])
-    agent = b.get("agent")
-    if agent is not None and not (
-            isinstance(agent, dict) and isinstance(agent.get("port"), int)
-            and all(isinstance(agent.get(k, []), list) for k in ("lighthouses", "punch"))
-            and all(KEY_TEXT.fullmatch(str(p.get("public_key"))) for p in agent.get("punch", []))):
-        raise ApplyError("the bundle's agent part is malformed")
-    if b.get("monitor") is not None and not valid_monitor_part(b["monitor"]):
-        raise ApplyError("the bundle's monitor part is malformed")
-    # The bundle's hash covers its content: a bundle changed on the way is refused.
-    if bundle_hash(b) != b.get("hash"):
-        raise ApplyError("the bundle's content does not match its hash")
-
-
 def main() -> None:
     started = time.monotonic()
     # A connection cut mid-apply must not cut the transaction half-way: the apply (or its
@@ -1509,7 +1414,7 @@ def main() -> None:
             host.run("nft", "-c", "-f", "-", data=b["nftables"])
         elif not checked and not check_mode:
             raise ApplyError("nft is missing: install nftables (wgmesh_manage_packages)")
-    except ApplyError as exc:
+    except (ApplyError, BundleError) as exc:
         module.fail_json(msg=str(exc), changed=False, **result)
 
     try:

@@ -12,6 +12,13 @@ import pytest
 import wgstrict
 from meshkit import make, plugin
 
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_bundle import (
+    BundleError,
+    check_bundle,
+    check_dns,
+    with_hosts_block,
+)
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import bundle_hash
 from wgmesh import render
 
 HERE = Path(__file__).resolve().parents[2]
@@ -36,16 +43,16 @@ def test_the_bundle_hash_follows_content_not_commit(tmp_path):
     other = bundle_of(tmp_path, policy={"acls": [{"action": "accept", "src": ["*"],
                                                   "dst": ["*:*"]}]})
     assert other["hash"] != one["hash"]
-    apply.check_bundle(one)  # the module recomputes the same hash
+    check_bundle(one)  # the module recomputes the same hash
 
 
 def test_a_bundle_changed_on_the_way_is_refused(tmp_path):
     b = bundle_of(tmp_path)
     b["nftables"] = b["nftables"].replace("policy accept", "policy drop")
-    with pytest.raises(apply.ApplyError, match="does not match its hash"):
-        apply.check_bundle(b)
-    with pytest.raises(apply.ApplyError, match="format"):
-        apply.check_bundle({**bundle_of(tmp_path), "format": 2})
+    with pytest.raises(BundleError, match="does not match its hash"):
+        check_bundle(b)
+    with pytest.raises(BundleError, match="format"):
+        check_bundle({**bundle_of(tmp_path), "format": 2})
 
 
 def test_the_interface_the_module_brings_up_loads_the_filter_first(tmp_path):
@@ -62,10 +69,10 @@ def test_the_interface_the_module_brings_up_loads_the_filter_first(tmp_path):
 def test_hosts_block_is_replaced_in_place_and_removed():
     text = "127.0.0.1 localhost\n# BEGIN wgmesh wg0 (managed by Ansible)\nold\n" \
            "# END wgmesh wg0 (managed by Ansible)\n::1 localhost\n"
-    new = apply.with_hosts_block(text, "wg0", "100.64.0.1\ta a.mesh\n")
+    new = with_hosts_block(text, "wg0", "100.64.0.1\ta a.mesh\n")
     assert new == text.replace("old\n", "100.64.0.1\ta a.mesh\n")
-    assert apply.with_hosts_block(new, "wg0", None) == "127.0.0.1 localhost\n::1 localhost\n"
-    added = apply.with_hosts_block("127.0.0.1 localhost", "wg0", "x\n")
+    assert with_hosts_block(new, "wg0", None) == "127.0.0.1 localhost\n::1 localhost\n"
+    added = with_hosts_block("127.0.0.1 localhost", "wg0", "x\n")
     assert added == ("127.0.0.1 localhost\n# BEGIN wgmesh wg0 (managed by Ansible)\nx\n"
                      "# END wgmesh wg0 (managed by Ansible)\n")
 
@@ -158,10 +165,10 @@ def test_split_dns_reaches_the_bundle_of_hosts_that_may_reach_the_nameserver(tmp
     assert bundles["a"]["dns"] == {"corp.example": ["100.64.0.3"]}
     assert bundles["b"]["dns"] is None  # bob may not reach it: left as it was, and warned
     assert any("b (corp.example)" in w for w in b.compiler.warnings)
-    apply.check_bundle(bundles["a"])
+    check_bundle(bundles["a"])
     bad = dict(bundles["a"], dns={"corp.example\nserver=/x/1.2.3.4": ["100.64.0.3"]})
-    with pytest.raises(apply.ApplyError):
-        apply.check_dns(bad["dns"])
+    with pytest.raises(BundleError):
+        check_dns(bad["dns"])
 
 
 def test_the_local_resolver_keeps_the_hosts_search_and_upstream():
@@ -238,8 +245,8 @@ def test_the_agent_part_of_a_bundle_is_checked(tmp_path):
     body = {k: v for k, v in b.items() if k not in ("hash", "commit")}
     b["hash"] = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
                                .encode()).hexdigest()[:16]
-    with pytest.raises(apply.ApplyError, match="agent part is malformed"):
-        apply.check_bundle(b)
+    with pytest.raises(BundleError, match="agent part is malformed"):
+        check_bundle(b)
     unit = apply.program_unit("agent", "/var/lib/wgmesh", "wg0")
     assert "ExecStart=/usr/bin/python3 /var/lib/wgmesh/agent.py --state-dir /var/lib/wgmesh" \
         in unit
@@ -253,9 +260,9 @@ def test_the_monitor_part_of_a_bundle_is_checked_and_its_unit_may_write_the_text
                  {"key_max_age_days": 90, "expires": None, "textfile": "/etc/shadow"}):
         b = bundle_of(tmp_path)
         b["monitor"] = part
-        b["hash"] = apply.bundle_hash(b)
-        with pytest.raises(apply.ApplyError, match="monitor part is malformed"):
-            apply.check_bundle(b)
+        b["hash"] = bundle_hash(b)
+        with pytest.raises(BundleError, match="monitor part is malformed"):
+            check_bundle(b)
     unit = apply.program_unit("monitor", "/var/lib/wgmesh", "wg0", "-/var/lib/node-exporter")
     assert "ExecStart=/usr/bin/python3 /var/lib/wgmesh/monitor.pyz --state-dir " \
            "/var/lib/wgmesh" in unit
