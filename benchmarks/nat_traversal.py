@@ -36,7 +36,7 @@ from meshlab import MeshLab, fresh_lab  # noqa: E402
 from wgmesh.lab.runtime import nat_ruleset  # noqa: E402
 
 PAIR = ("home1", "branch1")
-AGENT = "/var/lib/wgmesh/agent.py"
+AGENT = "/var/lib/wgmesh/agent.pyz"
 
 
 def path(lab: MeshLab, node: str, peer: str) -> str | None:

@@ -123,7 +123,7 @@ class ActionModule(ActionBase):
         )
         if any("agent" in h.get("bundle", {}) for h in out.values()):
             # The NAT traversal agent hosts install (wgmesh_apply's agent_program).
-            result["agent_program"] = programs.agent_program()
+            result["agent_program"] = base64.b64encode(programs.agent_program()).decode()
         if any("bundle" in h for h in out.values()):
             # The monitor every host runs (wgmesh_apply's monitor_program).
             result["monitor_program"] = base64.b64encode(programs.monitor_program()).decode()

@@ -7,6 +7,9 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_agent import (
+    check_bundle_part,
+)
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import (
     BUNDLE_FORMAT,
     RESOLVER_PID,
@@ -22,8 +25,6 @@ class BundleError(Exception):
     """A bundle the host refuses before it changes anything."""
 
 
-# Anything shaped like a WireGuard key (private or public).
-KEY_TEXT = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
 SYSCTL_PATH = "/etc/sysctl.d/60-wgmesh.conf"
 SSHD_DROPIN = "/etc/ssh/sshd_config.d/wgmesh.conf"
 
@@ -111,12 +112,11 @@ def check_bundle(b: dict) -> None:
             raise BundleError(f"the bundle's split DNS has a bad nameserver: {exc}") from exc
     if b.get("resolver_conf") is not None:
         check_resolver_conf(b["resolver_conf"])
-    agent = b.get("agent")
-    if agent is not None and not (
-            isinstance(agent, dict) and isinstance(agent.get("port"), int)
-            and all(isinstance(agent.get(k, []), list) for k in ("lighthouses", "punch"))
-            and all(KEY_TEXT.fullmatch(str(p.get("public_key"))) for p in agent.get("punch", []))):
-        raise BundleError("the bundle's agent part is malformed")
+    if b.get("agent") is not None:
+        try:  # the agent's own check, whole
+            check_bundle_part(b["agent"])
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise BundleError(f"the bundle's agent part is malformed: {exc}") from exc
     if b.get("monitor") is not None and not valid_monitor_part(b["monitor"]):
         raise BundleError("the bundle's monitor part is malformed")
     # The bundle's hash covers its content: a bundle changed on the way is refused.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 # A bundle's format: a host refuses any other (controller and hosts are updated together).
 BUNDLE_FORMAT = 1
@@ -49,6 +50,8 @@ def bundle_hash(bundle: dict) -> str:
     return bundle_digest(bundle)[:16]
 
 
+# Anything shaped like a WireGuard key (private or public).
+KEY_TEXT = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
 # The names of the IP protocols the policy and the denied-flow log write by name.
 PROTO_NAMES = {6: "tcp", 17: "udp", 1: "icmp", 58: "ipv6-icmp", 132: "sctp"}
 # The table's named drop counters and why each drops: the policy's three chains; packets with

@@ -130,11 +130,12 @@ options:
     default: /etc/wgmesh/trust.json
   agent_program:
     description:
-      - The NAT traversal agent (wgmesh's C(agent.py), standard library only), installed as
-        C(agent.py) in I(state_dir) when the bundle has an agent part (lighthouses, and
-        nodes behind NAT with relayed peers) and removed when it has none. Where systemd
-        runs, the module also installs, enables and (re)starts C(wgmesh-agent.service);
-        elsewhere the host's supervisor runs C(python3 STATE_DIR/agent.py).
+      - The NAT traversal agent (a zip application of this collection's module_utils,
+        base64), installed as C(agent.pyz) in I(state_dir) when the bundle has an agent part
+        (lighthouses, and nodes behind NAT with relayed peers) and removed when it has none.
+        Where systemd runs, the module also installs, enables and (re)starts
+        C(wgmesh-agent.service); elsewhere the host's supervisor runs
+        C(python3 STATE_DIR/agent.pyz).
       - C(wgmesh_compile) returns it as C(agent_program).
     type: str
   monitor_program:
@@ -245,7 +246,6 @@ from ansible.module_utils.basic import AnsibleModule
 # What the controller renders and this module must agree on, in one copy (Ansible packs it
 # into this module's payload): the bundle's format and hash, canonical JSON, the paths.
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_bundle import (
-    KEY_TEXT,
     SSHD_DROPIN,
     SYSCTL_PATH,
     BundleError,
@@ -256,6 +256,7 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_bundle import (
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import (
     DNSMASQ_CONF,
     DNSMASQ_PID,
+    KEY_TEXT,
     MANAGEMENT_RULE_PRIORITY,
     MONITOR_CONFIG,
     MONITOR_PROGRAM,
@@ -732,7 +733,8 @@ for path, text, mode in last["files"]:
 PLAIN_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
 
 
-AGENT_PROGRAM = "agent.py"
+AGENT_PROGRAM = "agent.pyz"
+LEGACY_AGENT = "agent.py"  # what wgmesh installed before the agent was a zip
 AGENT_SERVICE = "wgmesh-agent.service"
 MONITOR_SERVICE = "wgmesh-monitor.service"
 UNITS = "/etc/systemd/system/"
@@ -978,9 +980,9 @@ class Host:
         self.sshd_config, self.sshd_dropin = p["sshd_config"], p["sshd_dropin"]
         self.sshd_pidfile = p["sshd_pidfile"]
         self.hosts_file, self.state_dir = p["hosts_file"], p["state_dir"]
-        self.agent_program = p.get("agent_program")
-        monitor = p.get("monitor_program")
-        self.monitor_program = base64.b64decode(monitor) if monitor is not None else None
+        self.agent_program, self.monitor_program = (
+            base64.b64decode(p[k]) if p.get(k) is not None else None
+            for k in ("agent_program", "monitor_program"))
         self.textfile, self.metrics_interval = p["metrics_textfile"], p["metrics_interval"]
         service = p["service"]
         if service == "auto":
@@ -1008,6 +1010,8 @@ class Host:
             program, service = PROGRAMS[kind][:2]
             files: list[tuple[str, object, int]] = [
                 (os.path.join(self.state_dir, program), given if wanted else None, 0o644)]
+            if kind == "agent":
+                files.append((os.path.join(self.state_dir, LEGACY_AGENT), None, 0o644))
             writable = ""
             if kind == "monitor":
                 config = {"textfile": self.textfile, "interval": self.metrics_interval,

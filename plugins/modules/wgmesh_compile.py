@@ -113,7 +113,8 @@ trust:
   returned: when mesh.yml has a signing section
   type: dict
 agent_program:
-  description: The NAT traversal agent's program (wgmesh_apply's I(agent_program)).
+  description: The NAT traversal agent's program, a zip application in base64
+    (wgmesh_apply's I(agent_program)).
   returned: when a bundle has an agent part (the mesh has lighthouses and relayed pairs)
   type: str
 monitor_program:

@@ -948,9 +948,9 @@ def cmd_completion(args) -> int:
 
 
 def cmd_agent(args) -> int:
-    from wgmesh import agent
+    from ansible_collections.wgmesh.mesh.plugins.module_utils import wgmesh_agent
 
-    return agent.main(["--state-dir", args.state_dir])
+    return wgmesh_agent.main(["--state-dir", args.state_dir])
 
 
 def _project(play: str) -> Path | None:

@@ -1,7 +1,7 @@
 """The programs wgmesh_apply installs on hosts, from the code the controller runs (so a
-signed or pinned controller is what hosts run): the NAT traversal agent, one file, and the
-monitor, a zip application of the collection's module_utils (the host-side code, with no
-second copy)."""
+signed or pinned controller is what hosts run): the NAT traversal agent and the monitor,
+each a zip application of the collection's module_utils (the host-side code, in one copy)
+that starts one module's ``main``."""
 
 from __future__ import annotations
 
@@ -10,21 +10,16 @@ import zipfile
 from pathlib import Path
 
 import ansible_collections.wgmesh.mesh.plugins.module_utils as module_utils
-from wgmesh import agent
 
 UTILS = "ansible_collections/wgmesh/mesh/plugins/module_utils"
-MONITOR_MAIN = ("from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_monitor "
-                "import main\nraise SystemExit(main())\n")
+PACKAGE = UTILS.replace("/", ".")
 
 
-def agent_program() -> str:
-    return Path(agent.__file__).read_text(encoding="utf-8")
-
-
-def monitor_program() -> bytes:
-    """``python3 monitor.pyz``: the module_utils and a __main__, stored uncompressed with
-    fixed times, so the same code gives the same bytes (and a second run changes nothing)."""
-    files = {"__main__.py": MONITOR_MAIN}
+def _zipapp(module: str) -> bytes:
+    """``python3 PROGRAM.pyz``: the module_utils and a __main__ that runs ``module``'s main,
+    stored uncompressed with fixed times, so the same code gives the same bytes (and a second
+    run changes nothing)."""
+    files = {"__main__.py": f"from {PACKAGE}.{module} import main\nraise SystemExit(main())\n"}
     parts = UTILS.split("/")
     for depth in range(1, len(parts) + 1):
         files["/".join(parts[:depth]) + "/__init__.py"] = ""
@@ -37,3 +32,11 @@ def monitor_program() -> bytes:
             info.external_attr = 0o644 << 16
             z.writestr(info, files[name])
     return out.getvalue()
+
+
+def agent_program() -> bytes:
+    return _zipapp("wgmesh_agent")
+
+
+def monitor_program() -> bytes:
+    return _zipapp("wgmesh_monitor")

@@ -73,9 +73,9 @@ def logs(mesh) -> str:
 
 def stop_agents(mesh, *nodes: str) -> None:
     for node in nodes:
-        mesh.run(node, "pkill", "-f", "/var/lib/wgmesh/agent.py", check=False)
+        mesh.run(node, "pkill", "-f", "/var/lib/wgmesh/agent.pyz", check=False)
     for node in nodes:
-        assert wait_for(lambda n=node: mesh.run(n, "pgrep", "-f", "/var/lib/wgmesh/agent.py",
+        assert wait_for(lambda n=node: mesh.run(n, "pgrep", "-f", "/var/lib/wgmesh/agent.pyz",
                                                 check=False).returncode != 0, 5) is not None
 
 

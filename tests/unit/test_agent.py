@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from meshkit import fake_key
 
-from wgmesh import agent as ag
+from ansible_collections.wgmesh.mesh.plugins.module_utils import wgmesh_agent as ag
 
 A, B, C = fake_key("a"), fake_key("b"), fake_key("c")
 RELAY_B = "[fd7a:115c:a1e1::2]:51820"
@@ -170,3 +170,18 @@ def test_wgmesh_agent_waits_for_its_bundle(tmp_path):
         proc.kill()
         proc.wait()
     assert line == f"wgmesh agent: waiting for {tmp_path}/bundle.json (wgmesh_apply writes it)\n"
+
+
+def test_the_agent_program_runs_from_its_zip_alone(tmp_path):
+    """Hosts get the agent as one zip of module_utils (as the monitor): it starts with the
+    standard library only, and the same code gives the same bytes."""
+    import subprocess
+    import sys
+
+    from wgmesh.programs import agent_program
+    program = tmp_path / "agent.pyz"
+    program.write_bytes(agent_program())
+    assert agent_program() == program.read_bytes()
+    run = subprocess.run([sys.executable, "-I", "-S", str(program), "--help"],
+                         capture_output=True, text=True, env={"PATH": "/nonexistent"})
+    assert run.returncode == 0 and run.stdout.startswith("usage: wgmesh agent"), run.stderr

@@ -248,7 +248,7 @@ def test_the_agent_part_of_a_bundle_is_checked(tmp_path):
     with pytest.raises(BundleError, match="agent part is malformed"):
         check_bundle(b)
     unit = apply.program_unit("agent", "/var/lib/wgmesh", "wg0")
-    assert "ExecStart=/usr/bin/python3 /var/lib/wgmesh/agent.py --state-dir /var/lib/wgmesh" \
+    assert "ExecStart=/usr/bin/python3 /var/lib/wgmesh/agent.pyz --state-dir /var/lib/wgmesh" \
         in unit
     assert "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW" in unit
     assert "After=network-online.target wg-quick@wg0.service" in unit

@@ -587,7 +587,7 @@ def sshd_config(host: Host) -> str:
 
 # Where wgmesh_apply installs the agent (under the host's own /var), and how it runs there.
 # The programs wgmesh_apply installs in the state folder, and their logs.
-PROGRAMS = (("lib/wgmesh/agent.py", "/var/log/wgmesh-agent.log"),
+PROGRAMS = (("lib/wgmesh/agent.pyz", "/var/log/wgmesh-agent.log"),
             ("lib/wgmesh/monitor.pyz", "/var/log/wgmesh-monitor.log"))
 
 

@@ -1,7 +1,8 @@
 """The wgmesh agent: NAT traversal on one host, with no coordination server.
 
-Standard library only: wgmesh_apply installs this file on hosts whose bundle has an
-``agent`` part (docs/relay.md), and ``wgmesh agent`` runs the same code.
+Standard library only: wgmesh_apply installs it (``agent.pyz``, a zip of these module_utils,
+as the monitor is) on hosts whose bundle has an ``agent`` part (docs/relay.md), and
+``wgmesh agent`` runs the same code.
 
 - On a lighthouse it answers its clients, over the mesh only (the agent port on the mesh
   address, bound to the mesh interface; the host's filter passes that port only between the
@@ -37,8 +38,10 @@ import subprocess
 import sys
 import time
 
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import KEY_TEXT
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import write_atomic
+
 STATE_DIR = "/var/lib/wgmesh"
-KEY = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=")
 MAX_DATAGRAM = 1400
 ASK_EVERY = 1.0  # while a peer is not direct
 ASK_IDLE = 10.0  # once every peer is direct or never can be
@@ -89,17 +92,17 @@ def check_bundle_part(part: object) -> dict:
     ipaddress.IPv4Address(addr)
     for lh in part.get("lighthouses", []):
         ipaddress.IPv4Address(lh["address"])
-        if not KEY.fullmatch(lh["public_key"]):
+        if not KEY_TEXT.fullmatch(lh["public_key"]):
             raise ValueError("bad lighthouse key")
     for p in part.get("punch", []):
         ipaddress.IPv4Address(p["address"])
-        if not KEY.fullmatch(p["public_key"]):
+        if not KEY_TEXT.fullmatch(p["public_key"]):
             raise ValueError("bad peer key")
         if not re.fullmatch(r"\[[0-9a-f:]+\]:\d+|[0-9.]+:\d+", p["relay_endpoint"]):
             raise ValueError("bad relay endpoint")
     for a, c in part.get("clients", {}).items():
         ipaddress.IPv4Address(a)
-        if not all(KEY.fullmatch(k) for k in [c["public_key"], *c["peers"]]):
+        if not all(KEY_TEXT.fullmatch(k) for k in [c["public_key"], *c["peers"]]):
             raise ValueError("bad client key")
     return part
 
@@ -481,13 +484,8 @@ class Agent:
             return
         self.status_text, self.status_at = text, now
         status["updated"] = iso(now)
-        tmp = self.status_path + ".tmp"
-        try:
-            with open(tmp, "w") as f:
-                json.dump(status, f, indent=1, sort_keys=True)
-            os.replace(tmp, self.status_path)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            write_atomic(self.status_path, json.dumps(status, indent=1, sort_keys=True), 0o644)
 
 
 def iso(t: float) -> str:
