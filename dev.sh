@@ -101,6 +101,8 @@ demo() {
     sleep 5  # home1 and branch1 punch a direct path meanwhile
     echo "== what the mesh looks like now (playbooks/status.yml)"
     ansible-playbook playbooks/status.yml
+    echo "== home1 pings branch1, both behind NAT: the rule, the path, what both hosts see"
+    wgmesh why home1 branch1 --live
     echo
     echo "The lab stays up: try '.venv/bin/ansible-playbook site.yml' again (changed=0),"
     echo "'.venv/bin/wgmesh lab exec home1 -- wg show', or edit policies/lab.hujson and re-run."

@@ -181,8 +181,10 @@ def judge(answer: Answer, facts: dict[str, dict], now: float | None = None) -> N
         peer_name = answer.peer if node == flow.src else flow.src
         p = (f.get("peers") or {}).get(peer_name)
         if p is not None:
-            lines.append(f"  {node}: peer {peer_name}, endpoint {p.get('endpoint') or '(none)'}"
-                         f", handshake {_age(p.get('handshake', 0), now)}")
+            path = f"{p['path']}, " if p.get("path") else ""
+            lines.append(f"  {node}: peer {peer_name}, {path}endpoint "
+                         f"{p.get('endpoint') or '(none)'}, handshake "
+                         f"{_age(p.get('handshake', 0), now)}")
             no_handshake = no_handshake or not p.get("handshake")
         moved = {k: v - f.get("before", {}).get(k, 0) for k, v in f.get("after", {}).items()}
         moved = {k: v for k, v in moved.items() if v > 0}
@@ -262,6 +264,11 @@ def host_facts(raw: dict, wg_conf: str, probe: list[str]) -> dict:
     def denied(text):
         return json.loads(text) if text else []
     before = denied(raw.get("denied_before"))
+    # The agent's paths: a relayed pair it moved to a direct path says so.
+    agent = json.loads(raw["agent"]) if raw.get("agent") else {}
+    for name, a in (agent.get("peers") or {}).items():
+        if name in peers and a.get("path") == "direct (punched)":
+            peers[name]["path"] = "direct (punched by the NAT agent)"
     out = {"drift": list(raw.get("drift") or []), "peers": peers,
            "before": counters(raw.get("before")), "after": counters(raw.get("after")),
            "denied": [flow_line(d) for d in denied(raw.get("denied_after")) if d not in before]}

@@ -38,6 +38,8 @@ def test_the_readmes_lab_commands_run_as_shown():
     demo = said["./dev.sh demo"]
     assert recap(demo) and all(r["failed"] == r["unreachable"] == 0
                                for r in recap(demo).values()), demo[-3000:]
+    assert "home1 -> branch1 (" in demo and "  refused by: nothing, it passes" in demo, \
+        demo[-3000:]
     assert "pub1" in said[".venv/bin/wgmesh lab status"]
     assert "peer: " in said[".venv/bin/wgmesh lab exec pub1 -- wg show"]
     batches = recap(said["ansible-playbook site.yml -e wgmesh_serial=2"])

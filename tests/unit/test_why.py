@@ -126,6 +126,13 @@ def test_what_a_host_brought_back_is_read(golden):
                                           "handshake": 1700000000}}
     assert f["before"] == {"dropped_in": 7} and f["denied"] == ["denied in: a -> b tcp/443"]
     assert f["probe"] == {"command": "tcp connect 100.64.0.8 port 443", "ok": False}
+    punched = why.host_facts(raw | {"agent": json.dumps(
+        {"peers": {"carol-phone": {"path": "direct (punched)"}}})}, conf, [])
+    assert punched["peers"]["carol-phone"]["path"] == "direct (punched by the NAT agent)"
+    answer = why.compiled(golden, why.parse_flow("db1", "carol-phone", "22/tcp"))
+    why.judge(answer, {"db1": punched}, now=1700000005)
+    assert "  db1: peer carol-phone, direct (punched by the NAT agent), endpoint " \
+           "192.0.2.11:51820, handshake 5 s ago" in answer.live
     udp = why.host_facts(raw | {"probe_rc": "0"}, conf,
                          why.probe_argv(why.Flow("db1", "web1", "udp", 53), "100.64.0.8"))
     assert udp["probe"] == {"command": "udp datagram to 100.64.0.8 port 53", "ok": None}
