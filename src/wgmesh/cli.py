@@ -996,7 +996,12 @@ def cmd_why(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     if args.live:
-        hosts = [n for n in (flow.src, flow.dst) if n in b.compiler.index]
+        hosts = [n for n in (flow.src, flow.dst)
+                 if n in b.compiler.index and b.mesh.nodes[n].managed]
+        if flow.src not in hosts:
+            print(f"error: --live asks the hosts, and {flow.src} is not one Ansible manages "
+                  "(managed: false)", file=sys.stderr)
+            return EXIT_INPUT
         project = _project("playbooks/why.yml")
         if project is None:
             return EXIT_INPUT

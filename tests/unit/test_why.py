@@ -147,6 +147,8 @@ def test_the_command_exits_0_only_when_the_flow_passes():
     assert run("alice-desktop", "bob-laptop", "8080/tcp").returncode == 1
     bad = run("alice-desktop", "bob-laptop", "22/icmp")
     assert bad.returncode == 2 and "icmp has no port" in bad.stderr
+    phone = run("carol-phone", "db1", "22/tcp", "--live")
+    assert phone.returncode == 2 and "carol-phone is not one Ansible manages" in phone.stderr
 
 
 def test_the_probes_run_with_python_alone(tmp_path):
