@@ -46,7 +46,7 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import
     LIST_COUNTERS,
     LIST_TABLE,
     named_counters,
-    ruleset_generation,
+    ruleset_stamp,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_wireguard import peer_names
 
@@ -101,8 +101,8 @@ class Monitor:
         self.endpoints: dict[str, str] = kept.get("endpoints", {})
         self.endpoint_changes: dict[str, int] = kept.get("endpoint_changes", {})
         self.denied_counts: dict[str, int] = kept.get("denied", {})
-        # [ruleset generation, the apply it was compared with, whether the table differed]
-        # of the last listing of the whole table
+        # [ruleset stamp, the apply it was compared with, whether the table differed] of
+        # the last comparison of the whole table
         self.checked: list = kept.get("checked", [None, None, True])
         self.denied: list[dict] = json.loads(
             _read(os.path.join(state_dir, "denied.json")) or "[]")[-DENIED_KEPT:]
@@ -117,13 +117,15 @@ class Monitor:
         bundle, state = self._json("bundle.json"), self._json("state.json")
         if bundle is None or state is None or not self.textfile:
             return False
-        # The whole table is listed (and compared) only after the ruleset changed; its
-        # counters are read every time.
-        generation, applied = ruleset_generation(), [state.get("hash"), state.get("applied")]
-        if generation is None or [generation, applied] != self.checked[:2]:
+        # The whole table is listed (and compared) only when the ruleset changed since the
+        # apply recorded it, and then once per change; its counters are read every time.
+        stamp, applied = ruleset_stamp(), [state.get("hash"), state.get("applied")]
+        if stamp is not None and stamp == state.get("ruleset"):
+            self.checked = [stamp, applied, False]  # the very table the apply recorded
+        if stamp is None or [stamp, applied] != self.checked[:2]:
             dump, table = _outputs(("wg", "show", bundle["interface"], "dump"), LIST_TABLE)
             counters = named_counters(table) if table is not None else {}
-            self.checked = [generation, applied, table_differs(state, table)]
+            self.checked = [stamp, applied, table_differs(state, table)]
         else:
             dump, listed = _outputs(("wg", "show", bundle["interface"], "dump"), LIST_COUNTERS)
             counters = named_counters(listed) if listed is not None else {}

@@ -24,6 +24,18 @@ NFT_MSG_GETGEN, NFT_MSG_NEWGEN = 16, 15
 NFTA_GEN_ID = 1
 
 
+def ruleset_stamp() -> str | None:
+    """This boot's id and the ruleset's generation: equal stamps mean no table changed in
+    between (the generation starts again at boot, the boot id never repeats)."""
+    generation = ruleset_generation()
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            boot = fh.read().strip()
+    except OSError:
+        return None
+    return f"{boot}/{generation}" if generation is not None else None
+
+
 def ruleset_generation() -> int | None:
     """The namespace's nf_tables generation (None when it cannot be read): while it stays
     the same, no table has changed, so the costly listing of the whole table is skipped."""

@@ -273,6 +273,7 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import
     LIST_TABLE,
     TABLE,
     canonical_table,
+    ruleset_stamp,
     table_drift,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
@@ -1072,9 +1073,12 @@ class Host:
     def record(self, b: dict) -> None:
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         now = datetime.datetime.now(datetime.timezone.utc)  # noqa: UP017 - hosts' Python < 3.11
+        # The ruleset's stamp before the table is read: while it stays, the monitor knows
+        # the table is this one without listing it.
+        stamp = ruleset_stamp()
         state = {"hash": b["hash"], "commit": b.get("commit"), "name": b["name"],
                  "applied": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                 "table": live_table(self.run)}
+                 "table": live_table(self.run), "ruleset": stamp}
         last = self.last_good()
         if last is not None and last.get("hash") != b["hash"]:
             # What a canary failure returns to (state=previous).

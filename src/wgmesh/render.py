@@ -268,7 +268,8 @@ def nftables(host: HostOutput, net: Network) -> str:
     if hop_client:
         lines.append(f"        ip6 saddr {my_hop} ip6 daddr {net.relay_pool} "
                      f"udp sport {host.listen_port} accept")
-    lines += [f"        {hop_drop}",
+    lines += [*_CHATTER,
+              f"        {hop_drop}",
               "    }",
               "    chain fwd_from_mesh {",
               f'        oifname "{hop}" {hop_drop}',
@@ -290,11 +291,7 @@ def nftables(host: HostOutput, net: Network) -> str:
             peer = "saddr" if direction == "in" else "daddr"
             port = host.agent.port
             agent_rule = [f"        ip {peer} @agent4 udp sport {port} udp dport {port} accept"]
-        # The kernel's own multicast chatter on the interface (router solicitations and
-        # listener reports to ff02::/16, IGMP reports to 224.0.0.22) has no peer to go to:
-        # dropped, and neither counted nor logged with what the policy refuses.
-        chatter = ["        ip daddr 224.0.0.0/4 drop",
-                   "        ip6 daddr ff02::/16 drop"] if direction == "out" else []
+        chatter = _CHATTER if direction == "out" else []
         lines += [f"    chain {chain} {{",
                   # Checked against this very table already (see the docstring). First: a
                   # packet conntrack finds invalid belongs to no connection, so it has no
@@ -333,6 +330,11 @@ def nftables(host: HostOutput, net: Network) -> str:
                    + "\n" for line in lines)
 
 
+# The kernel's own multicast chatter on a WireGuard interface (router solicitations and
+# listener reports to ff02::/16, IGMP reports to 224.0.0.22) has no peer to go to: dropped
+# on the way out, and neither counted nor logged with what the policy (or the hop
+# interface's rules) refuses.
+_CHATTER = ["        ip daddr 224.0.0.0/4 drop", "        ip6 daddr ff02::/16 drop"]
 DENIED_LOG_LIMIT = "denied_log"
 
 

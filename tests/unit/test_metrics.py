@@ -37,6 +37,7 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import
     canonical_table,
     named_counters,
     ruleset_generation,
+    ruleset_stamp,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_wireguard import peer_paths
 from wgmesh.programs import monitor_program
@@ -262,6 +263,8 @@ def test_the_ruleset_generation_moves_with_every_change(tmp_path):
     a, b, c, d = (int(x) for x in out.split())
     assert a == b and c > b and d > c
     assert isinstance(ruleset_generation(), int)
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert ruleset_stamp() == f"{boot}/{ruleset_generation()}"
 
 
 def test_every_drop_counter_a_table_declares_has_a_reason():
