@@ -7,8 +7,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from meshkit import allowed, fake_key, lookup, make, parse_sets, peers, plugin
+from meshkit import allowed, fake_key, lookup, make, parse_sets, peers
 
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_bundle import (
+    BundleError,
+    check_resolver_conf,
+)
 from wgmesh import render
 from wgmesh.device import client_config
 from wgmesh.errors import InputError
@@ -628,12 +632,12 @@ def test_a_mesh_resolver_is_the_dns_of_the_devices_the_policy_lets_ask_it(tmp_pa
     assert f"host-record=phone,phone.mesh.internal,{b.alloc['phone'].ipv4}," \
            f"{b.alloc['phone'].ipv6}" in lines
     assert len([x for x in lines if x.startswith("host-record=")]) == 4
-    module = plugin("plugins/modules/wgmesh_apply.py")
-    module.check_resolver_conf(conf)
+    # The host's check (module_utils, which wgmesh_apply runs before anything changes).
+    check_resolver_conf(conf)
     for bad in (conf + "conf-file=/tmp/x y\n", conf.replace("# wgmesh", "#"),
                 conf.replace("pid-file", "pidfile"), None):
-        with pytest.raises(module.ApplyError, match="resolver configuration is malformed"):
-            module.check_resolver_conf(bad)
+        with pytest.raises(BundleError, match="resolver configuration is malformed"):
+            check_resolver_conf(bad)
 
 
 def test_a_resolver_runs_only_where_ansible_does(tmp_path):
