@@ -274,6 +274,9 @@ class Plan:
     # Nodes whose SSH over the mesh starts or stops following the ssh rules: node, ssh_policy
     # ("on" or "off"). Off widens: the ssh rules no longer narrow who sshd lets log in.
     ssh_policy: list[dict] = field(default_factory=list)
+    # Network settings that change every host's bundle but not who reaches what: what,
+    # from, to (denied-flow logs, the key age limit).
+    settings: list[dict] = field(default_factory=list)
     tests: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     groups: dict[str, list[str]] = field(default_factory=dict)  # user -> groups (either state)
@@ -296,7 +299,7 @@ class Plan:
         s = self.signing or {}
         return bool(self.joined or self.left or self.expired or self.access or self.peers
                     or self.routes or self.exit_nodes or self.keys or self.tests
-                    or self.identities or self.names or self.ssh_policy
+                    or self.identities or self.names or self.ssh_policy or self.settings
                     or s.get("admins_added") or s.get("admins_removed")
                     or s.get("threshold_from") != s.get("threshold"))
 
@@ -410,8 +413,21 @@ def _names(old: Build, new: Build) -> list[dict]:
     return out
 
 
+# Settings that change every host's bundle without touching access, and what they do.
+SETTINGS = {"log_denied": "hosts log the flows their policy drops",
+            "key_max_age_days": "keys older than this are reported (0: never)"}
+
+
+def _settings(old: Build, new: Build) -> list[dict]:
+    a, b = old.mesh.network, new.mesh.network
+    return [{"what": f"network.{key}", "from": getattr(a, key), "to": getattr(b, key),
+             "means": means} for key, means in SETTINGS.items()
+            if getattr(a, key) != getattr(b, key)]
+
+
 def compare(old: Build, new: Build, base: str, head: str) -> Plan:
     plan = Plan(base, head)
+    plan.settings = _settings(old, new)
     plan.signing = _signing(old, new)
     o, n = old.compiler, new.compiler
     plan.joined = sorted(set(new.mesh.nodes) - set(old.mesh.nodes))
@@ -503,6 +519,7 @@ def to_json(plan: Plan) -> dict:
         "nodes": {"joined": plan.joined, "left": plan.left, "expired": plan.expired,
                   "key_changed": plan.keys},
         "identities": plan.identities, "names": plan.names, "ssh_policy": plan.ssh_policy,
+        "settings": plan.settings,
         "access": [{"source": c.source, "change": c.kind, "destinations": c.destinations,
                     "ports": {p: [list(r) for r in rs] for p, rs in c.ranges.items()},
                     "logins": c.logins, "ports_text": c.ports, "rules": c.rules}
@@ -594,6 +611,12 @@ def to_markdown(plan: Plan, limit: int = 200) -> str:
                 "the ssh rules now decide who logs in, and as whom" if c["ssh_policy"] == "on"
                 else "**the ssh rules no longer apply (widens)**: port 22 follows the network "
                 "rules, and sshd lets in whoever its own keys let in"))
+        lines.append("")
+    if plan.settings:
+        lines.append("#### Settings (every host's bundle; access unchanged)")
+        for c in plan.settings:
+            lines.append(f"- {_md(c['what'])}: {_md(str(c['from']).lower())} -> "
+                         f"{_md(str(c['to']).lower())} ({c['means']})")
         lines.append("")
     if plan.access:
         lines += ["#### Access", "", "| source | | destinations | ports | rules |",

@@ -277,6 +277,20 @@ def test_name_resolution_changes_are_shown_and_widen(two):
     assert "- `split DNS com`: `none` -> `198.51.100.130`" in md
 
 
+def test_settings_that_change_every_bundle_are_shown_and_do_not_widen(two):
+    base, head = two
+    edit(head / "mesh.yml", "  log_denied: true\n", "  log_denied: false\n")
+    edit(head / "mesh.yml", "  key_max_age_days: 180\n", "  key_max_age_days: 90\n")
+    p = compare(base, head)
+    assert [(c["what"], c["from"], c["to"]) for c in p.settings] == [
+        ("network.log_denied", True, False), ("network.key_max_age_days", 180, 90)]
+    assert p.access == [] and p.exit_code == plan.CHANGED
+    md = plan.to_markdown(p)
+    assert "- `network.log_denied`: `true` -> `false` (hosts log the flows their policy " \
+           "drops)" in md
+    assert plan.to_json(p)["settings"][1]["to"] == 90
+
+
 def test_ports_are_written_as_a_reader_says_them():
     """Complements as complements: a rule for every port, less port 22 of a node that runs
     SSH policy, is "tcp * but 22", not "tcp 0-21,23-65535"; short lists stay lists."""
