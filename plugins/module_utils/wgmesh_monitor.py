@@ -97,7 +97,8 @@ class Monitor:
         self.interval = float(config.get("interval", 15))
         self.key_file = config.get("key_file")
         # The counters, kept across restarts and shared with --once (monitor-state.json).
-        kept = self._json(MONITOR_STATE) or {}
+        self.kept = _read(os.path.join(state_dir, MONITOR_STATE))
+        kept = json.loads(self.kept) if self.kept else {}
         self.endpoints: dict[str, str] = kept.get("endpoints", {})
         self.endpoint_changes: dict[str, int] = kept.get("endpoint_changes", {})
         self.denied_counts: dict[str, int] = kept.get("denied", {})
@@ -142,9 +143,13 @@ class Monitor:
         return True
 
     def keep(self) -> None:
-        write_atomic(os.path.join(self.state_dir, MONITOR_STATE), json.dumps(
-            {"endpoints": self.endpoints, "endpoint_changes": self.endpoint_changes,
-             "denied": self.denied_counts, "checked": self.checked}), 0o600)
+        """Write monitor-state.json when it changed (not every refresh: a disk's writes)."""
+        text = json.dumps({"endpoints": self.endpoints,
+                           "endpoint_changes": self.endpoint_changes,
+                           "denied": self.denied_counts, "checked": self.checked})
+        if text != self.kept:
+            write_atomic(os.path.join(self.state_dir, MONITOR_STATE), text, 0o600)
+            self.kept = text
 
     def names(self) -> dict[str, str]:
         """Mesh address -> node name, from the bundle's hosts block."""
