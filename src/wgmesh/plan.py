@@ -566,6 +566,13 @@ def _signing_md(s: dict) -> list[str]:
     return lines
 
 
+def _before_after(c: dict) -> str:
+    """A setting's line: what, from, to (none for no value, true/false as YAML says them)."""
+    def text(v):
+        return "none" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
+    return f"- {_md(c['what'])}: {_md(text(c['from']))} -> {_md(text(c['to']))}"
+
+
 def to_markdown(plan: Plan, limit: int = 200) -> str:
     lines = [f"### wgmesh plan: {_md(plan.base)} -> {_md(plan.head)}", ""]
     if not plan.changed:
@@ -600,9 +607,7 @@ def to_markdown(plan: Plan, limit: int = 200) -> str:
         lines.append("")
     if plan.names:
         lines.append("#### Names **(widens: where names resolve decides where traffic goes)**")
-        for c in plan.names:
-            lines.append(f"- {_md(c['what'])}: {_md(c['from'] or 'none')} -> "
-                         f"{_md(c['to'] or 'none')}")
+        lines += [_before_after(c) for c in plan.names]
         lines.append("")
     if plan.ssh_policy:
         lines.append("#### SSH over the mesh")
@@ -614,9 +619,7 @@ def to_markdown(plan: Plan, limit: int = 200) -> str:
         lines.append("")
     if plan.settings:
         lines.append("#### Settings (every host's bundle; access unchanged)")
-        for c in plan.settings:
-            lines.append(f"- {_md(c['what'])}: {_md(str(c['from']).lower())} -> "
-                         f"{_md(str(c['to']).lower())} ({c['means']})")
+        lines += [_before_after(c) + f" ({c['means']})" for c in plan.settings]
         lines.append("")
     if plan.access:
         lines += ["#### Access", "", "| source | | destinations | ports | rules |",
