@@ -35,7 +35,10 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import
     MONITOR_CONFIG,
     PROTO_NAMES,
 )
-from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import write_atomic
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import (
+    read_text,
+    write_atomic,
+)
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_metrics import (
     endpoints_moved,
     exposition,
@@ -46,6 +49,7 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import
     LIST_COUNTERS,
     LIST_TABLE,
     named_counters,
+    netlink_attributes,
     ruleset_stamp,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_wireguard import peer_names
@@ -63,14 +67,6 @@ NFULA_PAYLOAD, NFULA_PREFIX = 9, 10
 # The most of a packet read: IPv6's header and the ports after it (the table's log rules
 # copy no more: IPv4 24 bytes, IPv6 44).
 COPY_RANGE = 44
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        return None
 
 
 def _outputs(*commands: tuple[str, ...]) -> list[str | None]:
@@ -92,12 +88,12 @@ def _outputs(*commands: tuple[str, ...]) -> list[str | None]:
 class Monitor:
     def __init__(self, state_dir: str):
         self.state_dir = state_dir
-        config = json.loads(_read(os.path.join(state_dir, MONITOR_CONFIG)) or "{}")
+        config = json.loads(read_text(os.path.join(state_dir, MONITOR_CONFIG)) or "{}")
         self.textfile = config.get("textfile") or ""
         self.interval = float(config.get("interval", 15))
         self.key_file = config.get("key_file")
         # The counters, kept across restarts and shared with --once (monitor-state.json).
-        self.kept = _read(os.path.join(state_dir, MONITOR_STATE))
+        self.kept = read_text(os.path.join(state_dir, MONITOR_STATE))
         kept = json.loads(self.kept) if self.kept else {}
         self.endpoints: dict[str, str] = kept.get("endpoints", {})
         self.endpoint_changes: dict[str, int] = kept.get("endpoint_changes", {})
@@ -105,18 +101,24 @@ class Monitor:
         # [ruleset stamp, the apply it was compared with, whether the table differed] of
         # the last comparison of the whole table
         self.checked: list = kept.get("checked", [None, None, True])
+        self.names: dict[str, str] = {}  # mesh address -> node name (the hosts block)
         self.denied: list[dict] = json.loads(
-            _read(os.path.join(state_dir, "denied.json")) or "[]")[-DENIED_KEPT:]
+            read_text(os.path.join(state_dir, "denied.json")) or "[]")[-DENIED_KEPT:]
 
     def _json(self, name: str):
-        text = _read(os.path.join(self.state_dir, name))
+        text = read_text(os.path.join(self.state_dir, name))
         return json.loads(text) if text else None
 
     def refresh(self) -> bool:
         """Write the textfile from the host's state now; False when the host runs no
         bundle (nothing is written then)."""
         bundle, state = self._json("bundle.json"), self._json("state.json")
-        if bundle is None or state is None or not self.textfile:
+        if bundle is None or state is None:
+            return False
+        self.names = {f[0]: f[1] for f in (line.split() for line in
+                                           (bundle.get("hosts_block") or "").splitlines())
+                      if len(f) >= 2}
+        if not self.textfile:
             return False
         # The whole table is listed (and compared) only when the ruleset changed since the
         # apply recorded it, and then once per change; its counters are read every time.
@@ -151,23 +153,13 @@ class Monitor:
             write_atomic(os.path.join(self.state_dir, MONITOR_STATE), text, 0o600)
             self.kept = text
 
-    def names(self) -> dict[str, str]:
-        """Mesh address -> node name, from the bundle's hosts block."""
-        bundle = self._json("bundle.json") or {}
-        out = {}
-        for line in (bundle.get("hosts_block") or "").splitlines():
-            fields = line.split()
-            if len(fields) >= 2:
-                out[fields[0]] = fields[1]
-        return out
-
     def log_denied(self, prefix: str, packet: bytes) -> None:
-        flow = denied_flow(prefix, packet, self.names())
+        """One denied packet: named with the nodes of the last refresh's bundle (no file is
+        read per packet)."""
+        flow = denied_flow(prefix, packet, self.names)
         if flow is None:
             return
         flow["time"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        kept = self._json(MONITOR_STATE) or {}
-        self.denied_counts = kept.get("denied", self.denied_counts)
         self.denied_counts[flow["direction"]] = self.denied_counts.get(flow["direction"], 0) + 1
         print(flow_line(flow), flush=True)
         self.denied = [*self.denied, flow][-DENIED_KEPT:]
@@ -243,13 +235,7 @@ def nflog_packets(data: bytes):
         if length < 20:
             return
         if msg_type == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET:
-            attrs, at = {}, offset + 20
-            while at + 4 <= offset + length:
-                size, kind = struct.unpack_from("=HH", data, at)
-                if size < 4:
-                    break
-                attrs[kind & 0x7FFF] = data[at + 4:at + size]
-                at += (size + 3) & ~3
+            attrs = netlink_attributes(data, offset + 20, min(len(data), offset + length))
             prefix = attrs.get(NFULA_PREFIX, b"").rstrip(b"\0").decode("ascii", "replace")
             yield prefix, attrs.get(NFULA_PAYLOAD, b"")
         offset += (length + 3) & ~3

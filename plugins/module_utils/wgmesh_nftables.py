@@ -52,15 +52,22 @@ def ruleset_generation() -> int | None:
     if len(data) < 20 or struct.unpack_from("=H", data, 4)[0] != (
             (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN):
         return None
-    at, end = 20, min(len(data), struct.unpack_from("=I", data)[0])
+    gen = netlink_attributes(data, 20, min(len(data), struct.unpack_from("=I", data)[0]))
+    return struct.unpack("!I", gen[NFTA_GEN_ID])[0] if len(gen.get(NFTA_GEN_ID, b"")) == 4 \
+        else None
+
+
+def netlink_attributes(data: bytes, at: int, end: int) -> dict[int, bytes]:
+    """The attributes of one netfilter netlink message (after its headers, up to ``end``):
+    type (without the nested flag) -> value."""
+    attrs = {}
     while at + 4 <= end:
         size, kind = struct.unpack_from("=HH", data, at)
         if size < 4:
             break
-        if kind & 0x7FFF == NFTA_GEN_ID and size >= 8:
-            return struct.unpack_from("!I", data, at + 4)[0]
+        attrs[kind & 0x7FFF] = data[at + 4:at + size]
         at += (size + 3) & ~3
-    return None
+    return attrs
 
 
 def canonical_table(nft_json: str) -> str:

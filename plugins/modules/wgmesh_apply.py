@@ -266,6 +266,9 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import
     bundle_digest,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import (
+    read_text as read,
+)
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import (
     write_atomic as write_file,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_keys import public_of
@@ -655,14 +658,6 @@ def live_table(run: Runner) -> str | None:
     """The loaded table as canonical_table gives it; None when it is not loaded."""
     rc, text = run.output(*LIST_TABLE)
     return canonical_table(text) if rc == 0 else None
-
-
-def read(path: str) -> str | None:
-    try:
-        with open(path) as fh:
-            return fh.read()
-    except FileNotFoundError:
-        return None
 
 
 def read_bytes(path: str) -> bytes | None:
