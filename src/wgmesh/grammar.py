@@ -43,6 +43,7 @@ IFNAME = re.compile(rf"[A-Za-z0-9_.-]{{1,{IFNAME_MAX - len(HOP_SUFFIX)}}}", re.A
 PUBLIC_KEY = re.compile(r"[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=", re.ASCII)
 DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", re.ASCII)
 DIGITS = re.compile(r"[0-9]{1,10}", re.ASCII)
+TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z", re.ASCII)
 # Login names for ssh rules (POSIX portable user names).
 LOGIN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}", re.ASCII)
 SSH_LOCALPART = re.compile(r"localpart:\*@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?",

@@ -15,13 +15,19 @@ import json
 import time
 from dataclasses import dataclass, field
 
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import (
+    DROP_COUNTERS,
+    PROTO_NAMES,
+)
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_monitor import flow_line
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import named_counters
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_wireguard import (
     parse_dump,
     peer_names,
 )
+from wgmesh import grammar
 from wgmesh.build import Build
+from wgmesh.errors import escape
 from wgmesh.policy import PROTOCOLS
 from wgmesh.resolve import Endpoint
 
@@ -248,30 +254,54 @@ def probe_text(probe: list[str]) -> str:
     return " ".join(probe)
 
 
+def denied_record(d: object) -> bool:
+    """A denied-flow record as the monitor writes it, whole: what a host sends is printed
+    only if it is one (a host is not trusted to write to the operator's terminal)."""
+    if not isinstance(d, dict) or set(d) != {"direction", "src", "src_node", "dst", "dst_node",
+                                             "proto", "port", "time"}:
+        return False
+    port = d["port"]
+    return (d["direction"] in ("in", "out", "fwd")
+            and all(grammar.ip_address(d[k]) for k in ("src", "dst"))
+            and all(d[k] is None or grammar.matches(grammar.NODE_NAME, d[k])
+                    for k in ("src_node", "dst_node"))
+            and (d["proto"] in PROTO_NAMES.values() or grammar.matches(grammar.DIGITS,
+                                                                       d["proto"]))
+            and (port is None or (isinstance(port, int) and not isinstance(port, bool)
+                                  and 0 <= port <= 65535))
+            and grammar.matches(grammar.TIMESTAMP, d["time"]))
+
+
 def host_facts(raw: dict, wg_conf: str, probe: list[str]) -> dict:
     """What playbooks/why.yml brought back from one host, read: drift, peers by name, drop
-    counters (packets) before and after, the denied flows logged meanwhile, the probe."""
+    counters (packets) before and after, the denied flows logged meanwhile, the probe.
+    Text the host wrote is escaped, records it sent are checked whole."""
     names = peer_names(wg_conf)
     peers = {}
     if raw.get("dump"):
         for key, p in parse_dump(raw["dump"])[1].items():
             if key in names:
-                peers[names[key]] = {"endpoint": p["endpoint"], "handshake": p["handshake"]}
+                peers[names[key]] = {"endpoint": escape(p["endpoint"] or "") or None,
+                                     "handshake": p["handshake"]}
 
     def counters(text):
-        return {k: v[0] for k, v in named_counters(text).items()} if text else {}
+        return {k: v[0] for k, v in named_counters(text).items()
+                if k in DROP_COUNTERS} if text else {}
 
     def denied(text):
-        return json.loads(text) if text else []
+        records = json.loads(text) if text else []
+        return records if isinstance(records, list) else []
     before = denied(raw.get("denied_before"))
     # The agent's paths: a relayed pair it moved to a direct path says so.
     agent = json.loads(raw["agent"]) if raw.get("agent") else {}
     for name, a in (agent.get("peers") or {}).items():
         if name in peers and a.get("path") == "direct (punched)":
             peers[name]["path"] = "direct (punched by the NAT agent)"
-    out = {"drift": list(raw.get("drift") or []), "peers": peers,
+    new = [d for d in denied(raw.get("denied_after")) if d not in before]
+    out = {"drift": [escape(str(d)) for d in raw.get("drift") or []], "peers": peers,
            "before": counters(raw.get("before")), "after": counters(raw.get("after")),
-           "denied": [flow_line(d) for d in denied(raw.get("denied_after")) if d not in before]}
+           "denied": [flow_line(d) if denied_record(d) else "(a malformed record, not shown)"
+                      for d in new]}
     rc = raw.get("probe_rc")
     if probe and rc not in (None, ""):
         # A UDP probe has no answer to wait for: sent, not judged.

@@ -112,8 +112,8 @@ def test_what_a_host_brought_back_is_read(golden):
                if p.name == "carol-phone")
     counters = {"nftables": [{"metainfo": {}}, {"counter": {"name": "dropped_in",
                                                             "packets": 7, "bytes": 1}}]}
-    old = {"direction": "in", "src": "a", "src_node": None, "dst": "b", "dst_node": None,
-           "proto": "tcp", "port": 1}
+    old = {"direction": "in", "src": "100.64.0.1", "src_node": None, "dst": "100.64.0.5",
+           "dst_node": "db1", "proto": "tcp", "port": 1, "time": "2026-12-07T10:00:00Z"}
     new = old | {"port": 443}
     raw = {"drift": [], "dump": f"priv\tpub\t51820\toff\n{key}\t(none)\t192.0.2.11:51820\t"
                                 "100.64.0.4/32\t1700000000\t1\t2\toff\n",
@@ -124,7 +124,15 @@ def test_what_a_host_brought_back_is_read(golden):
                                                  "100.64.0.8"))
     assert f["peers"] == {"carol-phone": {"endpoint": "192.0.2.11:51820",
                                           "handshake": 1700000000}}
-    assert f["before"] == {"dropped_in": 7} and f["denied"] == ["denied in: a -> b tcp/443"]
+    assert f["before"] == {"dropped_in": 7} and f["denied"] == [
+        "denied in: 100.64.0.1 -> db1 (100.64.0.5) tcp/443"]
+    # A host writes nothing to the operator's terminal but records of the monitor's shape.
+    for bad in ({"src_node": "\x1b]0;pwned\x07"}, {"src": "a"}, {"port": "443"},
+                {"extra": 1}, {"time": "now"}):
+        shown = why.host_facts(raw | {"denied_after": json.dumps([old, new | bad]),
+                                      "drift": ["set in4\x1b[2J"]}, conf, [])
+        assert shown["denied"] == ["(a malformed record, not shown)"], bad
+        assert shown["drift"] == ["set in4\\x1b[2J"]
     assert f["probe"] == {"command": "tcp connect 100.64.0.8 port 443", "ok": False}
     punched = why.host_facts(raw | {"agent": json.dumps(
         {"peers": {"carol-phone": {"path": "direct (punched)"}}})}, conf, [])
