@@ -4,11 +4,14 @@ wgmesh_apply (drift, repair) and the monitor (metrics). Standard library only.""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import socket
 import struct
 
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import (
+    PROTO_NAMES,
     TABLE_FAMILY,
     TABLE_NAME,
 )
@@ -146,3 +149,99 @@ def table_drift(recorded: str, live: str | None) -> list[str]:
                          f"{len(want[key])}" if kind == "chain rules"
                          else f"{kind} {name} differs from the bundle")
     return words
+
+
+# The rendered ruleset (render.nftables): replace-whole lines, then the declaration, whose
+# objects start at four spaces of indentation.
+DECLARATION = f"table {TABLE_FAMILY} {TABLE_NAME} {{\n"
+_OBJECT = re.compile(r"^    (set|chain|counter|limit) (\S+) \{", re.M)
+
+
+def in_place(ruleset: str, live: str) -> str:
+    """The one ``nft -f`` transaction that turns the loaded table (``live``, as
+    canonical_table gives it) into ``ruleset``'s while both stay the same table: its chains'
+    rules are replaced, and its sets lose the elements the ruleset has not and gain the ones
+    it adds. An element both have is never touched. Replacing a table (or a set) whole is
+    atomic for rules, but not for set contents: while the change commits, a packet can meet
+    the incoming rules with a set whose contents are not yet visible, or the outgoing rules
+    with contents already gone, and an untouched connection loses that packet. What the
+    ruleset does not declare (sets, chains, counters, limits) is deleted."""
+    start = ruleset.index(DECLARATION)
+    declaration = ruleset[start:]
+    wanted = {(kind, name) for kind, name in _OBJECT.findall(declaration)}
+    elements = declared_elements(declaration)
+    table = " ".join(TABLE)
+    flush, drop, stale = [], [], []
+    for item in json.loads(live):
+        kind, body = next(iter(item.items()))
+        if kind not in ("set", "chain", "counter", "limit"):
+            continue
+        name = body["name"]
+        if kind == "chain":
+            flush.append(f"flush chain {table} {name}")
+        if (kind, name) not in wanted:
+            drop.append(f"delete {kind} {table} {name}")
+        elif kind == "set":
+            gone = [text for text in map(json_element_text, body.get("elem", []))
+                    if element_key(text) not in elements.get(name, set())]
+            if gone:
+                stale.append(f"delete element {table} {name} {{ {', '.join(gone)} }}")
+    return "\n".join([f"table {table}", *flush, *stale, *drop]) + "\n" + declaration
+
+
+def declared_elements(declaration: str) -> dict[str, set[tuple]]:
+    """Each declared set's elements (as element_key gives them)."""
+    out, name, block = {}, None, []
+    for line in declaration.splitlines():
+        if name is None:
+            found = _OBJECT.match(line)
+            if found and found.group(1) == "set":
+                name, block = found.group(2), []
+        elif line == "    }":
+            body = " ".join(block).partition("elements = {")[2].partition("}")[0]
+            out[name] = {element_key(e.strip()) for e in body.split(",") if e.strip()}
+            name = None
+        else:
+            block.append(line)
+    return out
+
+
+def json_element_text(item) -> str:
+    """One element of ``nft -j`` output in nft's own syntax."""
+    if isinstance(item, dict):
+        if "elem" in item:
+            return json_element_text(item["elem"]["val"])
+        if "concat" in item:
+            return " . ".join(map(json_element_text, item["concat"]))
+        if "prefix" in item:
+            return f"{item['prefix']['addr']}/{item['prefix']['len']}"
+        if "range" in item:
+            return "-".join(map(json_element_text, item["range"]))
+    return str(item)
+
+
+def element_key(text: str) -> tuple:
+    """An element as values rather than spelling: nft prints an address, a prefix, a range,
+    a protocol by name or number in its own way, and the same element compares equal."""
+    return tuple(_value(part.strip()) for part in text.split(" . "))
+
+
+def _value(part: str) -> tuple:
+    if "." in part or ":" in part:
+        try:
+            if "/" in part:
+                net = ipaddress.ip_network(part, strict=False)
+                return ("address", int(net.network_address), int(net.broadcast_address))
+            first, _, last = part.partition("-")
+            return ("address", int(ipaddress.ip_address(first)),
+                    int(ipaddress.ip_address(last or first)))
+        except ValueError:
+            return ("text", part)
+    first, _, last = part.partition("-")
+    if first.isdigit() and (last.isdigit() or not last):
+        return ("number", int(first), int(last or first))
+    try:
+        number = socket.getprotobyname(part)
+    except OSError:
+        number = next((n for n, name in PROTO_NAMES.items() if name == part), None)
+    return ("number", number, number) if number is not None else ("text", part)

@@ -276,6 +276,7 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import
     LIST_TABLE,
     TABLE,
     canonical_table,
+    in_place,
     ruleset_stamp,
     table_drift,
 )
@@ -314,8 +315,8 @@ class Runner:
             raise ApplyError(f"{' '.join(argv)} failed ({rc}): {redact(err.strip())}")
         return out if rc == 0 else ""
 
-    def rc(self, *argv: str) -> int:
-        return self.module.run_command(list(argv))[0]
+    def rc(self, *argv: str, data: str | None = None) -> int:
+        return self.module.run_command(list(argv), data=data, binary_data=True)[0]
 
     def output(self, *argv: str) -> tuple[int, str]:
         """Return code and output of a command that prints a lot (a table, a thousand
@@ -658,6 +659,17 @@ def live_table(run: Runner) -> str | None:
     """The loaded table as canonical_table gives it; None when it is not loaded."""
     rc, text = run.output(*LIST_TABLE)
     return canonical_table(text) if rc == 0 else None
+
+
+def load_table(run: Runner, ruleset: str, live: str | None) -> list[str]:
+    """Load the bundle's table: changed in place where one is loaded (no untouched flow loses
+    a packet, see in_place), else (or when nft refuses the change, as from a table of
+    another layout) replaced whole. Either way one atomic transaction."""
+    if live is not None and run.rc("nft", "-f", "-", data=in_place(ruleset, live)) == 0:
+        return []
+    run("nft", "-f", RULESET)
+    return [] if live is None else [f"table {' '.join(TABLE)}: replaced whole (nft refused "
+                                    "to change it in place)"]
 
 
 def read_bytes(path: str) -> bytes | None:
@@ -1117,7 +1129,7 @@ class Host:
         if reload_table or drift:
             actions.append(f"load the table from {RULESET}")
             if not check_mode:
-                run("nft", "-f", RULESET)
+                actions += load_table(run, b["nftables"], live)
         if b["sysctl"]:
             for path, value in FORWARDING.items():
                 if (read(path) or "").strip() != value:

@@ -172,7 +172,9 @@ def _element_block(key: str, boxes: tuple[Box, ...], family: int) -> str:
 
 
 def nftables(host: HostOutput, net: Network) -> str:
-    """The host's table, replaced whole and atomically by ``nft -f``.
+    """The host's table: ``nft -f`` of this text replaces it whole and atomically (at boot,
+    when an interface comes up); a host that runs it already changes it in place
+    (wgmesh_nftables.in_place), so that no untouched flow loses a packet.
 
     A connection is checked against the sets until one of its packets passes; the pass
     marks it (conntrack mark) with this table's generation, a number derived from the
@@ -224,35 +226,40 @@ def nftables(host: HostOutput, net: Network) -> str:
     if net.log_denied:
         lines.append(f"    limit {DENIED_LOG_LIMIT} {{ rate 10/second burst 20 packets }}")
 
-    v4, v6 = net.ipv4_pool, f"{{ {net.ipv6_pool}, {net.relay_pool} }}"
+    v4, v6 = net.ipv4_pool, (net.ipv6_pool, net.relay_pool)
     forged = 'counter name "dropped_underlay" drop'
     hop_drop = 'counter name "dropped_hop" drop'
     # Nodes behind a relay receive and send only end-to-end WireGuard on the hop interface.
     hop_client = bool(host.hop and not relay_pairs)
     my_hop = host.hop.address.split("/")[0] if hop_client else None
 
-    # Each base chain sends a packet to its interface's chain with one lookup, so the
-    # underlay's own packets (the tunnels' UDP) pass after a few comparisons and a mesh
-    # packet meets only its direction's sets: per-packet cost does not grow with the rules.
+    # Each base chain sends a packet to its interface's chain after a few comparisons, so
+    # the underlay's own packets (the tunnels' UDP) pass quickly and a mesh packet meets
+    # only its direction's sets: per-packet cost does not grow with the rules. Rules hold no
+    # anonymous set or map: while a change commits, a rule of the outgoing table can be
+    # evaluated against the incoming generation, where its anonymous map's elements are
+    # already gone (docs/nftables.md, "Changed in place").
     lines += ["    chain input {",
               "        type filter hook input priority filter; policy accept;",
-              f'        iifname vmap {{ "lo" : accept, "{wg}" : jump mesh_in, '
-              f'"{hop}" : jump hop_in }}',
+              '        iifname "lo" accept',
+              f'        iifname "{wg}" jump mesh_in',
+              f'        iifname "{hop}" jump hop_in',
               f"        ip saddr {v4} {forged}",
               f"        ip daddr {v4} {forged}",
-              f"        ip6 saddr {v6} {forged}",
-              f"        ip6 daddr {v6} {forged}",
+              *(f"        ip6 {field} {pool} {forged}"
+                for field in ("saddr", "daddr") for pool in v6),
               "    }",
               "    chain output {",
               "        type filter hook output priority filter; policy accept;",
-              f'        oifname vmap {{ "{wg}" : jump mesh_out, "{hop}" : jump hop_out }}',
+              f'        oifname "{wg}" jump mesh_out',
+              f'        oifname "{hop}" jump hop_out',
               "    }",
               "    chain forward {",
               "        type filter hook forward priority filter; policy accept;",
-              f'        iifname vmap {{ "{wg}" : jump fwd_from_mesh, '
-              f'"{hop}" : jump fwd_from_hop }}',
+              f'        iifname "{wg}" jump fwd_from_mesh',
+              f'        iifname "{hop}" jump fwd_from_hop',
               f"        ip saddr {v4} {forged}",
-              f"        ip6 saddr {v6} {forged}",
+              *(f"        ip6 saddr {pool} {forged}" for pool in v6),
               f'        oifname "{hop}" {hop_drop}',
               f'        oifname "{wg}" jump mesh_fwd',
               "    }",
@@ -353,7 +360,7 @@ GENERATION = "%generation%"
 PASS = f"ct mark set {GENERATION} accept"
 
 # ICMP errors about a connection (unreachable, packet too big) pass with it.
-_STATE = ("        ct state vmap { invalid : drop, related : accept }",)
+_STATE = ("        ct state invalid drop", "        ct state related accept")
 
 
 def _policy_rules(direction: str, reverse: str) -> tuple[list[str], list[str]]:

@@ -12,7 +12,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import yaml
@@ -404,13 +403,12 @@ def echo_trace(traces: dict[str, str], seq: int) -> str:
     return "\n".join(out)
 
 
-def check_untouched_flow(output: str, run_started: float, allowed: int = 0,
+def check_untouched_flow(output: str, run_started: float,
                          counters: tuple[dict, dict] | None = None,
                          traces: dict[str, str] | None = None) -> None:
-    """The pings (`ping -D`) of a flow a run does not touch: at least 500 replies and at
-    most ``allowed`` lost. A loss that is allowed is still reported, as a warning with its
-    time into the run and the path's counters that moved (``path_counters`` before and
-    after), so that it stays visible in every test run and says where the ping died."""
+    """The pings (`ping -D`) of a flow a run does not touch: at least 500 replies and none
+    lost. A loss fails with its time into the run, the path's counters that moved
+    (``path_counters`` before and after) and the lost echo's trace, which say where it died."""
     replies, lost = ping_losses(output)
     stamps = {int(n): float(t) for t, n in
               re.findall(r"^\[(\d+\.\d+)\].*icmp_seq=(\d+) ttl=", output, re.M)}
@@ -428,10 +426,8 @@ def check_untouched_flow(output: str, run_started: float, allowed: int = 0,
         moved += "; ping said: " + " | ".join(said)
     for n in lost if traces else ():
         moved += f"; trace of seq {n}:\n{echo_trace(traces, n)}"
-    assert replies > 500 and len(lost) <= allowed, (replies, lost, when, moved)
-    if lost:
-        warnings.warn(f"{len(lost)} ping(s) of {replies + len(lost)} lost on an untouched "
-                      f"flow: {', '.join(when)}{moved} (docs/performance.md)", stacklevel=2)
+    assert replies > 500 and not lost, (
+        f"{replies} replies, {len(lost)} lost on an untouched flow: {', '.join(when)}{moved}")
 
 
 def snapshot(mesh, node: str) -> dict[str, str]:
