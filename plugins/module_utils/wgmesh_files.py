@@ -46,3 +46,13 @@ def write_atomic(path: str | os.PathLike, data: str | bytes | None, mode: int | 
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_system_file(path: str, text: str) -> None:
+    """/etc/hosts and /etc/resolv.conf may be bind mounts (containers): written in place
+    when they cannot be replaced."""
+    try:
+        write_atomic(path, text, 0o644, dir_mode=0o755)
+    except OSError:
+        with open(path, "w") as fh:
+            fh.write(text)

@@ -238,7 +238,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -254,14 +253,8 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_bundle import (
     with_hosts_block,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import (
-    DNSMASQ_CONF,
-    DNSMASQ_PID,
-    KEY_TEXT,
-    MANAGEMENT_RULE_PRIORITY,
     MONITOR_CONFIG,
     MONITOR_PROGRAM,
-    RESOLVER_CONF,
-    RESOLVER_PID,
     RULESET_PATH,
     bundle_digest,
 )
@@ -271,7 +264,12 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import (
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import (
     write_atomic as write_file,
 )
-from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_keys import public_of
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import write_system_file
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_interface import (
+    public_key_of,
+    sync_interface,
+    take_down,
+)
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import (
     LIST_TABLE,
     TABLE,
@@ -280,6 +278,14 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import
     ruleset_stamp,
     table_drift,
 )
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_resolver import (
+    resolved_runs,
+    sync_dnsmasq,
+    sync_resolved,
+    sync_resolver,
+)
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_runner import ApplyError, Runner
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_sshd import check_sshd, reload_sshd
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
     Refused,
     valid_trust,
@@ -287,372 +293,10 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
     verify as verify_signed,
 )
-from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_wireguard import (
-    desired_peers,
-    parse_conf,
-    parse_dump,
-    peer_names,
-)
 
 # The table's file, which every wgmesh interface's wg-quick file loads before the interface
 # exists (its PreUp hook), so it is not a choice of the caller.
 RULESET = RULESET_PATH
-
-
-class ApplyError(Exception):
-    """A step failed; the host is returned to its last good bundle."""
-
-
-class Runner:
-    """The one place that runs wg, wg-quick, ip, nft, sysctl and systemctl."""
-
-    def __init__(self, module: AnsibleModule):
-        self.module = module
-
-    def __call__(self, *argv: str, check: bool = True, data: str | None = None) -> str:
-        rc, out, err = self.module.run_command(list(argv), data=data, binary_data=True)
-        if check and rc != 0:
-            raise ApplyError(f"{' '.join(argv)} failed ({rc}): {redact(err.strip())}")
-        return out if rc == 0 else ""
-
-    def rc(self, *argv: str, data: str | None = None) -> int:
-        return self.module.run_command(list(argv), data=data, binary_data=True)[0]
-
-    def output(self, *argv: str) -> tuple[int, str]:
-        """Return code and output of a command that prints a lot (a table, a thousand
-        peers): run_command reads in small chunks, which costs more than the command."""
-        path = self.module.get_bin_path(argv[0], required=True)
-        done = subprocess.run([path, *argv[1:]], capture_output=True, text=True, check=False)
-        return done.returncode, done.stdout
-
-
-# wg and wg-quick may echo the line of a configuration they refuse, and that line can hold
-# the private key: their output is reported with every key-shaped string replaced.
-def redact(text: str) -> str:
-    """Command output safe to report: every key-shaped string replaced."""
-    return KEY_TEXT.sub("(key redacted)", text)
-
-
-def outside(allowed: set[str], nets: list) -> list[str]:
-    """Allowed IPs that may need a route: host addresses inside the interface's own
-    prefixes (every mesh peer) are skipped without building a network object each."""
-    out = []
-    for a in allowed:
-        host, _, length = a.partition("/")
-        if length in ("32", "128"):
-            addr = ipaddress.ip_address(host)
-            if any(addr.version == n.version and addr in n for n in nets):
-                continue
-        out.append(a)
-    return out
-
-
-def same_networks(a: set[str], b: set[str]) -> bool:
-    """Equal prefixes, however written (the renderer and wg both print them canonically, so
-    the strings are compared first)."""
-    if a == b:
-        return True
-    def norm(nets):
-        return {str(ipaddress.ip_network(n, strict=False)) for n in nets}
-    return norm(a) == norm(b)
-
-
-def endpoint_differs(want: str | None, have: str | None) -> bool:
-    """A configured literal endpoint that the interface does not use. Learned endpoints
-    (peers behind NAT, roaming) are left alone."""
-    if want is None:
-        return False
-    host = want.rsplit(":", 1)[0].strip("[]")
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False  # a DNS name: wg resolved it; nothing to compare
-    return want != have
-
-
-def reconcile(kind: str, want: set[str], have: set[str], iface: str, run: Runner,
-              check_mode: bool) -> list[str]:
-    """Add what is wanted and missing, remove what is there and not wanted (ip address or
-    ip route on the interface)."""
-    actions = []
-    for value, verb, word in [*((v, "replace" if kind == "route" else "add", "add")
-                                for v in sorted(want - have)),
-                              *((v, "del", "remove") for v in sorted(have - want))]:
-        actions.append(f"{word} {kind} {value}")
-        if not check_mode:
-            run("ip", kind, verb, value, "dev", iface)
-    return actions
-
-
-def wg_quick_table(iface: str, family: str) -> tuple[str, str]:
-    """Family and name of the nftables table wg-quick makes for a default route."""
-    return ("ip" if family == "-4" else "ip6"), f"wg-quick-{iface}"
-
-
-def wg_quick_firewall(run: Runner, iface: str, family: str, table: int) -> str:
-    """The nftables table wg-quick adds with a default route, in its words: drop packets for
-    the interface's addresses that arrive elsewhere (anti-spoofing), and carry the tunnel's
-    firewall mark on its UDP flows through conntrack (so strict reverse-path filtering
-    accepts the replies). One ``nft -f`` transaction: an older copy is replaced atomically."""
-    pf, name = wg_quick_table(iface, family)
-    nft_table = f"{pf} {name}"
-    lines = [f"add table {nft_table}", f"delete table {nft_table}", f"add table {nft_table}",
-             f"add chain {nft_table} preraw {{ type filter hook prerouting priority -300; }}",
-             f"add chain {nft_table} premangle {{ type filter hook prerouting priority -150; }}",
-             f"add chain {nft_table} postmangle {{ type filter hook postrouting priority -150; }}"]
-    for addr in re.findall(r"inet6? ([0-9a-f:.]+)/\d+",
-                           run("ip", "-o", family, "address", "show", "dev", iface)):
-        lines.append(f'add rule {nft_table} preraw iifname != "{iface}" {pf} daddr {addr} '
-                     "fib saddr type != local drop")
-    lines.append(f"add rule {nft_table} postmangle meta l4proto udp mark {table} "
-                 "ct mark set mark")
-    lines.append(f"add rule {nft_table} premangle meta l4proto udp meta mark set ct mark")
-    return "\n".join(lines) + "\n"
-
-
-def exit_routing(run: Runner, iface: str, want: dict, check_mode: bool) -> list[str]:
-    """A peer with a default route (an exit node) needs wg-quick's policy routing: the
-    tunnel's own packets carry a firewall mark and use the main table, everything else looks
-    up a table whose default route is the tunnel. wg-quick sets this up only at `up`; doing it
-    here lets a host start or stop using an exit node without taking the tunnel down."""
-    actions = []
-    fwmark = run("wg", "show", iface, "fwmark").strip()
-    table = int(fwmark, 16) if fwmark not in ("", "off") else None
-    for family, default in (("-4", "0.0.0.0/0"), ("-6", "::/0")):
-        need = any(default in p["allowed"] for p in want.values())
-        rules = run("ip", family, "rule", "show")
-        mark_rule = table is not None and re.search(
-            rf"not from all fwmark {table:#x} lookup {table}\b", rules) is not None
-        suppress = "from all lookup main suppress_prefixlength 0" in rules
-        route = table is not None and "default dev" in run(
-            "ip", family, "route", "show", "table", str(table), check=False)
-        firewall = run.rc("nft", "list", "table", *wg_quick_table(iface, family)) == 0
-        if need and not (mark_rule and suppress and route and firewall):
-            actions.append(f"route {default} through {iface} (policy routing)")
-            if check_mode:
-                continue
-            if table is None:
-                table = 51820
-                while (run("ip", "-4", "route", "show", "table", str(table), check=False)
-                       or run("ip", "-6", "route", "show", "table", str(table), check=False)):
-                    table += 1
-                run("wg", "set", iface, "fwmark", str(table))
-            run("ip", family, "route", "replace", default, "dev", iface, "table", str(table))
-            # Order matters: the suppress rule must come first (lower priority number), so
-            # the main table's specific routes, the management path among them, still win
-            # over the tunnel's default route. Rules get the next lower number as they are
-            # added, so add the mark rule first, then the suppress rule, as wg-quick does.
-            if suppress:
-                run("ip", family, "rule", "del", "table", "main", "suppress_prefixlength", "0")
-            if mark_rule:
-                run("ip", family, "rule", "del", "not", "fwmark", str(table), "table", str(table))
-            run("ip", family, "rule", "add", "not", "fwmark", str(table), "table", str(table))
-            run("ip", family, "rule", "add", "table", "main", "suppress_prefixlength", "0")
-            run("nft", "-f", "-", data=wg_quick_firewall(run, iface, family, table))
-            if family == "-4":
-                run("sysctl", "-q", "net.ipv4.conf.all.src_valid_mark=1")
-        elif not need and (mark_rule or route or firewall):
-            actions.append(f"stop routing {default} through {iface}")
-            if check_mode:
-                continue
-            if route:
-                run("ip", family, "route", "del", default, "dev", iface, "table", str(table))
-            if mark_rule:
-                run("ip", family, "rule", "del", "not", "fwmark", str(table), "table", str(table))
-            if suppress:
-                run("ip", family, "rule", "del", "table", "main", "suppress_prefixlength", "0")
-            if firewall:
-                run("nft", "delete", "table", *wg_quick_table(iface, family))
-    return actions
-
-
-def management_rules(run: Runner, keep: list[str], need: bool, check_mode: bool) -> list[str]:
-    """Keep management networks on the main table while an exit node has the default route;
-    the rules are ours by their priority, so others' rules are never touched."""
-    want = set(keep) if need else set()
-    have = set()
-    for family in ("-4", "-6"):
-        for line in run("ip", family, "rule", "show", "priority",
-                        str(MANAGEMENT_RULE_PRIORITY)).splitlines():
-            found = re.search(r"\bto (\S+) lookup main\b", line)
-            if found:
-                have.add(str(ipaddress.ip_network(found.group(1), strict=False)))
-    actions = []
-    for verb, nets in (("del", sorted(have - want)), ("add", sorted(want - have))):
-        for net in nets:
-            actions.append(f"{'keep' if verb == 'add' else 'stop keeping'} {net} "
-                           "on the main table")
-            if not check_mode:
-                run("ip", f"-{ipaddress.ip_network(net).version}", "rule", verb, "to", net,
-                    "lookup", "main", "priority", str(MANAGEMENT_RULE_PRIORITY))
-    return actions
-
-
-def public_key_of(key_file: str) -> str:
-    with open(key_file) as fh:
-        return public_of(fh.read().strip())
-
-
-def sync_interface(run: Runner, iface: str, conf_text: str, key_file: str, service: str,
-                   keep: list[str], check_mode: bool,
-                   roaming: frozenset[str] | set[str] = frozenset()) -> list[str]:
-    """Make the running interface equal to its configuration, live; its file is written
-    already (wg-quick reads it). Returns what differed, in words."""
-    conf = parse_conf(conf_text)
-    want = desired_peers(conf)
-    actions: list[str] = []
-    if run.rc("ip", "link", "show", "dev", iface) != 0:
-        actions.append(f"bring {iface} up ({service})")
-        if check_mode:
-            return actions
-        if service == "systemd":
-            # Its file's hooks load the table first and start the keepalive handshakes.
-            run("systemctl", "enable", "--now", f"wg-quick@{iface}")
-            return actions
-        up_without_peers(run, iface, conf_text)  # the peers follow with wg set
-    elif service == "systemd" and run.rc("systemctl", "is-enabled", "--quiet",
-                                       f"wg-quick@{iface}") != 0:
-        actions.append(f"enable wg-quick@{iface}")
-        if not check_mode:
-            run("systemctl", "enable", f"wg-quick@{iface}")
-
-    # A key file replaced (rotation, a rebuilt host) while the interface kept the old key.
-    running_key = run("wg", "show", iface, "public-key").strip()
-    file_key = public_key_of(key_file)
-    if running_key != file_key:
-        actions.append(f"{iface} runs with key {running_key or '(none)'}, the key file holds "
-                       f"{file_key}: load the key file")
-        if not check_mode:
-            run("wg", "set", iface, "private-key", key_file)
-            start_handshakes(run, iface, want)
-
-    port, have = parse_dump(run.output("wg", "show", iface, "dump")[1])
-    want_port = int(conf["interface"].get("listenport", ["0"])[0])
-    added = sorted(set(want) - set(have))
-    removed = sorted(set(have) - set(want))
-    updated = sorted(k for k in set(want) & set(have)
-                     if not same_networks(want[k]["allowed"], have[k]["allowed"])
-                     or want[k]["keepalive"] != have[k]["keepalive"]
-                     or (k not in roaming
-                         and endpoint_differs(want[k]["endpoint"], have[k]["endpoint"])))
-    if added or removed or updated or (want_port and want_port != port):
-        names = peer_names(conf_text)
-        words = [f"+{names.get(k, k)}" for k in added] + [f"-{k}" for k in removed] + [
-            f"~{names.get(k, k)}" for k in updated]
-        if len(words) > 12:
-            words = [*words[:10], f"and {len(words) - 10} more"]
-        if want_port and want_port != port:
-            words.append(f"listen port {port} -> {want_port}")
-        actions.append(f"{iface} peers: {', '.join(words)}")
-        if not check_mode:
-            set_peers(run, iface, want, have, added, removed, updated,
-                      want_port if want_port and want_port != port else None, roaming)
-
-    # Addresses, MTU and routes for allowed IPs outside the interface's own prefixes.
-    want_addrs = {str(ipaddress.ip_interface(a.strip())) for v in
-                  conf["interface"].get("address", []) for a in v.split(",") if a.strip()}
-    have_addrs = set(re.findall(r"inet6? (\S+) .*scope global",
-                                run("ip", "-o", "address", "show", "dev", iface)))
-    actions += reconcile("address", want_addrs, have_addrs, iface, run, check_mode)
-    mtu = conf["interface"].get("mtu", [None])[0]
-    link = run("ip", "-o", "link", "show", "dev", iface)
-    if mtu and f" mtu {mtu} " not in link:
-        actions.append(f"set {iface} mtu {mtu}")
-        if not check_mode:
-            run("ip", "link", "set", "dev", iface, "mtu", mtu)
-    nets = [ipaddress.ip_interface(a).network for a in want_addrs]
-    routed = {str(n) for p in want.values() for n in map(ipaddress.ip_network,
-                                                          outside(p["allowed"], nets))
-              if n.prefixlen and not any(n.version == o.version and n.subnet_of(o)
-                                         for o in nets)}
-    have_routes = set()
-    for family in ("-4", "-6"):
-        for line in run("ip", family, "route", "show", "dev", iface, "proto", "boot").splitlines():
-            have_routes.add(str(ipaddress.ip_network(line.split()[0], strict=False)))
-    actions += reconcile("route", routed, have_routes, iface, run, check_mode)
-
-    # Management rules first: they must be in place before the default route moves.
-    exits = any(d in p["allowed"] for p in want.values() for d in ("0.0.0.0/0", "::/0"))
-    actions += management_rules(run, keep, exits, check_mode)
-    actions += exit_routing(run, iface, want, check_mode)
-    return actions
-
-
-# Peers per `wg set` call: each is a handful of arguments, and the kernel limits a command
-# line to a few MiB.
-PEERS_PER_SET = 200
-
-
-def set_peers(run: Runner, iface: str, want: dict[str, dict], have: dict[str, dict],
-              added: list[str], removed: list[str], updated: list[str],
-              port: int | None, roaming: frozenset[str] | set[str] = frozenset()) -> None:
-    """Change only the peers that differ, and only what differs of them, with `wg set`.
-    A peer the change leaves alone is not written at all: wireguard-go replaces a peer's
-    allowed IPs by removing them first, so rewriting an unchanged peer (as `wg syncconf`
-    does with every peer) can drop a packet of a flow the change does not touch."""
-    groups: list[list[str]] = [["peer", k, "remove"] for k in removed]
-    for k in [*added, *updated]:
-        w, h = want[k], have.get(k)
-        one = ["peer", k]
-        if w["endpoint"] and (h is None or (k not in roaming and endpoint_differs(
-                w["endpoint"], h["endpoint"]))):
-            one += ["endpoint", w["endpoint"]]
-        if h is None or w["keepalive"] != h["keepalive"]:
-            one += ["persistent-keepalive", str(w["keepalive"]) if w["keepalive"] else "off"]
-        if h is None or not same_networks(w["allowed"], h["allowed"]):
-            one += ["allowed-ips", ",".join(sorted(w["allowed"]))]
-        groups.append(one)
-    head = ["listen-port", str(port)] if port else []
-    for i in range(0, max(len(groups), 1), PEERS_PER_SET):
-        batch = [a for g in groups[i:i + PEERS_PER_SET] for a in g]
-        if batch or head:
-            run("wg", "set", iface, *head, *batch)
-        head = []
-
-
-def interface_section(conf_text: str) -> str:
-    """A wg-quick file's [Interface] section alone, with its hooks: the filter first."""
-    return conf_text.split("\n[Peer]", 1)[0] + "\n"
-
-
-def up_without_peers(run: Runner, iface: str, conf_text: str) -> None:
-    """wg-quick up from the [Interface] section alone. With peers, wg-quick adds each
-    allowed IP's route with its own `ip` calls (seconds for a thousand peers); the caller
-    then adds the peers with `wg set`, and the routes the mesh prefix does not cover."""
-    head = interface_section(conf_text)
-    os.makedirs("/run/wgmesh", mode=0o700, exist_ok=True)
-    path = f"/run/wgmesh/{iface}.conf"  # wg-quick takes the interface name from the file's
-    write_atomic(path, head, 0o600)
-    try:
-        run("wg-quick", "up", path)
-    finally:
-        os.unlink(path)
-
-
-def start_handshakes(run: Runner, iface: str, want: dict[str, dict]) -> None:
-    """Peers with a keepalive (this host is behind NAT, or on a hop tunnel) get a keepalive
-    now, so the tunnel is open when the run ends: after the running key changed. Setting the
-    interval from 0 again sends one (the rendered files' PostUp hook does the same at up)."""
-    for key, peer in want.items():
-        if peer["keepalive"]:
-            run("wg", "set", iface, "peer", key, "persistent-keepalive", "0")
-            run("wg", "set", iface, "peer", key, "persistent-keepalive",
-                str(peer["keepalive"]))
-
-
-def take_down(run: Runner, iface: str, service: str, conf_path: str,
-              check_mode: bool) -> list[str]:
-    actions = []
-    if run.rc("ip", "link", "show", "dev", iface) == 0:
-        actions.append(f"take {iface} down")
-        if not check_mode:
-            if service == "systemd":
-                run("systemctl", "disable", "--now", f"wg-quick@{iface}")
-            elif os.path.exists(conf_path):
-                run("wg-quick", "down", iface)  # reads the file: remove it only after
-            else:
-                run("ip", "link", "delete", "dev", iface)
-    return actions
 
 
 def live_table(run: Runner) -> str | None:
@@ -688,8 +332,6 @@ def write_atomic(path: str, text: str | bytes | None, mode: int) -> None:
 
 FORWARDING = {"/proc/sys/net/ipv4/ip_forward": "1",
               "/proc/sys/net/ipv6/conf/all/forwarding": "1"}
-
-
 
 
 # A reboot half way through an apply may leave files of two bundles on disk. Where systemd
@@ -781,201 +423,6 @@ def last_good_dropin(state_dir: str) -> str:
             "[Service]\n"
             f"ExecStartPre=/usr/bin/env python3 {LAST_GOOD_SCRIPT} %i "
             f"{os.path.join(state_dir, LAST_GOOD_FILES)}\n")
-
-
-def sshd_binary() -> str | None:
-    return shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/sbin/sshd")
-                                         if os.path.exists(p)), None)
-
-
-def check_sshd(config: str, dropin_text: str, dropin: str) -> None:
-    """sshd accepts its configuration with the drop-in, and reads the drop-in: a connection
-    to the host's mesh address gets the drop-in's AllowUsers or DenyUsers."""
-    sshd = sshd_binary()
-    if sshd is None:
-        raise ApplyError("the policy's ssh rules name this host, but sshd is not installed")
-    done = subprocess.run([sshd, "-t", "-f", config], capture_output=True, text=True,
-                          check=False)
-    if done.returncode != 0:
-        raise ApplyError(f"sshd refuses its configuration with {dropin}: "
-                         f"{(done.stderr + done.stdout).strip()[:300]}")
-    found = re.search(r"^Match LocalAddress ([0-9.]+),", dropin_text, re.M)
-    if found is None:
-        raise ApplyError(f"the bundle's sshd rules for {dropin} have no mesh address")
-    done = subprocess.run([sshd, "-T", "-f", config, "-C",
-                           f"user=wgmesh-check,host=wgmesh-check,addr=192.0.2.1,"
-                           f"laddr={found.group(1)}"], capture_output=True, text=True,
-                          check=False)
-    if done.returncode != 0 or not re.search(r"^(allowusers|denyusers) ", done.stdout, re.M):
-        raise ApplyError(f"sshd does not read {dropin}: add 'Include "
-                         f"{os.path.dirname(dropin)}/*.conf' at the top of {config}")
-
-
-# Split DNS without systemd-resolved: a dnsmasq of our own on a loopback address answers the
-# split domains from their nameservers and everything else from the resolvers the host had.
-# The mesh interface's wg-quick file starts it again at boot (the contract's DNSMASQ_CONF).
-DNSMASQ_ADDRESS = "127.0.0.153"
-# The resolvers /etc/resolv.conf named before (dnsmasq drops root, so not in state_dir).
-UPSTREAM = "/etc/wgmesh/upstream-resolv.conf"
-RESOLV_CONF = "/etc/resolv.conf"
-def resolved_runs() -> bool:
-    return os.path.isdir("/run/systemd/resolve") and shutil.which("resolvectl") is not None
-
-
-def sync_resolved(run: Runner, iface: str, dns: dict | None, check_mode: bool) -> list[str]:
-    """Per-link DNS on the mesh interface: its nameservers and ~domains (routing only)."""
-    want_servers = sorted({s for servers in (dns or {}).values() for s in servers})
-    want_domains = sorted(f"~{d}" for d in (dns or {}))
-    have_servers = _link_setting(run("resolvectl", "dns", iface, check=False))
-    have_domains = _link_setting(run("resolvectl", "domain", iface, check=False))
-    if (want_servers, want_domains) == (have_servers, have_domains):
-        return []
-    if not check_mode:
-        if dns:
-            run("resolvectl", "dns", iface, *want_servers)
-            run("resolvectl", "domain", iface, *want_domains)
-        else:
-            run("resolvectl", "revert", iface)
-    return [f"per-link DNS on {iface}: {' '.join(want_domains) or 'none'}"]
-
-
-def _link_setting(text: str) -> list[str]:
-    """The values of `resolvectl dns|domain IFACE` ("Link 7 (wg0): a b"); none when it
-    printed something else (no such link yet, resolved not answering)."""
-    for line in text.splitlines():
-        if line.startswith("Link ") and ":" in line:
-            return sorted(line.split(":", 1)[1].split())
-    return []
-
-
-def dnsmasq_conf(dns: dict, upstream: str) -> str:
-    lines = ["# wgmesh: split DNS. Generated; holds no secret.",
-             f"listen-address={DNSMASQ_ADDRESS}", "bind-interfaces", "port=53",
-             f"pid-file={DNSMASQ_PID}", f"resolv-file={upstream}", "no-poll", "cache-size=1000"]
-    for domain in sorted(dns):
-        lines += [f"server=/{domain}/{server}" for server in dns[domain]]
-    return "\n".join(lines) + "\n"
-
-
-def our_resolv_conf(original: str) -> str:
-    """Our resolver first; the host's search and options lines kept."""
-    kept = [line for line in original.splitlines()
-            if line.split()[:1] and line.split()[0] in ("search", "domain", "options")]
-    return "\n".join(["# wgmesh: split DNS through a local resolver; the resolvers this "
-                      "file named before are in", "# its upstream list. `wgmesh` restores "
-                      "this file when split DNS goes away.", f"nameserver {DNSMASQ_ADDRESS}",
-                      *kept]) + "\n"
-
-
-def dnsmasq_pid(pidfile: str) -> int | None:
-    """The pid of the dnsmasq (wgmesh's split-DNS one, or the mesh resolver) whose pid file
-    this is, if it runs."""
-    try:
-        pid = int((read(pidfile) or "").strip())
-    except ValueError:
-        return None
-    return pid if "dnsmasq" in (read(f"/proc/{pid}/comm") or "") else None
-
-
-def stop_dnsmasq(pidfile: str) -> None:
-    pid = dnsmasq_pid(pidfile)
-    if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(50):
-            if not os.path.exists(f"/proc/{pid}"):
-                break
-            time.sleep(0.05)
-
-
-def sync_dnsmasq(run: Runner, dns: dict | None, check_mode: bool) -> list[str]:
-    upstream = UPSTREAM
-    actions = []
-    if not dns:
-        if dnsmasq_pid(DNSMASQ_PID) is not None or os.path.exists(DNSMASQ_CONF):
-            actions.append("stop the split-DNS resolver")
-            if not check_mode:
-                stop_dnsmasq(DNSMASQ_PID)
-                write_atomic(DNSMASQ_CONF, None, 0o644)
-        original = read(upstream)
-        if original is not None:
-            actions.append(f"restore {RESOLV_CONF}")
-            if not check_mode:
-                write_system_file(RESOLV_CONF, original)
-                os.unlink(upstream)
-        return actions
-    if shutil.which("dnsmasq") is None:
-        raise ApplyError("split DNS needs dnsmasq where systemd-resolved does not run: install "
-                         "dnsmasq-base (wgmesh_manage_packages does)")
-    current = read(RESOLV_CONF) or ""
-    original = read(upstream)
-    if original is None or (current != our_resolv_conf(original)
-                            and not current.startswith("# wgmesh: split DNS")):
-        original = current  # first time, or something (a DHCP client) rewrote it since
-        actions.append(f"keep the host's resolvers from {RESOLV_CONF} as upstream")
-        if not check_mode:
-            write_atomic(upstream, original, 0o644)
-    conf = dnsmasq_conf(dns, upstream)
-    restart = dnsmasq_pid(DNSMASQ_PID) is None
-    if read(DNSMASQ_CONF) != conf:
-        actions.append(f"write {DNSMASQ_CONF}")
-        restart = True
-        if not check_mode:
-            write_atomic(DNSMASQ_CONF, conf, 0o644)
-    if restart or actions:
-        actions.append("start the split-DNS resolver (dnsmasq)")
-        if not check_mode:
-            stop_dnsmasq(DNSMASQ_PID)
-            run("dnsmasq", f"--conf-file={DNSMASQ_CONF}")
-    if current != our_resolv_conf(original):
-        actions.append(f"point {RESOLV_CONF} at the split-DNS resolver")
-        if not check_mode:
-            write_system_file(RESOLV_CONF, our_resolv_conf(original))
-    return actions
-
-
-def sync_resolver(run: Runner, conf: str | None, check_mode: bool) -> list[str]:
-    """The mesh resolver runs the bundle's configuration, or does not run at all."""
-    if conf is None:
-        if dnsmasq_pid(RESOLVER_PID) is None and not os.path.exists(RESOLVER_CONF):
-            return []
-        if not check_mode:
-            stop_dnsmasq(RESOLVER_PID)
-            write_atomic(RESOLVER_CONF, None, 0o644)
-        return ["stop the mesh resolver"]
-    if shutil.which("dnsmasq") is None:
-        raise ApplyError("the mesh resolver needs dnsmasq: install dnsmasq-base "
-                         "(wgmesh_manage_packages does)")
-    actions = []
-    if read(RESOLVER_CONF) != conf:
-        actions.append(f"write {RESOLVER_CONF}")
-        if not check_mode:
-            write_atomic(RESOLVER_CONF, conf, 0o644)
-    if actions or dnsmasq_pid(RESOLVER_PID) is None:
-        actions.append("start the mesh resolver (dnsmasq)")
-        if not check_mode:
-            stop_dnsmasq(RESOLVER_PID)
-            run("dnsmasq", f"--conf-file={RESOLVER_CONF}")
-    return actions
-
-
-def reload_sshd(run: Runner, pidfile: str) -> str:
-    """sshd re-reads its configuration (open sessions stay): through systemd where systemd
-    runs it (Debian's ssh.service, elsewhere sshd.service), so the unit's own reload runs and
-    the journal says so; else SIGHUP to the pid in its pid file."""
-    if os.path.isdir("/run/systemd/system"):
-        for unit in ("ssh.service", "sshd.service"):
-            if run.rc("systemctl", "is-active", "--quiet", unit) == 0:
-                run("systemctl", "reload", unit)
-                return f"reload {unit}"
-    try:
-        pid = int((read(pidfile) or "").strip())
-    except ValueError:
-        pid = 0
-    # A stale pid file may name another process by now: only an sshd gets the signal.
-    if pid <= 1 or not (read(f"/proc/{pid}/comm") or "").startswith("sshd"):
-        return f"sshd is not running ({pidfile}): it reads the drop-in when it starts"
-    os.kill(pid, signal.SIGHUP)
-    return "reload sshd"
 
 
 class Host:
@@ -1218,16 +665,6 @@ class Host:
             if not check_mode:
                 write_system_file(self.hosts_file, new)
         return actions
-
-
-def write_system_file(path: str, text: str) -> None:
-    """/etc/hosts and /etc/resolv.conf may be bind mounts (containers): written in place
-    when they cannot be replaced."""
-    try:
-        write_atomic(path, text, 0o644)
-    except OSError:
-        with open(path, "w") as fh:
-            fh.write(text)
 
 
 def ssh_client(run: Runner) -> str | None:

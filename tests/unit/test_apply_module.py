@@ -19,6 +19,16 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_bundle import (
     with_hosts_block,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import bundle_hash
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_interface import (
+    interface_section,
+    set_peers,
+)
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_resolver import (
+    UPSTREAM,
+    dnsmasq_conf,
+    our_resolv_conf,
+    sync_resolved,
+)
 from wgmesh import render
 
 HERE = Path(__file__).resolve().parents[2]
@@ -59,7 +69,7 @@ def test_the_interface_the_module_brings_up_loads_the_filter_first(tmp_path):
     """The module brings an interface up from its [Interface] section alone: the hooks
     come with it, the table's load first (wg-quick runs PreUp before the link exists)."""
     conf = bundle_of(tmp_path)["wg_conf"]
-    head = apply.interface_section(conf)
+    head = interface_section(conf)
     parsed = wgstrict.parse(head)
     assert parsed["peers"] == [] and "[Peer]" in conf
     assert parsed["interface"]["PreUp"] == [render.FILTER_HOOK.removeprefix("PreUp = ")]
@@ -98,7 +108,7 @@ def test_only_the_peers_that_differ_are_written(tmp_path):
             "K4": {"allowed": {"100.64.0.5/32", "fd7a::5/128"}, "keepalive": 0,
                    "endpoint": None}}
     run = Recorder()
-    apply.set_peers(run, "wg0", want, have, ["K4"], ["K3"], ["K2"], None)
+    set_peers(run, "wg0", want, have, ["K4"], ["K3"], ["K2"], None)
     assert run.calls == [["wg", "set", "wg0", "peer", "K3", "remove",
                           "peer", "K4", "persistent-keepalive", "off",
                           "allowed-ips", "100.64.0.5/32,fd7a::5/128",
@@ -107,11 +117,11 @@ def test_only_the_peers_that_differ_are_written(tmp_path):
     # Many peers go in batches; a listen port alone is one call.
     many = {f"P{i}": same for i in range(450)}
     run = Recorder()
-    apply.set_peers(run, "wg0", many, {}, sorted(many), [], [], 51821)
+    set_peers(run, "wg0", many, {}, sorted(many), [], [], 51821)
     assert len(run.calls) == 3 and run.calls[0][3:5] == ["listen-port", "51821"]
     assert sum(c.count("peer") for c in run.calls) == 450
     run = Recorder()
-    apply.set_peers(run, "wg0", {}, {}, [], [], [], 51821)
+    set_peers(run, "wg0", {}, {}, [], [], [], 51821)
     assert run.calls == [["wg", "set", "wg0", "listen-port", "51821"]]
 
 
@@ -173,13 +183,13 @@ def test_split_dns_reaches_the_bundle_of_hosts_that_may_reach_the_nameserver(tmp
 
 def test_the_local_resolver_keeps_the_hosts_search_and_upstream():
     original = "# from DHCP\nnameserver 192.0.2.53\nsearch example.net\noptions edns0\n"
-    ours = apply.our_resolv_conf(original)
+    ours = our_resolv_conf(original)
     assert "nameserver 127.0.0.153\n" in ours and "nameserver 192.0.2.53" not in ours
     assert "search example.net\n" in ours and "options edns0\n" in ours
-    conf = apply.dnsmasq_conf({"corp.example": ["198.51.100.53", "198.51.100.54"]},
-                              apply.UPSTREAM)
+    conf = dnsmasq_conf({"corp.example": ["198.51.100.53", "198.51.100.54"]},
+                              UPSTREAM)
     assert "server=/corp.example/198.51.100.53\nserver=/corp.example/198.51.100.54\n" in conf
-    assert f"resolv-file={apply.UPSTREAM}\n" in conf and "listen-address=127.0.0.153\n" in conf
+    assert f"resolv-file={UPSTREAM}\n" in conf and "listen-address=127.0.0.153\n" in conf
 
 
 class FakeResolvectl:
@@ -203,14 +213,14 @@ class FakeResolvectl:
 def test_per_link_dns_with_systemd_resolved():
     run = FakeResolvectl()
     dns = {"corp.example": ["198.51.100.53"], "lab.example": ["198.51.100.54"]}
-    assert apply.sync_resolved(run, "wg0", dns, check_mode=True) \
+    assert sync_resolved(run, "wg0", dns, check_mode=True) \
         == ["per-link DNS on wg0: ~corp.example ~lab.example"]
     assert run.link == {"dns": [], "domain": []}  # check mode sets nothing
-    apply.sync_resolved(run, "wg0", dns, check_mode=False)
+    sync_resolved(run, "wg0", dns, check_mode=False)
     assert run.link == {"dns": ["198.51.100.53", "198.51.100.54"],
                         "domain": ["~corp.example", "~lab.example"]}
-    assert apply.sync_resolved(run, "wg0", dns, check_mode=False) == []  # nothing differs
-    apply.sync_resolved(run, "wg0", None, check_mode=False)
+    assert sync_resolved(run, "wg0", dns, check_mode=False) == []  # nothing differs
+    sync_resolved(run, "wg0", None, check_mode=False)
     assert run.calls[-1] == ("resolvectl", "revert", "wg0") and run.link["domain"] == []
 
 
@@ -230,11 +240,11 @@ def test_the_agents_endpoints_are_live_state_and_the_rest_stays_strict():
     have = {"K1": {"allowed": {"100.64.0.2/32"}, "keepalive": 0,
                    "endpoint": "192.0.2.23:51820"}}
     run = Recorder()
-    apply.set_peers(run, "wg0", want, have, [], [], ["K1"], None)
+    set_peers(run, "wg0", want, have, [], [], ["K1"], None)
     assert run.calls == [["wg", "set", "wg0", "peer", "K1", "endpoint", relay]]
     want["K1"]["allowed"] = {"100.64.0.2/32", "10.0.0.0/24"}
     run = Recorder()
-    apply.set_peers(run, "wg0", want, have, [], [], ["K1"], None, roaming={"K1"})
+    set_peers(run, "wg0", want, have, [], [], ["K1"], None, roaming={"K1"})
     assert run.calls == [["wg", "set", "wg0", "peer", "K1", "allowed-ips",
                           "10.0.0.0/24,100.64.0.2/32"]]
 
