@@ -29,7 +29,6 @@ sys.path.insert(0, str(REPO / "tests" / "unit"))
 from meshkit import fake_key  # noqa: E402
 from meshlab import MeshLab  # noqa: E402
 
-from wgmesh import render  # noqa: E402
 from wgmesh.build import build  # noqa: E402
 
 PLAY = """
@@ -73,7 +72,7 @@ def hub_bundle(lab: MeshLab, inputs: Path, peers: int) -> tuple[dict, dict]:
     nodes = build(inputs, run_tests=False).mesh.nodes
     keys = {n: fake_key(n) for n in nodes if n != "hub"} | {"hub": key}
     b = build(inputs, run_tests=False, keys=keys)
-    return b, render.bundle(b.compiler.host("hub"), b.mesh.network, key)
+    return b, b.bundle("hub")
 
 
 def main() -> int:

@@ -9,10 +9,11 @@ from ansible.errors import AnsibleActionFail
 from ansible.plugins.action import ActionBase
 
 try:
-    from wgmesh import programs, render, signing
-    from wgmesh.build import KeyMismatch, PolicyTestFailure, build, source_commit
+    from wgmesh import programs, signing
+    from wgmesh.build import KeyMismatch, build, source_commit
     from wgmesh.compiler import fewer_gc_passes
     from wgmesh.errors import InputError
+    from wgmesh.policytests import PolicyTestFailure
 except ImportError as exc:  # pragma: no cover - depends on the controller's environment
     IMPORT_ERROR = exc
 else:
@@ -84,7 +85,7 @@ class ActionModule(ActionBase):
                         continue
                     h = comp.host(name)
                     out[name] = {
-                        "bundle": render.bundle(h, net, b.alloc[name].public_key, commit),
+                        "bundle": b.bundle(name, commit, host=h),
                         "relay": bool(node.relay),
                         "addresses": [str(h.ipv4), str(h.ipv6)],
                         "peers": [{"name": p.name, "connection": p.connection, "relay": p.relay,

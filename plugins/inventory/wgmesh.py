@@ -46,8 +46,9 @@ from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin
 
 try:
-    from wgmesh.build import PolicyTestFailure, build
+    from wgmesh.build import build
     from wgmesh.errors import InputError
+    from wgmesh.policytests import PolicyTestFailure
 except ImportError as exc:  # pragma: no cover - depends on the controller's environment
     IMPORT_ERROR = exc
 else:

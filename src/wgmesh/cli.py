@@ -22,17 +22,11 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_keys import (
     public_of as wg_public_of,
 )
 from wgmesh import grammar, render, why
-from wgmesh.build import (
-    PolicyTestFailure,
-    build,
-    known_users,
-    policy_test_failures,
-    query_endpoints,
-    source_commit,
-    unknown_user_hint,
-)
+from wgmesh.build import build, source_commit
 from wgmesh.compiler import fewer_gc_passes
 from wgmesh.errors import InputError, LabError, Problem, escape, write_atomic
+from wgmesh.policytests import PolicyTestFailure, policy_test_failures
+from wgmesh.queries import known_users, query_endpoints, unknown_user_hint
 
 
 def default_inventory() -> str:

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import PROTO_NAMES
-from wgmesh.build import Build, policy_test_failures
+from wgmesh.build import Build
 from wgmesh.compiler import fewer_gc_passes
 from wgmesh.errors import InputError, Problem
 from wgmesh.intervals import bits, merge_ranges, subtract
 from wgmesh.policy import ICMP
+from wgmesh.policytests import policy_test_failures
 from wgmesh.selectors import Kind
 
 # Exit codes of `wgmesh plan` (documented in docs/gitops.md).

@@ -42,7 +42,7 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
     verify as verify_signed,
 )
-from wgmesh import grammar, render
+from wgmesh import grammar
 from wgmesh.errors import InputError, Problem, read_text, write_atomic
 
 MAX_MANIFEST_BYTES = 64 << 20
@@ -109,7 +109,7 @@ def compile_body(b, serial: int, date: dt.date) -> dict:
     """The manifest of build ``b`` (compiled as of ``date``); every managed node must have
     its key pinned (a bundle is signed for one key)."""
     _require_signing(b)
-    comp, net = b.compiler, b.mesh.network
+    comp = b.compiler
     unpinned = sorted(n for n in comp.names
                       if b.mesh.nodes[n].managed and not b.alloc[n].public_key
                       and n not in comp.expired)
@@ -121,7 +121,7 @@ def compile_body(b, serial: int, date: dt.date) -> dict:
     bundles = {}
     for name in comp.names:
         if b.mesh.nodes[name].managed and name not in comp.expired:
-            bundle = render.bundle(comp.host(name), net, b.alloc[name].public_key)
+            bundle = b.bundle(name)
             bundles[name] = bundle_digest(bundle)
     return {
         "format": FORMAT,

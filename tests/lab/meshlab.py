@@ -445,11 +445,10 @@ def snapshot(mesh, node: str) -> dict[str, str]:
 
 def intended(mesh, policy) -> dict[str, str]:
     """The bundle hash each host should run under a policy (compiled here, as the run does)."""
-    from wgmesh import render
     from wgmesh.build import build
 
     b = build(mesh.inventory, policy, run_tests=False)
-    return {n: render.bundle(b.compiler.host(n), b.mesh.network, b.alloc[n].public_key)["hash"]
+    return {n: b.bundle(n)["hash"]
             for n in b.compiler.names if b.mesh.nodes[n].managed}
 
 

@@ -33,7 +33,7 @@ from docmd import block
 from meshlab import GIT_URL, MeshLab, publish, recap, serve_git, snapshot
 from nacl.signing import SigningKey
 
-from wgmesh import render, signing
+from wgmesh import signing
 from wgmesh.build import build
 
 pytestmark = pytest.mark.lab
@@ -322,7 +322,7 @@ def test_a_bundle_not_compiled_from_the_signed_inputs_is_refused_by_the_module(s
         (repo / "policies/lab.hujson").read_text().replace('"acls": [', '"acls": [\n'
         '    {"action": "accept", "src": ["*"], "dst": ["*:*"]},', 1))
     b = build(inv, run_tests=False)
-    bundle = render.bundle(b.compiler.host("pub1"), b.mesh.network, b.alloc["pub1"].public_key)
+    bundle = b.bundle("pub1")
     args = json.dumps({"bundle": bundle, "manifest": b.manifest,
                        "key_file": "/etc/wireguard/wg0.key"})
     run = subprocess.run([str(BIN / "ansible"), "-i", str(lab.topology_file), "pub1", "-m",

@@ -418,15 +418,13 @@ def test_a_host_rebooted_half_way_through_an_apply_comes_back_on_its_last_good_b
     change) already on disk, its record still the last good bundle's. It boots on the last
     good bundle: wg-quick@'s wgmesh drop-in puts the files back before the interfaces read
     them, and wgmesh status finds pub1 in sync with no run."""
-    from wgmesh import render
     from wgmesh.build import build
 
     good = json.loads(mesh.run("pub1", "cat", "/var/lib/wgmesh/bundle.json").stdout)
     new = policy_with(mesh, tmp_path, '"dst": ["tag:web:80,443"]',
                       '"dst": ["tag:web:80,443,8080"]')
     b = build(mesh.inventory, new, run_tests=False)
-    following = render.bundle(b.compiler.host("pub1"), b.mesh.network,
-                              b.alloc["pub1"].public_key)
+    following = b.bundle("pub1")
     assert following["nftables"] != good["nftables"]
     mesh.run("pub1", "sh", "-c", f"cat > {RULESET}", stdin=following["nftables"])
     mesh.lab.reboot("pub1")

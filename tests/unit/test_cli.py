@@ -1,6 +1,5 @@
 """The wgmesh command's contract: exit codes and error format."""
 
-import datetime as dt
 import json
 import os
 import re
@@ -91,40 +90,6 @@ def test_failing_policy_test_exits_1(tmp_path):
     assert out.returncode == 1
     assert "FAIL tests[2]" in out.stdout and "6 passed, 1 failed" in out.stdout
     assert "web1 -> db1:5432 is allowed (by acls[2]), expected deny" in out.stderr
-
-
-def test_policy_tests_run_once_per_input_state(tmp_path, monkeypatch):
-    """A pass is remembered by the digest of the inputs (and of wgmesh itself): the same
-    state does not run its tests again; any change, or another date, does."""
-    import shutil
-
-    from wgmesh import build as build_module
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    golden = Path(__file__).resolve().parents[1] / "data" / "golden-mesh"
-    mesh = tmp_path / "mesh"
-    shutil.copytree(golden, mesh)
-    runs = []
-    real = build_module.policy_test_failures
-    monkeypatch.setattr(build_module, "policy_test_failures",
-                        lambda b: runs.append(1) or real(b))
-    day = dt.date(2026, 1, 1)
-    build_module.build(mesh, today=day)
-    build_module.build(mesh, today=day)
-    assert len(runs) == 1
-    build_module.build(mesh, today=day + dt.timedelta(days=1))
-    assert len(runs) == 2
-    policy = mesh / "policy.hujson"
-    policy.write_text(policy.read_text().replace('"deny": ["legacy:22"]', '"deny": ["legacy:23"]'))
-    build_module.build(mesh, today=day)
-    assert len(runs) == 3
-    # A failing state is never remembered: it fails every time.
-    failing = policy.read_text().replace('"deny": ["legacy:23"]', '"deny": ["tag:db:5432"]')
-    policy.write_text(failing)
-    for _ in range(2):
-        with pytest.raises(build_module.PolicyTestFailure):
-            build_module.build(mesh, today=day)
-    assert len(runs) == 5
 
 
 def test_read_only_commands_never_write_the_lockfile(tmp_path):

@@ -44,7 +44,7 @@ def outputs(tmp_path):
         if render.sshd_dropin(h):
             files[f"{name}/sshd.conf"] = render.sshd_dropin(h)
         if h.node.managed:
-            bundle = render.bundle(h, net, b.alloc[name].public_key, "0" * 40)
+            bundle = b.bundle(name, "0" * 40, host=h)
             files[f"{name}/bundle.json"] = json.dumps(bundle, indent=1, sort_keys=True) + "\n"
     return b, files
 

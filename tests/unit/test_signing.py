@@ -13,7 +13,7 @@ import pytest
 import yaml
 from meshkit import TODAY, make, plugin, sign_with_admins
 
-from wgmesh import cli, render, signing
+from wgmesh import cli, signing
 from wgmesh.build import build
 from wgmesh.errors import InputError
 
@@ -77,7 +77,7 @@ def test_create_sign_verify(mesh, capsys):
     # The mesh is compiled as of the manifest's date; the bundle the host gets is listed.
     b = build(mesh)
     assert b.today == TODAY
-    bundle = render.bundle(b.compiler.host("a"), b.mesh.network, b.alloc["a"].public_key)
+    bundle = b.bundle("a")
     assert body["bundles"]["a"] == signing.bundle_digest(bundle)
     # A new manifest takes the next serial and drops the old signatures.
     assert run("manifest", "create", "-i", str(mesh)) == 0
@@ -109,7 +109,7 @@ def test_the_host_module_and_the_core_agree(mesh):
     b = build(mesh)
     good = b.manifest
     trust = dict(signing.trust_of(b), serial=0, digest=None)
-    bundle = render.bundle(b.compiler.host("a"), b.mesh.network, b.alloc["a"].public_key)
+    bundle = b.bundle("a")
     assert host_verdict(good, trust, bundle) == core_verdict(good, trust, bundle) == "ok"
     accepted = module.verify_manifest(good, trust, bundle)
     assert accepted["serial"] == 1 and accepted["digest"] == signing.manifest_digest(good)

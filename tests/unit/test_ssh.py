@@ -107,8 +107,8 @@ def test_sshd_dropin_names_the_logins_per_source(mesh):
 
 
 def test_ssh_tests_hold_or_fail_with_the_login_named(tmp_path):
-    from wgmesh.build import PolicyTestFailure
     from wgmesh.errors import InputError
+    from wgmesh.policytests import PolicyTestFailure
 
     tests = ('"sshTests": [\n'
              '    {"src": "alice@example.com", "dst": ["tag:web"], "accept": ["deploy"], '
@@ -242,7 +242,7 @@ def test_policy_tests_judge_the_network_rules_and_ssh_tests_the_logins(tmp_path)
     narrowed = POLICY.replace('"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]',
                               '"acls": [{"action": "accept", "src": ["*"], "dst": ["*:80"]}]')
     (tmp_path / "w").mkdir()
-    from wgmesh.build import PolicyTestFailure
+    from wgmesh.policytests import PolicyTestFailure
 
     with pytest.raises(PolicyTestFailure) as failure:
         make(tmp_path / "w", NODES, narrowed.replace('"ssh": [', tests + '  "ssh": [', 1))
