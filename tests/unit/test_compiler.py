@@ -539,7 +539,10 @@ def test_null_accept_env_and_check_period_read_as_absent():
     policy = parse_policy(json.dumps(pol(ssh=[
         {"action": "accept", "src": ["group:eng"], "dst": ["tag:web"], "users": ["root"],
          "acceptEnv": None, "checkPeriod": None}])))
-    assert len(policy.ssh) == 1
+    (rule,) = policy.ssh
+    assert rule.users == ("root",) and rule.origin == "ssh[0]"
+    assert [s.name for s in rule.src] == ["group:eng"]
+    assert [s.name for s in rule.dst] == ["tag:web"]
 
 
 def test_lighthouses_and_the_nodes_behind_nat_they_help(tmp_path):

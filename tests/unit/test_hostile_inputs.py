@@ -142,10 +142,15 @@ def test_hostile_values_in_any_field_never_reach_a_rendered_file(field, value, k
         (tmp / "policy.hujson").write_text(json.dumps(docs["policy"]))
         (tmp / "mesh.lock.yml").write_text(yaml.safe_dump(docs["lock"], allow_unicode=True))
         code = render_all(tmp)
-        capsys.readouterr()
-        assert code in (0, 1, 2)
+        err = capsys.readouterr().err
         if code == 0:
             assert_rendered_files_are_clean(tmp / "out")
+        else:
+            # Refused as the inputs' error (2) or a failing policy test (1), naming the file
+            # and the place, before anything is written.
+            assert code in (1, 2), (code, err)
+            assert re.search(r"(mesh\.yml|policy\.hujson|mesh\.lock\.yml):\d+:\d+", err), err
+            assert not (tmp / "out").exists()
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
