@@ -1,0 +1,7 @@
+"""python -m wgmesh.cli"""
+
+import sys
+
+from wgmesh.cli import main
+
+sys.exit(main())
