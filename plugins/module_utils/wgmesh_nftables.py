@@ -155,6 +155,10 @@ def table_drift(recorded: str, live: str | None) -> list[str]:
 # objects start at four spaces of indentation.
 DECLARATION = f"table {TABLE_FAMILY} {TABLE_NAME} {{\n"
 _OBJECT = re.compile(r"^    (set|chain|counter|limit) (\S+) \{", re.M)
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}", re.ASCII)
+# Addresses, prefixes, ranges, protocol names and ports, joined by " . ".
+_ELEMENT = re.compile(r"[0-9A-Za-z:./-]+(?: \. [0-9A-Za-z:./-]+)*", re.ASCII)
+_DIGITS = re.compile(r"[0-9]+", re.ASCII)
 
 
 def in_place(ruleset: str, live: str) -> str:
@@ -165,9 +169,19 @@ def in_place(ruleset: str, live: str) -> str:
     atomic for rules, but not for set contents: while the change commits, a packet can meet
     the incoming rules with a set whose contents are not yet visible, or the outgoing rules
     with contents already gone, and an untouched connection loses that packet. What the
-    ruleset does not declare (sets, chains, counters, limits) is deleted."""
+    ruleset does not declare (sets, chains, counters, limits) is deleted. ValueError: the
+    loaded table holds a name or an element wgmesh does not write."""
     start = ruleset.index(DECLARATION)
     declaration = ruleset[start:]
+    # What the loaded table holds goes back into nft's input: names and elements as wgmesh
+    # writes them, else (a table someone else shaped) the caller replaces it whole.
+    for item in json.loads(live):
+        kind, body = next(iter(item.items()))
+        if kind in ("set", "chain", "counter", "limit") and not _NAME.fullmatch(body["name"]):
+            raise ValueError(f"{kind} {body['name']!r} is not a name wgmesh writes")
+        for element in body.get("elem", []) if kind == "set" else ():
+            if not _ELEMENT.fullmatch(json_element_text(element)):
+                raise ValueError(f"set {body['name']}: element not as wgmesh writes them")
     wanted = {(kind, name) for kind, name in _OBJECT.findall(declaration)}
     elements = declared_elements(declaration)
     table = " ".join(TABLE)
@@ -238,7 +252,7 @@ def _value(part: str) -> tuple:
         except ValueError:
             return ("text", part)
     first, _, last = part.partition("-")
-    if first.isdigit() and (last.isdigit() or not last):
+    if _DIGITS.fullmatch(first) and (not last or _DIGITS.fullmatch(last)):
         return ("number", int(first), int(last or first))
     try:
         number = socket.getprotobyname(part)

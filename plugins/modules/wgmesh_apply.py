@@ -307,13 +307,18 @@ def live_table(run: Runner) -> str | None:
 
 def load_table(run: Runner, ruleset: str, live: str | None) -> list[str]:
     """Load the bundle's table: changed in place where one is loaded (no untouched flow loses
-    a packet, see in_place), else (or when nft refuses the change, as from a table of
-    another layout) replaced whole. Either way one atomic transaction."""
-    if live is not None and run.rc("nft", "-f", "-", data=in_place(ruleset, live)) == 0:
+    a packet, see in_place), else (or when the loaded table holds what wgmesh does not
+    write, or nft refuses the change, as from a table of another layout) replaced whole.
+    Either way one atomic transaction."""
+    try:
+        change = in_place(ruleset, live) if live is not None else None
+    except ValueError:
+        change = None
+    if change is not None and run.rc("nft", "-f", "-", data=change) == 0:
         return []
     run("nft", "-f", RULESET)
-    return [] if live is None else [f"table {' '.join(TABLE)}: replaced whole (nft refused "
-                                    "to change it in place)"]
+    return [] if live is None else [f"table {' '.join(TABLE)}: replaced whole (not changed "
+                                    "in place)"]
 
 
 def read_bytes(path: str) -> bytes | None:

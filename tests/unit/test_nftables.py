@@ -3,6 +3,8 @@ transaction's text; tests/lab/test_table_change.py loads it into a kernel)."""
 
 import json
 
+import pytest
+
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import (
     DECLARATION,
     declared_elements,
@@ -105,3 +107,14 @@ def test_the_change_keeps_what_both_have_and_deletes_the_rest():
         ("chain", {"family": "inet", "name": "mesh_in", "table": "wgmesh"}))
     assert in_place(RULESET, same).partition(DECLARATION)[0].splitlines() == [
         "table inet wgmesh", "flush chain inet wgmesh mesh_in"]
+
+
+def test_a_table_wgmesh_did_not_write_is_not_changed_in_place():
+    """Names and elements of the loaded table go back into nft's input: anything but what
+    wgmesh writes makes the module replace the table whole instead."""
+    for item in (("chain", {"name": "x }\nflush ruleset\ntable inet y {"}),
+                 ("set", {"name": "in4", "elem": ["100.64.0.1 }; flush ruleset; {"]}),
+                 ("set", {"name": "in4", "elem": [{"concat": ["100.64.0.1", "tcp\n", 22]}]}),
+                 ("counter", {"name": "Dropped"})):
+        with pytest.raises(ValueError):
+            in_place(RULESET, loaded(item))
