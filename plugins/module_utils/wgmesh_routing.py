@@ -1,16 +1,19 @@
 """Routing through an exit node without taking the tunnel down: wg-quick's policy routing and
-its nftables table, applied live, and the rules that keep the management networks on the
-main table. Standard library only."""
+its nftables table, applied live, the rules that keep the management networks on the main
+table, and the refusal to route this run's own SSH connection through the exit node.
+Standard library only."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import (
     MANAGEMENT_RULE_PRIORITY,
 )
-from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_runner import Runner
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import read_text as read
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_runner import ApplyError, Runner
 
 
 def wg_quick_table(iface: str, family: str) -> tuple[str, str]:
@@ -115,3 +118,47 @@ def management_rules(run: Runner, keep: list[str], need: bool, check_mode: bool)
                 run("ip", f"-{ipaddress.ip_network(net).version}", "rule", verb, "to", net,
                     "lookup", "main", "priority", str(MANAGEMENT_RULE_PRIORITY))
     return actions
+
+
+def ssh_client(run: Runner) -> str | None:
+    """This run's SSH client: from $SSH_CONNECTION, or (become through sudo resets the
+    environment) the peer of the socket held by the sshd this module runs under."""
+    conn = os.environ.get("SSH_CONNECTION", "").split()
+    if conn:
+        return conn[0]
+    pid = os.getpid()
+    while pid > 1:
+        comm = (read(f"/proc/{pid}/comm") or "").strip()
+        if comm in ("sshd", "sshd-session"):
+            for line in run("ss", "-Htnp", "state", "established").splitlines():
+                if f"pid={pid}," in line:
+                    peer = line.split()[3].rsplit(":", 1)[0].strip("[]")
+                    return peer.removeprefix("::ffff:")
+        status = read(f"/proc/{pid}/status") or ""
+        found = re.search(r"^PPid:\s+(\d+)", status, re.M)
+        pid = int(found.group(1)) if found else 1
+    return None
+
+
+def refuse_exit_over_ssh(run: Runner, b: dict, host: str) -> str | None:
+    """An exit node takes the default route: refuse when this run's SSH client is reached
+    through it and is not kept on the main table (the run would cut itself off)."""
+    client = ssh_client(run)
+    if client is None:
+        return None
+    try:  # only a parsed address reaches the command line
+        addr = ipaddress.ip_address(client)
+    except ValueError as exc:
+        raise ApplyError(f"cannot tell this run's SSH client: {client[:60]!r} is not an "
+                         "address") from exc
+    client = str(addr)
+    route = run("ip", "-o", "route", "get", client, "fibmatch", check=False)
+    nets = [ipaddress.ip_network(n) for n in b["management_networks"]]
+    if route.startswith("default") and not any(addr in n for n in nets
+                                               if n.version == addr.version):
+        raise ApplyError(
+            f"{host} reaches this run's SSH client {client} through its default route, which "
+            f"use_exit_node {b['uses_exit_node']} would send through the exit node and cut "
+            f"the connection. Add {client} (or its network) to network.management_networks "
+            "in mesh.yml.")
+    return client

@@ -232,7 +232,6 @@ seconds:
 
 import base64
 import datetime
-import ipaddress
 import json
 import os
 import re
@@ -254,7 +253,6 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_bundle import (
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import (
     MONITOR_CONFIG,
-    MONITOR_PROGRAM,
     RULESET_PATH,
     bundle_digest,
 )
@@ -284,6 +282,7 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_resolver import
     sync_resolved,
     sync_resolver,
 )
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_routing import refuse_exit_over_ssh
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_runner import ApplyError, Runner
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_sshd import check_sshd, reload_sshd
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
@@ -292,6 +291,19 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
     verify as verify_signed,
+)
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_units import (
+    DEFAULT_TEXTFILE,
+    LAST_GOOD_DROPIN,
+    LAST_GOOD_FILES,
+    LAST_GOOD_SCRIPT,
+    LAST_GOOD_SCRIPT_TEXT,
+    LEGACY_AGENT,
+    PLAIN_PATH,
+    PROGRAMS,
+    UNITS,
+    last_good_dropin,
+    program_unit,
 )
 
 # The table's file, which every wgmesh interface's wg-quick file loads before the interface
@@ -337,97 +349,6 @@ def write_atomic(path: str, text: str | bytes | None, mode: int) -> None:
 
 FORWARDING = {"/proc/sys/net/ipv4/ip_forward": "1",
               "/proc/sys/net/ipv6/conf/all/forwarding": "1"}
-
-
-# A reboot half way through an apply may leave files of two bundles on disk. Where systemd
-# runs the interfaces, each wg-quick@ start first puts back the files of the last bundle
-# that applied whole: a drop-in runs this fixed script with the list the apply writes as
-# its last step (LAST_GOOD_FILES in the state folder). Interfaces wgmesh does not run are
-# left alone.
-LAST_GOOD_FILES = "last-good-files.json"
-LAST_GOOD_SCRIPT = "/usr/local/lib/wgmesh/last-good"
-LAST_GOOD_DROPIN = "/etc/systemd/system/wg-quick@.service.d/wgmesh-last-good.conf"
-LAST_GOOD_SCRIPT_TEXT = """#!/usr/bin/env python3
-# wgmesh: before wg-quick@IFACE starts, put back the files of the last bundle that applied
-# whole (an apply a reboot interrupted may have written some of the next one's). Fixed text.
-import json
-import os
-import sys
-
-try:
-    with open(sys.argv[2]) as fh:
-        last = json.load(fh)
-except (OSError, ValueError):
-    sys.exit(0)
-if sys.argv[1] not in last["interfaces"]:
-    sys.exit(0)
-for path, text, mode in last["files"]:
-    try:
-        with open(path) as fh:
-            have = fh.read()
-    except OSError:
-        have = None
-    if have == text:
-        continue
-    print(f"wgmesh: {path} is not the last good bundle's ({last['hash']}): put back")
-    if text is None:
-        os.unlink(path)
-        continue
-    tmp = f"{path}.wgmesh-{os.getpid()}"  # wg0 and wg0-hop may start together
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
-"""
-
-
-# The state folder lands on a systemd command line (LAST_GOOD_DROPIN): main() lets through
-# only a plain absolute path, whole-string (no space, quote, '%', '$' or line end).
-PLAIN_PATH = re.compile(r"(/[A-Za-z0-9._-]+)+")
-
-
-AGENT_PROGRAM = "agent.pyz"
-LEGACY_AGENT = "agent.py"  # what wgmesh installed before the agent was a zip
-AGENT_SERVICE = "wgmesh-agent.service"
-MONITOR_SERVICE = "wgmesh-monitor.service"
-UNITS = "/etc/systemd/system/"
-# The programs a host runs beside its interface: state-folder file, service, what it does,
-# and what its service may do (capabilities, socket families).
-PROGRAMS = {
-    "agent": (AGENT_PROGRAM, AGENT_SERVICE, "direct paths between nodes behind NAT",
-              "CAP_NET_ADMIN CAP_NET_RAW", "AF_UNIX AF_INET AF_INET6 AF_NETLINK"),
-    "monitor": (MONITOR_PROGRAM, MONITOR_SERVICE, "metrics and denied-flow logs",
-                "CAP_NET_ADMIN", "AF_UNIX AF_NETLINK"),
-}
-DEFAULT_TEXTFILE = "/var/lib/prometheus/node-exporter/wgmesh.prom"
-
-
-def program_unit(kind: str, state_dir: str, interface: str, writable: str = "") -> str:
-    """A program as a service, with what it needs and no more: wg(8) and nft(8)
-    (CAP_NET_ADMIN; the agent's socket bound to the mesh interface: CAP_NET_RAW), its files
-    in state_dir (and ``writable``)."""
-    program, _, what, caps, families = PROGRAMS[kind]
-    return (
-        f"[Unit]\nDescription=wgmesh {kind}: {what}\n"
-        f"After=network-online.target wg-quick@{interface}.service\nWants=network-online.target\n\n"
-        f"[Service]\nExecStart=/usr/bin/python3 {os.path.join(state_dir, program)} "
-        f"--state-dir {state_dir}\nRestart=always\nRestartSec=2\n"
-        f"CapabilityBoundingSet={caps}\nNoNewPrivileges=yes\n"
-        f"ProtectSystem=strict\nReadWritePaths={state_dir} -/run/wireguard"
-        f"{' ' + writable if writable else ''}\n"
-        "ProtectHome=yes\nPrivateTmp=yes\nProtectKernelModules=yes\n"
-        f"ProtectControlGroups=yes\nRestrictAddressFamilies={families}\n"
-        "LockPersonality=yes\nMemoryDenyWriteExecute=yes\n\n"
-        "[Install]\nWantedBy=multi-user.target\n")
-
-
-def last_good_dropin(state_dir: str) -> str:
-    return ("# wgmesh: an interrupted apply never leaves an interface on half a bundle.\n"
-            "[Service]\n"
-            f"ExecStartPre=/usr/bin/env python3 {LAST_GOOD_SCRIPT} %i "
-            f"{os.path.join(state_dir, LAST_GOOD_FILES)}\n")
 
 
 class Host:
@@ -670,50 +591,6 @@ class Host:
             if not check_mode:
                 write_system_file(self.hosts_file, new)
         return actions
-
-
-def ssh_client(run: Runner) -> str | None:
-    """This run's SSH client: from $SSH_CONNECTION, or (become through sudo resets the
-    environment) the peer of the socket held by the sshd this module runs under."""
-    conn = os.environ.get("SSH_CONNECTION", "").split()
-    if conn:
-        return conn[0]
-    pid = os.getpid()
-    while pid > 1:
-        comm = (read(f"/proc/{pid}/comm") or "").strip()
-        if comm in ("sshd", "sshd-session"):
-            for line in run("ss", "-Htnp", "state", "established").splitlines():
-                if f"pid={pid}," in line:
-                    peer = line.split()[3].rsplit(":", 1)[0].strip("[]")
-                    return peer.removeprefix("::ffff:")
-        status = read(f"/proc/{pid}/status") or ""
-        found = re.search(r"^PPid:\s+(\d+)", status, re.M)
-        pid = int(found.group(1)) if found else 1
-    return None
-
-
-def refuse_exit_over_ssh(run: Runner, b: dict, host: str) -> str | None:
-    """An exit node takes the default route: refuse when this run's SSH client is reached
-    through it and is not kept on the main table (the run would cut itself off)."""
-    client = ssh_client(run)
-    if client is None:
-        return None
-    try:  # only a parsed address reaches the command line
-        addr = ipaddress.ip_address(client)
-    except ValueError as exc:
-        raise ApplyError(f"cannot tell this run's SSH client: {client[:60]!r} is not an "
-                         "address") from exc
-    client = str(addr)
-    route = run("ip", "-o", "route", "get", client, "fibmatch", check=False)
-    nets = [ipaddress.ip_network(n) for n in b["management_networks"]]
-    if route.startswith("default") and not any(addr in n for n in nets
-                                               if n.version == addr.version):
-        raise ApplyError(
-            f"{host} reaches this run's SSH client {client} through its default route, which "
-            f"use_exit_node {b['uses_exit_node']} would send through the exit node and cut "
-            f"the connection. Add {client} (or its network) to network.management_networks "
-            "in mesh.yml.")
-    return client
 
 
 TRUST_FILE = "/etc/wgmesh/trust.json"

@@ -29,6 +29,11 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_resolver import
     our_resolv_conf,
     sync_resolved,
 )
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_units import (
+    PLAIN_PATH,
+    last_good_dropin,
+    program_unit,
+)
 from wgmesh import render
 
 HERE = Path(__file__).resolve().parents[2]
@@ -225,11 +230,11 @@ def test_per_link_dns_with_systemd_resolved():
 
 
 def test_only_a_plain_state_folder_reaches_the_last_good_drop_in():
-    assert apply.PLAIN_PATH.fullmatch("/var/lib/wgmesh")
-    assert "%i /var/lib/wgmesh/last-good-files.json\n" in apply.last_good_dropin("/var/lib/wgmesh")
+    assert PLAIN_PATH.fullmatch("/var/lib/wgmesh")
+    assert "%i /var/lib/wgmesh/last-good-files.json\n" in last_good_dropin("/var/lib/wgmesh")
     for bad in ("/var/lib/wg mesh", "/var/lib/x\nExecStartPre=/bin/sh", "var/lib", "/a/%h",
                 "/a/$x", "/"):
-        assert not apply.PLAIN_PATH.fullmatch(bad), bad
+        assert not PLAIN_PATH.fullmatch(bad), bad
 
 
 def test_the_agents_endpoints_are_live_state_and_the_rest_stays_strict():
@@ -257,7 +262,7 @@ def test_the_agent_part_of_a_bundle_is_checked(tmp_path):
                                .encode()).hexdigest()[:16]
     with pytest.raises(BundleError, match="agent part is malformed"):
         check_bundle(b)
-    unit = apply.program_unit("agent", "/var/lib/wgmesh", "wg0")
+    unit = program_unit("agent", "/var/lib/wgmesh", "wg0")
     assert "ExecStart=/usr/bin/python3 /var/lib/wgmesh/agent.pyz --state-dir /var/lib/wgmesh" \
         in unit
     assert "CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW" in unit
@@ -273,7 +278,7 @@ def test_the_monitor_part_of_a_bundle_is_checked_and_its_unit_may_write_the_text
         b["hash"] = bundle_hash(b)
         with pytest.raises(BundleError, match="monitor part is malformed"):
             check_bundle(b)
-    unit = apply.program_unit("monitor", "/var/lib/wgmesh", "wg0", "-/var/lib/node-exporter")
+    unit = program_unit("monitor", "/var/lib/wgmesh", "wg0", "-/var/lib/node-exporter")
     assert "ExecStart=/usr/bin/python3 /var/lib/wgmesh/monitor.pyz --state-dir " \
            "/var/lib/wgmesh" in unit
     assert "CapabilityBoundingSet=CAP_NET_ADMIN\n" in unit
