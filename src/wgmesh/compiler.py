@@ -113,6 +113,17 @@ class Resolver:
 
 
 @dataclass
+class Demands:
+    """What the policy's rules ask of one host (Compiler._demands)."""
+
+    peers: int  # bit mask of the nodes it needs as peers
+    in_sig: tuple  # what its inbound sets depend on (shared by hosts of the same role)
+    out_sig: tuple
+    fwd: object  # the boxes it forwards (filters.new_boxes)
+    routes_wanted: dict[int, set[tuple[int, int, int]]]  # router -> (family, lo, hi)
+
+
+@dataclass
 class HostOutput:
     name: str
     node: Node
@@ -253,8 +264,46 @@ class Compiler(Resolution):
 
     def host(self, name: str, filters: bool = True) -> HostOutput:
         """Everything one host needs; costs O(rules x nodes), not O(nodes^2). Without
-        ``filters`` its sets are left empty (peers and paths only, as `wgmesh plan` needs)."""
+        ``filters`` its sets are left empty (peers and paths only, as `wgmesh plan` needs).
+        Three phases: what the rules ask of this host (_demands), its filter sets
+        (_host_sets), its peers and the paths to them (_host_peers)."""
         h = self.index[name]
+        node = self.nodes[h]
+        my_routes = self.routes.get(h)
+        is_exit = h in self.exits
+        d = self._demands(h)
+        sets, ssh = self._host_sets(h, d, filters)
+        out_peers, unreachable, exit_idx, situation = self._host_peers(h, d)
+        visible = [name, *(p.name for p in out_peers)]
+        names = [self._name_entry(n, 4) for n in visible] + [self._name_entry(n, 6)
+                                                             for n in visible]
+        routes = [str(r) for r in node.advertise_routes
+                  if my_routes and in_ranges(int(r.network_address), my_routes[r.version])]
+        relayed = [p for p in out_peers if p.connection == "relay"]
+        agent = self._agent(h, relayed, out_peers, situation) if self.lighthouses else None
+        clients = self._relayed.get(name, set()) if node.relay else set()
+        hop = self._hop(name, relayed, clients) if (relayed or clients) else None
+        # A session carried inside a hop tunnel loses that tunnel's overhead (80 bytes).
+        mtu = self.net.mtu - 80 if relayed else self.net.mtu
+        return HostOutput(name, node, self.alloc[name].ipv4, self.alloc[name].ipv6,
+                          node.listen_port or self.net.listen_port, out_peers, sets, routes,
+                          is_exit, bool(routes) or is_exit or bool(clients), names, mtu, hop,
+                          snat=is_exit or (bool(routes) and node.route_snat),
+                          uses_exit_node=node.use_exit_node if exit_idx is not None else None,
+                          unreachable=tuple(unreachable), ssh=ssh,
+                          dns=(self.dns.get(h) or None) if node.managed else None,
+                          agent=agent,
+                          resolver=self._resolver(h) if node.resolver else None,
+                          # Only resolvers it has a peer entry for (not behind NAT both).
+                          dns_servers=tuple(a for r, a in self._dns_servers.get(h, ())
+                                            if any(p.name == self.names[r]
+                                                   for p in out_peers)))
+
+
+    def _demands(self, h: int) -> Demands:
+        """What the policy's rules ask of host ``h``: the peers it needs, the signatures of
+        its inbound and outbound sets, what it forwards, and the routes it needs from which
+        router."""
         bit = 1 << h
         node = self.nodes[h]
         fwd = new_boxes()
@@ -326,9 +375,16 @@ class Compiler(Resolution):
                                                                            via_taken[f])})}
             for r, rs in via_wanted.items():
                 routes_wanted.setdefault(r, set()).update(rs)
-        sets = {**self.filter_sets.direction("in", tuple(in_sig)),
-                **self.filter_sets.direction("out", tuple(out_sig)),
-                **disjoint_sets(fwd)} if filters else {}
+        return Demands(peers, tuple(in_sig), tuple(out_sig), fwd, routes_wanted)
+
+    def _host_sets(self, h: int, d: Demands, filters: bool
+                   ) -> tuple[dict, list | None]:
+        """Host ``h``'s filter sets (none without ``filters``) and, where it runs SSH policy,
+        who may log in as whom."""
+        name, node, bit = self.names[h], self.nodes[h], 1 << h
+        sets = {**self.filter_sets.direction("in", d.in_sig),
+                **self.filter_sets.direction("out", d.out_sig),
+                **disjoint_sets(d.fwd)} if filters else {}
         ssh = None
         if self.ssh_hosts and filters:
             self._restrict_ssh(h, sets)
@@ -344,6 +400,13 @@ class Compiler(Resolution):
                 f"elements, more than the limit of {limits.MAX_HOST_ELEMENTS}",
                 "write port ranges (1000-2000) instead of long lists of single ports, or "
                 "group sources and destinations by tag")])
+        return sets, ssh
+
+    def _host_peers(self, h: int, d: Demands) -> tuple[list[Peer], list[str], int | None, tuple]:
+        """Host ``h``'s peers and the path to each (unreachable ones left out and named), the
+        exit node it uses, and its situation (which peers see it the same way)."""
+        name, node, bit = self.names[h], self.nodes[h], 1 << h
+        peers, routes_wanted = d.peers, d.routes_wanted
         # A router's clients are peers of the router.
         for r in routes_wanted:
             peers |= 1 << r
@@ -371,30 +434,7 @@ class Compiler(Resolution):
                 unreachable.append(peer.name)
                 continue
             out_peers.append(peer)
-        visible = [name, *(p.name for p in out_peers)]
-        names = [self._name_entry(n, 4) for n in visible] + [self._name_entry(n, 6)
-                                                             for n in visible]
-        routes = [str(r) for r in node.advertise_routes
-                  if my_routes and in_ranges(int(r.network_address), my_routes[r.version])]
-        relayed = [p for p in out_peers if p.connection == "relay"]
-        agent = self._agent(h, relayed, out_peers, situation) if self.lighthouses else None
-        clients = self._relayed.get(name, set()) if node.relay else set()
-        hop = self._hop(name, relayed, clients) if (relayed or clients) else None
-        # A session carried inside a hop tunnel loses that tunnel's overhead (80 bytes).
-        mtu = self.net.mtu - 80 if relayed else self.net.mtu
-        return HostOutput(name, node, self.alloc[name].ipv4, self.alloc[name].ipv6,
-                          node.listen_port or self.net.listen_port, out_peers, sets, routes,
-                          is_exit, bool(routes) or is_exit or bool(clients), names, mtu, hop,
-                          snat=is_exit or (bool(routes) and node.route_snat),
-                          uses_exit_node=node.use_exit_node if exit_idx is not None else None,
-                          unreachable=tuple(unreachable), ssh=ssh,
-                          dns=(self.dns.get(h) or None) if node.managed else None,
-                          agent=agent,
-                          resolver=self._resolver(h) if node.resolver else None,
-                          # Only resolvers it has a peer entry for (not behind NAT both).
-                          dns_servers=tuple(a for r, a in self._dns_servers.get(h, ())
-                                            if any(p.name == self.names[r]
-                                                   for p in out_peers)))
+        return out_peers, unreachable, exit_idx, situation
 
     @functools.cached_property
     def _punchers(self) -> dict[str, list[str]]:
