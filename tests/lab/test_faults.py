@@ -108,10 +108,12 @@ def test_a_controller_killed_mid_run_converges_on_the_next_run(mesh, tmp_path):
 
 
 NFT_FAILS_ON_LOAD = """#!/bin/sh
-# Injected fault: the check passes (nft -c), the first load of a ruleset file is refused, as
-# a kernel that lacks a feature the new table uses, or runs out of memory, would refuse it.
-if [ "$1" = -f ] && [ "$2" != - ] && [ ! -e /run/nft-once ]; then
-  touch /run/nft-once; echo "injected: ruleset refused by the kernel" >&2; exit 1
+# Injected fault: the check passes (nft -c), the new table is refused, as a kernel that lacks
+# a feature it uses, or runs out of memory, would refuse it: both ways the apply loads it (the
+# change in place, then the whole file) fail; the rollback's load, the third, passes.
+if [ "$1" = -f ] && [ "$(cat /run/nft-once 2>/dev/null)" != 2 ]; then
+  echo $(( $(cat /run/nft-once 2>/dev/null || echo 0) + 1 )) > /run/nft-once
+  echo "injected: ruleset refused by the kernel" >&2; exit 1
 fi
 exec /run/nft.real "$@"
 """
