@@ -55,8 +55,9 @@ def _cache_dir() -> Path:
 @functools.cache
 def _code_digest() -> bytes:
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    package = Path(__file__).parent  # its subpackages too (cli, render, lab)
+    for path in sorted(package.rglob("*.py")):
+        h.update(str(path.relative_to(package)).encode() + b"\0" + path.read_bytes())
     return h.digest()
 
 
