@@ -173,15 +173,6 @@ def in_place(ruleset: str, live: str) -> str:
     loaded table holds a name or an element wgmesh does not write."""
     start = ruleset.index(DECLARATION)
     declaration = ruleset[start:]
-    # What the loaded table holds goes back into nft's input: names and elements as wgmesh
-    # writes them, else (a table someone else shaped) the caller replaces it whole.
-    for item in json.loads(live):
-        kind, body = next(iter(item.items()))
-        if kind in ("set", "chain", "counter", "limit") and not _NAME.fullmatch(body["name"]):
-            raise ValueError(f"{kind} {body['name']!r} is not a name wgmesh writes")
-        for element in body.get("elem", []) if kind == "set" else ():
-            if not _ELEMENT.fullmatch(json_element_text(element)):
-                raise ValueError(f"set {body['name']}: element not as wgmesh writes them")
     wanted = {(kind, name) for kind, name in _OBJECT.findall(declaration)}
     elements = declared_elements(declaration)
     table = " ".join(TABLE)
@@ -190,14 +181,20 @@ def in_place(ruleset: str, live: str) -> str:
         kind, body = next(iter(item.items()))
         if kind not in ("set", "chain", "counter", "limit"):
             continue
+        # What the loaded table holds goes back into nft's input: names and elements as
+        # wgmesh writes them, else (a table someone else shaped) the caller replaces it whole.
         name = body["name"]
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"{kind} {name!r} is not a name wgmesh writes")
+        texts = [json_element_text(e) for e in body.get("elem", [])] if kind == "set" else []
+        if not all(_ELEMENT.fullmatch(text) for text in texts):
+            raise ValueError(f"set {name}: element not as wgmesh writes them")
         if kind == "chain":
             flush.append(f"flush chain {table} {name}")
         if (kind, name) not in wanted:
             drop.append(f"delete {kind} {table} {name}")
         elif kind == "set":
-            gone = [text for text in map(json_element_text, body.get("elem", []))
-                    if element_key(text) not in elements.get(name, set())]
+            gone = [text for text in texts if element_key(text) not in elements.get(name, set())]
             if gone:
                 stale.append(f"delete element {table} {name} {{ {', '.join(gone)} }}")
     return "\n".join([f"table {table}", *flush, *stale, *drop]) + "\n" + declaration
