@@ -71,7 +71,7 @@ def measure(n: int) -> dict:
         t2 = time.perf_counter()
         # One host alone first, with cold caches: what `wgmesh render --host` costs.
         one = Compiler(mesh, policy, alloc)
-        h = one.host(one.names[len(one.names) // 2])
+        h = one.host(one.res.names[len(one.res.names) // 2])
         render.nftables(h, mesh.network)
         render.wg_quick(h, mesh.network)
         del one, h
@@ -79,7 +79,7 @@ def measure(n: int) -> dict:
         comp = Compiler(mesh, policy, alloc)
         size = peers = elements = 0
         with fewer_gc_passes():  # as the wgmesh_compile action does
-            for name in comp.names:
+            for name in comp.res.names:
                 h = comp.host(name)
                 text = (render.wg_quick(h, mesh.network) + render.nftables(h, mesh.network)
                         + render.hosts_block(h))

@@ -67,6 +67,7 @@ class ActionModule(ActionBase):
             raise AnsibleActionFail(refusal + " (no host was changed)")
         before = b.lock.text_before
         comp = b.compiler
+        res = b.resolution
         changed = b.lock.changed
         if changed and not self._task.check_mode:
             b.lock.save()
@@ -78,8 +79,8 @@ class ActionModule(ActionBase):
             with fewer_gc_passes():
                 for name in sorted(hosts):
                     node = b.mesh.nodes.get(name)
-                    if node is None or not node.managed or name in comp.expired:
-                        why = ("expired" if name in comp.expired else
+                    if node is None or not node.managed or name in res.expired:
+                        why = ("expired" if name in res.expired else
                                "not in mesh.yml" if node is None else "not managed")
                         out[name] = {"leaving": why}
                         continue
@@ -108,7 +109,7 @@ class ActionModule(ActionBase):
             warnings += [f"{n} expires on {b.mesh.nodes[n].expires} and then leaves the mesh"
                          for n in soon]
             warnings += [f"{n} has expired ({b.mesh.nodes[n].expires}): the run takes it out "
-                         "of the mesh" for n in comp.expired]
+                         "of the mesh" for n in res.expired]
         result.update(
             applied_earlier=self._applied_earlier(task_vars or {}, hosts),
             changed=changed,
@@ -116,7 +117,7 @@ class ActionModule(ActionBase):
             lockfile=str(b.lock.path),
             commit=commit,
             hosts=out,
-            expired=list(comp.expired),
+            expired=list(res.expired),
             expiring=soon,
             retired=sorted(b.lock.retired),
             pinned=sorted(n for n, a in b.alloc.items() if a.public_key),
@@ -179,7 +180,7 @@ class ActionModule(ActionBase):
         if not out:
             return []
         pinned = {n for n in keys if b.lock.pinned_now(n)}
-        stale = sorted(n for n in out if n in b.compiler.index and any(
+        stale = sorted(n for n in out if n in b.resolution.index and any(
             p.name in pinned for p in b.compiler.host(n).peers)) if pinned else []
         text = (f"--limit leaves {len(out)} host(s) of the mesh out of this run: "
                 f"{', '.join(out)}. ")

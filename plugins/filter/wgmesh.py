@@ -65,11 +65,11 @@ def probe_report(results: list, src: str, mesh_file: str, policy_file: str = "")
     if IMPORT_ERROR is not None:
         raise RuntimeError(f"wgmesh filters need the wgmesh package ({IMPORT_ERROR})")
     b = _build(mesh_file, policy_file)
-    comp = b.compiler
+    res = b.resolution
     lines = []
     for r in results:
         dst = r["item"]["name"] if isinstance(r["item"], dict) else r["item"]
-        allow = b.evaluator.check(comp.endpoint_of(src), comp.endpoint_of(dst),
+        allow = b.evaluator.check(res.endpoint_of(src), res.endpoint_of(dst),
                                   PROTOCOLS["icmp"], None).allow
         answered = r.get("rc") == 0
         mark = "" if answered == allow else "  <-- MISMATCH"

@@ -75,22 +75,22 @@ class InventoryModule(BaseInventoryPlugin):
             result = build(path, run_tests=False)
         except (InputError, PolicyTestFailure) as exc:
             raise AnsibleParserError(str(exc)) from exc
-        comp = result.compiler
+        res = result.resolution
         inventory.add_group("wgmesh")
         inventory.add_group("wgmesh_leaving")  # filled by playbooks/check.yml
-        for name in comp.names:
+        for name in res.names:
             node = result.mesh.nodes[name]
             if not node.managed:
                 continue
-            i = comp.index[name]
+            i = res.index[name]
             inventory.add_host(name, group="wgmesh")
             groups = [group_name("tag_", t.removeprefix("tag:")) for t in node.tags]
             if node.owner and not node.tagged:
                 # As policy sees it: a tagged node belongs to its tags, not its owner.
                 groups.append(group_name("owner_", node.owner))
-            if i in comp.routes:
+            if i in res.routes:
                 groups.append("wgmesh_subnet_routers")
-            if i in comp.exits:
+            if i in res.exits:
                 groups.append("wgmesh_exit_nodes")
             if node.relay:
                 groups.append("wgmesh_relays")

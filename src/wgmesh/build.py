@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wgmesh import policytests, render
-from wgmesh.compiler import Compiler, HostOutput
+from wgmesh.compiler import Compiler
 from wgmesh.errors import InputError, Problem
 from wgmesh.evaluate import Evaluator
+from wgmesh.hostoutput import HostOutput
 from wgmesh.lock import Allocation, Lock
 from wgmesh.mesh import Mesh, load_mesh
 from wgmesh.mesh import resolve_path as resolve_mesh_path
 from wgmesh.policy import Policy, load_policy
+from wgmesh.resolve import Resolution
 from wgmesh.yamlsource import YamlSource
 
 
@@ -37,8 +39,13 @@ class Build:
     manifest: dict | None = None
 
     @property
+    def resolution(self) -> Resolution:
+        """Who is who (identities, approvals, rules): what queries, plans and pictures read."""
+        return self.compiler.res
+
+    @property
     def evaluator(self) -> Evaluator:
-        return Evaluator(self.compiler)
+        return Evaluator(self.compiler.res)
 
     def bundle(self, name: str, commit: str | None = None, host: HostOutput | None = None
                ) -> dict:

@@ -1,11 +1,12 @@
 """Compile a mesh and its policy into every host's peers, paths, filters and names.
 
-The mesh is resolved once (``Resolution``: identities, approvals, rules); each host's output
-is then one pass over the rules that name it, so one host costs O(rules x nodes) and the
-whole mesh costs time proportional to what it outputs. Peers and the paths to them (direct,
-LAN, through a relay, through a subnet router or exit node) are decided here; the filter
-sets come from ``wgmesh.filters``; ``wgmesh.evaluate`` decides the same questions from
-identities, independently of the sets, so tests can check one against the other.
+The mesh is resolved once (``Resolution``, which the compiler holds: identities, approvals,
+rules); each host's output (``wgmesh.hostoutput``) is then one pass over the rules that name
+it, so one host costs O(rules x nodes) and the whole mesh costs time proportional to what it
+outputs. Which peers a host needs (through a subnet router or exit node too) is decided
+here, how it reaches each in ``wgmesh.paths``; the filter sets come from ``wgmesh.filters``;
+``wgmesh.evaluate`` decides the same questions from identities, independently of the sets,
+so tests can check one against the other.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import functools
 import gc
 import ipaddress
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from wgmesh import limits
 from wgmesh.errors import InputError, Problem
@@ -29,11 +30,10 @@ from wgmesh.filters import (
     new_boxes,
     restrict_port,
 )
-from wgmesh.grammar import endpoint as parse_endpoint
+from wgmesh.hostoutput import Agent, HostOutput, Peer, Resolver
 from wgmesh.intervals import (
     EVERYTHING,
     FAMILIES,
-    Box,
     bits,
     clip,
     in_ranges,
@@ -41,75 +41,10 @@ from wgmesh.intervals import (
     subtract,
 )
 from wgmesh.lock import Allocation
-from wgmesh.mesh import Mesh, Node
+from wgmesh.mesh import Mesh
+from wgmesh.paths import Paths
 from wgmesh.policy import Policy
 from wgmesh.resolve import Resolution
-
-
-# Shared between hosts that see the peer alike: never mutate. Identity is its equality, so a
-# renderer can cache one text per object.
-@dataclass(frozen=True, eq=False)
-class Peer:
-    name: str
-    public_key: str | None
-    allowed_ips: list[str]
-    endpoint: str | None
-    keepalive: int | None
-    connection: str  # direct | lan | relay | none
-    relay: str | None = None
-    roles: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class HopPeer:
-    name: str
-    public_key: str | None
-    allowed_ips: list[str]
-    endpoint: str | None
-    keepalive: int | None
-
-
-@dataclass
-class Hop:
-    """The hop interface that carries end-to-end WireGuard sessions through a relay. On a
-    relay, ``pairs`` are the (source hop, destination hop, UDP port) it may forward."""
-
-    interface: str
-    address: str
-    listen_port: int | None
-    peers: list[HopPeer]
-    pairs: list[tuple[str, str, int]] = field(default_factory=list)
-
-
-@dataclass
-class Agent:
-    """NAT traversal on one host (docs/relay.md): the host's agent asks ``lighthouses`` what
-    they see, and may move its relayed ``punch`` peers to a direct path; a lighthouse answers
-    its ``clients`` (mesh IPv4 -> name, key, the keys of the peers it may learn about)."""
-
-    port: int
-    address: str
-    lighthouses: list[tuple[str, str, str]]  # name, mesh IPv4, public key
-    punch: list[tuple[str, str, str, str, str]]  # name, key, mesh IPv4, relay endpoint, relay
-    clients: dict[str, tuple[str, str, list[str]]] = field(default_factory=dict)
-
-    @property
-    def counterparts(self) -> list[str]:
-        """Mesh IPv4 addresses the agent port talks with, both ways."""
-        return sorted({*(a for _, a, _ in self.lighthouses), *(p[2] for p in self.punch),
-                       *self.clients}, key=lambda a: ipaddress.IPv4Address(a))
-
-
-@dataclass
-class Resolver:
-    """The mesh resolver on one node (docs/routing.md, Names): it listens on the node's mesh
-    ``addresses`` and answers ``records`` (name, fqdn, IPv4, IPv6) for every node, the split
-    domains the node itself may reach from their nameservers, other names from its own."""
-
-    addresses: tuple[str, str]
-    domain: str
-    records: list[tuple[str, str, str, str]]
-    split: dict[str, list[str]]
 
 
 @dataclass
@@ -123,47 +58,21 @@ class Demands:
     routes_wanted: dict[int, set[tuple[int, int, int]]]  # router -> (family, lo, hi)
 
 
-@dataclass
-class HostOutput:
-    name: str
-    node: Node
-    ipv4: ipaddress.IPv4Address
-    ipv6: ipaddress.IPv6Address
-    listen_port: int
-    peers: list[Peer]
-    sets: dict[str, tuple[Box, ...]]  # set name -> disjoint elements
-    routes: list[str]
-    exit_node: bool
-    forwarding: bool
-    names: list[tuple[str, tuple[str, str]]]  # address, (name, fqdn)
-    mtu: int = 1420
-    hop: Hop | None = None
-    snat: bool = False  # masquerade what leaves the mesh (exit nodes; routers by default)
-    uses_exit_node: str | None = None  # the exit node this host sends its internet traffic to
-    unreachable: tuple[str, ...] = ()  # nodes policy relates it to that it can never reach
-    # SSH-managed: who may log in over the mesh, as (node, IPv4, IPv6, logins, any non-root)
-    ssh: list[tuple[str, str, str, tuple[str, ...], bool]] | None = None
-    dns: dict[str, list[str]] | None = None  # split domain -> nameservers it may reach
-    agent: Agent | None = None
-    resolver: Resolver | None = None
-    # A device's DNS servers: the mesh resolvers it reaches on UDP 53 (its only resolvers).
-    dns_servers: tuple[str, ...] = ()
-
-
-class Compiler(Resolution):
-    """Per host: peers, the paths to them, filter sets, names and forwarding."""
+class Compiler:
+    """Per host: peers, the paths to them, filter sets, names and forwarding, derived from
+    the mesh's one ``Resolution`` (``res``: identities, approvals, rules)."""
 
     def __init__(self, mesh: Mesh, policy: Policy, alloc: dict[str, Allocation],
                  today=None):
-        super().__init__(mesh, policy, alloc, today)
-        self.relays = [n for n in self.nodes if n.relay]
+        self.res = Resolution(mesh, policy, alloc, today)
+        self.paths = Paths(self.res)
         # Lighthouses serve only when a relay carries the pairs they help upgrade: a pair
         # whose punch fails must still have its relay.
-        self.lighthouses = ([i for i, n in enumerate(self.nodes) if n.lighthouse and n.managed]
-                            if self.relays else [])
-        if self.relays:
-            self._check_hop_addresses()
-        self.filter_sets = FilterSets(self)
+        self.lighthouses = ([i for i, n in enumerate(self.res.nodes) if n.lighthouse and n.managed]
+                            if self.paths.relays else [])
+        if self.paths.relays:
+            self.paths.check_hop_addresses()
+        self.filter_sets = FilterSets(self.res)
         self._peer_cache: dict[tuple, Peer] = {}
         # Pairs that can never connect: a bitmap over node pairs (a large NAT-heavy mesh has
         # millions), their count, and the first few by name for the warning.
@@ -173,25 +82,25 @@ class Compiler(Resolution):
         self._dns_unreached: list[str] = []
         # Node -> the split domains it resolves through the mesh (computed once, here).
         self.dns: dict[int, dict[str, list[str]]] = {}
-        if self.net.split_dns:
+        if self.res.net.split_dns:
             self._check_split_dns()
         # Device -> the mesh resolvers' addresses its policy lets it ask (UDP 53).
-        self.resolvers = [i for i, n in enumerate(self.nodes) if n.resolver]
+        self.resolvers = [i for i, n in enumerate(self.res.nodes) if n.resolver]
         self._dns_servers: dict[int, list[tuple[int, str]]] = {}
         self._no_resolver: list[str] = []
         if self.resolvers:
             self._find_dns_servers()
-        if self.problems:
-            raise InputError(self.problems)
+        if self.res.problems:
+            raise InputError(self.res.problems)
 
     def _split_dns(self, h: int, ev: Evaluator) -> dict[str, list[str]]:
         """The split domains node h resolves through the mesh: those whose nameservers the
         policy lets it reach on UDP port 53 (the ones it may reach, in mesh.yml's order)."""
-        me = {f: self.endpoint_of(self.names[h], f) for f in FAMILIES}
+        me = {f: self.res.endpoint_of(self.res.names[h], f) for f in FAMILIES}
         out = {}
-        for domain, servers in self.net.split_dns:
+        for domain, servers in self.res.net.split_dns:
             ok = [str(a) for a in servers
-                  if ev.check(me[a.version], self.endpoint_of(str(a)), 17, 53).allow]
+                  if ev.check(me[a.version], self.res.endpoint_of(str(a)), 17, 53).allow]
             if ok:
                 out[domain] = ok
         return out
@@ -201,18 +110,18 @@ class Compiler(Resolution):
         reported at compile; nodes that may not reach one are named in a warning (they keep
         resolving it as before)."""
         reached: set[str] = set()
-        ev = Evaluator(self)
-        for h, name in enumerate(self.names):
+        ev = Evaluator(self.res)
+        for h, name in enumerate(self.res.names):
             got = self.dns[h] = self._split_dns(h, ev)
             reached |= set(got)
-            if self.nodes[h].managed:
-                self._dns_unreached += [f"{name} ({d})" for d, _ in self.net.split_dns
+            if self.res.nodes[h].managed:
+                self._dns_unreached += [f"{name} ({d})" for d, _ in self.res.net.split_dns
                                         if d not in got]
-        for domain, servers in self.net.split_dns:
+        for domain, servers in self.res.net.split_dns:
             if domain not in reached:
-                line, col = self.mesh.where_network("split_dns", domain)
-                self.problems.append(Problem(
-                    str(self.mesh.path), line, col, f"network.split_dns.{domain}",
+                line, col = self.res.mesh.where_network("split_dns", domain)
+                self.res.problems.append(Problem(
+                    str(self.res.mesh.path), line, col, f"network.split_dns.{domain}",
                     f"no node may reach its nameservers ({', '.join(map(str, servers))}) on "
                     "UDP port 53", f'allow it in the policy, e.g. {{"action": "accept", '
                     f'"src": ["group:..."], "dst": ["{servers[0]}:53"]}}'))
@@ -221,56 +130,43 @@ class Compiler(Resolution):
         """Each device's mesh resolvers, per address family the policy lets it ask on UDP
         port 53; devices that may ask none are named in a warning (names do not resolve
         there)."""
-        ev = Evaluator(self)
-        for h, node in enumerate(self.nodes):
+        ev = Evaluator(self.res)
+        for h, node in enumerate(self.res.nodes):
             if node.managed:
                 continue
-            got = [(r, str(self.endpoint_of(self.names[r], f).addr))
+            got = [(r, str(self.res.endpoint_of(self.res.names[r], f).addr))
                    for r in self.resolvers for f in FAMILIES
-                   if ev.check(self.endpoint_of(self.names[h], f),
-                               self.endpoint_of(self.names[r], f), 17, 53).allow]
+                   if ev.check(self.res.endpoint_of(self.res.names[h], f),
+                               self.res.endpoint_of(self.res.names[r], f), 17, 53).allow]
             if got:
                 self._dns_servers[h] = got
             else:
-                self._no_resolver.append(self.names[h])
+                self._no_resolver.append(self.res.names[h])
 
     def _resolver(self, h: int) -> Resolver:
         """Split domains: those whose nameservers the node may reach through the mesh, or
         that sit in the prefixes it routes (its own LAN, reached without the mesh)."""
-        name = self.names[h]
-        records = [(n, f"{n}.{self.net.domain}", str(self.alloc[n].ipv4),
-                    str(self.alloc[n].ipv6)) for n in sorted(self.names)]
-        mine = self.approved.get(h, ())
+        name = self.res.names[h]
+        records = [(n, f"{n}.{self.res.net.domain}", str(self.res.alloc[n].ipv4),
+                    str(self.res.alloc[n].ipv6)) for n in sorted(self.res.names)]
+        mine = self.res.approved.get(h, ())
         split = dict(self.dns.get(h) or {})
-        for domain, servers in self.net.split_dns:
+        for domain, servers in self.res.net.split_dns:
             local = [str(a) for a in servers if any(a in net for net in mine)]
             if local and domain not in split:
                 split[domain] = local
-        return Resolver((str(self.alloc[name].ipv4), str(self.alloc[name].ipv6)),
-                        self.net.domain, records, split)
-
-    def _check_hop_addresses(self) -> None:
-        """Hop addresses are derived from mesh IPv6 addresses; two nodes must not share one,
-        or the relay could not tell them apart."""
-        seen: dict[ipaddress.IPv6Address, str] = {}
-        for name in self.names:
-            addr = self.hop_address(name)
-            if addr in seen:
-                self._mesh_error(name, "address6" if self.mesh.nodes[name].address6 else None,
-                                 f"its relay address {addr} is also node {seen[addr]}'s",
-                                 f"pin IPv6 addresses that differ in their last "
-                                 f"{128 - self.net.relay_pool.prefixlen} bits")
-            seen[addr] = name
+        return Resolver((str(self.res.alloc[name].ipv4), str(self.res.alloc[name].ipv6)),
+                        self.res.net.domain, records, split)
 
     def host(self, name: str, filters: bool = True) -> HostOutput:
         """Everything one host needs; costs O(rules x nodes), not O(nodes^2). Without
         ``filters`` its sets are left empty (peers and paths only, as `wgmesh plan` needs).
         Three phases: what the rules ask of this host (_demands), its filter sets
         (_host_sets), its peers and the paths to them (_host_peers)."""
-        h = self.index[name]
-        node = self.nodes[h]
-        my_routes = self.routes.get(h)
-        is_exit = h in self.exits
+        h = self.res.index[name]
+        node = self.res.nodes[h]
+        my_routes = self.res.routes.get(h)
+        is_exit = h in self.res.exits
         d = self._demands(h)
         sets, ssh = self._host_sets(h, d, filters)
         out_peers, unreachable, exit_idx, situation = self._host_peers(h, d)
@@ -282,11 +178,11 @@ class Compiler(Resolution):
         relayed = [p for p in out_peers if p.connection == "relay"]
         agent = self._agent(h, relayed, out_peers, situation) if self.lighthouses else None
         clients = self._relayed.get(name, set()) if node.relay else set()
-        hop = self._hop(name, relayed, clients) if (relayed or clients) else None
+        hop = self.paths.hop(name, relayed, clients) if (relayed or clients) else None
         # A session carried inside a hop tunnel loses that tunnel's overhead (80 bytes).
-        mtu = self.net.mtu - 80 if relayed else self.net.mtu
-        return HostOutput(name, node, self.alloc[name].ipv4, self.alloc[name].ipv6,
-                          node.listen_port or self.net.listen_port, out_peers, sets, routes,
+        mtu = self.res.net.mtu - 80 if relayed else self.res.net.mtu
+        return HostOutput(name, node, self.res.alloc[name].ipv4, self.res.alloc[name].ipv6,
+                          node.listen_port or self.res.net.listen_port, out_peers, sets, routes,
                           is_exit, bool(routes) or is_exit or bool(clients), names, mtu, hop,
                           snat=is_exit or (bool(routes) and node.route_snat),
                           uses_exit_node=node.use_exit_node if exit_idx is not None else None,
@@ -296,7 +192,7 @@ class Compiler(Resolution):
                           resolver=self._resolver(h) if node.resolver else None,
                           # Only resolvers it has a peer entry for (not behind NAT both).
                           dns_servers=tuple(a for r, a in self._dns_servers.get(h, ())
-                                            if any(p.name == self.names[r]
+                                            if any(p.name == self.res.names[r]
                                                    for p in out_peers)))
 
 
@@ -305,7 +201,7 @@ class Compiler(Resolution):
         its inbound and outbound sets, what it forwards, and the routes it needs from which
         router."""
         bit = 1 << h
-        node = self.nodes[h]
+        node = self.res.nodes[h]
         fwd = new_boxes()
         # What the host's inbound and outbound sets depend on. Hosts with the same role
         # (same tags, same groups) have the same signatures and share one computation.
@@ -316,15 +212,16 @@ class Compiler(Resolution):
         # Grants with via: this host sends their destinations through the via routers only.
         via_wanted: dict[int, set[tuple[int, int, int]]] = {}
         via_taken: dict[int, list[tuple[int, int]]] = {4: [], 6: []}
-        my_routes = self.routes.get(h)
-        is_exit = h in self.exits
+        my_routes = self.res.routes.get(h)
+        is_exit = h in self.res.exits
         # Most rules do not name this host; routers and exit nodes forward for the rest too.
-        ks = range(len(self.rules)) if my_routes or is_exit else self._rules_naming.get(h, ())
+        ks = (range(len(self.res.rules)) if my_routes or is_exit
+              else self.res.rules_naming.get(h, ()))
         for k in ks:
-            rd = self.rules[k]
+            rd = self.res.rules[k]
             srcs = rd.src_ranges
-            if rd.self_dst and not node.tagged and node.owner in self.user_mask:
-                mine = self.user_mask[node.owner]
+            if rd.self_dst and not node.tagged and node.owner in self.res.user_mask:
+                mine = self.res.user_mask[node.owner]
                 if rd.any_src & bit:
                     peers |= mine
                     out_sig.append((k, "self", mine))
@@ -361,7 +258,7 @@ class Compiler(Resolution):
                     self._want_routes(routes_wanted, h, f, srcs[f])
                 if to_internet:
                     # Peers of an exit node are only the nodes that chose it (below).
-                    forward(fwd, rd, f, srcs[f], clip(rd.dst_ranges[f], self.internet[f]))
+                    forward(fwd, rd, f, srcs[f], clip(rd.dst_ranges[f], self.res.internet[f]))
                 if my_routes:
                     lan_srcs = clip(srcs[f], my_routes[f])
                     if lan_srcs:
@@ -381,22 +278,22 @@ class Compiler(Resolution):
                    ) -> tuple[dict, list | None]:
         """Host ``h``'s filter sets (none without ``filters``) and, where it runs SSH policy,
         who may log in as whom."""
-        name, node, bit = self.names[h], self.nodes[h], 1 << h
+        name, node, bit = self.res.names[h], self.res.nodes[h], 1 << h
         sets = {**self.filter_sets.direction("in", d.in_sig),
                 **self.filter_sets.direction("out", d.out_sig),
                 **disjoint_sets(d.fwd)} if filters else {}
         ssh = None
-        if self.ssh_hosts and filters:
+        if self.res.ssh_hosts and filters:
             self._restrict_ssh(h, sets)
-        if self.ssh_hosts & bit and node.managed:
-            ssh = [(self.names[s], str(self.alloc[self.names[s]].ipv4),
-                    str(self.alloc[self.names[s]].ipv6), *self.ssh_logins(h, s))
-                   for s in bits(self.ssh_sources(h))]
+        if self.res.ssh_hosts & bit and node.managed:
+            ssh = [(self.res.names[s], str(self.res.alloc[self.res.names[s]].ipv4),
+                    str(self.res.alloc[self.res.names[s]].ipv6), *self.res.ssh_logins(h, s))
+                   for s in bits(self.res.ssh_sources(h))]
         sets = dict(sorted((k, v) for k, v in sets.items() if v))
         elements = sum(map(len, sets.values()))
         if elements > limits.MAX_HOST_ELEMENTS:
             raise InputError([Problem(
-                str(self.policy.path), 0, 0, "", f"host {name} would get {elements} filter "
+                str(self.res.policy.path), 0, 0, "", f"host {name} would get {elements} filter "
                 f"elements, more than the limit of {limits.MAX_HOST_ELEMENTS}",
                 "write port ranges (1000-2000) instead of long lists of single ports, or "
                 "group sources and destinations by tag")])
@@ -405,14 +302,14 @@ class Compiler(Resolution):
     def _host_peers(self, h: int, d: Demands) -> tuple[list[Peer], list[str], int | None, tuple]:
         """Host ``h``'s peers and the path to each (unreachable ones left out and named), the
         exit node it uses, and its situation (which peers see it the same way)."""
-        name, node, bit = self.names[h], self.nodes[h], 1 << h
+        name, node, bit = self.res.names[h], self.res.nodes[h], 1 << h
         peers, routes_wanted = d.peers, d.routes_wanted
         # A router's clients are peers of the router.
         for r in routes_wanted:
             peers |= 1 << r
-        peers |= self.exit_users.get(name, 0)
-        exit_idx = (self.index.get(node.use_exit_node)
-                    if node.use_exit_node and h not in self.exit_blocked else None)
+        peers |= self.res.exit_users.get(name, 0)
+        exit_idx = (self.res.index.get(node.use_exit_node)
+                    if node.use_exit_node and h not in self.res.exit_blocked else None)
         if exit_idx is not None:
             peers |= 1 << exit_idx
         peers &= ~bit
@@ -451,7 +348,7 @@ class Compiler(Resolution):
         """The host's NAT traversal part. Lighthouses and the nodes behind NAT they serve
         become peers of each other (their filters pass only the agent port between them),
         added to ``out_peers`` in place."""
-        node, name = self.nodes[h], self.names[h]
+        node, name = self.res.nodes[h], self.res.names[h]
         if not node.managed:
             return None
         extra: list[int] = []
@@ -460,54 +357,54 @@ class Compiler(Resolution):
             for lh in self.lighthouses:
                 if lh != h:
                     extra.append(lh)
-                    other = self.names[lh]
-                    lighthouses.append((other, str(self.alloc[other].ipv4),
-                                        self.alloc[other].public_key or ""))
+                    other = self.res.names[lh]
+                    lighthouses.append((other, str(self.res.alloc[other].ipv4),
+                                        self.res.alloc[other].public_key or ""))
             if lighthouses:
-                punch = [(p.name, p.public_key or "", str(self.alloc[p.name].ipv4),
+                punch = [(p.name, p.public_key or "", str(self.res.alloc[p.name].ipv4),
                           p.endpoint or "", p.relay or "") for p in relayed if p.public_key]
         if node.lighthouse:
-            keys = {n: self.alloc[n].public_key for n in self._punchers}
+            keys = {n: self.res.alloc[n].public_key for n in self._punchers}
             for client, peers in sorted(self._punchers.items()):
                 if client != name and keys[client]:
-                    extra.append(self.index[client])
-                    clients[str(self.alloc[client].ipv4)] = (
+                    extra.append(self.res.index[client])
+                    clients[str(self.res.alloc[client].ipv4)] = (
                         client, keys[client], [keys[p] for p in peers if keys[p]])
         if not (punch or clients):
             return None
         have = {p.name for p in out_peers}
         for p in sorted(set(extra)):
-            if self.names[p] in have:
+            if self.res.names[p] in have:
                 continue
             key = (p, (), False, situation)
             peer = self._peer_cache.get(key)
             if peer is None:
                 peer = self._peer_cache[key] = self._make_peer(h, p, (), False)
             out_peers.append(peer)
-        out_peers.sort(key=lambda p: self.index[p.name])
-        return Agent(self.net.agent_port, str(self.alloc[name].ipv4), lighthouses, punch,
+        out_peers.sort(key=lambda p: self.res.index[p.name])
+        return Agent(self.res.net.agent_port, str(self.res.alloc[name].ipv4), lighthouses, punch,
                      clients)
 
     def _restrict_ssh(self, h: int, sets: dict) -> None:
         """SSH over the mesh needs a network rule and an ssh rule, at both ends: on an
         SSH-managed host, port 22 admits only the sources ssh rules name; on every host,
         port 22 of SSH-managed hosts that do not let it in is taken out of what it sends."""
-        bit, port = 1 << h, self.SSH_PORT
-        if self.ssh_hosts & bit:
-            allowed = self.node_ranges(self.ssh_sources(h))
+        bit, port = 1 << h, self.res.SSH_PORT
+        if self.res.ssh_hosts & bit:
+            allowed = self.res.node_ranges(self.res.ssh_sources(h))
             for f in FAMILIES:
                 if sets.get(f"in{f}"):
                     sets[f"in{f}"] = restrict_port(sets[f"in{f}"], 6, port, allowed[f == 6])
-        closed = self.ssh_hosts & ~self.ssh_targets(h) & ~bit
+        closed = self.res.ssh_hosts & ~self.res.ssh_targets(h) & ~bit
         if closed:
-            ranges = self.node_ranges(closed)
+            ranges = self.res.node_ranges(closed)
             for f in FAMILIES:
                 if sets.get(f"out{f}"):
                     sets[f"out{f}"] = restrict_port(sets[f"out{f}"], 6, port,
                                                     subtract(EVERYTHING[f], ranges[f == 6]))
         # A router or exit node forwards only what comes from outside the mesh, and no ssh
         # rule names such a source: it forwards nothing to port 22 of SSH-managed nodes.
-        managed = self.node_ranges(self.ssh_hosts)
+        managed = self.res.node_ranges(self.res.ssh_hosts)
         for f in FAMILIES:
             if sets.get(f"fwd{f}"):
                 sets[f"fwd{f}"] = restrict_port(sets[f"fwd{f}"], 6, port,
@@ -515,15 +412,15 @@ class Compiler(Resolution):
 
     def _unreachable(self, a: str, b: str) -> None:
         """A pair policy relates that can never connect gets no peer entry (warned once)."""
-        i, j = sorted((self.index[a], self.index[b]))
-        bit = i * len(self.names) + j
+        i, j = sorted((self.res.index[a], self.res.index[b]))
+        bit = i * len(self.res.names) + j
         if not self._dead_bits:
-            self._dead_bits = bytearray((len(self.names) ** 2 + 7) // 8)
+            self._dead_bits = bytearray((len(self.res.names) ** 2 + 7) // 8)
         if self._dead_bits[bit >> 3] & (1 << (bit & 7)):
             return
         self._dead_bits[bit >> 3] |= 1 << (bit & 7)
         self._dead_count += 1
-        bisect.insort(self._dead_first, (self.names[i], self.names[j]))
+        bisect.insort(self._dead_first, (self.res.names[i], self.res.names[j]))
         del self._dead_first[10:]
 
     @property
@@ -542,10 +439,10 @@ class Compiler(Resolution):
                        + ' (allow it, e.g. {"action": "accept", "src": ["group:..."], "proto": '
                        '"udp", "dst": ["<resolver>:53"]})')
         if not self._dead_count:
-            return list(self._warnings) + dns
+            return list(self.res.warnings) + dns
         shown = ", ".join(f"{a} and {b}" for a, b in self._dead_first)
         more = self._dead_count - len(self._dead_first)
-        return [*self._warnings, *dns,
+        return [*self.res.warnings, *dns,
                 f"{self._dead_count} pair(s) may talk by policy but can never connect (both "
                 f"behind NAT, no relay can carry them; a device wgmesh does not manage cannot "
                 f"use one), so they get no peer entry: {shown}"
@@ -553,18 +450,13 @@ class Compiler(Resolution):
                 "a public endpoint, give one of each pair an endpoint, or put both on one "
                 "site with a lan_address)"]
 
-    def hop_address(self, name: str) -> ipaddress.IPv6Address:
-        """A node's address inside hop tunnels: the relay pool plus its mesh IPv6 host part."""
-        pool = self.net.relay_pool
-        return pool.network_address + (int(self.alloc[name].ipv6) & (pool.num_addresses - 1))
-
     @functools.cached_property
     def _relayed(self) -> dict[str, set[tuple[str, str]]]:
         """relay -> the node pairs it carries (both unreachable, related by policy)."""
         out: dict[str, set[tuple[str, str]]] = defaultdict(set)
-        if not self.relays:
+        if not self.paths.relays:
             return out
-        for name, node in zip(self.names, self.nodes, strict=True):
+        for name, node in zip(self.res.names, self.res.nodes, strict=True):
             if node.endpoint:
                 continue  # reachable nodes need no relay, and relays are all reachable
             for p in self.host(name).peers:
@@ -572,36 +464,11 @@ class Compiler(Resolution):
                     out[p.relay].add(tuple(sorted((name, p.name))))
         return out
 
-    def _hop(self, name: str, relayed: list[Peer], clients: set[tuple[str, str]]) -> Hop:
-        iface = self.net.hop_interface
-        address = f"{self.hop_address(name)}/{self.net.relay_pool.prefixlen}"
-        if clients:  # this node is a relay: every node it carries for is a peer
-            members = sorted({n for pair in clients for n in pair})
-            peers = [HopPeer(n, self.alloc[n].public_key, [f"{self.hop_address(n)}/128"], None,
-                             None) for n in members]
-            pairs = []
-            for a, b in sorted(clients):
-                for src, dst in ((a, b), (b, a)):
-                    port = self.mesh.nodes[dst].listen_port or self.net.listen_port
-                    pairs.append((str(self.hop_address(src)), str(self.hop_address(dst)), port))
-            return Hop(iface, address, self.net.relay_port, peers, pairs)
-        by_relay: dict[str, list[str]] = defaultdict(list)
-        for p in relayed:
-            by_relay[p.relay].append(f"{self.hop_address(p.name)}/128")
-        peers = []
-        for relay, allowed in sorted(by_relay.items()):
-            host = parse_endpoint(self.mesh.nodes[relay].endpoint)[0]
-            peers.append(HopPeer(relay, self.alloc[relay].public_key,
-                                 [f"{self.hop_address(relay)}/128", *sorted(allowed)],
-                                 endpoint_text(host, self.net.relay_port),
-                                 self.net.keepalive or 25))
-        return Hop(iface, address, None, peers)
-
     def _want_routes(self, wanted: dict[int, set], h: int, f: int, ranges) -> None:
         """Ask for every other router's routes of family ``f`` that meet ``ranges``."""
         if not ranges:
             return
-        for r, fams in self.carried.items():
+        for r, fams in self.res.carried.items():
             if r != h:
                 for lo, hi in fams[f]:
                     if clip([(lo, hi)], ranges):
@@ -615,14 +482,14 @@ class Compiler(Resolution):
         if rd.via is None:
             self._want_routes(wanted, h, f, rd.dst_cidr[f])
             return
-        for r, fams in self.via_carriers(rd.via).items():
+        for r, fams in self.res.via_carriers(rd.via).items():
             if r != h:
                 for part in clip(fams[f], rd.dst_cidr[f]):
                     via_wanted.setdefault(r, set()).add((f, *part))
                     via_taken[f] = merge_ranges([*via_taken[f], part])
 
     def _make_peer(self, h: int, p: int, routes, is_exit: bool) -> Peer:
-        me, other = self.nodes[h], self.nodes[p]
+        me, other = self.res.nodes[h], self.res.nodes[p]
         name = other.name
         allowed = list(self._host_routes(name))
         for f, lo, hi in sorted(routes):
@@ -632,52 +499,30 @@ class Compiler(Resolution):
         if is_exit:
             allowed += ["0.0.0.0/0", "::/0"]
         roles = self._roles(p)
-        conn, endpoint, relay = self.connection(me, other)
-        if conn == "relay":
-            # The end-to-end session runs to the peer's hop address, inside the hop tunnel.
-            port = other.listen_port or self.net.listen_port
-            endpoint = endpoint_text(str(self.hop_address(name)), port)
-        keepalive = self.net.keepalive if (conn == "direct" and not me.endpoint
-                                           and self.net.keepalive) else None
-        return Peer(name, self.alloc[name].public_key, allowed, endpoint, keepalive, conn,
+        conn, endpoint, relay = self.paths.connection(me, other)
+        keepalive = self.res.net.keepalive if (conn == "direct" and not me.endpoint
+                                           and self.res.net.keepalive) else None
+        return Peer(name, self.res.alloc[name].public_key, allowed, endpoint, keepalive, conn,
                     relay, roles)
 
     @functools.cache  # noqa: B019 - one compiler per mesh; the cache dies with it
     def _roles(self, p: int) -> list[str]:
-        return [r for r, yes in (("router", p in self.routes), ("exit", p in self.exits),
-                                 ("relay", self.nodes[p].relay),
+        return [r for r, yes in (("router", p in self.res.routes), ("exit", p in self.res.exits),
+                                 ("relay", self.res.nodes[p].relay),
                                  ("lighthouse", p in self.lighthouses)) if yes]
 
     @functools.cache  # noqa: B019 - one compiler per mesh; the cache dies with it
     def _name_entry(self, name: str, family: int) -> tuple[str, tuple[str, str]]:
-        addr = self.alloc[name].ipv4 if family == 4 else self.alloc[name].ipv6
-        return str(addr), (name, f"{name}.{self.net.domain}")
+        addr = self.res.alloc[name].ipv4 if family == 4 else self.res.alloc[name].ipv6
+        return str(addr), (name, f"{name}.{self.res.net.domain}")
 
     @functools.cache  # noqa: B019 - one compiler per mesh; the cache dies with it
     def _host_routes(self, name: str) -> tuple[str, str]:
-        return f"{self.alloc[name].ipv4}/32", f"{self.alloc[name].ipv6}/128"
-
-    def connection(self, me: Node, other: Node) -> tuple[str, str | None, str | None]:
-        """How two nodes reach each other, and the endpoint ``me`` uses for ``other``."""
-        if me.site and me.site == other.site and other.lan_address and me.lan_address:
-            port = other.listen_port or self.net.listen_port
-            host = other.lan_address
-            return "lan", (f"[{host}]:{port}" if host.version == 6 else f"{host}:{port}"), None
-        if other.endpoint:
-            return "direct", other.endpoint, None
-        if me.endpoint:
-            return "direct", None, None  # the other side dials in and keeps the path open
-        relays = [n for n in self.relays if n.name not in (me.name, other.name)]
-        # A relayed pair runs the hop tunnel at both ends: a WireGuard app cannot.
-        if relays and me.managed and other.managed:
-            pair_sites = {me.site, other.site} - {None}
-            relays.sort(key=lambda n: (n.site not in pair_sites, n.name))
-            return "relay", None, relays[0].name
-        return "none", None, None
+        return f"{self.res.alloc[name].ipv4}/32", f"{self.res.alloc[name].ipv6}/128"
 
     def compile_all(self) -> dict[str, HostOutput]:
         with fewer_gc_passes():
-            return {n: self.host(n) for n in self.names if self.mesh.nodes[n].managed}
+            return {n: self.host(n) for n in self.res.names if self.res.mesh.nodes[n].managed}
 
 
 @contextlib.contextmanager
@@ -691,7 +536,3 @@ def fewer_gc_passes():
         yield
     finally:
         gc.set_threshold(*old)
-
-
-def endpoint_text(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

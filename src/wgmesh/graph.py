@@ -116,14 +116,15 @@ def collect(b: Build, live: dict[str, dict] | None = None, group_by: str = "site
         for user in members:
             first_group.setdefault(user, group)
     comp = b.compiler
+    res = b.resolution
     routes = defaultdict(list)
     for (router, prefix), role in sorted(route_roles(b).items()):
         routes[router].append(prefix + ("" if role == "primary" else f" ({role})"))
-    exits = {comp.names[i] for i in comp.exits}
+    exits = {res.names[i] for i in res.exits}
     users = defaultdict(list)
     nodes: dict[str, GNode] = {}
     groups: dict[str, list[str]] = defaultdict(list)
-    for name, node in zip(comp.names, comp.nodes, strict=True):
+    for name, node in zip(res.names, res.nodes, strict=True):
         if group_by == "tag":
             group = node.tags[0] if node.tags else first_group.get(node.owner or "", "users")
         else:
@@ -146,7 +147,7 @@ def collect(b: Build, live: dict[str, dict] | None = None, group_by: str = "site
         groups[group].append(name)
     pairs: dict[tuple[str, str], tuple[str, str | None]] = {}
     with fewer_gc_passes():
-        for name in comp.names:
+        for name in res.names:
             for p in comp.host(name, filters=False).peers:
                 key = (min(name, p.name), max(name, p.name))
                 if key not in pairs or (pairs[key][0] == "direct" and p.connection != "direct"):
@@ -305,8 +306,8 @@ def policy_matrix(b: Build) -> tuple[list[str], list[str], dict[tuple[str, str],
     """Rows (sources), columns (destinations by tag, owner or address) and the ports in
     each cell, from the same resolved rules as the filters. Users of one policy group whose
     rows (or columns) are the same are one row (column): the group's."""
-    comp = b.compiler
-    as_principal = {name: principal(b, i) for i, name in enumerate(comp.names)}
+    res = b.resolution
+    as_principal = {name: principal(b, i) for i, name in enumerate(res.names)}
     cells: dict[tuple[str, str], dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for src, row in access(b).items():
         for dst, ports in row.items():

@@ -69,14 +69,14 @@ def export_ref(ref: str, repo: Path, into: Path) -> Path:
 # Access in names ----------------------------------------------------------------------
 def principal(b: Build, i: int) -> str:
     """Who a node acts as in the policy: its tags when tagged, else its owner, else itself."""
-    node = b.compiler.nodes[i]
+    node = b.resolution.nodes[i]
     if node.tags:
         return ",".join(sorted(node.tags))
     return node.owner or f"node:{node.name}"
 
 
 def _outside_pools(b: Build, ranges: dict[int, list]) -> bool:
-    return any(subtract(ranges[f], b.compiler.pools[f]) for f in (4, 6))
+    return any(subtract(ranges[f], b.resolution.pools[f]) for f in (4, 6))
 
 
 def access(b: Build, rules_of: dict | None = None) -> dict[str, dict[str, Ports]]:
@@ -85,7 +85,7 @@ def access(b: Build, rules_of: dict | None = None) -> dict[str, dict[str, Ports]
     names and the policy's words for addresses outside the mesh (prefixes, host aliases, IP
     sets, autogroup:internet, "*"). ``rules_of``, if given, gets (source, destination) -> the
     indexes (in the compiler's rules) of the rules that grant something there."""
-    comp = b.compiler
+    res = b.resolution
     out: dict[str, dict[str, Ports]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     principals: dict[int, dict[str, int]] = {}  # source mask -> principal -> its nodes
 
@@ -97,7 +97,7 @@ def access(b: Build, rules_of: dict | None = None) -> dict[str, dict[str, Ports]
             principals[mask] = dict(got)
         return principals[mask]
 
-    for k, rd in enumerate(comp.rules):
+    for k, rd in enumerate(res.rules):
         ports: list[tuple[str, int, int]] = []
         for (p, _p), (lo, hi) in rd.port_boxes:
             ports.append((PROTO_NAMES.get(p, str(p)), lo, hi))
@@ -107,22 +107,22 @@ def access(b: Build, rules_of: dict | None = None) -> dict[str, dict[str, Ports]
         for sel in rd.rule.src:
             if sel.kind is Kind.DANGER_ALL:
                 srcs[sel.text] = 0
-            elif sel.kind is Kind.ALL and any(comp.all_routes[f] for f in (4, 6)):
+            elif sel.kind is Kind.ALL and any(res.all_routes[f] for f in (4, 6)):
                 srcs["* (routed subnets)"] = 0
             elif sel.kind in (Kind.PREFIX, Kind.IPSET) and _outside_pools(
-                    b, comp.addresses(sel)):
+                    b, res.addresses(sel)):
                 srcs[sel.text] = 0
-        dsts = [comp.names[i] for i in bits(rd.any_dst)]
+        dsts = [res.names[i] for i in bits(rd.any_dst)]
         for sel in rd.rule.dst:
             if sel.kind is Kind.ALL:
                 dsts.append("*")
             elif sel.kind is Kind.INTERNET or (sel.kind in (Kind.PREFIX, Kind.IPSET)
-                                               and _outside_pools(b, comp.addresses(sel))):
+                                               and _outside_pools(b, res.addresses(sel))):
                 dsts.append(sel.text)
         for src, mask in srcs.items():
             mine = list(dsts)
             if rd.self_dst and mask:  # a principal's nodes share one owner: any one will do
-                mine += [comp.names[i] for i in bits(comp.own_devices(bits(mask)[0]))]
+                mine += [res.names[i] for i in bits(res.own_devices(bits(mask)[0]))]
             row = out[src]
             for dst in mine:
                 cell = row[dst]
@@ -132,14 +132,14 @@ def access(b: Build, rules_of: dict | None = None) -> dict[str, dict[str, Ports]
                     rules_of.setdefault((src, dst), set()).add(k)
     result = {s: {d: {p: merge_ranges(r) for p, r in cell.items()} for d, cell in row.items()}
               for s, row in out.items()}
-    if comp.ssh_hosts:
+    if res.ssh_hosts:
         _ssh_port(b, result, principals)
     return result
 
 
 def _ssh_port(b: Build, result: dict, principals: dict[int, dict[str, int]]) -> None:
     """Port 22 of an SSH-managed node needs an ssh rule too (as the filters and eval)."""
-    comp = b.compiler
+    res = b.resolution
     mask_of: dict[str, int] = defaultdict(int)
     for by in principals.values():
         for who, mask in by.items():
@@ -147,13 +147,13 @@ def _ssh_port(b: Build, result: dict, principals: dict[int, dict[str, int]]) -> 
     sources: dict[int, int] = {}
     for src, row in result.items():
         for dst, cell in row.items():
-            h = comp.index.get(dst)
-            if h is None or not comp.ssh_hosts >> h & 1 or "tcp" not in cell:
+            h = res.index.get(dst)
+            if h is None or not res.ssh_hosts >> h & 1 or "tcp" not in cell:
                 continue
             if h not in sources:
-                sources[h] = comp.ssh_sources(h)
+                sources[h] = res.ssh_sources(h)
             if not mask_of.get(src, 0) & sources[h]:
-                cell["tcp"] = subtract(cell["tcp"], [(comp.SSH_PORT, comp.SSH_PORT)])
+                cell["tcp"] = subtract(cell["tcp"], [(res.SSH_PORT, res.SSH_PORT)])
                 if not cell["tcp"]:
                     del cell["tcp"]
     for row in result.values():
@@ -164,13 +164,13 @@ def _ssh_port(b: Build, result: dict, principals: dict[int, dict[str, int]]) -> 
 def ssh_logins(b: Build) -> dict[str, dict[str, Ports]]:
     """Source -> SSH-managed node -> {"ssh": logins}, in the shape of ``access`` (a login is
     a "port" whose name is the login) so the same comparison states gains and losses."""
-    comp = b.compiler
+    res = b.resolution
     out: dict[str, dict[str, dict[str, set]]] = defaultdict(lambda: defaultdict(
         lambda: defaultdict(set)))
-    for h in bits(comp.ssh_hosts):
-        for s in bits(comp.ssh_sources(h)):
-            logins, nonroot = comp.ssh_logins(h, s)
-            cell = out[principal(b, s)][comp.names[h]]["ssh"]
+    for h in bits(res.ssh_hosts):
+        for s in bits(res.ssh_sources(h)):
+            logins, nonroot = res.ssh_logins(h, s)
+            cell = out[principal(b, s)][res.names[h]]["ssh"]
             cell.update(logins)
             if nonroot:
                 cell.add("any user but root")
@@ -320,15 +320,15 @@ def _test_outcomes(b: Build) -> dict[str, str]:
 
 def route_roles(b: Build) -> dict[tuple[str, str], str]:
     """(router, prefix) -> "primary" or "standby" for every approved route."""
-    comp = b.compiler
+    res = b.resolution
     out = {}
-    for i, nets in comp.approved.items():
+    for i, nets in res.approved.items():
         for net in nets:
             lo, hi = int(net.network_address), int(net.broadcast_address)
-            carried = comp.carried.get(i, {}).get(net.version, [])
+            carried = res.carried.get(i, {}).get(net.version, [])
             role = "primary" if any(a <= lo and hi <= z for a, z in carried) else (
                 "partly primary" if any(a <= hi and lo <= z for a, z in carried) else "standby")
-            out[(comp.names[i], str(net))] = role
+            out[(res.names[i], str(net))] = role
     return out
 
 
@@ -372,7 +372,7 @@ def _identities(old: Build, new: Build, plan: Plan, acc_old: dict, acc_new: dict
     new device of alice's, a key swapped in, or a node given another owner or tags reaches
     what that identity may, though no rule changed. Each widens when it reaches anything
     (a join, a key) or more than before (another owner or tags)."""
-    o, n = old.compiler, new.compiler
+    o, n = old.resolution, new.resolution
     out = []
     # A new key is all of its node to its peers: what the node reaches, and what reaches it
     # (connections to a database, logins to a server) now end at whoever holds that key.
@@ -430,7 +430,7 @@ def compare(old: Build, new: Build, base: str, head: str) -> Plan:
     plan = Plan(base, head)
     plan.settings = _settings(old, new)
     plan.signing = _signing(old, new)
-    o, n = old.compiler, new.compiler
+    o, n = old.resolution, new.resolution
     plan.joined = sorted(set(new.mesh.nodes) - set(old.mesh.nodes))
     plan.left = sorted(set(old.mesh.nodes) - set(new.mesh.nodes))
     plan.expired = sorted(set(n.expired) - set(o.expired) - set(plan.joined))
@@ -451,13 +451,13 @@ def compare(old: Build, new: Build, base: str, head: str) -> Plan:
         if not c.logins:
             build, behind = (new, rules_new) if c.kind == "gains" else (old, rules_old)
             ks = sorted({k for d in c.destinations for k in behind.get((c.source, d), ())},
-                        key=lambda k: build.compiler.rules[k].rule.line)
-            c.rules = [f"{build.policy.path.name}:{build.compiler.rules[k].rule.line} "
-                       f"({build.compiler.rules[k].rule.origin})" for k in ks]
+                        key=lambda k: build.resolution.rules[k].rule.line)
+            c.rules = [f"{build.policy.path.name}:{build.resolution.rules[k].rule.line} "
+                       f"({build.resolution.rules[k].rule.origin})" for k in ks]
     # Every node, devices Ansible does not manage too (their exported configuration changes).
     with fewer_gc_passes():
-        old_hosts = {h: o.host(h, filters=False) for h in o.names}
-        new_hosts = {h: n.host(h, filters=False) for h in n.names}
+        old_hosts = {h: old.compiler.host(h, filters=False) for h in o.names}
+        new_hosts = {h: new.compiler.host(h, filters=False) for h in n.names}
     for host in sorted(set(old_hosts) | set(new_hosts)):
         before = {p.name for p in old_hosts[host].peers} if host in old_hosts else set()
         after = {p.name for p in new_hosts[host].peers} if host in new_hosts else set()
@@ -496,7 +496,8 @@ def compare(old: Build, new: Build, base: str, head: str) -> Plan:
         if t_old.get(t) != t_new.get(t):
             plan.tests.append({"test": t, "before": t_old.get(t, "absent"),
                                "after": t_new.get(t, "absent")})
-    plan.warnings = [w for w in n.warnings if w not in set(o.warnings)]
+    plan.warnings = [w for w in new.compiler.warnings
+                     if w not in set(old.compiler.warnings)]
     groups: dict[str, set[str]] = defaultdict(set)
     for pol in (old.policy, new.policy):
         for group, users in pol.groups.items():

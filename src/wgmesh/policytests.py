@@ -81,11 +81,11 @@ def _remember_pass(digest: str) -> None:
 
 def _test_destination(b: Compiled, host: str) -> list[Endpoint]:
     """A test destination: a node name, a tag, a host alias or an address."""
-    if host in b.compiler.index:
-        return [b.compiler.endpoint_of(host)]
+    if host in b.resolution.index:
+        return [b.resolution.endpoint_of(host)]
     if host.startswith("tag:"):
         return endpoints(b, Selector(Kind.TAG, host, host))
-    return [b.compiler.endpoint_of(host)]
+    return [b.resolution.endpoint_of(host)]
 
 
 def _run_test(b: Compiled, test: PolicyTest) -> list[str]:
@@ -103,9 +103,9 @@ def _run_test(b: Compiled, test: PolicyTest) -> list[str]:
                             src.addr.version != dst.addr.version:
                         # A node stands for its address of the other side's family.
                         if dst.node:
-                            dst = b.compiler.endpoint_of(dst.node, family=src.addr.version)
+                            dst = b.resolution.endpoint_of(dst.node, family=src.addr.version)
                         elif src.node:
-                            src = b.compiler.endpoint_of(src.node, family=dst.addr.version)
+                            src = b.resolution.endpoint_of(src.node, family=dst.addr.version)
                     # Tailscale's meaning: the network rules (port 22 of a node that runs
                     # SSH policy is also the ssh rules' business: sshTests judge those).
                     verdict = ev.network(src, dst, proto, int(port))
@@ -169,20 +169,20 @@ def policy_test_failures(b: Compiled) -> list[Problem]:
 
 
 def _ssh_test_destinations(b: Compiled, dst: str, src: Endpoint) -> list[Endpoint]:
-    comp = b.compiler
-    if dst in comp.index:
-        return [comp.endpoint_of(dst)]
+    res = b.resolution
+    if dst in res.index:
+        return [res.endpoint_of(dst)]
     if dst == "autogroup:self":
-        mine = comp.user_mask.get(src.user or "", 0) if not src.tags else 0
-        return [comp.endpoint_of(comp.names[i]) for i in range(len(comp.names)) if mine >> i & 1]
+        mine = res.user_mask.get(src.user or "", 0) if not src.tags else 0
+        return [res.endpoint_of(res.names[i]) for i in range(len(res.names)) if mine >> i & 1]
     if dst.startswith("tag:"):
         sel = Selector(Kind.TAG, dst, dst)
     elif dst in ("autogroup:member", "autogroup:tagged"):
         sel = Selector(Kind.MEMBER if dst.endswith("member") else Kind.TAGGED, dst)
     else:
         sel = Selector(Kind.USER, dst, dst)
-    mask = comp.masks(sel)[4]
-    return [comp.endpoint_of(comp.names[i]) for i in range(len(comp.names)) if mask >> i & 1]
+    mask = res.masks(sel)[4]
+    return [res.endpoint_of(res.names[i]) for i in range(len(res.names)) if mask >> i & 1]
 
 
 def _run_ssh_test(b: Compiled, test: SshTest) -> list[str]:

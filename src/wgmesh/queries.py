@@ -7,12 +7,12 @@ import datetime as dt
 from typing import Protocol
 
 from wgmesh import grammar
-from wgmesh.compiler import Compiler
 from wgmesh.errors import did_you_mean
 from wgmesh.evaluate import Endpoint, Evaluator
 from wgmesh.lock import Lock
 from wgmesh.mesh import Mesh
 from wgmesh.policy import Policy
+from wgmesh.resolve import Resolution
 from wgmesh.selectors import Kind, Selector
 
 
@@ -23,8 +23,10 @@ class Compiled(Protocol):
     mesh: Mesh
     policy: Policy
     lock: Lock
-    compiler: Compiler
     today: dt.date | None
+
+    @property
+    def resolution(self) -> Resolution: ...
 
     @property
     def evaluator(self) -> Evaluator: ...
@@ -32,12 +34,12 @@ class Compiled(Protocol):
 
 def endpoints(b: Compiled, sel: Selector) -> list[Endpoint]:
     """Every node a test selector names, or one identity standing for it when none does."""
-    comp = b.compiler
+    res = b.resolution
     if sel.kind is Kind.PREFIX:
-        return [comp.endpoint_of(str(sel.net.network_address))]
-    mask = comp.masks(sel)[4]
+        return [res.endpoint_of(str(sel.net.network_address))]
+    mask = res.masks(sel)[4]
     if mask:
-        return [comp.endpoint_of(comp.names[i]) for i in range(len(comp.names)) if mask >> i & 1]
+        return [res.endpoint_of(res.names[i]) for i in range(len(res.names)) if mask >> i & 1]
     if sel.kind is Kind.TAG:
         return [Endpoint(None, tags=frozenset({sel.name}))]
     if sel.kind is Kind.GROUP:
@@ -51,12 +53,12 @@ def endpoints(b: Compiled, sel: Selector) -> list[Endpoint]:
 
 def parse_query_endpoint(b: Compiled, text: str) -> Endpoint:
     """A node name, host alias or IP address from an eval query."""
-    comp = b.compiler
-    if text in comp.index or text in b.policy.hosts:
-        return comp.endpoint_of(text)
+    res = b.resolution
+    if text in res.index or text in b.policy.hosts:
+        return res.endpoint_of(text)
     if grammar.ip_address(text) is None:
         raise ValueError(f'"{text}" is not a node, host alias or IP address')
-    return comp.endpoint_of(text)
+    return res.endpoint_of(text)
 
 
 def known_users(b: Compiled) -> set[str]:
@@ -81,7 +83,7 @@ def unknown_user_hint(users: set[str], text: str) -> str | None:
 def query_endpoints(b: Compiled, text: str) -> list[Endpoint]:
     """What an eval query names: one node, host alias or address, or every device of a
     user, group or tag (an identity with no device stands for itself)."""
-    if text in b.compiler.index or text in b.policy.hosts or grammar.ip_address(text):
+    if text in b.resolution.index or text in b.policy.hosts or grammar.ip_address(text):
         return [parse_query_endpoint(b, text)]
     if text.startswith("tag:"):
         if text not in b.policy.tag_owners and not any(text in n.tags

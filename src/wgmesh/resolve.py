@@ -91,8 +91,8 @@ class Resolution:
         self.by_addr.update({(6, a): i for i, a in enumerate(self.addr[6])})
         self.all_mask = (1 << len(self.names)) - 1
         self.problems: list[Problem] = []
-        self._warnings: list[str] = list(policy.warnings)
-        self._warnings += key_age_warnings(mesh, alloc, self.names, today)
+        self.warnings: list[str] = list(policy.warnings)
+        self.warnings += key_age_warnings(mesh, alloc, self.names, today)
         self._mask_cache: dict[Selector, dict[int, int]] = {}
         self._range_cache: dict[int, tuple[list, list]] = {}
         self._check_tags()
@@ -116,13 +116,13 @@ class Resolution:
         self.rules = [self._rule_data(r) for r in policy.rules]
         self.exit_blocked: set[int] = set()
         self._check_exit_use()
-        self._warnings += self.ssh_warnings()
-        self._warnings += self._unnamed_nodes() + self._shared_endpoints()
+        self.warnings += self.ssh_warnings()
+        self.warnings += self._unnamed_nodes() + self._shared_endpoints()
         for i in self.exit_blocked:
             self.exit_users[self.nodes[i].use_exit_node] &= ~(1 << i)
 
     # Validation across mesh and policy ------------------------------------------------
-    def _mesh_error(self, node: str, key: str | None, message: str, fix: str = "") -> None:
+    def mesh_error(self, node: str, key: str | None, message: str, fix: str = "") -> None:
         line, col = self.mesh.where(node, key) if key else self.mesh.where(node)
         self.problems.append(Problem(str(self.mesh.path), line, col,
                                      f"nodes.{node}" + (f".{key}" if key else ""), message, fix))
@@ -136,7 +136,7 @@ class Resolution:
             if key is None:
                 continue
             if key in seen:
-                self._mesh_error(name, "public_key" if not self.mesh.nodes[name].managed
+                self.mesh_error(name, "public_key" if not self.mesh.nodes[name].managed
                                  else None, f"has the same public key as node {seen[key]}",
                                  "every device needs its own key; if one was copied, make a "
                                  "new key on it and pin that")
@@ -191,14 +191,14 @@ class Resolution:
                 if tag not in self.policy.tag_owners:
                     undeclared[tag].append(name)
                 elif node.owner and not self._owner_may_assign(node, tag):
-                    self._mesh_error(
+                    self.mesh_error(
                         name, "tags", f'{node.owner} may not assign "{tag}"',
                         f'add the owner (or a group of theirs) to tagOwners["{tag}"], or '
                         "remove owner: to declare an owner-less server")
         for tag, names in sorted(undeclared.items()):
             shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more"
                                              if len(names) > 10 else "")
-            self._warnings.append(
+            self.warnings.append(
                 f'tag "{tag}" of {shown} is not declared in the policy\'s tagOwners: it has '
                 'no owner, and only "*" and autogroup:tagged match it (declare it, or remove '
                 "it from the node)")
@@ -218,7 +218,7 @@ class Resolution:
                         approved.add(route)
             for route in node.advertise_routes:
                 if route not in approved:
-                    self._warnings.append(f"{node.name}: advertised route {route} is not "
+                    self.warnings.append(f"{node.name}: advertised route {route} is not "
                                          "approved and is not used")
             if approved:
                 approved_of[i] = approved
@@ -228,11 +228,11 @@ class Resolution:
                                                   for a in self.policy.auto_exit):
                     exits.add(i)
                 else:
-                    self._warnings.append(f"{node.name}: exit node is not approved and is not "
+                    self.warnings.append(f"{node.name}: exit node is not approved and is not "
                                          "used")
         for node in self.nodes:
             if node.failover_for and node.failover_for not in self.mesh.nodes:
-                self._mesh_error(node.name, "failover_for", f'no node "{node.failover_for}"')
+                self.mesh_error(node.name, "failover_for", f'no node "{node.failover_for}"')
         return approved_of, exits
 
     def _carriers(self, approved_of: dict[int, set]) -> dict[int, dict[int, list]]:
@@ -433,11 +433,11 @@ class Resolution:
             if target is None:
                 continue
             if target not in self.mesh.nodes:
-                self._mesh_error(node.name, "use_exit_node", f'no node "{target}"')
+                self.mesh_error(node.name, "use_exit_node", f'no node "{target}"')
             elif target not in self.index:
-                self._mesh_error(node.name, "use_exit_node", f'exit node "{target}" has expired')
+                self.mesh_error(node.name, "use_exit_node", f'exit node "{target}" has expired')
             elif not self.mesh.nodes[target].advertise_exit_node:
-                self._mesh_error(node.name, "use_exit_node",
+                self.mesh_error(node.name, "use_exit_node",
                                  f'"{target}" does not offer itself as exit node',
                                  f"set advertise_exit_node: true on {target}")
             # Approval and the internet grant come from the policy, which must always be
@@ -445,11 +445,11 @@ class Resolution:
             # either stops the node using the exit node, with a warning, not a failed run.
             elif self.index[target] not in self.exits:
                 self.exit_blocked.add(i)
-                self._warnings.append(f'{node.name}: exit node "{target}" is not approved; '
+                self.warnings.append(f'{node.name}: exit node "{target}" is not approved; '
                                      "its internet traffic stays local")
             elif not self._internet_allowed(i, self.index[target]):
                 self.exit_blocked.add(i)
-                self._warnings.append(f"{node.name}: policy does not grant it "
+                self.warnings.append(f"{node.name}: policy does not grant it "
                                      f'autogroup:internet, so it does not use exit node "{target}"')
 
     # SSH -----------------------------------------------------------------------------
@@ -559,7 +559,7 @@ class Resolution:
         return tuple(sorted(logins)), nonroot
 
     @functools.cached_property
-    def _rules_naming(self) -> dict[int, list[int]]:
+    def rules_naming(self) -> dict[int, list[int]]:
         """Node -> the rules that name it as source or destination (autogroup:self names
         everyone), in policy order."""
         out: dict[int, list[int]] = defaultdict(list)

@@ -109,18 +109,18 @@ def compile_body(b, serial: int, date: dt.date) -> dict:
     """The manifest of build ``b`` (compiled as of ``date``); every managed node must have
     its key pinned (a bundle is signed for one key)."""
     _require_signing(b)
-    comp = b.compiler
-    unpinned = sorted(n for n in comp.names
+    res = b.resolution
+    unpinned = sorted(n for n in res.names
                       if b.mesh.nodes[n].managed and not b.alloc[n].public_key
-                      and n not in comp.expired)
+                      and n not in res.expired)
     if unpinned:
         raise InputError([Problem(str(b.lock.path), 1, 1, "nodes", f"no public key pinned for "
                                   f"{', '.join(unpinned)}: a signed bundle is made for one key",
                                   "enrol each: on the host `wgmesh host enrol`, then `wgmesh "
                                   "enrol NODE PUBLIC_KEY` here")])
     bundles = {}
-    for name in comp.names:
-        if b.mesh.nodes[name].managed and name not in comp.expired:
+    for name in res.names:
+        if b.mesh.nodes[name].managed and name not in res.expired:
             bundle = b.bundle(name)
             bundles[name] = bundle_digest(bundle)
     return {

@@ -68,9 +68,9 @@ def decide(b: Build, src: Endpoint, dst: Endpoint, named: tuple[bool, bool], pro
     of the other side's family."""
     if src.addr is not None and dst.addr is not None and src.addr.version != dst.addr.version:
         if src.node and named[0]:
-            src = b.compiler.endpoint_of(src.node, dst.addr.version)
+            src = b.resolution.endpoint_of(src.node, dst.addr.version)
         elif dst.node and named[1]:
-            dst = b.compiler.endpoint_of(dst.node, src.addr.version)
+            dst = b.resolution.endpoint_of(dst.node, src.addr.version)
         else:
             raise ValueError("src and dst are addresses of different families")
     proto = PROTOCOLS[proto_name]
@@ -126,14 +126,14 @@ class Answer:
 
 def compiled(b: Build, flow: Flow) -> Answer:
     """The answer from the inputs alone."""
-    comp = b.compiler
-    if flow.src not in comp.index:
+    res = b.resolution
+    if flow.src not in res.index:
         raise ValueError(f'"{flow.src}" is not a node of the mesh')
-    src = comp.endpoint_of(flow.src)
-    dst = comp.endpoint_of(flow.dst)
-    named = (True, flow.dst in comp.index)
+    src = res.endpoint_of(flow.src)
+    dst = res.endpoint_of(flow.dst)
+    named = (True, flow.dst in res.index)
     verdict = decide(b, src, dst, named, flow.proto, flow.port)
-    host = comp.host(flow.src)
+    host = b.compiler.host(flow.src)
     address = str(dst.addr)
     peer = next((p for p in host.peers if p.name == flow.dst), None)
     if peer is None:  # a routed destination: the peer with the longest prefix that holds it

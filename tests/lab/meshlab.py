@@ -449,7 +449,7 @@ def intended(mesh, policy) -> dict[str, str]:
 
     b = build(mesh.inventory, policy, run_tests=False)
     return {n: b.bundle(n)["hash"]
-            for n in b.compiler.names if b.mesh.nodes[n].managed}
+            for n in b.resolution.names if b.mesh.nodes[n].managed}
 
 
 def running(mesh, node: str) -> str:

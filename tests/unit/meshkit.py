@@ -73,7 +73,7 @@ def sign_with_admins(inv: Path, keys_dir: Path, names=("ann", "ben", "cat"),
 
 def allowed(b: Build, src: str, dst: str, proto: str = "tcp", port: int | None = 22,
             family: int = 4) -> bool:
-    c = b.compiler
+    c = b.resolution
     s = c.endpoint_of(src, family) if src in c.index else c.endpoint_of(src)
     d = c.endpoint_of(dst, family) if dst in c.index else c.endpoint_of(dst)
     p = PROTOCOLS[proto]

@@ -53,3 +53,16 @@ def test_the_compile_stage_runs_one_way():
     compiler then uses: resolve imports neither."""
     assert not imports_of(SRC / "resolve.py") & {"evaluate", "filters", "compiler", "render"}
     assert "resolve" in imports_of(SRC / "evaluate.py") & imports_of(SRC / "filters.py")
+
+
+def test_the_renderers_read_the_host_output_not_the_compiler():
+    """render turns a HostOutput into files: it needs the types, never the compile stage."""
+    for path in (SRC / "render").glob("*.py"):
+        assert not imports_of(path) & {"compiler", "resolve", "build"}, path.name
+
+
+def test_the_compiler_holds_the_resolution_rather_than_being_one():
+    from wgmesh.compiler import Compiler
+    from wgmesh.resolve import Resolution
+
+    assert Resolution not in Compiler.__mro__

@@ -88,11 +88,11 @@ def test_q4_on_servers_that_run_ssh_policy_logins_need_an_ssh_rule_too(tmp_path)
     nodes = {n: dict(spec, ssh_policy=True) if "tags" in spec else spec
              for n, spec in NODES.items()}
     b = make(tmp_path, nodes, POLICY)  # the policy's tests and sshTests hold
-    comp = b.compiler
+    res = b.resolution
     assert not allowed(b, "carol-laptop", "db1", port=22)
     assert allowed(b, "carol-laptop", "db1", port=5432)
     assert allowed(b, "alice-laptop", "db1", port=22)  # an engineer, on call too
-    verdict = b.evaluator.check(comp.endpoint_of("carol-laptop"), comp.endpoint_of("db1"),
+    verdict = b.evaluator.check(res.endpoint_of("carol-laptop"), res.endpoint_of("db1"),
                                 6, 22)
     assert (verdict.allow, verdict.answered_by) == (False, "ssh")
     assert verdict.note == "acls[1] allows it, but db1 runs SSH policy: port 22 needs an ssh " \
@@ -105,5 +105,5 @@ def test_q4_on_servers_that_run_ssh_policy_logins_need_an_ssh_rule_too(tmp_path)
     b = make(tmp_path / "o", nodes, on_call)
     assert allowed(b, "carol-laptop", "db1", port=22)
     assert not allowed(b, "carol-laptop", "web1", port=22)
-    assert b.compiler.ssh_logins(b.compiler.index["db1"],
-                                 b.compiler.index["carol-laptop"]) == ((), True)
+    assert b.resolution.ssh_logins(b.resolution.index["db1"],
+                                 b.resolution.index["carol-laptop"]) == ((), True)

@@ -324,7 +324,7 @@ def test_expired_nodes_are_left_out(tmp_path):
     nodes = {"a": {"owner": "alice@example.com"}, "old": {"owner": "bob@example.com",
                                                           "expires": "2025-12-31"}}
     b = make(tmp_path, nodes, pol())
-    assert b.compiler.expired == ["old"] and peers(b, "a") == []
+    assert b.resolution.expired == ["old"] and peers(b, "a") == []
 
 
 def test_output_is_deterministic_and_holds_no_private_key(tmp_path):
@@ -437,7 +437,7 @@ def test_a_grant_with_via_sends_its_destinations_through_the_via_routers_only(tm
     assert bob == {"r2": ["10.44.0.0/16"]}  # r2 sorts before r3: the prefix's primary
     def forwards(router, src, dst):
         sets = parse_sets(render.nftables(b.compiler.host(router), b.mesh.network))
-        return lookup(sets["fwd4"], (int(b.compiler.alloc[src].ipv4),
+        return lookup(sets["fwd4"], (int(b.resolution.alloc[src].ipv4),
                                      int(ipaddress.ip_address(dst)), 6, 22))
 
     assert forwards("r2", "a", "10.44.1.1") and forwards("r2", "b", "10.44.1.1")
@@ -484,7 +484,7 @@ def test_domain_wildcards_and_danger_all(tmp_path):
     assert allowed(b, "192.0.2.77", "db", port=443)  # any address at all
     db = b.compiler.host("db")
     sets = parse_sets(render.nftables(db, b.mesh.network))
-    a, o = (int(b.compiler.alloc[n].ipv4) for n in ("a", "o"))
+    a, o = (int(b.resolution.alloc[n].ipv4) for n in ("a", "o"))
     assert lookup(sets["in4"], (a, 6, 5432)) and not lookup(sets["in4"], (o, 6, 5432))
     assert lookup(sets["in4"], (int(ipaddress.ip_address("192.0.2.77")), 6, 443))
     assert "r" in {p.name for p in db.peers}  # routed sources arrive through the router
@@ -504,14 +504,14 @@ def test_ip_sets_add_and_remove_in_order(tmp_path):
         autoApprovers={"routes": {"10.0.0.0/8": ["tag:router"]}},
         acls=[{"action": "accept", "src": ["group:eng"], "dst": ["ipset:corp:22"]},
               {"action": "accept", "src": ["group:eng"], "dst": ["ipset:web:443"]}]))
-    assert str(b.compiler.alloc["b"].ipv4) == "100.64.0.2"
+    assert str(b.resolution.alloc["b"].ipv4) == "100.64.0.2"
     assert allowed(b, "a", "10.1.1.1") and not allowed(b, "a", "10.9.1.1")
     assert allowed(b, "a", "b")  # the set holds b's address
     assert allowed(b, "a", "198.51.100.7", port=443)
     assert not allowed(b, "a", "192.0.2.7", port=443)  # removed from the internet part
     # The exit node forwards the set's internet part only; the router its routed part.
     x = parse_sets(render.nftables(b.compiler.host("x"), b.mesh.network))
-    a = int(b.compiler.alloc["a"].ipv4)
+    a = int(b.resolution.alloc["a"].ipv4)
     assert lookup(x["fwd4"], (a, int(ipaddress.ip_address("198.51.100.7")), 6, 443))
     assert not lookup(x["fwd4"], (a, int(ipaddress.ip_address("192.0.2.7")), 6, 443))
     r = parse_sets(render.nftables(b.compiler.host("r"), b.mesh.network))
@@ -565,7 +565,7 @@ def test_lighthouses_and_the_nodes_behind_nat_they_help(tmp_path):
     assert [p.roles for p in n1.peers if p.name == "lh"] == [["lighthouse"]]
     assert n1.agent.lighthouses == [("lh", str(b.alloc["lh"].ipv4), b.alloc["lh"].public_key)]
     assert [(p[0], p[3], p[4]) for p in n1.agent.punch] == [
-        ("n2", f"[{comp.hop_address('n2')}]:51820", "pub")]
+        ("n2", f"[{comp.paths.hop_address('n2')}]:51820", "pub")]
     assert comp.host("n3").agent is None  # no relayed peer: nothing to punch
     lh = comp.host("lh")
     assert {p.name for p in lh.peers} == {"n1", "n2"}

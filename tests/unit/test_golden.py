@@ -33,7 +33,7 @@ def outputs(tmp_path):
     b = build(tmp_path)
     net = b.mesh.network
     hosts = b.compiler.compile_all()
-    files = {"plan.json": render.plan_json(hosts, net, b.compiler.expired, b.compiler.warnings),
+    files = {"plan.json": render.plan_json(hosts, net, b.resolution.expired, b.compiler.warnings),
              "mesh.lock.yml": (tmp_path / "mesh.lock.yml").read_text()}
     for name, h in hosts.items():
         files[f"{name}/wg0.conf"] = render.wg_quick(h, net)

@@ -129,7 +129,7 @@ def owns(nodes, name, addr):
 def test_rendered_sets_agree_with_the_evaluator(nodes, policy):
     with tempfile.TemporaryDirectory() as tmp:
         b = make(Path(tmp), nodes, policy)
-    comp, ev = b.compiler, b.evaluator
+    comp, res, ev = b.compiler, b.resolution, b.evaluator
     hosts = comp.compile_all()
     sets = {n: parse_sets(render.nftables(h, b.mesh.network)) for n, h in hosts.items()}
     peer_names = {n: {p.name for p in h.peers} for n, h in hosts.items()}
@@ -138,7 +138,7 @@ def test_rendered_sets_agree_with_the_evaluator(nodes, policy):
             if s == d:
                 continue
             for family in (4, 6):
-                src, dst = comp.endpoint_of(s, family), comp.endpoint_of(d, family)
+                src, dst = res.endpoint_of(s, family), res.endpoint_of(d, family)
                 for proto, port in ((6, 22), (6, 85), (17, 443), (6, 1500), (17, 9),
                                     (1 if family == 4 else 58, None)):
                     verdict = ev.check(src, dst, proto, port).allow
@@ -156,8 +156,8 @@ def test_rendered_sets_agree_with_the_evaluator(nodes, policy):
         for d in ends:
             if s == d or (isinstance(s, str) and isinstance(d, str)):
                 continue
-            s_addr = comp.endpoint_of(s, 4).addr if isinstance(s, str) else s
-            d_addr = comp.endpoint_of(d, 4).addr if isinstance(d, str) else d
+            s_addr = res.endpoint_of(s, 4).addr if isinstance(s, str) else s
+            d_addr = res.endpoint_of(d, 4).addr if isinstance(d, str) else d
             # The routers on the path: the one carrying each subnet end. A router sending
             # into a subnet it approves itself reaches it on its own LAN, off the mesh.
             s_via = None if isinstance(s, str) else carrier(nodes, s)
@@ -170,8 +170,8 @@ def test_rendered_sets_agree_with_the_evaluator(nodes, policy):
                     isinstance(d, str) and owns(nodes, d, s_addr)):
                 continue
             for proto, port in ((6, 22), (6, 443), (17, 9), (1, None)):
-                verdict = ev.check(comp.endpoint_of(str(s_addr)),
-                                   comp.endpoint_of(str(d_addr)), proto, port).allow
+                verdict = ev.check(res.endpoint_of(str(s_addr)),
+                                   res.endpoint_of(str(d_addr)), proto, port).allow
                 seen = []
                 if isinstance(s, str):
                     seen.append(nft_allows(sets[s], "out", 4, int(d_addr), proto, port))

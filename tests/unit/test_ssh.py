@@ -50,30 +50,30 @@ def test_port_22_opens_only_where_an_ssh_rule_lets_in(mesh):
     assert allowed(mesh, "web1", "db1", port=5432)
     assert allowed(mesh, "web1", "db1", proto="udp", port=22)
     assert allowed(mesh, "db1", "ci1")  # ci1 does not run SSH policy: plain sshd, not ours
-    ev, comp = mesh.evaluator, mesh.compiler
-    verdict = ev.check(comp.endpoint_of("web1"), comp.endpoint_of("db1"), 6, 22)
+    ev, res = mesh.evaluator, mesh.resolution
+    verdict = ev.check(res.endpoint_of("web1"), res.endpoint_of("db1"), 6, 22)
     assert (verdict.allow, verdict.answered_by, verdict.note) == (
         False, "ssh", "acls[0] allows it, but db1 runs SSH policy: port 22 needs an ssh "
         "rule too")
-    verdict = ev.check(comp.endpoint_of("ci1"), comp.endpoint_of("db1"), 6, 22)
+    verdict = ev.check(res.endpoint_of("ci1"), res.endpoint_of("db1"), 6, 22)
     assert (verdict.allow, verdict.rule, verdict.answered_by, verdict.ssh_rule) == (
         True, "acls[0]", "ssh", "ssh[2]")
-    verdict = ev.check(comp.endpoint_of("db1"), comp.endpoint_of("ci1"), 6, 22)
+    verdict = ev.check(res.endpoint_of("db1"), res.endpoint_of("ci1"), 6, 22)
     assert (verdict.allow, verdict.answered_by, verdict.ssh_rule) == (True, "network", None)
 
 
 def test_rendered_sets_agree_with_eval_at_both_ends(mesh):
     """Every ordered pair, both families, TCP 22 and 80: the source's out set and the
     destination's in set hold the packet exactly when eval allows it."""
-    comp, net = mesh.compiler, mesh.mesh.network
-    sets = {n: parse_sets(render.nftables(comp.host(n), net)) for n in comp.names}
+    comp, res, net = mesh.compiler, mesh.resolution, mesh.mesh.network
+    sets = {n: parse_sets(render.nftables(comp.host(n), net)) for n in res.names}
     checked = 0
-    for src in comp.names:
-        for dst in comp.names:
+    for src in res.names:
+        for dst in res.names:
             if src == dst:
                 continue
             for family in (4, 6):
-                s, d = comp.endpoint_of(src, family), comp.endpoint_of(dst, family)
+                s, d = res.endpoint_of(src, family), res.endpoint_of(dst, family)
                 for port in (22, 80):
                     want = mesh.evaluator.check(s, d, 6, port).allow
                     out = lookup(sets[src].get(f"out{family}", []), (int(d.addr), 6, port))
@@ -84,8 +84,8 @@ def test_rendered_sets_agree_with_eval_at_both_ends(mesh):
 
 
 def test_sshd_dropin_names_the_logins_per_source(mesh):
-    comp = mesh.compiler
-    addr = {n: (str(comp.alloc[n].ipv4), str(comp.alloc[n].ipv6)) for n in comp.names}
+    comp, res = mesh.compiler, mesh.resolution
+    addr = {n: (str(res.alloc[n].ipv4), str(res.alloc[n].ipv6)) for n in res.names}
     web = render.sshd_dropin(comp.host("web1"))
     a4, a6 = addr["alice-laptop"]
     b4, _ = addr["bob-laptop"]
@@ -166,8 +166,8 @@ def test_a_router_forwards_no_subnet_source_to_port_22_of_an_ssh_managed_node(tm
       "ssh": [{"action": "accept", "src": ["alice@example.com"], "dst": ["tag:web"],
                "users": ["root"]}]}"""
     b = make(tmp_path, nodes, policy)
-    comp = b.compiler
-    lan, web = comp.endpoint_of("192.168.1.7"), comp.endpoint_of("web1", 4)
+    comp, res = b.compiler, b.resolution
+    lan, web = res.endpoint_of("192.168.1.7"), res.endpoint_of("web1", 4)
     fwd = parse_sets(render.nftables(comp.host("gw"), b.mesh.network))["fwd4"]
     for port in (22, 80):
         want = b.evaluator.check(lan, web, 6, port).allow
@@ -181,11 +181,11 @@ def test_ssh_rules_apply_only_where_the_node_opted_in(tmp_path):
     nodes = {name: {k: v for k, v in spec.items() if k != "ssh_policy"}
              for name, spec in NODES.items()}
     b = make(tmp_path, nodes, POLICY)
-    comp = b.compiler
-    assert comp.ssh_hosts == 0
+    comp, res = b.compiler, b.resolution
+    assert res.ssh_hosts == 0
     assert allowed(b, "alice-laptop", "db1") and allowed(b, "web1", "db1")
-    assert all(render.sshd_dropin(comp.host(n)) is None for n in comp.names)
-    verdict = b.evaluator.check(comp.endpoint_of("alice-laptop"), comp.endpoint_of("web1"),
+    assert all(render.sshd_dropin(comp.host(n)) is None for n in res.names)
+    verdict = b.evaluator.check(res.endpoint_of("alice-laptop"), res.endpoint_of("web1"),
                                 6, 22)
     assert (verdict.allow, verdict.answered_by) == (True, "network")
     assert verdict.note == ("web1 does not run SSH policy (ssh_policy): the network rules "
@@ -202,8 +202,8 @@ def test_network_ssh_policy_is_the_default_and_a_node_may_opt_out(tmp_path):
     nodes["carol-phone"] = {"owner": "carol@example.com", "managed": False,
                             "public_key": "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="}
     b = make(tmp_path, nodes, POLICY, network={"ssh_policy": True})
-    comp = b.compiler
-    on = {n for n in comp.names if comp.ssh_hosts >> comp.index[n] & 1}
+    comp, res = b.compiler, b.resolution
+    on = {n for n in res.names if res.ssh_hosts >> res.index[n] & 1}
     # Every managed node but bob's laptop; a device wgmesh does not manage runs no sshd of ours.
     assert on == {"alice-laptop", "alice-desk", "web1", "db1", "ci1"}
     # ci1 opted in (the default) and no ssh rule names it: nobody gets port 22 over the mesh.

@@ -54,8 +54,8 @@ def test_the_answer_names_the_rule_and_the_path(golden):
 
 
 def test_nodes_the_policy_does_not_relate_are_not_peers(golden):
-    comp = golden.compiler
-    pairs = [(a, b) for a in comp.index for b in comp.index if a != b
+    comp, res = golden.compiler, golden.resolution
+    pairs = [(a, b) for a in res.index for b in res.index if a != b
              and comp.host(a) is not None and b not in {p.name for p in comp.host(a).peers}]
     assert pairs, "the golden mesh has a pair that holds no peer"
     a, b = pairs[0]

@@ -91,7 +91,7 @@ def cmd_device_add(args) -> int:
         try:
             b = build_from_args(args, run_tests=False)
             # A QR code that cannot be made is refused before any output.
-            made = None if args.name in b.compiler.expired else _configuration(args, b, private)
+            made = None if args.name in b.resolution.expired else _configuration(args, b, private)
         except InputError:
             # The device does not fit the mesh (a tag its owner may not assign, a
             # configuration too large for a QR code...): undo.
@@ -150,7 +150,7 @@ def _configuration(args, b, private: str | None) -> tuple[str, list[str], object
 
 
 def _export(args, b, private: str | None, made: tuple | None = None) -> int:
-    if args.name in b.compiler.expired:
+    if args.name in b.resolution.expired:
         print(f"error: {args.name} has expired and has no peers", file=sys.stderr)
         return EXIT_FAILED
     text, left_out, code = made or _configuration(args, b, private)

@@ -127,7 +127,7 @@ def cmd_check(args) -> int:
     if args.locked and b.lock.changed:
         print(f"error: {b.lock.path} is out of date (run: wgmesh lock)", file=sys.stderr)
         return EXIT_FAILED
-    print(f"ok: {len(b.compiler.names)} nodes, {len(b.policy.rules)} rules, "
+    print(f"ok: {len(b.resolution.names)} nodes, {len(b.policy.rules)} rules, "
           f"{len(b.policy.tests)} policy tests passed"
           + (f", {len(b.policy.ssh_tests)} ssh tests passed" if b.policy.ssh_tests else ""))
     return EXIT_OK
@@ -138,7 +138,7 @@ def _checked_build(args):
     limits) fails `check` too."""
     b = build_from_args(args)
     with fewer_gc_passes():
-        for name in b.compiler.names:
+        for name in b.resolution.names:
             b.compiler.host(name)
     return b
 
@@ -163,9 +163,9 @@ def _check_json(args) -> int:
         stale = bool(args.locked and b.lock.changed)
         report.update(
             ok=not stale, exit_code=EXIT_FAILED if stale else EXIT_OK,
-            nodes=len(b.compiler.names), rules=len(b.policy.rules),
+            nodes=len(b.resolution.names), rules=len(b.policy.rules),
             tests_passed=len(b.policy.tests), ssh_tests_passed=len(b.policy.ssh_tests),
-            expired=list(b.compiler.expired), lockfile_current=not b.lock.changed,
+            expired=list(b.resolution.expired), lockfile_current=not b.lock.changed,
             warnings=compile_warnings(b) + unsigned_warnings(b))
     print(json.dumps(report, indent=2))
     return report["exit_code"]
@@ -195,14 +195,14 @@ def cmd_render(args) -> int:
     """Hosts are compiled, rendered and written one at a time (plan.json too), so memory
     holds one host's output, not the mesh's. Read-only: the lockfile is never written."""
     b = build_from_args(args)
-    comp, net = b.compiler, b.mesh.network
+    comp, res, net = b.compiler, b.resolution, b.mesh.network
     if args.host:
-        if args.host not in comp.index:
+        if args.host not in res.index:
             print(f'error: no node "{args.host}" in {b.mesh.path}', file=sys.stderr)
             return EXIT_INPUT
         names = [args.host]
     else:
-        names = [n for n in comp.names if b.mesh.nodes[n].managed]
+        names = [n for n in res.names if b.mesh.nodes[n].managed]
     if args.host and not b.mesh.nodes[args.host].managed and not args.json and not args.out:
         from wgmesh import device
 
@@ -217,12 +217,12 @@ def cmd_render(args) -> int:
     with fewer_gc_passes():
         hosts = map(comp.host, names)
         if args.json:
-            render.write_plan(sys.stdout, hosts, net, comp.expired, lambda: comp.warnings)
+            render.write_plan(sys.stdout, hosts, net, res.expired, lambda: comp.warnings)
         elif args.out:
             args.out.mkdir(parents=True, exist_ok=True)
             with open(args.out / "plan.json", "w") as plan:
                 render.write_plan(plan, map(_write_host_files(args.out, net), hosts), net,
-                                  comp.expired, lambda: comp.warnings)
+                                  res.expired, lambda: comp.warnings)
             print(f"wrote {len(names)} hosts to {args.out}")
         else:
             for h in hosts:
@@ -376,7 +376,7 @@ def cmd_why(args) -> int:
         return EXIT_INPUT
     if args.live:
         hosts = [n for n in (flow.src, flow.dst)
-                 if n in b.compiler.index and b.mesh.nodes[n].managed]
+                 if n in b.resolution.index and b.mesh.nodes[n].managed]
         if flow.src not in hosts:
             print(f"error: --live asks the hosts, and {flow.src} is not one Ansible manages "
                   "(managed: false)", file=sys.stderr)

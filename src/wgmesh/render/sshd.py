@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from wgmesh import grammar
-from wgmesh.compiler import HostOutput
+from wgmesh.hostoutput import HostOutput
 from wgmesh.render.common import RenderError, clean
 
 
