@@ -21,7 +21,7 @@ from ruamel.yaml.comments import CommentedMap
 from wgmesh import grammar
 from wgmesh.errors import InputError, Problem, write_atomic
 from wgmesh.mesh import Mesh, usable_in
-from wgmesh.yamlsource import YamlSource, join, type_name
+from wgmesh.yamlsource import Fields, YamlSource, join, type_name, yaml_date
 
 HEADER = """\
 # mesh.lock.yml - written by wgmesh; commit it with mesh.yml.
@@ -83,7 +83,7 @@ class Lock:
         # written, so a file read and written again does not change.
         for entry in self.data["nodes"].values():
             if isinstance(entry, dict) and isinstance(entry.get("key_date"), str):
-                entry["key_date"] = _date(entry["key_date"])
+                entry["key_date"] = yaml_date(entry["key_date"])
 
     def _load(self, src: YamlSource) -> None:
         self.data = src.data if src.data is not None else CommentedMap()
@@ -118,17 +118,13 @@ class Lock:
                                     required={"ipv4", "ipv6"})
                 if entry is None:
                     continue
-                for key, fam in (("ipv4", 4), ("ipv6", 6)):
-                    if key in entry and grammar.ip_address(entry[key], fam) is None:
-                        src.error(entry, key, join(path, key),
-                                  f"{type_name(entry[key])} is not an IPv{fam} address", fix)
-                if "key_date" in entry and _date(entry["key_date"]) is None:
-                    src.error(entry, "key_date", join(path, "key_date"),
-                              f"{type_name(entry['key_date'])} is not a date (YYYY-MM-DD)", fix)
+                f = Fields(src, entry, path)
+                f.address("ipv4", 4, fix)
+                f.address("ipv6", 6, fix)
+                f.date("key_date", "is not a date (YYYY-MM-DD)", fix)
                 if "public_key" in entry and not grammar.public_key(entry["public_key"]):
-                    src.error(entry, "public_key", join(path, "public_key"),
-                              "not a WireGuard public key (44 characters of base64 encoding "
-                              "32 bytes)", fix)
+                    f.bad("public_key", "not a WireGuard public key (44 characters of base64 "
+                          "encoding 32 bytes)", fix)
         src.check()
 
     @property
@@ -253,7 +249,7 @@ class Lock:
                     self.dirty = True
             key = node.public_key or entry.get("public_key")
             out[name] = Allocation(want[name]["ipv4"], want[name]["ipv6"], key,
-                                   None if node.public_key else _date(entry.get("key_date")))
+                                   None if node.public_key else yaml_date(entry.get("key_date")))
         return {name: out[name] for name in mesh.nodes}
 
     def pin_key(self, node: str, public_key: str, today: dt.date | None = None) -> str | None:
@@ -362,15 +358,3 @@ def _insert_sorted(m: CommentedMap, key: str, value) -> None:
         return
     pos = sum(1 for k in m if k < key)
     m.insert(pos, key, value)
-
-
-def _date(value) -> dt.date | None:
-    """A key_date as YAML gives it (a date, or the text of one)."""
-    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-        return value
-    if isinstance(value, str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", value, re.ASCII):
-        try:
-            return dt.date.fromisoformat(value)
-        except ValueError:
-            return None
-    return None

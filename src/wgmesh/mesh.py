@@ -6,7 +6,6 @@ rendered file is a name, an address or a key that cannot carry anything else.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import ipaddress
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from ruamel.yaml.comments import CommentedMap
 from wgmesh import grammar, limits
 from wgmesh.errors import InputError
 from wgmesh.grammar import IPAddr, IPNet
-from wgmesh.yamlsource import YamlSource, join, type_name
+from wgmesh.yamlsource import Fields, YamlSource, join, type_name
 
 LOCKFILE_SUFFIX = ".lock.yml"
 DEFAULT_ROUTES = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
@@ -221,11 +220,12 @@ def _signing(src: YamlSource, root: Any, path: Path) -> Signing | None:
                        required={"threshold", "admins"})
     if node is None:
         return None
+    f = Fields(src, node, "signing")
     admins = node.get("admins")
     found: dict[str, str] = {}
     if not isinstance(admins, dict) or not admins:
-        src.error(node, "admins", "signing.admins", "must map each admin's name to the public "
-                  "key `wgmesh admin keygen` printed", "e.g. admins: {alice: <44 characters>}")
+        f.bad("admins", "must map each admin's name to the public key `wgmesh admin keygen` "
+              "printed", "e.g. admins: {alice: <44 characters>}")
     else:
         for name, key in admins.items():
             where = f"signing.admins.{name}"
@@ -245,17 +245,16 @@ def _signing(src: YamlSource, root: Any, path: Path) -> Signing | None:
             1 <= threshold <= max(len(found), 1)):
         what = (str(threshold) if isinstance(threshold, int) and not isinstance(threshold, bool)
                 else type_name(threshold))
-        src.error(node, "threshold", "signing.threshold",
-                  f"must be a whole number from 1 to the number of admins ({len(found)}), "
-                  f"not {what}", "the number of admins who must sign a change, e.g. 2")
+        f.bad("threshold", f"must be a whole number from 1 to the number of admins "
+              f"({len(found)}), not {what}", "the number of admins who must sign a change, e.g. 2")
         threshold = 1
     manifest = node.get("manifest", "manifest.json")
     # Inside the inventory folder: commands write the manifest there.
     if not (isinstance(manifest, str) and grammar.printable(manifest) and manifest
             and manifest.endswith(".json") and not manifest.startswith("/")
             and ".." not in manifest.split("/")):
-        src.error(node, "manifest", "signing.manifest", "must be the path of a .json file "
-                  "inside the inventory folder", "omit it to keep manifest.json beside mesh.yml")
+        f.bad("manifest", "must be the path of a .json file inside the inventory folder",
+              "omit it to keep manifest.json beside mesh.yml")
         manifest = "manifest.json"
     return Signing(threshold, tuple(sorted(found.items())), path.parent / manifest)
 
@@ -418,174 +417,138 @@ def _nodes(src: YamlSource, root: Any, network: Network) -> dict[str, Node]:
 
 
 def _node(src: YamlSource, name: str, spec: Any, path: str, network: Network) -> Node | None:
-    ok = True
+    f = Fields(src, spec, path)
     values: dict[str, Any] = {"name": name}
 
-    def bad(key: str, message: str, fix: str = "") -> None:
-        nonlocal ok
-        ok = False
-        src.error(spec, key, join(path, key), message, fix)
-
-    def text(key: str, pattern=None, what: str = "", fix: str = "") -> str | None:
-        """An optional text value, matched whole against ``pattern``."""
-        v = spec.get(key)
-        if v is None:
-            return None
-        if not isinstance(v, str) or not v:
-            bad(key, f"must be text, not {type_name(v)}")
-            return None
-        if pattern is not None and not grammar.matches(pattern, v):
-            bad(key, f"{type_name(v)} is not {what}", fix)
-            return None
-        return v
-
-    def flag(key: str, default: bool = False) -> bool:
-        v = spec.get(key, default)
-        if not isinstance(v, bool):
-            bad(key, f"must be true or false, not {type_name(v)}")
-            return default
-        return v
-
-    values["owner"] = text("owner")
+    values["owner"] = f.text("owner")
     if values["owner"] is not None and not grammar.matches(grammar.USER, values["owner"]):
-        bad("owner", f'owner "{values["owner"]}" is not a user',
-            "write it in e-mail form, alice@example.com (a Headscale user with no domain: "
-            "alice@)")
+        f.bad("owner", f'owner "{values["owner"]}" is not a user',
+              "write it in e-mail form, alice@example.com (a Headscale user with no domain: "
+              "alice@)")
         values["owner"] = None
     tags = spec.get("tags", [])
     if not isinstance(tags, list):
-        bad("tags", f"must be a list of tags, not {type_name(tags)}")
+        f.bad("tags", f"must be a list of tags, not {type_name(tags)}")
         tags = []
     for i, tag in enumerate(tags):
         if not grammar.matches(grammar.TAG, tag):
-            ok = False
+            f.ok = False
             src.error(spec["tags"], i, f"{path}.tags[{i}]", f"{type_name(tag)} is not a tag",
                       'write tags as "tag:<name>", the name starting with a letter')
     tags = [t for t in tags if grammar.matches(grammar.TAG, t)]
     if len(set(tags)) != len(tags):
-        bad("tags", "a tag is listed twice")
+        f.bad("tags", "a tag is listed twice")
     values["tags"] = tuple(sorted(set(tags)))
     if spec.get("owner") is None and not tags:
         src.error(src.data["nodes"], name, path, "a node needs an owner or at least one tag",
                   "add owner: user@example.com, or tags for a server that belongs to no one")
-        ok = False
+        f.ok = False
 
     for key, fam in (("address", 4), ("address6", 6)):
-        v = spec.get(key)
-        if v is None:
-            continue
-        addr = grammar.ip_address(v, fam)
+        addr = f.address(key, fam)
         if addr is None:
-            bad(key, f"{type_name(v)} is not an IPv{fam} address")
             continue
+        v = spec[key]
         pool = network.ipv4_pool if fam == 4 else network.ipv6_pool
         if addr not in pool:
-            bad(key, f"{v} is outside the mesh pool {pool}", f"pin an address inside {pool}")
+            f.bad(key, f"{v} is outside the mesh pool {pool}", f"pin an address inside {pool}")
         elif not usable_in(addr, pool):
-            bad(key, f"{v} is the {'network' if addr == pool.network_address else 'broadcast'}"
-                f" address of the pool {pool}", "pin a host address of the pool")
+            f.bad(key, f"{v} is the {'network' if addr == pool.network_address else 'broadcast'}"
+                  f" address of the pool {pool}", "pin a host address of the pool")
         else:
             values[key] = addr
 
-    values["managed"] = flag("managed", True)
-    values["ansible_host"] = text("ansible_host")
+    values["managed"] = f.flag("managed", True)
+    values["ansible_host"] = f.text("ansible_host")
     if values["ansible_host"] is not None and not grammar.host_address(values["ansible_host"]):
-        bad("ansible_host", f"{type_name(values['ansible_host'])} is not an address or DNS name")
+        f.bad("ansible_host", f"{type_name(values['ansible_host'])} is not an address or DNS name")
         values["ansible_host"] = None
-    key = text("public_key")
+    key = f.text("public_key")
     if values["managed"]:
         if spec.get("ansible_host") is None:
             src.error(src.data["nodes"], name, path, 'missing required key "ansible_host"',
                       "a managed node needs an address Ansible can reach; for a device "
                       "Ansible does not manage, set managed: false and its public_key")
-            ok = False
+            f.ok = False
         if key is not None:
-            bad("public_key", "public_key is only for managed: false nodes",
-                "a managed node's key is made on the host and pinned in mesh.lock.yml")
+            f.bad("public_key", "public_key is only for managed: false nodes",
+                  "a managed node's key is made on the host and pinned in mesh.lock.yml")
     elif key is None:
         if spec.get("public_key") is None:
             src.error(src.data["nodes"], name, path,
                       "a node with managed: false needs its public_key",
                       "add the device's WireGuard public key (the output of wg pubkey)")
-        ok = False
+        f.ok = False
     elif not grammar.public_key(key):
-        bad("public_key", "not a WireGuard public key",
-            "expected 44 characters of base64 encoding 32 bytes")
+        f.bad("public_key", "not a WireGuard public key",
+              "expected 44 characters of base64 encoding 32 bytes")
     else:
         values["public_key"] = key
 
-    ep = text("endpoint", grammar.ENDPOINT_TEXT, "host:port",
-              "e.g. 192.0.2.11:51820, [2001:db8::1]:51820 or vpn.example.com:51820")
+    ep = f.text("endpoint", grammar.ENDPOINT_TEXT, "host:port",
+                "e.g. 192.0.2.11:51820, [2001:db8::1]:51820 or vpn.example.com:51820")
     if ep is not None:
         if grammar.endpoint(ep) is None:
-            bad("endpoint", f'endpoint "{ep}" is not host:port',
-                "e.g. 192.0.2.11:51820, [2001:db8::1]:51820 or vpn.example.com:51820")
+            f.bad("endpoint", f'endpoint "{ep}" is not host:port',
+                  "e.g. 192.0.2.11:51820, [2001:db8::1]:51820 or vpn.example.com:51820")
         else:
             values["endpoint"] = ep
-    values["site"] = text("site", grammar.SITE, "a site name",
-                          "use letters, digits, '.', '_' and '-'")
+    values["site"] = f.text("site", grammar.SITE, "a site name",
+                            "use letters, digits, '.', '_' and '-'")
     lan = spec.get("lan_address")
     if lan is not None:
         values["lan_address"] = grammar.ip_address(lan)
         if values["lan_address"] is None:
-            bad("lan_address", f"{type_name(lan)} is not an IP address")
+            f.bad("lan_address", f"{type_name(lan)} is not an IP address")
         if spec.get("site") is None:
-            bad("lan_address", "lan_address needs a site", "add site: <name> to this node")
+            f.bad("lan_address", "lan_address needs a site", "add site: <name> to this node")
     port = spec.get("listen_port")
     if port is not None:
         if isinstance(port, str) or grammar.port(port) is None:
-            bad("listen_port", f"must be a port number, not {type_name(port)}")
+            f.bad("listen_port", f"must be a port number, not {type_name(port)}")
         else:
             values["listen_port"] = port
 
     for key in ("advertise_routes", "approved_routes"):
         values[key], routes_ok = _routes(src, spec, key, path, network)
-        ok = ok and routes_ok
+        f.ok = f.ok and routes_ok
     for r in values.get("approved_routes", ()):
         if r not in values.get("advertise_routes", ()):
-            bad("approved_routes", f"{r} is approved but not advertised",
-                "approve only routes listed in advertise_routes")
+            f.bad("approved_routes", f"{r} is approved but not advertised",
+                  "approve only routes listed in advertise_routes")
     for key in ("advertise_exit_node", "approved_exit_node", "relay", "lighthouse", "resolver"):
-        values[key] = flag(key)
-    values["route_snat"] = flag("route_snat", True)
-    values["ssh_policy"] = flag("ssh_policy", network.ssh_policy and values["managed"])
+        values[key] = f.flag(key)
+    values["route_snat"] = f.flag("route_snat", True)
+    values["ssh_policy"] = f.flag("ssh_policy", network.ssh_policy and values["managed"])
     if values["ssh_policy"] and not values["managed"]:
-        bad("ssh_policy", "wgmesh runs no sshd on a device Ansible does not manage",
-            "remove ssh_policy from this node")
+        f.bad("ssh_policy", "wgmesh runs no sshd on a device Ansible does not manage",
+              "remove ssh_policy from this node")
     if values["resolver"] and not values["managed"]:
-        bad("resolver", "wgmesh runs no resolver on a device Ansible does not manage",
-            "make a managed node the resolver")
+        f.bad("resolver", "wgmesh runs no resolver on a device Ansible does not manage",
+              "make a managed node the resolver")
     for key in ("failover_for", "use_exit_node"):
-        values[key] = text(key, grammar.NODE_NAME, "a node name")
+        values[key] = f.text(key, grammar.NODE_NAME, "a node name")
     if values["failover_for"] == name:
-        bad("failover_for", "a router cannot back itself up")
+        f.bad("failover_for", "a router cannot back itself up")
     if values["approved_exit_node"] and not values["advertise_exit_node"]:
-        bad("approved_exit_node", "approved_exit_node needs advertise_exit_node: true")
+        f.bad("approved_exit_node", "approved_exit_node needs advertise_exit_node: true")
     if values["use_exit_node"] == name:
-        bad("use_exit_node", "a node cannot use itself as exit node")
+        f.bad("use_exit_node", "a node cannot use itself as exit node")
     if values["relay"] and spec.get("endpoint") is None:
-        bad("relay", "a relay needs a public endpoint", "add endpoint: host:port")
+        f.bad("relay", "a relay needs a public endpoint", "add endpoint: host:port")
     if values["lighthouse"] and spec.get("endpoint") is None:
-        bad("lighthouse", "a lighthouse needs a public endpoint (it reports the addresses "
-            "it sees nodes come from)", "add endpoint: host:port")
-    exp = spec.get("expires")
-    if exp is not None:
-        if isinstance(exp, dt.datetime):
-            exp = exp.date()
-        elif isinstance(exp, str) and grammar.matches(grammar.DATE, exp):
-            with contextlib.suppress(ValueError):
-                exp = dt.date.fromisoformat(exp)
-        if isinstance(exp, dt.date):
-            values["expires"] = exp
-        else:
-            bad("expires", f"{type_name(exp)} is not a date", "write it as YYYY-MM-DD")
+        f.bad("lighthouse", "a lighthouse needs a public endpoint (it reports the addresses "
+              "it sees nodes come from)", "add endpoint: host:port")
+    expires = f.date("expires", "is not a date", "write it as YYYY-MM-DD", times=True)
+    if expires is not None:
+        values["expires"] = expires
     desc = spec.get("description", "")
     if not isinstance(desc, str) or not desc.isprintable() or len(desc) > limits.MAX_TEXT:
-        bad("description", f"must be one line of text of at most {limits.MAX_TEXT} "
-            "characters")
+        f.bad("description", f"must be one line of text of at most {limits.MAX_TEXT} "
+              "characters")
     else:
         values["description"] = desc
-    return Node(**values) if ok else None
+    return Node(**values) if f.ok else None
 
 
 def _routes(src: YamlSource, spec: Any, key: str, path: str,

@@ -6,7 +6,10 @@ what lets an error point at the exact place in a pull request.
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -16,8 +19,9 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 from ruamel.yaml.events import CollectionEndEvent, CollectionStartEvent
 
-from wgmesh import limits
+from wgmesh import grammar, limits
 from wgmesh.errors import InputError, Problem, did_you_mean, read_text
+from wgmesh.grammar import IPAddr
 
 
 def load_yaml(path: Path, name: str) -> Any:
@@ -246,3 +250,78 @@ def type_name(value: Any) -> str:
     if isinstance(value, str):
         return f'"{value}"' if len(value) <= 80 else f'"{value[:80]}..."'
     return type(value).__name__
+
+
+class Fields:
+    """The fields of one mapping of a YamlSource, each read and checked whole: a wrong value
+    is a problem at its own line and column (``path.key``), and ``ok`` turns False. Every
+    reader returns None (or the default) for a missing or wrong value, so a caller reads on
+    and every problem of a file is reported in one run."""
+
+    def __init__(self, src: YamlSource, node: Any, path: str):
+        self.src, self.node, self.path = src, node, path
+        self.ok = True
+
+    def bad(self, key: Any, message: str, fix: str = "") -> None:
+        self.ok = False
+        self.src.error(self.node, key, join(self.path, key), message, fix)
+
+    def text(self, key: str, pattern: re.Pattern | None = None, what: str = "",
+             fix: str = "") -> str | None:
+        """An optional text value, matched whole against ``pattern``."""
+        v = self.node.get(key)
+        if v is None:
+            return None
+        if not isinstance(v, str) or not v:
+            self.bad(key, f"must be text, not {type_name(v)}")
+            return None
+        if pattern is not None and not grammar.matches(pattern, v):
+            self.bad(key, f"{type_name(v)} is not {what}", fix)
+            return None
+        return v
+
+    def flag(self, key: str, default: bool = False) -> bool:
+        v = self.node.get(key, default)
+        if not isinstance(v, bool):
+            self.bad(key, f"must be true or false, not {type_name(v)}")
+            return default
+        return v
+
+    def date(self, key: str, message: str, fix: str = "", *,
+             times: bool = False) -> dt.date | None:
+        """A date as YAML gives it (a date, or its YYYY-MM-DD text; with ``times``, a
+        timestamp's day too), or None when missing; ``message`` follows a wrong value."""
+        if key not in self.node:
+            return None
+        day = yaml_date(self.node[key], times=times)
+        if day is None:
+            self.bad(key, f"{type_name(self.node[key])} {message}", fix)
+        return day
+
+    def address(self, key: str, family: int, fix: str = "") -> IPAddr | None:
+        """An optional IP address of ``family`` (an empty value is a wrong one)."""
+        if key not in self.node:
+            return None
+        addr = grammar.ip_address(self.node[key], family)
+        if addr is None:
+            self.bad(key, f"{type_name(self.node[key])} is not an IPv{family} address", fix)
+        return addr
+
+    def choice(self, key: str, options: Iterable[str], default: str, what: str) -> str:
+        """One of ``options`` (``default`` when missing or wrong)."""
+        v = self.node.get(key, default)
+        if v not in options:
+            self.bad(key, f'unknown {what} "{v}"', "expected one of: " + ", ".join(options))
+            return default
+        return v
+
+
+def yaml_date(value: Any, *, times: bool = False) -> dt.date | None:
+    if isinstance(value, dt.datetime):
+        return value.date() if times else None
+    if isinstance(value, dt.date):
+        return value
+    if isinstance(value, str) and grammar.matches(grammar.DATE, value):
+        with contextlib.suppress(ValueError):
+            return dt.date.fromisoformat(value)
+    return None

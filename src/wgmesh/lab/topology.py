@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from wgmesh.yamlsource import YamlSource, join, type_name
+from wgmesh.yamlsource import Fields, YamlSource, join, type_name
 
 # Interface names are limited to 15 bytes; fabric-side veths are "<node>.<n>".
 NODE_NAME = re.compile(r"[a-z][a-z0-9-]{0,11}", re.ASCII)
@@ -221,21 +221,18 @@ def _routers(src: YamlSource, root: Any, segments: dict[str, Segment]) -> dict[s
                            required={"uplink", "wan_address", "lan", "lan_address"})
         if node is None or not {"uplink", "wan_address", "lan", "lan_address"} <= set(node):
             continue
+        f = Fields(src, node, path)
         uplink = _segment_ref(src, node, "uplink", join(path, "uplink"), segments)
         lan = _segment_ref(src, node, "lan", join(path, "lan"), segments)
-        nat = node.get("nat", "endpoint-independent")
-        if nat not in NAT_KINDS:
-            src.error(node, "nat", join(path, "nat"), f'unknown NAT behaviour "{nat}"',
-                      "expected one of: " + ", ".join(NAT_KINDS))
+        nat = f.choice("nat", NAT_KINDS, "endpoint-independent", "NAT behaviour")
         if uplink is None or lan is None:
             continue
         if uplink.name == lan.name:
-            src.error(node, "lan", join(path, "lan"), "a router's LAN must differ from its uplink")
+            f.bad("lan", "a router's LAN must differ from its uplink")
             continue
         if lan.name in lan_owner:
-            src.error(node, "lan", join(path, "lan"),
-                      f'segment "{lan.name}" already has router "{lan_owner[lan.name]}"',
-                      "give each NAT router its own LAN segment")
+            f.bad("lan", f'segment "{lan.name}" already has router "{lan_owner[lan.name]}"',
+                  "give each NAT router its own LAN segment")
             continue
         wan = _address(src, node, "wan_address", join(path, "wan_address"), uplink)
         lan_addr = _address(src, node, "lan_address", join(path, "lan_address"), lan)
@@ -272,8 +269,8 @@ def _hosts(src, root, segments: dict[str, Segment], routers: dict[str, Router]) 
         if ifaces is None:
             continue
         if not ifaces:
-            src.error(node, "interfaces", join(path, "interfaces"), "a host needs an interface",
-                      "name at least one segment and the host's address on it")
+            Fields(src, node, path).bad("interfaces", "a host needs an interface",
+                                        "name at least one segment and the host's address on it")
             continue
         addresses = {}
         for seg_name in ifaces:
@@ -290,24 +287,13 @@ def _hosts(src, root, segments: dict[str, Segment], routers: dict[str, Router]) 
                 continue
             taken[(seg_name, addr)] = f'host "{name}"'
             addresses[seg_name] = addr
-        wireguard = node.get("wireguard", True)
-        if not isinstance(wireguard, bool):
-            src.error(node, "wireguard", join(path, "wireguard"),
-                      f"must be true or false, not {type_name(wireguard)}")
-        init, release = node.get("init", "namespace"), node.get("release", "bookworm")
-        if init not in INITS:
-            src.error(node, "init", join(path, "init"), f'unknown init "{init}"',
-                      "expected one of: " + ", ".join(INITS))
-        if release not in RELEASES:
-            src.error(node, "release", join(path, "release"), f'unknown release "{release}"',
-                      "expected one of: " + ", ".join(RELEASES))
-        user = node.get("user", "root")
-        if user not in USERS:
-            src.error(node, "user", join(path, "user"), f'unknown user "{user}"',
-                      "expected one of: " + ", ".join(USERS))
-        elif user != "root" and init != "systemd":
-            src.error(node, "user", join(path, "user"), f'user "{user}" needs init: systemd',
-                      "namespace hosts have root only")
+        f = Fields(src, node, path)
+        wireguard = f.flag("wireguard", True)
+        init = f.choice("init", INITS, "namespace", "init")
+        release = f.choice("release", RELEASES, "bookworm", "release")
+        user = f.choice("user", USERS, "root", "user")
+        if user != "root" and init != "systemd":
+            f.bad("user", f'user "{user}" needs init: systemd', "namespace hosts have root only")
         if len(addresses) == len(ifaces):
             out[name] = Host(name, addresses, bool(wireguard), str(node.get("description", "")),
                              str(init), str(release), str(user))
