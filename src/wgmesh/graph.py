@@ -19,10 +19,10 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from wgmesh.access import access, port_text, principal, route_roles
 from wgmesh.build import Build
 from wgmesh.compiler import fewer_gc_passes
 from wgmesh.intervals import merge_ranges
-from wgmesh.plan import access, port_text, principal, route_roles
 
 # A pair the agents moved from its relay to a direct path is drawn as direct (``--live``).
 COLORS = {"lan": "#2e7d32", "direct": "#1565c0", "punched": "#1565c0", "relay": "#ef6c00"}

@@ -17,21 +17,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import PROTO_NAMES
+from wgmesh.access import Ports, access, port_text, principal, route_roles, ssh_logins
 from wgmesh.build import Build
 from wgmesh.compiler import fewer_gc_passes
 from wgmesh.errors import InputError, Problem
-from wgmesh.intervals import bits, merge_ranges, subtract
-from wgmesh.policy import ICMP
+from wgmesh.intervals import subtract
 from wgmesh.policytests import policy_test_failures
-from wgmesh.selectors import Kind
 
 # Exit codes of `wgmesh plan` (documented in docs/gitops.md).
 NO_CHANGE = 0
 CHANGED = 3  # something changes, and no source gains access
 WIDENED = 4  # some source gains access (or a route or exit node is added): ask for review
-
-Ports = dict[str, list[tuple[int, int]]]  # protocol name -> port ranges (0-65535: all)
 
 
 # The two states ---------------------------------------------------------------------
@@ -64,134 +60,6 @@ def export_ref(ref: str, repo: Path, into: Path) -> Path:
     # archive writes only the commit's files.
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
     return Path(top.stdout.strip())
-
-
-# Access in names ----------------------------------------------------------------------
-def principal(b: Build, i: int) -> str:
-    """Who a node acts as in the policy: its tags when tagged, else its owner, else itself."""
-    node = b.resolution.nodes[i]
-    if node.tags:
-        return ",".join(sorted(node.tags))
-    return node.owner or f"node:{node.name}"
-
-
-def _outside_pools(b: Build, ranges: dict[int, list]) -> bool:
-    return any(subtract(ranges[f], b.resolution.pools[f]) for f in (4, 6))
-
-
-def access(b: Build, rules_of: dict | None = None) -> dict[str, dict[str, Ports]]:
-    """Source -> destination -> protocol -> port ranges, for every rule of the policy.
-    Sources are identities (see ``principal``) and subnet selectors; destinations are node
-    names and the policy's words for addresses outside the mesh (prefixes, host aliases, IP
-    sets, autogroup:internet, "*"). ``rules_of``, if given, gets (source, destination) -> the
-    indexes (in the compiler's rules) of the rules that grant something there."""
-    res = b.resolution
-    out: dict[str, dict[str, Ports]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    principals: dict[int, dict[str, int]] = {}  # source mask -> principal -> its nodes
-
-    def by_principal(mask: int) -> dict[str, int]:
-        if mask not in principals:
-            got: dict[str, int] = defaultdict(int)
-            for i in bits(mask):
-                got[principal(b, i)] |= 1 << i
-            principals[mask] = dict(got)
-        return principals[mask]
-
-    for k, rd in enumerate(res.rules):
-        ports: list[tuple[str, int, int]] = []
-        for (p, _p), (lo, hi) in rd.port_boxes:
-            ports.append((PROTO_NAMES.get(p, str(p)), lo, hi))
-        for p in rd.other_protos:
-            ports.append(("icmp" if p in ICMP else PROTO_NAMES.get(p, f"proto {p}"), 0, 65535))
-        srcs = dict(by_principal(rd.any_src))
-        for sel in rd.rule.src:
-            if sel.kind is Kind.DANGER_ALL:
-                srcs[sel.text] = 0
-            elif sel.kind is Kind.ALL and any(res.all_routes[f] for f in (4, 6)):
-                srcs["* (routed subnets)"] = 0
-            elif sel.kind in (Kind.PREFIX, Kind.IPSET) and _outside_pools(
-                    b, res.addresses(sel)):
-                srcs[sel.text] = 0
-        dsts = [res.names[i] for i in bits(rd.any_dst)]
-        for sel in rd.rule.dst:
-            if sel.kind is Kind.ALL:
-                dsts.append("*")
-            elif sel.kind is Kind.INTERNET or (sel.kind in (Kind.PREFIX, Kind.IPSET)
-                                               and _outside_pools(b, res.addresses(sel))):
-                dsts.append(sel.text)
-        for src, mask in srcs.items():
-            mine = list(dsts)
-            if rd.self_dst and mask:  # a principal's nodes share one owner: any one will do
-                mine += [res.names[i] for i in bits(res.own_devices(bits(mask)[0]))]
-            row = out[src]
-            for dst in mine:
-                cell = row[dst]
-                for proto, lo, hi in ports:
-                    cell[proto].append((lo, hi))
-                if rules_of is not None:
-                    rules_of.setdefault((src, dst), set()).add(k)
-    result = {s: {d: {p: merge_ranges(r) for p, r in cell.items()} for d, cell in row.items()}
-              for s, row in out.items()}
-    if res.ssh_hosts:
-        _ssh_port(b, result, principals)
-    return result
-
-
-def _ssh_port(b: Build, result: dict, principals: dict[int, dict[str, int]]) -> None:
-    """Port 22 of an SSH-managed node needs an ssh rule too (as the filters and eval)."""
-    res = b.resolution
-    mask_of: dict[str, int] = defaultdict(int)
-    for by in principals.values():
-        for who, mask in by.items():
-            mask_of[who] |= mask
-    sources: dict[int, int] = {}
-    for src, row in result.items():
-        for dst, cell in row.items():
-            h = res.index.get(dst)
-            if h is None or not res.ssh_hosts >> h & 1 or "tcp" not in cell:
-                continue
-            if h not in sources:
-                sources[h] = res.ssh_sources(h)
-            if not mask_of.get(src, 0) & sources[h]:
-                cell["tcp"] = subtract(cell["tcp"], [(res.SSH_PORT, res.SSH_PORT)])
-                if not cell["tcp"]:
-                    del cell["tcp"]
-    for row in result.values():
-        for dst in [d for d, cell in row.items() if not cell]:
-            del row[dst]
-
-
-def ssh_logins(b: Build) -> dict[str, dict[str, Ports]]:
-    """Source -> SSH-managed node -> {"ssh": logins}, in the shape of ``access`` (a login is
-    a "port" whose name is the login) so the same comparison states gains and losses."""
-    res = b.resolution
-    out: dict[str, dict[str, dict[str, set]]] = defaultdict(lambda: defaultdict(
-        lambda: defaultdict(set)))
-    for h in bits(res.ssh_hosts):
-        for s in bits(res.ssh_sources(h)):
-            logins, nonroot = res.ssh_logins(h, s)
-            cell = out[principal(b, s)][res.names[h]]["ssh"]
-            cell.update(logins)
-            if nonroot:
-                cell.add("any user but root")
-    return {p: {d: {"ssh": sorted(c["ssh"])} for d, c in row.items()} for p, row in out.items()}
-
-
-def port_text(proto: str, ranges: list[tuple[int, int]]) -> str:
-    """Ports as a reader says them: a list, or "every port but ..." when that is shorter
-    (a rule for every port less an ssh restriction is "tcp * but 22", not "0-21,23-65535")."""
-    if ranges == [(0, 65535)]:
-        return proto if proto in ("icmp",) or proto.startswith("proto ") else f"{proto} *"
-
-    def listed(rs):
-        return ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in rs)
-
-    missing = subtract([(0, 65535)], ranges)
-    if missing == [(0, 0)]:  # port 0 is no port: "every port" is 1-65535
-        return f"{proto} *"
-    if len(missing) < len(ranges):
-        return f"{proto} * but {listed(missing)}"
-    return f"{proto} {listed(ranges)}"
 
 
 def _ports_minus(a: Ports, b: Ports) -> Ports:
@@ -316,20 +184,6 @@ def _test_outcomes(b: Build) -> dict[str, str]:
         failed[p.path].append(p.message)
     return {t.origin: "; ".join(failed[t.origin]) if failed.get(t.origin) else "pass"
             for t in [*b.policy.tests, *b.policy.ssh_tests]}
-
-
-def route_roles(b: Build) -> dict[tuple[str, str], str]:
-    """(router, prefix) -> "primary" or "standby" for every approved route."""
-    res = b.resolution
-    out = {}
-    for i, nets in res.approved.items():
-        for net in nets:
-            lo, hi = int(net.network_address), int(net.broadcast_address)
-            carried = res.carried.get(i, {}).get(net.version, [])
-            role = "primary" if any(a <= lo and hi <= z for a, z in carried) else (
-                "partly primary" if any(a <= hi and lo <= z for a, z in carried) else "standby")
-            out[(res.names[i], str(net))] = role
-    return out
 
 
 def _signing(old: Build, new: Build) -> dict | None:
@@ -511,160 +365,3 @@ def compare(old: Build, new: Build, base: str, head: str) -> Plan:
 def _origin_order(origin: str) -> tuple:
     head, _, rest = origin.partition("[")
     return (head, int(rest.rstrip("]")) if rest.rstrip("]").isdigit() else 0)
-
-
-# Output ---------------------------------------------------------------------------------
-def to_json(plan: Plan) -> dict:
-    return {
-        "base": plan.base, "head": plan.head, "exit_code": plan.exit_code,
-        "widened": plan.widened, "changed": plan.changed,
-        "nodes": {"joined": plan.joined, "left": plan.left, "expired": plan.expired,
-                  "key_changed": plan.keys},
-        "identities": plan.identities, "names": plan.names, "ssh_policy": plan.ssh_policy,
-        "settings": plan.settings,
-        "access": [{"source": c.source, "change": c.kind, "destinations": c.destinations,
-                    "ports": {p: [list(r) for r in rs] for p, rs in c.ranges.items()},
-                    "logins": c.logins, "ports_text": c.ports, "rules": c.rules}
-                   for c in plan.access],
-        "peers": plan.peers, "routes": plan.routes, "exit_nodes": plan.exit_nodes,
-        "tests": plan.tests, "warnings": plan.warnings, "groups": plan.groups,
-        "signing": plan.signing,
-    }
-
-
-def _md(text: str) -> str:
-    """A value from the inputs, as a code span: a forge renders it as it is, with no link,
-    image, HTML or @-mention (none is made inside code), and a table cell does not end at
-    its pipes. Defence in depth: names are grammar-checked before they get here."""
-    text = " ".join(text.split()).replace("`", "'").replace("|", "\\|")
-    return f"`{text}`" if text else "(none)"
-
-
-def _mds(names) -> str:
-    return ", ".join(map(_md, names))
-
-
-def _signing_md(s: dict) -> list[str]:
-    lines = ["#### Signatures"]
-    if s["threshold"] is None:
-        lines.append("- **signing is switched off** (hosts that hold a trust file refuse "
-                     "unsigned bundles)")
-    elif s["threshold_from"] != s["threshold"]:
-        lines.append(f"- threshold {s['threshold_from']} -> {s['threshold']}")
-    if s["admins_added"]:
-        lines.append(f"- admins added (or with a new key): {_mds(s['admins_added'])}")
-    if s["admins_removed"]:
-        lines.append(f"- admins removed: {_mds(s['admins_removed'])}")
-    m = s["manifest"]
-    if s["threshold"] is not None and m is None:
-        lines.append("- no manifest yet: `wgmesh manifest create`, then the admins sign")
-    elif m is not None:
-        covers = ("states these inputs" if m["states_inputs"] else
-                  "**does not state these inputs** (`wgmesh manifest create` again)")
-        verdict = (f"hosts refuse it: {_md(m['refused'])}" if m["refused"] else
-                   f"signed by {_mds(m['signatures'])} (threshold {s['threshold']})")
-        lines.append(f"- manifest serial {m['serial']} {covers}; {verdict}")
-    lines.append("")
-    return lines
-
-
-def _before_after(c: dict) -> str:
-    """A setting's line: what, from, to (none for no value, true/false as YAML says them)."""
-    def text(v):
-        return "none" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
-    return f"- {_md(c['what'])}: {_md(text(c['from']))} -> {_md(text(c['to']))}"
-
-
-def to_markdown(plan: Plan, limit: int = 200) -> str:
-    lines = [f"### wgmesh plan: {_md(plan.base)} -> {_md(plan.head)}", ""]
-    if not plan.changed:
-        lines += ["No change: every host keeps its peers, routes and filters.", ""]
-        if plan.signing:
-            lines += _signing_md(plan.signing)
-        return "\n".join(lines) + "\n"
-    gains = sum(c.kind == "gains" for c in plan.access)
-    loses = len(plan.access) - gains
-    verdict = ("**Access widens**: a second review is advised." if plan.widened
-               else "Access does not widen.")
-    lines += [f"{verdict} {gains} grant(s) gained, {loses} lost; "
-              f"{len(plan.peers)} host(s) change peers.", ""]
-    if plan.joined or plan.left or plan.expired or plan.keys:
-        lines.append("#### Nodes")
-        for label, names in (("join", plan.joined), ("leave", plan.left),
-                             ("expire", plan.expired), ("change key", plan.keys)):
-            if names:
-                lines.append(f"- {label}: {_mds(names)}")
-        lines.append("")
-    if plan.identities:
-        lines.append("#### Who the machines are")
-        for i in plan.identities:
-            was = f" (was {_md(i['was'])})" if i["was"] else ""
-            reach = ("; reaches " + ", ".join(map(_md, i["reaches"][:limit])) if i["reaches"]
-                     else "; reaches nothing")
-            if i["reached_by"]:
-                reach += "; reached by " + _mds(i["reached_by"][:limit])
-            flag = " **(widens)**" if i["widens"] else ""
-            lines.append(f"- {_md(i['node'])} {i['change']}: acts as {_md(i['as'])}{was}"
-                         f"{reach}{flag}")
-        lines.append("")
-    if plan.names:
-        lines.append("#### Names **(widens: where names resolve decides where traffic goes)**")
-        lines += [_before_after(c) for c in plan.names]
-        lines.append("")
-    if plan.ssh_policy:
-        lines.append("#### SSH over the mesh")
-        for c in plan.ssh_policy:
-            lines.append(f"- {_md(c['node'])}: " + (
-                "the ssh rules now decide who logs in, and as whom" if c["ssh_policy"] == "on"
-                else "**the ssh rules no longer apply (widens)**: port 22 follows the network "
-                "rules, and sshd lets in whoever its own keys let in"))
-        lines.append("")
-    if plan.settings:
-        lines.append("#### Settings (every host's bundle; access unchanged)")
-        lines += [_before_after(c) + f" ({c['means']})" for c in plan.settings]
-        lines.append("")
-    if plan.access:
-        lines += ["#### Access", "", "| source | | destinations | ports | rules |",
-                  "|---|---|---|---|---|"]
-        for c in plan.access[:limit]:
-            sign = "gains" if c.kind == "gains" else "loses"
-            who = c.source + (f" ({', '.join(plan.groups[c.source])})"
-                              if plan.groups.get(c.source) else "")
-            lines.append(f"| {_md(who)} | {sign} | {_md(', '.join(c.destinations))} | "
-                         f"{_md('; '.join(c.ports))} | {_mds(c.rules)} |")
-        if len(plan.access) > limit:
-            lines.append(f"| ... | | {len(plan.access) - limit} more in the JSON plan | | |")
-        lines.append("")
-    if plan.routes or plan.exit_nodes:
-        lines.append("#### Routes and exit nodes")
-        for r in plan.routes:
-            lines.append(f"- {_md(r['prefix'])} via {_md(r['router'])}: {_md(r['change'])} "
-                         f"({_md(r['role'])})")
-        for e in plan.exit_nodes:
-            if e["change"] == "uses":
-                lines.append(f"- {_md(e['node'])} sends internet traffic through "
-                             f"{_md(e['to'] or 'no exit node')} (was {_md(e['from'] or 'none')})")
-            else:
-                lines.append(f"- exit node {_md(e['node'])}: {_md(e['change'])}")
-        lines.append("")
-    if plan.peers:
-        lines += ["#### Peers", "", "| host | gains | loses |", "|---|---|---|"]
-        for host, d in list(plan.peers.items())[:limit]:
-            lines.append(f"| {_md(host)} | {_md(', '.join(d['gains']))} | "
-                         f"{_md(', '.join(d['loses']))} |")
-        if len(plan.peers) > limit:
-            lines.append(f"| ... {len(plan.peers) - limit} more in the JSON plan | | |")
-        lines.append("")
-    if plan.tests:
-        lines.append("#### Policy tests")
-        for t in plan.tests:
-            lines.append(f"- {_md(t['test'])}: {_md(t['before'])} -> {_md(t['after'])}")
-        lines.append("")
-    if plan.signing:
-        lines += _signing_md(plan.signing)
-    if plan.warnings:
-        lines.append("#### New warnings")
-        lines += [f"- {_md(w)}" for w in plan.warnings]
-        lines.append("")
-    return "\n".join(lines)
-

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wgmesh import plan
+from wgmesh import plan, planreport
 from wgmesh.build import build
 
 WGMESH = str(Path(sys.executable).parent / "wgmesh")
@@ -42,7 +42,7 @@ def compare(base: Path, head: Path) -> plan.Plan:
 def test_same_inputs_plan_nothing(two):
     p = compare(*two)
     assert not p.changed and p.exit_code == plan.NO_CHANGE
-    assert "No change" in plan.to_markdown(p)
+    assert "No change" in planreport.to_markdown(p)
 
 
 def test_a_new_rule_is_a_gain_in_names_and_widens(two):
@@ -56,7 +56,7 @@ def test_a_new_rule_is_a_gain_in_names_and_widens(two):
     assert p.peers == {"carol-phone": {"gains": ["web1"], "loses": []},
                        "web1": {"gains": ["carol-phone"], "loses": []}}
     assert p.widened and p.exit_code == plan.WIDENED
-    md = plan.to_markdown(p)
+    md = planreport.to_markdown(p)
     assert "| `carol@example.com (group:ops)` | gains | `web1` | `tcp 5432,6000-6010` |" in md
     assert "**Access widens**" in md
 
@@ -98,7 +98,7 @@ def test_nodes_routes_and_exit_nodes_in_names(two):
     gains = {c.source: c.destinations for c in p.access if c.kind == "gains"}
     assert "dave-laptop" in gains["bob@example.com"]
     assert p.exit_code == plan.WIDENED
-    doc = plan.to_json(p)
+    doc = planreport.to_json(p)
     assert doc["nodes"]["joined"] == ["dave-laptop"] and doc["exit_code"] == 4
     json.dumps(doc)  # serializable as is
 
@@ -192,7 +192,7 @@ def test_markdown_shows_input_values_as_text_and_nothing_else():
         signing={"threshold": 2, "threshold_from": 3, "admins_added": h, "admins_removed": h,
                  "manifest": {"serial": 1, "states_inputs": True, "refused": h[1],
                               "signatures": h}})
-    text = plan.to_markdown(p)
+    text = planreport.to_markdown(p)
     html = _Html()
     html.feed(MarkdownIt("commonmark").enable("table").render(text))
     assert html.tags <= {"h3", "h4", "p", "ul", "li", "strong", "code", "table", "thead",
@@ -220,7 +220,7 @@ def test_a_machine_that_starts_acting_as_someone_widens_access(two):
     assert (joined["node"], joined["change"], joined["as"], joined["widens"]) == (
         "carol-tablet", "joins", "carol@example.com", True)
     assert joined["reaches"] and p.exit_code == plan.WIDENED
-    md = plan.to_markdown(p)
+    md = planreport.to_markdown(p)
     assert "- `carol-tablet` joins: acts as `carol@example.com`; reaches " in md
     # The device's key swapped in mesh.yml (someone else's phone now acts as carol).
     shutil.copy(base / "mesh.yml", mesh)
@@ -257,7 +257,7 @@ def test_a_key_changed_in_the_lockfile_widens_access(two):
             for i in p.identities] == [("db1", "new key", "tag:db", [],
                                         ["carol@example.com", "tag:web"], True)]
     assert p.keys == ["db1"] and p.access == [] and p.exit_code == plan.WIDENED
-    assert "reached by `carol@example.com`, `tag:web` **(widens)**" in plan.to_markdown(p)
+    assert "reached by `carol@example.com`, `tag:web` **(widens)**" in planreport.to_markdown(p)
 
 
 def test_name_resolution_changes_are_shown_and_widen(two):
@@ -272,7 +272,7 @@ def test_name_resolution_changes_are_shown_and_widen(two):
     assert p.names == [{"what": "mesh domain", "from": "corp.internal", "to": "org"},
                        {"what": "split DNS com", "from": None, "to": "198.51.100.130"}]
     assert p.access == [] and p.identities == [] and p.exit_code == plan.WIDENED
-    md = plan.to_markdown(p)
+    md = planreport.to_markdown(p)
     assert "- `mesh domain`: `corp.internal` -> `org`" in md
     assert "- `split DNS com`: `none` -> `198.51.100.130`" in md
 
@@ -285,16 +285,16 @@ def test_settings_that_change_every_bundle_are_shown_and_do_not_widen(two):
     assert [(c["what"], c["from"], c["to"]) for c in p.settings] == [
         ("network.log_denied", True, False), ("network.key_max_age_days", 180, 90)]
     assert p.access == [] and p.exit_code == plan.CHANGED
-    md = plan.to_markdown(p)
+    md = planreport.to_markdown(p)
     assert "- `network.log_denied`: `true` -> `false` (hosts log the flows their policy " \
            "drops)" in md
-    assert plan.to_json(p)["settings"][1]["to"] == 90
+    assert planreport.to_json(p)["settings"][1]["to"] == 90
 
 
 def test_ports_are_written_as_a_reader_says_them():
     """Complements as complements: a rule for every port, less port 22 of a node that runs
     SSH policy, is "tcp * but 22", not "tcp 0-21,23-65535"; short lists stay lists."""
-    from wgmesh.plan import port_text
+    from wgmesh.access import port_text
 
     assert port_text("tcp", [(0, 21), (23, 65535)]) == "tcp * but 22"
     assert port_text("tcp", [(0, 21), (23, 5431), (5433, 65535)]) == "tcp * but 22,5432"

@@ -135,6 +135,7 @@ def test_ssh_tests_hold_or_fail_with_the_login_named(tmp_path):
 
 
 def test_plan_states_port_22_and_logins_as_the_filters_do(tmp_path):
+    from wgmesh import access as wgaccess
     from wgmesh import plan
 
     (tmp_path / "base").mkdir()
@@ -143,7 +144,7 @@ def test_plan_states_port_22_and_logins_as_the_filters_do(tmp_path):
     narrowed = POLICY.replace('    {"action": "accept", "src": ["bob@example.org"], '
                               '"dst": ["tag:web"], "users": ["root"]},\n', "")
     head = make(tmp_path / "head", NODES, narrowed)
-    access = plan.access(base)
+    access = wgaccess.access(base)
     assert access["tag:ci"]["web1"]["tcp"] == [(0, 21), (23, 65535)]  # no ssh rule: no 22
     assert access["tag:ci"]["db1"]["tcp"] == [(0, 65535)]
     p = plan.compare(base, head, "base", "head")
@@ -252,7 +253,7 @@ def test_policy_tests_judge_the_network_rules_and_ssh_tests_the_logins(tmp_path)
 
 
 def test_plan_names_a_node_that_stops_running_ssh_policy_as_widening(tmp_path):
-    from wgmesh import plan
+    from wgmesh import plan, planreport
 
     (tmp_path / "base").mkdir()
     (tmp_path / "head").mkdir()
@@ -264,7 +265,7 @@ def test_plan_names_a_node_that_stops_running_ssh_policy_as_widening(tmp_path):
     assert p.widened and p.exit_code == plan.WIDENED
     assert ("alice@example.com", "gains", ["db1"], ["tcp 22"]) in [
         (c.source, c.kind, c.destinations, c.ports) for c in p.access]
-    assert "**the ssh rules no longer apply (widens)**" in plan.to_markdown(p)
+    assert "**the ssh rules no longer apply (widens)**" in planreport.to_markdown(p)
     back = plan.compare(head, base, "head", "base")
     assert back.ssh_policy == [{"node": "db1", "ssh_policy": "on"}] and not back.widened
     assert not [c for c in back.access if c.kind == "gains"]

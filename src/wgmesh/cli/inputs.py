@@ -270,7 +270,7 @@ def _write_host_files(out: Path, net):
 
 
 def cmd_plan(args) -> int:
-    from wgmesh import plan
+    from wgmesh import plan, planreport
 
     # Each state as its hosts judge it: --today, else a signed mesh's manifest date, else
     # today.
@@ -289,8 +289,8 @@ def cmd_plan(args) -> int:
             base_inv = Path(tmp) / inventory.relative_to(top)
         base = build(base_inv, today=today, run_tests=False)
         result = plan.compare(base, head, args.base, source_commit(head) or "working tree")
-    text = (json.dumps(plan.to_json(result), indent=1) + "\n" if args.json
-            else plan.to_markdown(result))
+    text = (json.dumps(planreport.to_json(result), indent=1) + "\n" if args.json
+            else planreport.to_markdown(result))
     sys.stdout.write(text)
     if args.out:
         args.out.write_text(text)
