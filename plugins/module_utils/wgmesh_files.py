@@ -15,6 +15,15 @@ def read_text(path: str | os.PathLike) -> str | None:
         return None
 
 
+def read_bytes(path: str | os.PathLike) -> bytes | None:
+    """A file's bytes; None when it does not exist."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes | None, mode: int | None, *,
                  dir_mode: int | None = None, owner: tuple[int, int] | None = None) -> None:
     """Write beside the file and rename over it, so a reader sees the old or the new one;

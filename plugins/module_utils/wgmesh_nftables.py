@@ -1,6 +1,6 @@
 """The host's nftables table as nft(8) prints it in JSON: its rules without what changes by
 itself, the differences from the table as loaded, and its named counters. Read by
-wgmesh_apply (drift, repair) and the monitor (metrics). Standard library only."""
+wgmesh_apply (drift, repair, loading) and the monitor (metrics). Standard library only."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ import json
 import re
 import socket
 import struct
+from typing import TYPE_CHECKING
 
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import (
     PROTO_NAMES,
+    RULESET_PATH,
     TABLE_FAMILY,
     TABLE_NAME,
 )
+
+if TYPE_CHECKING:
+    from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_runner import Runner
 
 TABLE = (TABLE_FAMILY, TABLE_NAME)
 LIST_TABLE = ("nft", "-j", "list", "table", *TABLE)
@@ -256,3 +261,25 @@ def _value(part: str) -> tuple:
     except OSError:
         number = next((n for n, name in PROTO_NAMES.items() if name == part), None)
     return ("number", number, number) if number is not None else ("text", part)
+
+
+def live_table(run: Runner) -> str | None:
+    """The loaded table as canonical_table gives it; None when it is not loaded."""
+    rc, text = run.output(*LIST_TABLE)
+    return canonical_table(text) if rc == 0 else None
+
+
+def load_table(run: Runner, ruleset: str, live: str | None) -> list[str]:
+    """Load the bundle's table: changed in place where one is loaded (no untouched flow loses
+    a packet, see in_place), else (or when the loaded table holds what wgmesh does not
+    write, or nft refuses the change, as from a table of another layout) replaced whole.
+    Either way one atomic transaction."""
+    try:
+        change = in_place(ruleset, live) if live is not None else None
+    except ValueError:
+        change = None
+    if change is not None and run.rc("nft", "-f", "-", data=change) == 0:
+        return []
+    run("nft", "-f", RULESET_PATH)
+    return [] if live is None else [f"table {' '.join(TABLE)}: replaced whole (not changed "
+                                    "in place)"]

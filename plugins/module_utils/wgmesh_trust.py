@@ -107,3 +107,27 @@ def verify(data: object, trust: dict, seen: dict | None = None) -> tuple[list[st
                       f"{seen['date']} of the manifest this host runs (an expired node "
                       "would come back)")
     return valid, digest
+
+
+def checked_trust(trust: object) -> dict:
+    """``trust`` when it is one (valid_trust), else Refused."""
+    if not valid_trust(trust):
+        raise Refused("the trust (admins, each with a key of its own, and threshold) is not "
+                      "valid")
+    return trust
+
+
+def accept(signed: dict, trust: dict, name: str, bundle_hash: str) -> dict:
+    """What a host holds a signed manifest to before it runs bundle ``name`` (of canonical
+    hash ``bundle_hash``): ``verify`` against the trust it has, the manifest lists this very
+    bundle, and states a valid trust. Returns the trust to record, or raises Refused."""
+    _, digest = verify(signed, trust, trust)
+    body = signed["manifest"]
+    serial = body["serial"]
+    if body["bundles"].get(name) != bundle_hash:
+        raise Refused(f"the manifest (serial {serial}) does not list this bundle for {name}: "
+                      "it was not compiled from the signed inputs")
+    if not valid_trust(body["trust"]):
+        raise Refused("the manifest states no valid admins and threshold")
+    return {"admins": body["trust"]["admins"], "threshold": body["trust"]["threshold"],
+            "serial": serial, "digest": digest, "date": body["date"]}

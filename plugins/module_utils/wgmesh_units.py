@@ -4,10 +4,22 @@ monitor. Standard library only."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from typing import TYPE_CHECKING
 
-from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import MONITOR_PROGRAM
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import (
+    MONITOR_CONFIG,
+    MONITOR_PROGRAM,
+)
+from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import (
+    read_bytes,
+    write_atomic,
+)
+
+if TYPE_CHECKING:
+    from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_runner import Runner
 
 # A reboot half way through an apply may leave files of two bundles on disk. Where systemd
 # runs the interfaces, each wg-quick@ start first puts back the files of the last bundle
@@ -97,3 +109,79 @@ def last_good_dropin(state_dir: str) -> str:
             "[Service]\n"
             f"ExecStartPre=/usr/bin/env python3 {LAST_GOOD_SCRIPT} %i "
             f"{os.path.join(state_dir, LAST_GOOD_FILES)}\n")
+
+
+class Programs:
+    """The agent and the monitor a host runs beside its interfaces: their zip files in the
+    state folder, the monitor's settings and, where systemd runs, their units. ``given``:
+    each program's bytes as the controller sent them (None: an older controller, and what
+    is installed stays)."""
+
+    def __init__(self, run: Runner, state_dir: str, service: str,
+                 given: dict[str, bytes | None], monitor_config: dict):
+        self.run, self.state_dir, self.service = run, state_dir, service
+        self.given, self.monitor_config = given, monitor_config
+
+    def files(self, b: dict | None) -> dict[str, list[tuple[str, object, int]]]:
+        """Per program, its files (content None: removed) and, where systemd runs, its unit.
+        The agent runs where the bundle has an agent part, the monitor wherever a bundle
+        runs; without the program (an older controller) what is installed stays."""
+        out: dict[str, list[tuple[str, object, int]]] = {}
+        for kind, given in self.given.items():
+            wanted = b is not None and (kind == "monitor" or b.get("agent") is not None)
+            if wanted and given is None:
+                continue
+            program, service = PROGRAMS[kind][:2]
+            files: list[tuple[str, object, int]] = [
+                (os.path.join(self.state_dir, program), given if wanted else None, 0o644)]
+            if kind == "agent":
+                files.append((os.path.join(self.state_dir, LEGACY_AGENT), None, 0o644))
+            writable = ""
+            if kind == "monitor":
+                files.append((os.path.join(self.state_dir, MONITOR_CONFIG),
+                              json.dumps(self.monitor_config, indent=1) + "\n" if wanted else None,
+                              0o644))
+                textfile = self.monitor_config["textfile"]
+                writable = f"-{os.path.dirname(textfile)}" if textfile else ""
+            if self.service == "systemd":
+                files.append((UNITS + service, program_unit(
+                    kind, self.state_dir, b["interface"], writable) if wanted else None, 0o644))
+            out[kind] = files
+        return out
+
+    def sync(self, b: dict | None, check_mode: bool) -> list[str]:
+        """Install, (re)start or remove the agent and the monitor, after the bundle they
+        read is recorded (b None: the host leaves, both go)."""
+        run, actions = self.run, []
+        for kind, files in self.files(b).items():
+            service, changed = PROGRAMS[kind][1], False
+            for path, content, mode in files:
+                data = content.encode() if isinstance(content, str) else content
+                if read_bytes(path) == data:
+                    continue
+                changed = True
+                actions.append(f"{'write' if data is not None else 'remove'} {path}")
+                if check_mode:
+                    continue
+                if data is None and path == UNITS + service:
+                    run.rc("systemctl", "disable", "--now", service)
+                write_atomic(path, data, mode, dir_mode=0o755)
+            wanted = files[0][1] is not None
+            if self.service != "systemd":
+                continue
+            if not wanted:
+                if changed and not check_mode:
+                    run("systemctl", "daemon-reload")
+                continue
+            active = run.rc("systemctl", "is-active", "--quiet", service) == 0
+            if changed or not active:
+                actions.append(f"{'restart' if active else 'start'} {service}")
+                if not check_mode:
+                    run("systemctl", "daemon-reload")
+                    run("systemctl", "enable", service)
+                    run("systemctl", "restart", service)
+        textfile = self.monitor_config["textfile"]
+        if b is not None and textfile and not check_mode:
+            # The monitor's service may write only to a folder that exists.
+            os.makedirs(os.path.dirname(textfile), mode=0o755, exist_ok=True)
+        return actions

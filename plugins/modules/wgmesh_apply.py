@@ -252,7 +252,6 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_bundle import (
     with_hosts_block,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import (
-    MONITOR_CONFIG,
     RULESET_PATH,
     bundle_digest,
 )
@@ -260,19 +259,18 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import (
     read_text as read,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import (
-    write_atomic as write_file,
+    write_atomic,
+    write_system_file,
 )
-from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_files import write_system_file
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_interface import (
     public_key_of,
     sync_interface,
     take_down,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_nftables import (
-    LIST_TABLE,
     TABLE,
-    canonical_table,
-    in_place,
+    live_table,
+    load_table,
     ruleset_stamp,
     table_drift,
 )
@@ -287,10 +285,8 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_runner import A
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_sshd import check_sshd, reload_sshd
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
     Refused,
-    valid_trust,
-)
-from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_trust import (
-    verify as verify_signed,
+    accept,
+    checked_trust,
 )
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_units import (
     DEFAULT_TEXTFILE,
@@ -298,54 +294,10 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_units import (
     LAST_GOOD_FILES,
     LAST_GOOD_SCRIPT,
     LAST_GOOD_SCRIPT_TEXT,
-    LEGACY_AGENT,
     PLAIN_PATH,
-    PROGRAMS,
-    UNITS,
+    Programs,
     last_good_dropin,
-    program_unit,
 )
-
-# The table's file, which every wgmesh interface's wg-quick file loads before the interface
-# exists (its PreUp hook), so it is not a choice of the caller.
-RULESET = RULESET_PATH
-
-
-def live_table(run: Runner) -> str | None:
-    """The loaded table as canonical_table gives it; None when it is not loaded."""
-    rc, text = run.output(*LIST_TABLE)
-    return canonical_table(text) if rc == 0 else None
-
-
-def load_table(run: Runner, ruleset: str, live: str | None) -> list[str]:
-    """Load the bundle's table: changed in place where one is loaded (no untouched flow loses
-    a packet, see in_place), else (or when the loaded table holds what wgmesh does not
-    write, or nft refuses the change, as from a table of another layout) replaced whole.
-    Either way one atomic transaction."""
-    try:
-        change = in_place(ruleset, live) if live is not None else None
-    except ValueError:
-        change = None
-    if change is not None and run.rc("nft", "-f", "-", data=change) == 0:
-        return []
-    run("nft", "-f", RULESET)
-    return [] if live is None else [f"table {' '.join(TABLE)}: replaced whole (not changed "
-                                    "in place)"]
-
-
-def read_bytes(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read()
-    except FileNotFoundError:
-        return None
-
-
-def write_atomic(path: str, text: str | bytes | None, mode: int) -> None:
-    """Replace a file whole (a reader sees the old or the new one), or remove it (None); its
-    folder is made (0755) when missing."""
-    write_file(path, text, mode, dir_mode=0o755)
-
 
 FORWARDING = {"/proc/sys/net/ipv4/ip_forward": "1",
               "/proc/sys/net/ipv6/conf/all/forwarding": "1"}
@@ -361,14 +313,17 @@ class Host:
         self.sshd_config, self.sshd_dropin = p["sshd_config"], p["sshd_dropin"]
         self.sshd_pidfile = p["sshd_pidfile"]
         self.hosts_file, self.state_dir = p["hosts_file"], p["state_dir"]
-        self.agent_program, self.monitor_program = (
-            base64.b64decode(p[k]) if p.get(k) is not None else None
-            for k in ("agent_program", "monitor_program"))
-        self.textfile, self.metrics_interval = p["metrics_textfile"], p["metrics_interval"]
+        self.textfile = p["metrics_textfile"]
         service = p["service"]
         if service == "auto":
             service = "systemd" if os.path.isdir("/run/systemd/system") else "wg-quick"
         self.service = service
+        self.programs = Programs(
+            self.run, self.state_dir, service,
+            {k: base64.b64decode(p[f"{k}_program"]) if p.get(f"{k}_program") is not None
+             else None for k in ("agent", "monitor")},
+            {"textfile": self.textfile, "interval": p["metrics_interval"],
+             "key_file": self.key_file})
         self.diff_before: list[str] = []
         self.diff_after: list[str] = []
 
@@ -378,69 +333,6 @@ class Host:
             files += [(LAST_GOOD_SCRIPT, LAST_GOOD_SCRIPT_TEXT, 0o755),
                       (LAST_GOOD_DROPIN, last_good_dropin(self.state_dir), 0o644)]
         return files
-
-    def program_files(self, b: dict | None) -> dict[str, list[tuple[str, object, int]]]:
-        """Per program, its files (content None: removed) and, where systemd runs, its unit.
-        The agent runs where the bundle has an agent part, the monitor wherever a bundle
-        runs; without the program (an older controller) what is installed stays."""
-        out: dict[str, list[tuple[str, object, int]]] = {}
-        for kind, given in (("agent", self.agent_program), ("monitor", self.monitor_program)):
-            wanted = b is not None and (kind == "monitor" or b.get("agent") is not None)
-            if wanted and given is None:
-                continue
-            program, service = PROGRAMS[kind][:2]
-            files: list[tuple[str, object, int]] = [
-                (os.path.join(self.state_dir, program), given if wanted else None, 0o644)]
-            if kind == "agent":
-                files.append((os.path.join(self.state_dir, LEGACY_AGENT), None, 0o644))
-            writable = ""
-            if kind == "monitor":
-                config = {"textfile": self.textfile, "interval": self.metrics_interval,
-                          "key_file": self.key_file}
-                files.append((os.path.join(self.state_dir, MONITOR_CONFIG),
-                              json.dumps(config, indent=1) + "\n" if wanted else None, 0o644))
-                writable = f"-{os.path.dirname(self.textfile)}" if self.textfile else ""
-            if self.service == "systemd":
-                files.append((UNITS + service, program_unit(
-                    kind, self.state_dir, b["interface"], writable) if wanted else None, 0o644))
-            out[kind] = files
-        return out
-
-    def sync_programs(self, b: dict | None, check_mode: bool) -> list[str]:
-        """Install, (re)start or remove the agent and the monitor, after the bundle they
-        read is recorded (b None: the host leaves, both go)."""
-        run, actions = self.run, []
-        for kind, files in self.program_files(b).items():
-            service, changed = PROGRAMS[kind][1], False
-            for path, content, mode in files:
-                data = content.encode() if isinstance(content, str) else content
-                if read_bytes(path) == data:
-                    continue
-                changed = True
-                actions.append(f"{'write' if data is not None else 'remove'} {path}")
-                if check_mode:
-                    continue
-                if data is None and path == UNITS + service:
-                    run.rc("systemctl", "disable", "--now", service)
-                write_atomic(path, data, mode)
-            wanted = files[0][1] is not None
-            if self.service != "systemd":
-                continue
-            if not wanted:
-                if changed and not check_mode:
-                    run("systemctl", "daemon-reload")
-                continue
-            active = run.rc("systemctl", "is-active", "--quiet", service) == 0
-            if changed or not active:
-                actions.append(f"{'restart' if active else 'start'} {service}")
-                if not check_mode:
-                    run("systemctl", "daemon-reload")
-                    run("systemctl", "enable", service)
-                    run("systemctl", "restart", service)
-        if b is not None and self.textfile and not check_mode:
-            # The monitor's service may write only to a folder that exists.
-            os.makedirs(os.path.dirname(self.textfile), mode=0o755, exist_ok=True)
-        return actions
 
     def state(self) -> dict:
         text = read(os.path.join(self.state_dir, "state.json"))
@@ -484,8 +376,7 @@ class Host:
                 sshd_changed |= path == self.sshd_dropin
                 units_changed |= path == LAST_GOOD_DROPIN
                 if not check_mode:
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
-                    write_atomic(path, text, mode)
+                    write_atomic(path, text, mode, dir_mode=0o755)
         if units_changed and not check_mode:
             run("systemctl", "daemon-reload")
         if sshd_changed and not check_mode:
@@ -500,7 +391,7 @@ class Host:
             reload_table = True
         actions += [f"table {' '.join(TABLE)}: {w}" for w in drift]
         if reload_table or drift:
-            actions.append(f"load the table from {RULESET}")
+            actions.append(f"load the table from {RULESET_PATH}")
             if not check_mode:
                 actions += load_table(run, b["nftables"], live)
         if b["sysctl"]:
@@ -552,7 +443,7 @@ class Host:
                 run("nft", "delete", "table", *TABLE)
         forwarded = os.path.exists(SYSCTL_PATH)
         dropin_installed = os.path.exists(LAST_GOOD_DROPIN)
-        actions += self.sync_programs(None, check_mode)
+        actions += self.programs.sync(None, check_mode)
         if not resolved_runs():  # (resolved forgets a link's DNS when the link goes)
             actions += sync_dnsmasq(run, None, check_mode)
         actions += sync_resolver(run, None, check_mode)
@@ -562,7 +453,7 @@ class Host:
                 os.unlink(self.sshd_dropin)
                 actions.append(reload_sshd(run, self.sshd_pidfile))
         for path in (f"/etc/wireguard/{interface}.conf", f"/etc/wireguard/{hop_interface}.conf",
-                     RULESET, SYSCTL_PATH, *([] if keep_key else [self.key_file]),
+                     RULESET_PATH, SYSCTL_PATH, *([] if keep_key else [self.key_file]),
                      LAST_GOOD_DROPIN, LAST_GOOD_SCRIPT,
                      *([self.textfile] if self.textfile else []),
                      *(os.path.join(self.state_dir, f) for f in (
@@ -572,7 +463,7 @@ class Host:
                 actions.append(f"remove {path}")
                 if not check_mode:
                     os.unlink(path)
-        for directory in (os.path.dirname(RULESET), self.state_dir,
+        for directory in (os.path.dirname(RULESET_PATH), self.state_dir,
                           os.path.dirname(LAST_GOOD_SCRIPT), os.path.dirname(LAST_GOOD_DROPIN)):
             if os.path.isdir(directory) and not os.listdir(directory) and not check_mode:
                 os.rmdir(directory)
@@ -596,36 +487,134 @@ class Host:
 TRUST_FILE = "/etc/wgmesh/trust.json"
 
 
-def verify_manifest(signed: dict, trust: dict, b: dict) -> dict:
-    """The rules every signed manifest is held to (module_utils/wgmesh_trust, the same the
-    controller uses), plus: the manifest lists this bundle. Returns the trust to record."""
+ARGUMENT_SPEC = {
+    "bundle": {"type": "dict"},
+    "state": {"type": "str", "default": "present", "choices": ["present", "absent", "previous"]},
+    "previous_hash": {"type": "str"},
+    "key_file": {"type": "path", "required": True, "no_log": False},
+    "service": {"type": "str", "default": "auto", "choices": ["auto", "systemd", "wg-quick"]},
+    "hosts_file": {"type": "path", "default": "/etc/hosts"},
+    "state_dir": {"type": "path", "default": "/var/lib/wgmesh"},
+    "sshd_config": {"type": "path", "default": "/etc/ssh/sshd_config"},
+    "sshd_dropin": {"type": "path", "default": SSHD_DROPIN},
+    "sshd_pidfile": {"type": "path", "default": "/run/sshd.pid"},
+    "root": {"type": "path"},
+    "agent_program": {"type": "str"},
+    "monitor_program": {"type": "str"},
+    "metrics_textfile": {"type": "str", "default": DEFAULT_TEXTFILE},
+    "metrics_interval": {"type": "int", "default": 15},
+    "manifest": {"type": "dict"},
+    "trust": {"type": "dict"},
+    "trust_file": {"type": "path", "default": TRUST_FILE},
+}
+
+
+def leave(module: AnsibleModule, host: Host, before: dict, keep_key: bool = False) -> None:
+    """Take the host out of the mesh (the interfaces its last bundle named) and exit."""
+    last = host.last_good() or {}
+    try:
+        actions = host.leave(last.get("interface", "wg0"), last.get("hop_interface", "wg0-hop"),
+                             module.check_mode, keep_key=keep_key)
+    except ApplyError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(changed=bool(actions), actions=actions, drift=[], hash=None,
+                     previous=before.get("hash"), peers=0)
+
+
+def previous_bundle(module: AnsibleModule, host: Host, before: dict) -> dict:
+    """state=previous: the bundle the host ran before this run's (a canary failed)."""
+    target = module.params["previous_hash"]
+    if target and target == before.get("hash"):  # this run did not change the host
+        module.exit_json(changed=False, actions=[], drift=[], hash=target, previous=target,
+                         peers=0)
+    text = read(os.path.join(host.state_dir, "previous.json"))
+    if text is not None and target and json.loads(text).get("hash") != target:
+        module.fail_json(msg=f"cannot return to bundle {target}: the host kept "
+                         f"{json.loads(text).get('hash')} as its previous one")
+    if text is None:  # wgmesh never ran here before this bundle: take it out again
+        leave(module, host, before, keep_key=True)
+    return json.loads(text)
+
+
+def accept_signed(module: AnsibleModule, b: dict, on_disk: dict | None) -> dict | None:
+    """The trust to record when the host takes signed manifests (it has a trust, or one
+    comes to enrol it): the manifest must hold to it. None for an unsigned mesh."""
+    trust_file = module.params["trust_file"]
+    try:
+        trust = on_disk
+        if trust is None and module.params["trust"] is not None:  # enrolment
+            trust = dict(checked_trust(module.params["trust"]), serial=0, digest=None)
+    except Refused as exc:
+        raise ApplyError(str(exc)) from exc
+    if trust is None:
+        if module.params["manifest"] is not None:
+            raise ApplyError("a manifest came but the host trusts no admins: pass trust")
+        return None
+    if module.params["manifest"] is None:
+        raise ApplyError(f"refused: this host takes only bundles of a signed manifest (it has "
+                         f"{trust_file}); mesh.yml has no signing section")
     try:
         import nacl.signing  # noqa: F401
     except ImportError as exc:
         raise ApplyError("checking signed manifests needs PyNaCl on the host (Debian: "
                          "python3-nacl; wgmesh_manage_packages installs it)") from exc
     try:
-        _, digest = verify_signed(signed, trust, trust)
+        return accept(module.params["manifest"], checked_trust(trust), b["name"],
+                      bundle_digest(b))
     except Refused as exc:
         raise ApplyError(f"refused: {exc}") from exc
-    body = signed["manifest"]
-    serial = body["serial"]
-    if body["bundles"].get(b["name"]) != bundle_digest(b):
-        raise ApplyError(f"refused: the manifest (serial {serial}) does not list this bundle "
-                         f"for {b['name']}: it was not compiled from the signed inputs")
+
+
+def prepare(module: AnsibleModule, host: Host, b: dict, before: dict, result: dict) -> None:
+    """What is refused before anything on the host changes (beside the bundle's shape and
+    signature): another key, an exit node that would cut the management path, a table nft
+    refuses."""
+    if b["uses_exit_node"]:
+        result["ssh_client"] = refuse_exit_over_ssh(host.run, b, b["name"])
+    if b["public_key"] and os.path.exists(host.key_file):
+        have = public_key_of(host.key_file)
+        if have != b["public_key"]:
+            raise ApplyError(
+                f"{host.key_file} holds the key of public key {have}, but the bundle was "
+                f"compiled for {b['public_key']}: a host's key changes only by rotation "
+                "(playbooks/rotate.yml)")
+    elif not os.path.exists(host.key_file) and not module.check_mode:
+        raise ApplyError(f"{host.key_file} is missing: make it with wgmesh_key first")
+    # A table the host runs already passed.
+    checked = before.get("hash") == b["hash"] and read(RULESET_PATH) == b["nftables"]
+    if not checked and shutil.which("nft"):
+        host.run("nft", "-c", "-f", "-", data=b["nftables"])
+    elif not checked and not module.check_mode:
+        raise ApplyError("nft is missing: install nftables (wgmesh_manage_packages)")
+
+
+def converge_or_roll_back(module: AnsibleModule, host: Host, b: dict, before: dict,
+                          result: dict) -> list[str]:
+    """Make the host run ``b`` and record it; on any failure, return it to the last good
+    bundle (or to its state before wgmesh) and fail saying which."""
+    check_mode = module.check_mode
     try:
-        new = check_trust(body["trust"])
-    except ApplyError as exc:
-        raise ApplyError("refused: the manifest states no valid admins and threshold") from exc
-    return {"admins": new["admins"], "threshold": new["threshold"], "serial": serial,
-            "digest": digest, "date": body["date"]}
-
-
-def check_trust(trust) -> dict:
-    if not valid_trust(trust):
-        raise ApplyError("the trust (admins, each with a key of its own, and threshold) is "
-                         "not valid")
-    return trust
+        actions = host.converge(b, check_mode)
+        if not check_mode and (actions or before.get("hash") != b["hash"]):
+            host.record(b)
+        return actions + host.programs.sync(b, check_mode)
+    except (ApplyError, OSError) as exc:
+        cause = str(exc)
+    last = host.last_good()
+    try:
+        if last is None:
+            Host(module).leave(b["interface"], b["hop_interface"], check_mode=False,
+                               keep_key=True)
+            back = "returned to its state before wgmesh (no bundle had applied before)"
+        else:
+            Host(module).converge(last, check_mode=False, reload_table=True)
+            back = (f"returned to the last good bundle {last['hash']}"
+                    if last.get("hash") != b["hash"] else
+                    f"re-applied the bundle it ran, {last['hash']}")
+    except (ApplyError, OSError) as again:
+        back = f"and returning to the last good bundle failed too: {again}"
+    module.fail_json(msg=f"applying bundle {b['hash']} failed: {cause}; {back}", changed=True,
+                     **result)
 
 
 def main() -> None:
@@ -633,147 +622,47 @@ def main() -> None:
     # A connection cut mid-apply must not cut the transaction half-way: the apply (or its
     # rollback) finishes on the host whatever happens to the session it was started from.
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    module = AnsibleModule(
-        argument_spec={
-            "bundle": {"type": "dict"},
-            "state": {"type": "str", "default": "present",
-                      "choices": ["present", "absent", "previous"]},
-            "previous_hash": {"type": "str"},
-            "key_file": {"type": "path", "required": True, "no_log": False},
-            "service": {"type": "str", "default": "auto",
-                        "choices": ["auto", "systemd", "wg-quick"]},
-            "hosts_file": {"type": "path", "default": "/etc/hosts"},
-            "state_dir": {"type": "path", "default": "/var/lib/wgmesh"},
-            "sshd_config": {"type": "path", "default": "/etc/ssh/sshd_config"},
-            "sshd_dropin": {"type": "path", "default": SSHD_DROPIN},
-            "sshd_pidfile": {"type": "path", "default": "/run/sshd.pid"},
-            "root": {"type": "path"},
-            "agent_program": {"type": "str"},
-            "monitor_program": {"type": "str"},
-            "metrics_textfile": {"type": "str", "default": DEFAULT_TEXTFILE},
-            "metrics_interval": {"type": "int", "default": 15},
-            "manifest": {"type": "dict"},
-            "trust": {"type": "dict"},
-            "trust_file": {"type": "path", "default": TRUST_FILE},
-        },
-        required_if=[("state", "present", ["bundle"])],
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True,
+                           required_if=[("state", "present", ["bundle"])])
+    p = module.params
     if os.geteuid() != 0:
         module.fail_json(msg="wgmesh needs root on this host (WireGuard keys, interfaces, "
                          "nftables): connect as root, or as a user with sudo and "
                          "ansible_become: true (group_vars/all.yml beside mesh.yml)")
     for name in ("state_dir", "metrics_textfile"):  # both land on a systemd command line
-        value = module.params[name]
+        value = p[name]
         if not PLAIN_PATH.fullmatch(value) and (name == "state_dir" or value):
             module.fail_json(msg=f"{name} {value!r} is not a plain absolute path (letters, "
                              "digits, '.', '_', '-' and '/')")
-    if not 1 <= module.params["metrics_interval"] <= 3600:
+    if not 1 <= p["metrics_interval"] <= 3600:
         module.fail_json(msg="metrics_interval must be 1 to 3600 seconds")
     host = Host(module)
-    check_mode = module.check_mode
     before = host.state()
-    trust_file = module.params["trust_file"]
+    trust_file = p["trust_file"]
     try:
         on_disk = json.loads(read(trust_file) or "null")
     except ValueError:
         module.fail_json(msg=f"{trust_file} is not JSON: the host's trust is damaged")
-    if on_disk is not None and module.params["state"] == "previous":
+    if on_disk is not None and p["state"] == "previous":
         module.fail_json(msg=f"refused: this host takes only signed manifests ({trust_file}), "
                          "and going back to the bundle before is going back to an older one")
-    if module.params["state"] == "absent":
-        last = host.last_good() or {}
-        try:
-            actions = host.leave(last.get("interface", "wg0"),
-                                 last.get("hop_interface", "wg0-hop"), check_mode)
-        except ApplyError as exc:
-            module.fail_json(msg=str(exc))
-        module.exit_json(changed=bool(actions), actions=actions, drift=[], hash=None,
-                         previous=before.get("hash"), peers=0)
-
-    b = module.params["bundle"]
-    if module.params["root"]:
+    if p["state"] == "absent":
+        leave(module, host, before)
+    if p["root"]:
         module.fail_json(msg="root is handled by the wgmesh_apply action on the controller")
-    if module.params["state"] == "previous":
-        target = module.params["previous_hash"]
-        if target and target == before.get("hash"):  # this run did not change the host
-            module.exit_json(changed=False, actions=[], drift=[], hash=target,
-                             previous=target, peers=0)
-        text = read(os.path.join(host.state_dir, "previous.json"))
-        if text is not None and target and json.loads(text).get("hash") != target:
-            module.fail_json(msg=f"cannot return to bundle {target}: the host kept "
-                             f"{json.loads(text).get('hash')} as its previous one")
-        if text is None:  # wgmesh never ran here before this bundle: take it out again
-            last = host.last_good() or {}
-            try:
-                actions = host.leave(last.get("interface", "wg0"),
-                                     last.get("hop_interface", "wg0-hop"), check_mode,
-                                     keep_key=True)
-            except ApplyError as exc:
-                module.fail_json(msg=str(exc))
-            module.exit_json(changed=bool(actions), actions=actions, drift=[], hash=None,
-                             previous=before.get("hash"), peers=0)
-        b = json.loads(text)
+    b = previous_bundle(module, host, before) if p["state"] == "previous" else p["bundle"]
     result = {"previous": before.get("hash"), "hash": b.get("hash"),
               "applied": {k: before.get(k) for k in ("hash", "commit", "applied")}}
-    accepted = None
     try:
         check_bundle(b)
-        trust = on_disk
-        if trust is None and module.params["trust"] is not None:  # enrolment
-            trust = dict(check_trust(module.params["trust"]), serial=0, digest=None)
-        if trust is not None:
-            if module.params["manifest"] is None:
-                raise ApplyError(f"refused: this host takes only bundles of a signed manifest "
-                                 f"(it has {trust_file}); mesh.yml has no signing section")
-            accepted = verify_manifest(module.params["manifest"], check_trust(trust), b)
+        accepted = accept_signed(module, b, on_disk)
+        if accepted is not None:
             result["serial"] = accepted["serial"]
-        elif module.params["manifest"] is not None:
-            raise ApplyError("a manifest came but the host trusts no admins: pass trust")
-        if b["uses_exit_node"]:
-            result["ssh_client"] = refuse_exit_over_ssh(host.run, b, b["name"])
-        if b["public_key"] and os.path.exists(host.key_file):
-            have = public_key_of(host.key_file)
-            if have != b["public_key"]:
-                raise ApplyError(
-                    f"{host.key_file} holds the key of public key {have}, but the bundle was "
-                    f"compiled for {b['public_key']}: a host's key changes only by rotation "
-                    "(playbooks/rotate.yml)")
-        elif not os.path.exists(host.key_file) and not check_mode:
-            raise ApplyError(f"{host.key_file} is missing: make it with wgmesh_key first")
-        # A table nft refuses is refused before anything changes (a table the host runs
-        # already passed).
-        checked = before.get("hash") == b["hash"] and read(RULESET) == b["nftables"]
-        if not checked and shutil.which("nft"):
-            host.run("nft", "-c", "-f", "-", data=b["nftables"])
-        elif not checked and not check_mode:
-            raise ApplyError("nft is missing: install nftables (wgmesh_manage_packages)")
+        prepare(module, host, b, before, result)
     except (ApplyError, BundleError) as exc:
         module.fail_json(msg=str(exc), changed=False, **result)
 
-    try:
-        actions = host.converge(b, check_mode)
-        if not check_mode and (actions or before.get("hash") != b["hash"]):
-            host.record(b)
-        actions += host.sync_programs(b, check_mode)
-    except (ApplyError, OSError) as exc:
-        cause = str(exc)
-        last = host.last_good()
-        try:
-            if last is not None and last.get("hash") != b["hash"]:
-                Host(module).converge(last, check_mode=False, reload_table=True)
-                back = f"returned to the last good bundle {last['hash']}"
-            elif last is None:
-                Host(module).leave(b["interface"], b["hop_interface"], check_mode=False,
-                                   keep_key=True)
-                back = "returned to its state before wgmesh (no bundle had applied before)"
-            else:
-                Host(module).converge(last, check_mode=False, reload_table=True)
-                back = f"re-applied the bundle it ran, {last['hash']}"
-        except (ApplyError, OSError) as again:
-            back = f"and returning to the last good bundle failed too: {again}"
-        module.fail_json(msg=f"applying bundle {b['hash']} failed: {cause}; {back}",
-                         changed=True, **result)
+    actions = converge_or_roll_back(module, host, b, before, result)
     # The host was recorded as running this bundle: every difference found is drift.
     drift = actions if before.get("hash") == b["hash"] else []
     if accepted is not None and accepted != on_disk:
@@ -782,9 +671,8 @@ def main() -> None:
             (accepted["admins"], accepted["threshold"]) else
             f" and its admins ({', '.join(sorted(accepted['admins']))}, threshold "
             f"{accepted['threshold']})"))
-        if not check_mode:
-            os.makedirs(os.path.dirname(trust_file), mode=0o755, exist_ok=True)
-            write_atomic(trust_file, json.dumps(accepted, sort_keys=True), 0o644)
+        if not module.check_mode:
+            write_atomic(trust_file, json.dumps(accepted, sort_keys=True), 0o644, dir_mode=0o755)
     diff = {"before": "\n".join(host.diff_before), "after": "\n".join(host.diff_after)}
     if actions:  # what differs, in words, with the files' diff
         diff["prepared"] = "".join(f"{'drift' if drift else 'change'}: {a}\n" for a in actions)

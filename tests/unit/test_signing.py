@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from meshkit import TODAY, make, plugin, sign_with_admins
+from meshkit import TODAY, make, sign_with_admins
 
+from ansible_collections.wgmesh.mesh.plugins.module_utils import wgmesh_trust
 from wgmesh import cli, signing
 from wgmesh.build import build
 from wgmesh.errors import InputError
-
-module = plugin("plugins/modules/wgmesh_apply.py")
 
 NODES = {"a": {"endpoint": "192.0.2.10:51820", "owner": "alice@example.com"},
          "b": {"endpoint": "192.0.2.11:51820", "owner": "bob@example.com"}}
@@ -43,9 +42,10 @@ def sign_as(tmp: Path, *names: str) -> None:
 
 
 def host_verdict(signed: dict, trust: dict, bundle: dict) -> str:
+    """What a host (wgmesh_apply) says of the manifest before it runs ``bundle``."""
     try:
-        module.verify_manifest(signed, trust, bundle)
-    except module.ApplyError as exc:
+        wgmesh_trust.accept(signed, trust, bundle["name"], signing.bundle_digest(bundle))
+    except wgmesh_trust.Refused as exc:
         return str(exc)
     return "ok"
 
@@ -102,8 +102,8 @@ def test_an_admin_signs_only_what_the_inputs_compile_to(mesh, capsys):
 
 
 def test_the_host_module_and_the_core_agree(mesh):
-    """One set of rules (module_utils/wgmesh_trust) on both sides; the module adds that the
-    manifest lists its bundle. Every refusal below, and the reasons hosts give."""
+    """One set of rules (module_utils/wgmesh_trust) on both sides; the host's accept adds
+    that the manifest lists its bundle. Every refusal below, and the reasons hosts give."""
     assert run("manifest", "create", "-i", str(mesh)) == 0
     sign_as(mesh, "ann", "ben")
     b = build(mesh)
@@ -111,7 +111,7 @@ def test_the_host_module_and_the_core_agree(mesh):
     trust = dict(signing.trust_of(b), serial=0, digest=None)
     bundle = b.bundle("a")
     assert host_verdict(good, trust, bundle) == core_verdict(good, trust, bundle) == "ok"
-    accepted = module.verify_manifest(good, trust, bundle)
+    accepted = wgmesh_trust.accept(good, trust, "a", signing.bundle_digest(bundle))
     assert accepted["serial"] == 1 and accepted["digest"] == signing.manifest_digest(good)
 
     def case(change):
@@ -274,9 +274,9 @@ def test_one_key_under_two_names_is_refused_as_a_trust_on_host_and_controller(
                str(tmp_path / "etc/trust.json"), "--trust", str(tmp_path / "twice.json")) == 2
     assert "each key once" in capsys.readouterr().err
     assert not (tmp_path / "etc/trust.json").exists()
-    with pytest.raises(module.ApplyError, match="each with a key of its own"):
-        module.check_trust(twice)
-    module.check_trust({"admins": {"ann": ann}, "threshold": 1})
+    with pytest.raises(wgmesh_trust.Refused, match="each with a key of its own"):
+        wgmesh_trust.checked_trust(twice)
+    assert wgmesh_trust.checked_trust({"admins": {"ann": ann}, "threshold": 1})["threshold"] == 1
 
 
 def git_commit(repo: Path, message: str) -> None:
