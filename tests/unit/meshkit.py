@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import importlib.util
+import io
 import ipaddress
 import json
+import os
 import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -119,3 +124,35 @@ def parse_part(text):
 
 def lookup(boxes, point):
     return any(all(lo <= v <= hi for (lo, hi), v in zip(b, point, strict=True)) for b in boxes)
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def wgmesh(args: list, *, input: str | None = None, cwd: Path | str | None = None,
+           check: bool = False) -> CliResult:
+    """The wgmesh command run in this process (``cli.main``), its exit code and output as
+    subprocess.run would give them: for tests where a process of its own proves nothing
+    (test_invalid_inputs and test_cli run the installed command where it does)."""
+    from wgmesh import cli
+
+    out, err, here, stdin = io.StringIO(), io.StringIO(), os.getcwd(), sys.stdin
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        sys.stdin = io.StringIO(input or "")
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = cli.main([str(a) for a in args])
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+    finally:
+        os.chdir(here)
+        sys.stdin = stdin
+    result = CliResult(code, out.getvalue(), err.getvalue())
+    assert not check or code == 0, f"wgmesh {' '.join(map(str, args))}: {result.stderr}"
+    return result

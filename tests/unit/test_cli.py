@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from meshkit import wgmesh
 
 WGMESH = str(Path(sys.executable).parent / "wgmesh")
 
@@ -15,8 +16,7 @@ WGMESH = str(Path(sys.executable).parent / "wgmesh")
 def test_bad_topology_exits_2_with_file_line_column(tmp_path):
     bad = tmp_path / "topology.yml"
     bad.write_text("name: x\nsegments: {}\nhosts:\n  h1: {interfaces: {nowhere: 192.0.2.1}}\n")
-    out = subprocess.run([WGMESH, "lab", "status", "-i", str(bad)], capture_output=True,
-                         text=True)
+    out = wgmesh(["lab", "status", "-i", str(bad)])
     assert out.returncode == 2
     assert out.stderr == (f'error: {bad}:4:21: hosts.h1.interfaces.nowhere: unknown key '
                           '"nowhere" (none are defined)\n')
@@ -49,8 +49,7 @@ def test_eval_reads_json_lines_and_names_the_rule(tmp_path):
         '{"src": "100.64.0.5", "dst": "fd7a:115c:a1e0::4", "proto": "udp", "port": 5432}',
         '{"src": "nobody", "dst": "db1", "proto": "tcp", "port": 1}',
     ])
-    out = subprocess.run([WGMESH, "eval", "-i", str(inv)], input=queries, capture_output=True,
-                         text=True)
+    out = wgmesh(["eval", "-i", str(inv)], input=queries)
     lines = [json.loads(x) for x in out.stdout.splitlines()]
     assert [x.get("allow") for x in lines] == [True, False, True, None, None]
     assert lines[0]["rule"] == "acls[1]" and lines[0]["line"] == 13
@@ -62,17 +61,14 @@ def test_eval_reads_json_lines_and_names_the_rule(tmp_path):
 
 def test_render_all_check_locked_and_lock(tmp_path):
     inv = copy_example(tmp_path)
-    out = subprocess.run([WGMESH, "check", "--locked", "-i", str(inv)], capture_output=True,
-                         text=True)
+    out = wgmesh(["check", "--locked", "-i", str(inv)])
     assert out.returncode == 1 and "out of date" in out.stderr
-    assert subprocess.run([WGMESH, "lock", "-i", str(inv)], capture_output=True).returncode == 0
-    out = subprocess.run([WGMESH, "check", "--locked", "-i", str(inv)], capture_output=True,
-                         text=True)
+    assert wgmesh(["lock", "-i", str(inv)]).returncode == 0
+    out = wgmesh(["check", "--locked", "-i", str(inv)])
     assert out.returncode == 0, out.stderr
     assert out.stdout == "ok: 5 nodes, 3 rules, 5 policy tests passed, 2 ssh tests passed\n"
     dest = tmp_path / "out"
-    out = subprocess.run([WGMESH, "render", "-i", str(inv), "--all", "--out", str(dest)],
-                         capture_output=True, text=True)
+    out = wgmesh(["render", "-i", str(inv), "--all", "--out", str(dest)])
     assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in dest.iterdir()) == [
         "alice-laptop", "bob-laptop", "db1", "plan.json", "web1"]
@@ -86,7 +82,7 @@ def test_failing_policy_test_exits_1(tmp_path):
     pol = inv / "article.hujson"
     pol.write_text(pol.read_text().replace('"deny": ["tag:prod-db:22"]',
                                            '"deny": ["tag:prod-db:5432"]'))
-    out = subprocess.run([WGMESH, "test", "-i", str(inv)], capture_output=True, text=True)
+    out = wgmesh(["test", "-i", str(inv)])
     assert out.returncode == 1
     assert "FAIL tests[2]" in out.stdout and "6 passed, 1 failed" in out.stdout
     assert "web1 -> db1:5432 is allowed (by acls[2]), expected deny" in out.stderr
@@ -104,13 +100,12 @@ def test_read_only_commands_never_write_the_lockfile(tmp_path):
     for args, stdin in ((["check"], None), (["render", "--host", "web1"], None),
                         (["render", "--all", "--out", str(tmp_path / "out")], None),
                         (["render", "--all", "--json"], None), (["eval"], query)):
-        out = subprocess.run([WGMESH, *args, "-i", str(tmp_path), "--today", "2026-01-01"],
-                             capture_output=True, text=True, input=stdin)
+        out = wgmesh([*args, "-i", str(tmp_path), "--today", "2026-01-01"], input=stdin)
         assert out.returncode == 0, out.stderr
         assert "have no address in" in out.stderr or args == ["eval"]
         assert not (tmp_path / "mesh.lock.yml").exists(), args
     plan = json.loads((tmp_path / "out" / "plan.json").read_text())
-    pinned = subprocess.run([WGMESH, "lock", "-i", str(tmp_path)], capture_output=True)
+    pinned = wgmesh(["lock", "-i", str(tmp_path)])
     assert pinned.returncode == 0
     locked = (tmp_path / "mesh.lock.yml").read_text()
     # The addresses shown before pinning are the ones pinned.
@@ -119,8 +114,7 @@ def test_read_only_commands_never_write_the_lockfile(tmp_path):
 
 
 def test_status_outside_a_project_says_so(tmp_path):
-    out = subprocess.run([WGMESH, "status", "-i", str(tmp_path)], capture_output=True,
-                         text=True, cwd=tmp_path)
+    out = wgmesh(["status", "-i", str(tmp_path)], cwd=tmp_path)
     assert out.returncode == 2
     assert "no wgmesh project (ansible.cfg and playbooks/status.yml) here or above" in out.stderr
 
@@ -140,8 +134,7 @@ def test_eval_takes_users_groups_and_tags(tmp_path):
         '{"src": "tag:web", "dst": "tag:db", "port": 5432}',
         '{"src": "group:nobody", "dst": "db1", "port": 22}',
     ])
-    out = subprocess.run([WGMESH, "eval", "-i", str(tmp_path), "--today", "2026-01-01"],
-                         input=queries, capture_output=True, text=True)
+    out = wgmesh(["eval", "-i", str(tmp_path), "--today", "2026-01-01"], input=queries)
     lines = [json.loads(x) for x in out.stdout.splitlines()]
     eng_web = lines[0]
     assert eng_web["allow"] is True
@@ -182,8 +175,7 @@ def test_render_shows_every_file_the_bundle_writes(tmp_path):
         b = build(inv, run_tests=False)
         for name in names:
             bundle = render.bundle(b.compiler.host(name), b.mesh.network, None)
-            shown = subprocess.run([WGMESH, "render", "-i", str(inv), "--host", name],
-                                   capture_output=True, text=True)
+            shown = wgmesh(["render", "-i", str(inv), "--host", name])
             assert shown.returncode == 0, shown.stderr
             for key in ("wg_conf", "hop_conf", "nftables", "hosts_block", "sysctl", "sshd"):
                 if bundle[key]:
@@ -194,8 +186,7 @@ def test_render_shows_every_file_the_bundle_writes(tmp_path):
                 assert "corp.example 198.51.100.130" in shown.stdout
     assert seen == {"wg_conf", "hop_conf", "nftables", "hosts_block", "sysctl", "sshd", "dns"}
     out = tmp_path / "out"
-    assert subprocess.run([WGMESH, "render", "-i", str(lab), "--all", "--out", str(out)],
-                          capture_output=True).returncode == 0
+    assert wgmesh(["render", "-i", str(lab), "--all", "--out", str(out)]).returncode == 0
     assert (out / "home1/split-dns").read_text().endswith("corp.example 198.51.100.130\n")
     assert (out / "pub3/sysctl").read_text() == render.SYSCTL_FORWARDING
 
@@ -229,9 +220,8 @@ def test_the_readmes_eval_example_answers_as_shown():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     query, shown = re.search(r"echo '(\{.*\})' \\\n\s+\| \.venv/bin/wgmesh eval -i "
                              r"inventories/example\s+# (.*)", readme).groups()
-    out = subprocess.run([WGMESH, "eval", "-i", "inventories/example"], input=query + "\n",
-                         capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[2])
+    out = wgmesh(["eval", "-i", "inventories/example"], input=query + "\n",
+                 cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     answer = json.loads(out.stdout)
     assert '"allow": true' in shown and answer["allow"] is True
@@ -272,8 +262,7 @@ def test_status_tells_drift_from_a_host_not_reached(tmp_path, host, says, code):
 
 def test_check_json_reports_errors_test_failures_and_warnings(tmp_path):
     inv = copy_example(tmp_path)
-    ok = subprocess.run([WGMESH, "check", "--json", "-i", str(inv)], capture_output=True,
-                        text=True)
+    ok = wgmesh(["check", "--json", "-i", str(inv)])
     report = json.loads(ok.stdout)
     assert ok.returncode == 0 and report["ok"] is True and report["exit_code"] == 0
     assert (report["nodes"], report["tests_passed"], report["ssh_tests_passed"]) == (5, 5, 2)
@@ -281,8 +270,7 @@ def test_check_json_reports_errors_test_failures_and_warnings(tmp_path):
     mesh = inv / "mesh.yml"
     good = mesh.read_text()
     mesh.write_text(good.replace("owner: bob@example.com\n    tags", "owner: bob\n    tags"))
-    bad = subprocess.run([WGMESH, "check", "--json", "-i", str(inv)], capture_output=True,
-                         text=True)
+    bad = wgmesh(["check", "--json", "-i", str(inv)])
     report = json.loads(bad.stdout)
     assert bad.returncode == 2 and report["exit_code"] == 2 and not report["ok"]
     [error] = report["errors"]
@@ -293,8 +281,7 @@ def test_check_json_reports_errors_test_failures_and_warnings(tmp_path):
     policy.write_text(policy.read_text().replace(
         '{"src": "bob@example.com", "accept": ["tag:prod-web:443"]',
         '{"src": "bob@example.com", "accept": ["tag:prod-db:443"]'))
-    failed = subprocess.run([WGMESH, "check", "--json", "-i", str(inv)], capture_output=True,
-                            text=True)
+    failed = wgmesh(["check", "--json", "-i", str(inv)])
     report = json.loads(failed.stdout)
     assert failed.returncode == 1 and report["exit_code"] == 1
     assert [f["message"] for f in report["test_failures"]] == [
@@ -314,8 +301,7 @@ def test_the_readme_exit_code_table_is_the_code():
 def test_shell_completion_completes_commands_options_and_paths(tmp_path):
     """The bash script, sourced in a real bash, completes subcommands, options and
     inventory paths; the zsh one is valid zsh that compinit registers for wgmesh."""
-    script = subprocess.run([WGMESH, "completion", "bash"], capture_output=True, text=True,
-                            check=True).stdout
+    script = wgmesh(["completion", "bash"]).stdout
     (tmp_path / "wgmesh.bash").write_text(script)
     (tmp_path / "inventories" / "example").mkdir(parents=True)
 
@@ -331,8 +317,7 @@ def test_shell_completion_completes_commands_options_and_paths(tmp_path):
     assert complete("wgmesh", "check", "--lo") == ["--locked"]
     assert complete("wgmesh", "lab", "") == ["up", "down", "status", "agents", "exec"]
     assert complete("wgmesh", "check", "-i", "inventories/ex") == ["inventories/example"]
-    zsh = subprocess.run([WGMESH, "completion", "zsh"], capture_output=True, text=True,
-                         check=True).stdout
+    zsh = wgmesh(["completion", "zsh"]).stdout
     (tmp_path / "_wgmesh").write_text(zsh)
     registered = subprocess.run(
         ["zsh", "-f", "-c", f"fpath=({tmp_path} $fpath); autoload -Uz compinit; "

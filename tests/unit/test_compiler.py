@@ -2,12 +2,10 @@
 
 import ipaddress
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from meshkit import allowed, fake_key, lookup, make, parse_sets, peers
+from meshkit import allowed, fake_key, lookup, make, parse_sets, peers, wgmesh
 
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_bundle import (
     BundleError,
@@ -21,7 +19,6 @@ TAGS = {"tag:web": ["group:eng"], "tag:db": [], "tag:router": [], "tag:exit": []
 BASE = {"groups": {"group:eng": ["alice@example.com"]}, "tagOwners": TAGS}
 
 
-WGMESH = str(Path(sys.executable).parent / "wgmesh")
 
 
 def pol(**kw):
@@ -76,9 +73,8 @@ def test_a_tag_the_policy_does_not_declare_stays_on_its_node_with_a_warning(tmp_
         'tag "tag:retired" of db, old is not declared in the policy\'s tagOwners: it has no '
         'owner, and only "*" and autogroup:tagged match it (declare it, or remove it from '
         "the node)"]
-    answers = subprocess.run([WGMESH, "eval", "-i", str(tmp_path)], input=json.dumps(
-        {"src": "tag:retired", "dst": "laptop", "proto": "tcp", "port": 80}) + "\n",
-        capture_output=True, text=True, check=True).stdout
+    answers = wgmesh(["eval", "-i", str(tmp_path)], check=True, input=json.dumps(
+        {"src": "tag:retired", "dst": "laptop", "proto": "tcp", "port": 80}) + "\n").stdout
     assert json.loads(answers)["allow"] is True  # eval takes the tag the nodes carry
     # A rule may not name it: Tailscale refuses that policy too.
     (tmp_path / "r").mkdir()
@@ -103,10 +99,9 @@ def test_silent_mistakes_are_warned_about(tmp_path):
         "reaches them (a misspelt owner?)",
         "s2 has the endpoint of s1 (192.0.2.7:51820): peers send both nodes' packets to one "
         "place, so one of them is unreachable"]
-    answers = subprocess.run([WGMESH, "eval", "-i", str(tmp_path)], input="".join(
+    answers = wgmesh(["eval", "-i", str(tmp_path)], check=True, input="".join(
         json.dumps({"src": src, "dst": "s1", "proto": "tcp", "port": 5432}) + "\n"
-        for src in ("alice@exampel.com", "alice@example.com")),
-        capture_output=True, text=True, check=True).stdout.splitlines()
+        for src in ("alice@exampel.com", "alice@example.com"))).stdout.splitlines()
     typo, right = map(json.loads, answers)
     assert typo["allow"] is False and typo["hint"] == (
         'no node, group or rule names the user "alice@exampel.com" (it stands for a user with '
@@ -126,9 +121,8 @@ def test_headscale_users_with_no_domain_are_users(tmp_path):
     b = make(tmp_path, nodes, policy)
     assert allowed(b, "a1", "srv") and not allowed(b, "b1", "srv")
     assert allowed(b, "srv", "b1", port=80) and not allowed(b, "srv", "a1", port=80)
-    eval_out = subprocess.run([WGMESH, "eval", "-i", str(tmp_path)], input=json.dumps(
-        {"src": "bob@", "dst": "srv", "proto": "tcp", "port": 22}) + "\n",
-        capture_output=True, text=True, check=True).stdout
+    eval_out = wgmesh(["eval", "-i", str(tmp_path)], check=True, input=json.dumps(
+        {"src": "bob@", "dst": "srv", "proto": "tcp", "port": 22}) + "\n").stdout
     assert json.loads(eval_out)["allow"] is False
 
 
@@ -237,8 +231,7 @@ def test_no_relay_means_no_connection_and_no_peer_entry(tmp_path):
     warnings = [w for w in b.compiler.warnings if "can never connect" in w]
     assert len(warnings) == 1 and warnings[0].startswith("1 pair(s) may talk by policy")
     assert "no peer entry: x and y (add a node with relay: true" in warnings[0]
-    out = subprocess.run([WGMESH, "check", "-i", str(tmp_path), "--today", "2026-01-01"],
-                         capture_output=True, text=True)
+    out = wgmesh(["check", "-i", str(tmp_path), "--today", "2026-01-01"])
     assert out.returncode == 0
     assert "warning: 1 pair(s) may talk by policy but can never connect" in out.stderr
 

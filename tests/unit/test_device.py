@@ -5,23 +5,21 @@ import json
 import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import wgstrict
 import yaml
+from meshkit import wgmesh
 from nacl.public import PrivateKey
 
 REPO = Path(__file__).resolve().parents[2]
-WGMESH = str(Path(sys.executable).parent / "wgmesh")
 KEYS = {"web1": "Q0VCv1s6m1Jd9u8Tn6j4rQ1y6n3fM2b0o0hC3Qx3v2M=",
         "db1": "mS7m3x5W1kq7n4s0aBzL8Yw2sQ1hC9rT4uV6yX0zA2c="}
 
 
 def wg(*args: str, inv: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([WGMESH, *args, "-i", str(inv), "--today", "2026-01-01"],
-                          capture_output=True, text=True, input=stdin)
+    return wgmesh([*args, "-i", str(inv), "--today", "2026-01-01"], input=stdin)
 
 
 @pytest.fixture

@@ -8,15 +8,14 @@ import random
 import re
 import shutil
 import subprocess
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import yaml
+from meshkit import wgmesh
 
 REPO = Path(__file__).resolve().parents[2]
-WGMESH = str(Path(sys.executable).parent / "wgmesh")
 CHROMIUM = shutil.which("chromium")
 
 MEASURE = """
@@ -132,8 +131,7 @@ def measure(page: Path) -> dict:
 
 def graph(tmp_path: Path, *args: str, inventory: Path = REPO / "inventories/lab") -> Path:
     out = tmp_path / ("mesh." + (args[1] if args and args[0] == "--format" else "html"))
-    run = subprocess.run([WGMESH, "graph", "-i", str(inventory), *args,
-                          "--out", str(out)], capture_output=True, text=True)
+    run = wgmesh(["graph", "-i", str(inventory), *args, "--out", str(out)])
     assert run.returncode == 0, run.stderr
     return out
 
@@ -153,9 +151,8 @@ def test_the_lab_page_as_chromium_draws_it(tmp_path):
     assert pairs[("cafe1", "home1")][2] != "none"  # drawn dashed
     assert pairs[("pub1", "pub2")][:2] == ("direct", None)
     # The peer pairs are the compiled ones, no more, no fewer.
-    plan = json.loads(subprocess.run([WGMESH, "render", "--all", "--json", "-i",
-                                      str(REPO / "inventories/lab")],
-                                     capture_output=True, text=True).stdout)
+    plan = json.loads(wgmesh(["render", "--all", "--json", "-i",
+                              str(REPO / "inventories/lab")]).stdout)
     compiled = {tuple(sorted((h, p["name"]))) for h, v in plan["hosts"].items()
                 for p in v["peers"]}
     assert set(pairs) == compiled
@@ -216,8 +213,7 @@ def test_a_large_mesh_reads_in_a_1400_px_window(tmp_path, n):
     assert got["pageWidth"] <= got["window"] == 1400
     assert picture["scale"] == 1 and picture["width"] <= 1400 - 48
     assert picture["top"] < 300 and picture["height"] <= 900
-    plan = json.loads(subprocess.run([WGMESH, "render", "--all", "--json", "-i", str(inv)],
-                                     capture_output=True, text=True).stdout)
+    plan = json.loads(wgmesh(["render", "--all", "--json", "-i", str(inv)]).stdout)
     compiled = {tuple(sorted((h, p["name"]))) for h, v in plan["hosts"].items()
                 for p in v["peers"]}
     inside = sum(int(text.split(", ")[1].split()[0]) for text in got["groups"].values())

@@ -4,17 +4,16 @@ import datetime as dt
 import json
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import yaml
+from meshkit import wgmesh
 
 from wgmesh import plan, planreport
 from wgmesh.build import build
 
-WGMESH = str(Path(sys.executable).parent / "wgmesh")
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden-mesh"
 DAY = dt.date(2026, 1, 1)
 
@@ -113,12 +112,11 @@ def test_cli_against_a_git_ref_and_a_directory(two, tmp_path):
     subprocess.run([*git, "init", "-q"], check=True)
     subprocess.run([*git, "add", "."], check=True)
     subprocess.run([*git, "commit", "-qm", "base"], check=True)
-    args = [WGMESH, "plan", "-i", "inv", "--today", "2026-01-01"]
-    out = subprocess.run([*args, "--base", "HEAD"], cwd=repo, capture_output=True, text=True)
+    args = ["plan", "-i", "inv", "--today", "2026-01-01"]
+    out = wgmesh([*args, "--base", "HEAD"], cwd=repo)
     assert out.returncode == 0, out.stderr
     edit(repo / "inv/policy.hujson", '"dst": ["tag:db:22", "legacy:22"]', '"dst": ["tag:db:22"]')
-    out = subprocess.run([*args, "--base", "HEAD", "--json"], cwd=repo, capture_output=True,
-                         text=True)
+    out = wgmesh([*args, "--base", "HEAD", "--json"], cwd=repo)
     assert out.returncode == 3, out.stderr
     doc = json.loads(out.stdout)
     # Ports as ranges (and in words), with the rule behind the loss: the base's line 15.
@@ -128,20 +126,18 @@ def test_cli_against_a_git_ref_and_a_directory(two, tmp_path):
                               "ports_text": ["tcp 22", "udp 22"],
                               "rules": ["policy.hujson:15 (acls[2])"]}]
     assert doc["head"].endswith("+changes")
-    out = subprocess.run([*args, "--base", str(head)], cwd=repo, capture_output=True, text=True)
+    out = wgmesh([*args, "--base", str(head)], cwd=repo)
     assert out.returncode == 3
     assert ("| `carol@example.com (group:ops)` | loses | `legacy` | `tcp 22; udp 22` | "
             "`policy.hujson:15 (acls[2])` |") in out.stdout
-    bad = subprocess.run([*args, "--base", "no-such-ref"], cwd=repo, capture_output=True,
-                         text=True)
+    bad = wgmesh([*args, "--base", "no-such-ref"], cwd=repo)
     assert bad.returncode == 2 and 'git ref "no-such-ref"' in bad.stderr
     # A base that would be an option to git is refused before git runs: no file written,
     # no traceback.
     victim = tmp_path / "victim"
     victim.write_text("kept\n")
     for option in (f"--output={victim}", "--list", "-o"):
-        bad = subprocess.run([*args, f"--base={option}"], cwd=repo, capture_output=True,
-                             text=True)
+        bad = wgmesh([*args, f"--base={option}"], cwd=repo)
         assert bad.returncode == 2, (option, bad.stderr)
         assert "is neither a folder nor a git branch, tag or commit" in bad.stderr
         assert "Traceback" not in bad.stderr
@@ -245,7 +241,7 @@ def test_a_machine_that_starts_acting_as_someone_widens_access(two):
 def test_a_key_changed_in_the_lockfile_widens_access(two):
     base, head = two
     for d in two:
-        assert subprocess.run([WGMESH, "lock", "-i", str(d)], capture_output=True).returncode == 0
+        assert wgmesh(["lock", "-i", str(d)]).returncode == 0
     data = yaml.safe_load((base / "mesh.lock.yml").read_text())
     data["nodes"]["db1"]["public_key"] = KEY
     (base / "mesh.lock.yml").write_text(yaml.safe_dump(data))
