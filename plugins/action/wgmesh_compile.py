@@ -11,7 +11,6 @@ from ansible.plugins.action import ActionBase
 try:
     from wgmesh import programs, signing
     from wgmesh.build import KeyMismatch, build, source_commit
-    from wgmesh.compiler import fewer_gc_passes
     from wgmesh.errors import InputError
     from wgmesh.policytests import PolicyTestFailure
 except ImportError as exc:  # pragma: no cover - depends on the controller's environment
@@ -66,7 +65,6 @@ class ActionModule(ActionBase):
         if refusal:
             raise AnsibleActionFail(refusal + " (no host was changed)")
         before = b.lock.text_before
-        comp = b.compiler
         res = b.resolution
         changed = b.lock.changed
         if changed and not self._task.check_mode:
@@ -75,32 +73,33 @@ class ActionModule(ActionBase):
         net = b.mesh.network
         commit = source_commit(b)
         out = {}
+        staying = []
+        for name in sorted(hosts):
+            node = b.mesh.nodes.get(name)
+            if node is None or not node.managed or name in res.expired:
+                out[name] = {"leaving": "expired" if name in res.expired else
+                             "not in mesh.yml" if node is None else "not managed"}
+            else:
+                staying.append(name)
         try:
-            with fewer_gc_passes():
-                for name in sorted(hosts):
-                    node = b.mesh.nodes.get(name)
-                    if node is None or not node.managed or name in res.expired:
-                        why = ("expired" if name in res.expired else
-                               "not in mesh.yml" if node is None else "not managed")
-                        out[name] = {"leaving": why}
-                        continue
-                    h = comp.host(name)
-                    out[name] = {
-                        "bundle": b.bundle(name, commit, host=h),
-                        "relay": bool(node.relay),
-                        "addresses": [str(h.ipv4), str(h.ipv6)],
-                        "peers": [{"name": p.name, "connection": p.connection, "relay": p.relay,
-                                   "endpoint": p.endpoint, "public_key": p.public_key,
-                                   "address": p.allowed_ips[0].split("/")[0]}
-                                  for p in h.peers],
-                    }
+            for name, h in b.hosts(staying):
+                out[name] = {
+                    "bundle": b.bundle(name, commit, host=h),
+                    "relay": bool(b.mesh.nodes[name].relay),
+                    "addresses": [str(h.ipv4), str(h.ipv6)],
+                    "peers": [{"name": p.name, "connection": p.connection, "relay": p.relay,
+                               "endpoint": p.endpoint, "public_key": p.public_key,
+                               "address": p.allowed_ips[0].split("/")[0]}
+                              for p in h.peers],
+                }
+            out = dict(sorted(out.items()))
         except InputError as exc:
             raise AnsibleActionFail("the mesh does not compile:\n" + "\n".join(
                 str(p) for p in exc.problems)) from exc
         warn_days = args.get("warn_days")
         # The mesh's warnings once per run: playbooks/check.yml gives them, unless --limit
         # left it out.
-        warnings = list(comp.warnings) if args.get("warn", True) else []
+        warnings = list(b.warnings) if args.get("warn", True) else []
         soon = []
         if warn_days is not None:
             horizon = today + dt.timedelta(days=int(warn_days))

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from wgmesh import policytests, render
-from wgmesh.compiler import Compiler
+from wgmesh.compiler import Compiler, fewer_gc_passes
 from wgmesh.errors import InputError, Problem
 from wgmesh.evaluate import Evaluator
 from wgmesh.hostoutput import HostOutput
@@ -47,10 +47,24 @@ class Build:
     def evaluator(self) -> Evaluator:
         return Evaluator(self.compiler.res)
 
+    @property
+    def warnings(self) -> list[str]:
+        """Every warning of the mesh, those compiling hosts found so far included."""
+        return self.compiler.warnings
+
+    def hosts(self, names: Iterable[str] | None = None, *, filters: bool = True
+              ) -> Iterator[tuple[str, HostOutput]]:
+        """Each node's output (every node's, devices too, unless ``names`` are given), one
+        at a time so a large mesh is never held whole, with the garbage collector's passes
+        spaced out while they are compiled (compiler.fewer_gc_passes)."""
+        with fewer_gc_passes():
+            for name in self.resolution.names if names is None else names:
+                yield name, self.compiler.host(name, filters)
+
     def bundle(self, name: str, commit: str | None = None, host: HostOutput | None = None
                ) -> dict:
         """What host ``name`` receives (render.bundle): compiled here unless ``host`` is its
-        output already (Compiler.compile_all compiles every host at once)."""
+        output already (from ``hosts``)."""
         return render.bundle(host or self.compiler.host(name), self.mesh.network,
                              self.alloc[name].public_key, commit)
 

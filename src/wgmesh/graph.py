@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 
 from wgmesh.access import access, port_text, principal, route_roles
 from wgmesh.build import Build
-from wgmesh.compiler import fewer_gc_passes
 from wgmesh.intervals import merge_ranges
 
 # A pair the agents moved from its relay to a direct path is drawn as direct (``--live``).
@@ -115,7 +114,6 @@ def collect(b: Build, live: dict[str, dict] | None = None, group_by: str = "site
     for group, members in sorted(b.policy.groups.items()):
         for user in members:
             first_group.setdefault(user, group)
-    comp = b.compiler
     res = b.resolution
     routes = defaultdict(list)
     for (router, prefix), role in sorted(route_roles(b).items()):
@@ -146,12 +144,11 @@ def collect(b: Build, live: dict[str, dict] | None = None, group_by: str = "site
         nodes[name] = GNode(name, group, label, roles)
         groups[group].append(name)
     pairs: dict[tuple[str, str], tuple[str, str | None]] = {}
-    with fewer_gc_passes():
-        for name in res.names:
-            for p in comp.host(name, filters=False).peers:
-                key = (min(name, p.name), max(name, p.name))
-                if key not in pairs or (pairs[key][0] == "direct" and p.connection != "direct"):
-                    pairs[key] = (p.connection, p.relay)
+    for name, host in b.hosts(filters=False):
+        for p in host.peers:
+            key = (min(name, p.name), max(name, p.name))
+            if key not in pairs or (pairs[key][0] == "direct" and p.connection != "direct"):
+                pairs[key] = (p.connection, p.relay)
     for (a, c), (how, relay) in list(pairs.items()):
         if how == "relay" and any(
                 ((live or {}).get(x) or {}).get("peers", {}).get(y, {}).get("path")

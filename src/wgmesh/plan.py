@@ -19,7 +19,6 @@ from pathlib import Path
 
 from wgmesh.access import Ports, access, port_text, principal, route_roles, ssh_logins
 from wgmesh.build import Build
-from wgmesh.compiler import fewer_gc_passes
 from wgmesh.errors import InputError, Problem
 from wgmesh.intervals import subtract
 from wgmesh.policytests import policy_test_failures
@@ -309,9 +308,7 @@ def compare(old: Build, new: Build, base: str, head: str) -> Plan:
             c.rules = [f"{build.policy.path.name}:{build.resolution.rules[k].rule.line} "
                        f"({build.resolution.rules[k].rule.origin})" for k in ks]
     # Every node, devices Ansible does not manage too (their exported configuration changes).
-    with fewer_gc_passes():
-        old_hosts = {h: old.compiler.host(h, filters=False) for h in o.names}
-        new_hosts = {h: new.compiler.host(h, filters=False) for h in n.names}
+    old_hosts, new_hosts = dict(old.hosts(filters=False)), dict(new.hosts(filters=False))
     for host in sorted(set(old_hosts) | set(new_hosts)):
         before = {p.name for p in old_hosts[host].peers} if host in old_hosts else set()
         after = {p.name for p in new_hosts[host].peers} if host in new_hosts else set()
@@ -350,8 +347,7 @@ def compare(old: Build, new: Build, base: str, head: str) -> Plan:
         if t_old.get(t) != t_new.get(t):
             plan.tests.append({"test": t, "before": t_old.get(t, "absent"),
                                "after": t_new.get(t, "absent")})
-    plan.warnings = [w for w in new.compiler.warnings
-                     if w not in set(old.compiler.warnings)]
+    plan.warnings = [w for w in new.warnings if w not in set(old.warnings)]
     groups: dict[str, set[str]] = defaultdict(set)
     for pol in (old.policy, new.policy):
         for group, users in pol.groups.items():

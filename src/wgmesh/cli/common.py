@@ -78,7 +78,7 @@ def build_from_args(args, run_tests: bool = True):
 
 def compile_warnings(b) -> list[str]:
     """Everything a compile warns of, one line each."""
-    out = list(b.compiler.warnings)
+    out = list(b.warnings)
     out += [f"node {n} has expired and is left out" for n in b.resolution.expired]
     if b.lock.allocated:
         out.append(f"{len(b.lock.allocated)} node(s) have no address in {b.lock.path} yet "

@@ -24,7 +24,6 @@ from wgmesh.cli.common import (
     warn,
     warn_unsigned,
 )
-from wgmesh.compiler import fewer_gc_passes
 from wgmesh.errors import InputError, Problem
 from wgmesh.policytests import PolicyTestFailure, policy_test_failures
 from wgmesh.queries import known_users, query_endpoints, unknown_user_hint
@@ -137,9 +136,8 @@ def _checked_build(args):
     """The inputs built and every host compiled: what only a host's compile finds (output
     limits) fails `check` too."""
     b = build_from_args(args)
-    with fewer_gc_passes():
-        for name in b.resolution.names:
-            b.compiler.host(name)
+    for _ in b.hosts():
+        pass
     return b
 
 
@@ -214,21 +212,20 @@ def cmd_render(args) -> int:
             print(f"# not reachable from this device: {line}")
         warn(b)
         return EXIT_OK
-    with fewer_gc_passes():
-        hosts = map(comp.host, names)
-        if args.json:
-            render.write_plan(sys.stdout, hosts, net, res.expired, lambda: comp.warnings)
-        elif args.out:
-            args.out.mkdir(parents=True, exist_ok=True)
-            with open(args.out / "plan.json", "w") as plan:
-                render.write_plan(plan, map(_write_host_files(args.out, net), hosts), net,
-                                  res.expired, lambda: comp.warnings)
-            print(f"wrote {len(names)} hosts to {args.out}")
-        else:
-            for h in hosts:
-                for where, _name, text in _host_files(h, net):
-                    print(f"### {h.name}: {where}")
-                    print(text)
+    hosts = (h for _, h in b.hosts(names))
+    if args.json:
+        render.write_plan(sys.stdout, hosts, net, res.expired, lambda: b.warnings)
+    elif args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        with open(args.out / "plan.json", "w") as plan:
+            render.write_plan(plan, map(_write_host_files(args.out, net), hosts), net,
+                              res.expired, lambda: b.warnings)
+        print(f"wrote {len(names)} hosts to {args.out}")
+    else:
+        for h in hosts:
+            for where, _name, text in _host_files(h, net):
+                print(f"### {h.name}: {where}")
+                print(text)
     warn(b)
     return EXIT_OK
 
