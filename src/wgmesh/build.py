@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from wgmesh import policytests, render
-from wgmesh.compiler import Compiler, fewer_gc_passes
+from wgmesh.compile.compiler import Compiler, fewer_gc_passes
+from wgmesh.compile.evaluate import Evaluator
+from wgmesh.compile.hostoutput import HostOutput
+from wgmesh.compile.resolve import Resolution
 from wgmesh.errors import InputError, Problem
-from wgmesh.evaluate import Evaluator
-from wgmesh.hostoutput import HostOutput
 from wgmesh.lock import Allocation, Lock
 from wgmesh.mesh import Mesh, load_mesh
 from wgmesh.mesh import resolve_path as resolve_mesh_path
 from wgmesh.policy import Policy, load_policy
-from wgmesh.resolve import Resolution
 from wgmesh.yamlsource import YamlSource
 
 

@@ -18,8 +18,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from wgmesh import grammar
+from wgmesh.compile.hostoutput import HostOutput
 from wgmesh.errors import InputError, Problem, write_atomic
-from wgmesh.hostoutput import HostOutput
 from wgmesh.mesh import Network
 from wgmesh.mesh import resolve_path as resolve_mesh_path
 from wgmesh.render import clean, clean_key, peer_block

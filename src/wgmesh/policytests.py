@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 from wgmesh import grammar
+from wgmesh.compile.evaluate import Endpoint
 from wgmesh.errors import InputError, Problem, did_you_mean
-from wgmesh.evaluate import Endpoint
 from wgmesh.lock import Lock
 from wgmesh.mesh import Mesh
 from wgmesh.policy import PROTOCOLS, Policy, PolicyTest, SshTest, split_hostport

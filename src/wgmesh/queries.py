@@ -7,12 +7,12 @@ import datetime as dt
 from typing import Protocol
 
 from wgmesh import grammar
+from wgmesh.compile.evaluate import Endpoint, Evaluator
+from wgmesh.compile.resolve import Resolution
 from wgmesh.errors import did_you_mean
-from wgmesh.evaluate import Endpoint, Evaluator
 from wgmesh.lock import Lock
 from wgmesh.mesh import Mesh
 from wgmesh.policy import Policy
-from wgmesh.resolve import Resolution
 from wgmesh.selectors import Kind, Selector
 
 

@@ -27,9 +27,9 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_wireguard impor
 )
 from wgmesh import grammar
 from wgmesh.build import Build
+from wgmesh.compile.resolve import Endpoint
 from wgmesh.errors import escape
 from wgmesh.policy import PROTOCOLS
-from wgmesh.resolve import Endpoint
 
 
 @dataclass

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from wgmesh.build import Build, build
-from wgmesh.evaluate import Endpoint
+from wgmesh.compile.evaluate import Endpoint
 from wgmesh.policy import PROTOCOLS
 
 TODAY = dt.date(2026, 1, 1)

@@ -1,4 +1,4 @@
-"""The evaluator in process (wgmesh.evaluate): single packets decided from identities and
+"""The evaluator in process (wgmesh.compile.evaluate): single packets decided from identities and
 the policy's rules alone, without the filter sets (the property test holds the sets to it).
 """
 

@@ -1,9 +1,9 @@
-"""The filter stage in process (wgmesh.filters): a rule's elements per set, port 22 narrowed
+"""The filter stage in process (wgmesh.compile.filters): a rule's elements per set, port 22 narrowed
 for SSH policy, sets made disjoint, and hosts of one role sharing one computation."""
 
 from meshkit import make
 
-from wgmesh.filters import add_rule, disjoint_sets, new_boxes, restrict_port
+from wgmesh.compile.filters import add_rule, disjoint_sets, new_boxes, restrict_port
 
 TCP, UDP = (6, 6), (17, 17)
 

@@ -15,7 +15,7 @@ from meshkit import fake_key
 
 from wgmesh import render
 from wgmesh.build import build
-from wgmesh.compiler import Compiler
+from wgmesh.compile.compiler import Compiler
 
 HERE = Path(__file__).resolve().parents[1]
 GOLDEN = HERE / "golden"

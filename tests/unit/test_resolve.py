@@ -1,4 +1,4 @@
-"""The resolve stage in process (wgmesh.resolve.Resolution): which nodes each selector names
+"""The resolve stage in process (wgmesh.compile.resolve.Resolution): which nodes each selector names
 (bit masks per family), approvals and which router carries a prefix, exit nodes a node may
 use, expired nodes, and what a name or address is as an endpoint."""
 

@@ -8,7 +8,7 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import
     BUNDLE_FORMAT,
     bundle_hash,
 )
-from wgmesh.hostoutput import HostOutput
+from wgmesh.compile.hostoutput import HostOutput
 from wgmesh.mesh import Network
 from wgmesh.render.common import clean, clean_key
 from wgmesh.render.names import hosts_block, resolver_conf, split_dns

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring_ascii as _quote
 from typing import Any, TextIO
 
-from wgmesh.hostoutput import HostOutput, Peer
+from wgmesh.compile.hostoutput import HostOutput, Peer
 from wgmesh.intervals import Box
 from wgmesh.mesh import Network
 from wgmesh.render.ruleset import SET_TYPES, element_lines

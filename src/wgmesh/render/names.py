@@ -7,7 +7,7 @@ import functools
 from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import (
     RESOLVER_PID,
 )
-from wgmesh.hostoutput import HostOutput
+from wgmesh.compile.hostoutput import HostOutput
 from wgmesh.render.common import clean
 
 

@@ -12,7 +12,7 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import
     PROTO_NAMES,
     TABLE_NAME,
 )
-from wgmesh.hostoutput import HostOutput
+from wgmesh.compile.hostoutput import HostOutput
 from wgmesh.intervals import Box
 from wgmesh.mesh import Network
 from wgmesh.render.common import clean

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from wgmesh import grammar
-from wgmesh.hostoutput import HostOutput
+from wgmesh.compile.hostoutput import HostOutput
 from wgmesh.render.common import RenderError, clean
 
 

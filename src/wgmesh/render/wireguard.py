@@ -13,7 +13,7 @@ from ansible_collections.wgmesh.mesh.plugins.module_utils.wgmesh_contract import
     RESOLVER_PID,
     RULESET_PATH,
 )
-from wgmesh.hostoutput import HostOutput, Peer
+from wgmesh.compile.hostoutput import HostOutput, Peer
 from wgmesh.mesh import Network
 from wgmesh.render.common import clean, clean_key
 from wgmesh.render.names import split_dns

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
+from wgmesh.compile.resolve import RuleData
 from wgmesh.intervals import FAMILIES, Box, Grouped, clip, disjoint, disjoint_grouped
-from wgmesh.resolve import RuleData
 
 if TYPE_CHECKING:
-    from wgmesh.resolve import Resolution
+    from wgmesh.compile.resolve import Resolution
 
 
 def add_rule(boxes: dict[str, Grouped], name: str, head: Box, addresses, rd: RuleData) -> None:

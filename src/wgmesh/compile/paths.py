@@ -6,10 +6,10 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 
+from wgmesh.compile.hostoutput import Hop, HopPeer, Peer
+from wgmesh.compile.resolve import Resolution
 from wgmesh.grammar import endpoint as parse_endpoint
-from wgmesh.hostoutput import Hop, HopPeer, Peer
 from wgmesh.mesh import Node
-from wgmesh.resolve import Resolution
 
 
 def endpoint_text(host: str, port: int) -> str:

@@ -1,12 +1,12 @@
 """Compile a mesh and its policy into every host's peers, paths, filters and names.
 
 The mesh is resolved once (``Resolution``, which the compiler holds: identities, approvals,
-rules); each host's output (``wgmesh.hostoutput``) is then one pass over the rules that name
-it, so one host costs O(rules x nodes) and the whole mesh costs time proportional to what it
+rules); each host's output (``hostoutput``) is then one pass over the rules that name it, so
+one host costs O(rules x nodes) and the whole mesh costs time proportional to what it
 outputs. Which peers a host needs (through a subnet router or exit node too) is decided
-here, how it reaches each in ``wgmesh.paths``; the filter sets come from ``wgmesh.filters``;
-``wgmesh.evaluate`` decides the same questions from identities, independently of the sets,
-so tests can check one against the other.
+here, how it reaches each in ``paths``; the filter sets come from ``filters``; ``evaluate``
+decides the same questions from identities, independently of the sets, so tests can check
+one against the other.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from wgmesh import limits
-from wgmesh.errors import InputError, Problem
-from wgmesh.evaluate import Evaluator
-from wgmesh.filters import (
+from wgmesh.compile.evaluate import Evaluator
+from wgmesh.compile.filters import (
     FilterSets,
     RuleData,
     disjoint_sets,
@@ -30,7 +29,10 @@ from wgmesh.filters import (
     new_boxes,
     restrict_port,
 )
-from wgmesh.hostoutput import Agent, HostOutput, Peer, Resolver
+from wgmesh.compile.hostoutput import Agent, HostOutput, Peer, Resolver
+from wgmesh.compile.paths import Paths
+from wgmesh.compile.resolve import Resolution
+from wgmesh.errors import InputError, Problem
 from wgmesh.intervals import (
     EVERYTHING,
     FAMILIES,
@@ -42,9 +44,7 @@ from wgmesh.intervals import (
 )
 from wgmesh.lock import Allocation
 from wgmesh.mesh import Mesh
-from wgmesh.paths import Paths
 from wgmesh.policy import Policy
-from wgmesh.resolve import Resolution
 
 
 @dataclass

@@ -10,13 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from wgmesh.compile.resolve import Endpoint
 from wgmesh.intervals import in_ranges
 from wgmesh.policy import ICMP, PORT_PROTOS
-from wgmesh.resolve import Endpoint
 from wgmesh.selectors import Kind, Selector
 
 if TYPE_CHECKING:
-    from wgmesh.resolve import Resolution
+    from wgmesh.compile.resolve import Resolution
 
 
 @dataclass(frozen=True)
