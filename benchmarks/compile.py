@@ -56,7 +56,7 @@ def write_inputs(d: Path, n: int) -> None:
 def measure(n: int) -> dict:
     from wgmesh import render
     from wgmesh.build import load_inputs
-    from wgmesh.compiler import Compiler, fewer_gc_passes
+    from wgmesh.compile.compiler import Compiler, fewer_gc_passes
     from wgmesh.lock import Lock
 
     with tempfile.TemporaryDirectory() as tmp:
