@@ -29,6 +29,9 @@ HEADER = """\
 # public_key is pinned when a host is first seen: a host presenting another key is refused.
 """
 
+# How long before network.key_max_age_days a key's age is announced.
+KEY_AGE_NOTICE_DAYS = 14
+
 
 @dataclass(frozen=True)
 class Allocation:
@@ -358,3 +361,24 @@ def _insert_sorted(m: CommentedMap, key: str, value) -> None:
         return
     pos = sum(1 for k in m if k < key)
     m.insert(pos, key, value)
+
+
+def key_age_warnings(mesh: Mesh, alloc: dict[str, Allocation], names: list[str],
+                     today: dt.date) -> list[str]:
+    """Keys past network.key_max_age_days, and keys that reach it within two weeks."""
+    limit = mesh.network.key_max_age_days
+    out = []
+    for name in names if limit else ():
+        since = alloc[name].key_date
+        if since is None or not mesh.nodes[name].managed:
+            continue
+        age = (today - since).days
+        fix = f"rotate it: ansible-playbook playbooks/rotate.yml -l {name}"
+        if age >= limit:
+            out.append(f"{name}: its key is {age} days old, past network.key_max_age_days "
+                       f"({limit}); {fix}")
+        elif age >= limit - KEY_AGE_NOTICE_DAYS:
+            due = since + dt.timedelta(days=limit)
+            out.append(f"{name}: its key reaches network.key_max_age_days ({limit}) on {due}; "
+                       f"{fix}")
+    return out

@@ -26,13 +26,10 @@ from wgmesh.intervals import (
     net_range,
     subtract,
 )
-from wgmesh.lock import Allocation
+from wgmesh.lock import Allocation, key_age_warnings
 from wgmesh.mesh import Mesh, Node
 from wgmesh.policy import ICMP, PORT_PROTOS, Policy, Rule
 from wgmesh.selectors import Kind, Selector
-
-# How long before network.key_max_age_days a key's age is announced.
-KEY_AGE_NOTICE_DAYS = 14
 
 
 @dataclass(frozen=True)
@@ -584,24 +581,3 @@ class Resolution:
             node = self.nodes[i]
             return Endpoint(addr, node.name, node.owner, frozenset(node.tags))
         return Endpoint(addr)
-
-
-def key_age_warnings(mesh: Mesh, alloc: dict[str, Allocation], names: list[str],
-                     today: dt.date) -> list[str]:
-    """Keys past network.key_max_age_days, and keys that reach it within two weeks."""
-    limit = mesh.network.key_max_age_days
-    out = []
-    for name in names if limit else ():
-        since = alloc[name].key_date
-        if since is None or not mesh.nodes[name].managed:
-            continue
-        age = (today - since).days
-        fix = f"rotate it: ansible-playbook playbooks/rotate.yml -l {name}"
-        if age >= limit:
-            out.append(f"{name}: its key is {age} days old, past network.key_max_age_days "
-                       f"({limit}); {fix}")
-        elif age >= limit - KEY_AGE_NOTICE_DAYS:
-            due = since + dt.timedelta(days=limit)
-            out.append(f"{name}: its key reaches network.key_max_age_days ({limit}) on {due}; "
-                       f"{fix}")
-    return out
