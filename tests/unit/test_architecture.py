@@ -8,24 +8,27 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[2] / "src/wgmesh"
 
 
-def imports_of(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text())
+def modules_of(path: Path) -> set[str]:
+    """The wgmesh modules (and names) a file imports, by full name: module-level imports,
+    those under ``if TYPE_CHECKING:`` and ``try:`` included."""
     out = set()
-    todo = list(tree.body)
+    todo = list(ast.parse(path.read_text()).body)
     while todo:
         node = todo.pop()
-        if isinstance(node, ast.If):  # if TYPE_CHECKING: ...
+        if isinstance(node, ast.If):
             todo += node.body + node.orelse
         elif isinstance(node, ast.Try):
             todo += node.body + [n for h in node.handlers for n in h.body]
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            if node.module.startswith("wgmesh."):
-                out.add(node.module.split(".")[1])
-            elif node.module == "wgmesh":
-                out |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("wgmesh"):
+            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
         elif isinstance(node, ast.Import):
-            out |= {a.name.split(".")[1] for a in node.names if a.name.startswith("wgmesh.")}
+            out |= {a.name for a in node.names if a.name.startswith("wgmesh.")}
     return out
+
+
+def imports_of(path: Path) -> set[str]:
+    """The stages (the package's modules and subpackages) a file imports."""
+    return {m.split(".")[1] for m in modules_of(path) if m.startswith("wgmesh.")}
 
 
 def test_no_module_of_the_package_imports_back_into_one_that_imports_it():
@@ -46,22 +49,6 @@ def test_no_module_of_the_package_imports_back_into_one_that_imports_it():
     for start in sorted(graph):
         walk(start, [start])
     assert sorted(set(cycles)) == []
-
-
-def modules_of(path: Path) -> set[str]:
-    """The wgmesh modules (and names) a file imports, by full name, counted as imports_of
-    counts them."""
-    out = set()
-    todo = list(ast.parse(path.read_text()).body)
-    while todo:
-        node = todo.pop()
-        if isinstance(node, ast.If):
-            todo += node.body + node.orelse
-        elif isinstance(node, ast.Try):
-            todo += node.body + [n for h in node.handlers for n in h.body]
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("wgmesh"):
-            out |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
-    return out
 
 
 COMPILE = SRC / "compile"
